@@ -1,0 +1,108 @@
+"""iptables as transactions: every change is one ``iptables-restore --noflush`` batch.
+
+Callers build the batch as text (easy to read in tests and logs) and hand it here. The kernel applies
+a batch all or nothing, so a failed step never leaves half a rule set. Rules act on the network
+namespace of the calling thread's process (subprocesses inherit the caller's namespace).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+TABLES = ("filter", "nat", "mangle", "raw")
+
+
+class IptablesError(RuntimeError):
+    pass
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if not found:
+        raise IptablesError(f"{name} not found: install the iptables package")
+    return found
+
+
+def restore(batch: str) -> None:
+    """Apply a complete iptables-restore text (with ``*table`` and ``COMMIT`` lines) atomically."""
+    if not batch.strip():
+        return
+    proc = subprocess.run(
+        [_binary("iptables-restore"), "--noflush", "--wait"],
+        input=batch, text=True, capture_output=True,
+    )
+    if proc.returncode != 0:
+        raise IptablesError(f"iptables-restore failed: {proc.stderr.strip()}\n--- batch ---\n{batch}")
+
+
+def save(table: str) -> str:
+    proc = subprocess.run([_binary("iptables-save"), "-t", table], text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise IptablesError(f"iptables-save -t {table} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass
+class Ruleset:
+    """What one table holds: chain names and rule specs (``-A CHAIN ...`` lines, as iptables-save prints)."""
+
+    chains: set[str] = field(default_factory=set)
+    rules: list[str] = field(default_factory=list)
+
+    def has(self, rule: str) -> bool:
+        return normalize(rule) in {normalize(r) for r in self.rules}
+
+    def rules_in(self, chain: str) -> list[str]:
+        prefix = f"-A {chain} "
+        return [r for r in self.rules if r.startswith(prefix)]
+
+
+def read(table: str) -> Ruleset:
+    result = Ruleset()
+    for line in save(table).splitlines():
+        if line.startswith(":"):
+            result.chains.add(line[1:].split()[0])
+        elif line.startswith("-A "):
+            result.rules.append(line)
+    return result
+
+
+def normalize(rule: str) -> str:
+    return " ".join(rule.split())
+
+
+class Batch:
+    """Collects lines per table and renders one restore text."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, list[str]] = {}
+
+    def add(self, table: str, line: str) -> None:
+        self._lines.setdefault(table, []).append(line)
+
+    def extend(self, table: str, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.add(table, line)
+
+    def render(self) -> str:
+        out: list[str] = []
+        for table in TABLES:
+            lines = self._lines.get(table)
+            if not lines:
+                continue
+            # Chain declarations must precede the rules that use them.
+            decls = [line for line in lines if line.startswith(":")]
+            out.append(f"*{table}")
+            out.extend(decls)
+            out.extend(line for line in lines if not line.startswith(":"))
+            out.append("COMMIT")
+        return "\n".join(out) + "\n" if out else ""
+
+    def apply(self) -> None:
+        restore(self.render())
+
+    def __bool__(self) -> bool:
+        return any(self._lines.values())

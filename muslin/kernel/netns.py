@@ -1,0 +1,150 @@
+"""Network namespace handles: create, enter, remove, and netlink sockets bound to one.
+
+A namespace is named by the path of a bind-mounted nsfs file (``/run/netns/NAME`` for the ones
+``ip netns`` knows, ``<exec-root>/netns/<id>`` for container sandboxes). Entering is per thread
+(``setns`` only moves the calling thread), so the engine can wire a container's namespace from a worker
+thread while the event loop stays where it is. Sockets keep the namespace they were created in, which is
+how one process holds netlink handles into many namespaces without pyroute2 forking a helper each time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+from pyroute2 import IPRoute
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+NETLINK_ROUTE = 0
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3)
+NETNS_RUN_DIR = "/run/netns"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def _mount_bind(source: str, target: str) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND, None), f"mount {target}")
+
+
+def _umount(target: str) -> None:
+    _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
+
+
+def path_for(name_or_path: str) -> str:
+    """``node1`` means /run/netns/node1; anything with a slash is already a path."""
+    return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
+
+
+def exists(name_or_path: str) -> bool:
+    return _is_nsfs(path_for(name_or_path))
+
+
+def _is_nsfs(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        # An nsfs file answers NS_GET_NSTYPE; a plain file left behind by a crash does not.
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def create(name_or_path: str) -> str:
+    """Create a new network namespace pinned at the path; returns the path. Idempotent."""
+    path = path_for(name_or_path)
+    if _is_nsfs(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path):
+        with open(path, "x"):
+            pass
+    error: list[BaseException] = []
+
+    def pin() -> None:
+        # unshare() moves this thread only; it is a throwaway thread, so nothing needs restoring.
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare")
+            _mount_bind(f"/proc/self/task/{threading.get_native_id()}/ns/net", path)
+        except BaseException as exc:  # reported to the caller below
+            error.append(exc)
+
+    worker = threading.Thread(target=pin, name="netns-create")
+    worker.start()
+    worker.join()
+    if error:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise error[0]
+    with IPRoute(fileno=socket_in(path).detach()) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    return path
+
+
+def remove(name_or_path: str) -> None:
+    """Unpin and delete; the namespace dies when the last process and socket in it are gone."""
+    path = path_for(name_or_path)
+    try:
+        _umount(path)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def entered(name_or_path: str) -> Iterator[None]:
+    """Run the body with the calling thread inside the namespace; always come back."""
+    target = os.open(path_for(name_or_path), os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(target)
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def socket_in(name_or_path: str | None, proto: int = NETLINK_ROUTE) -> socket.socket:
+    """A netlink socket living in the given namespace (None: the caller's)."""
+    if name_or_path is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto)
+    with entered(name_or_path):
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto)
+
+
+def iproute(name_or_path: str | None = None) -> IPRoute:
+    """An IPRoute handle into the namespace, without a helper process."""
+    if name_or_path is None:
+        return IPRoute()
+    return IPRoute(fileno=socket_in(name_or_path).detach())
+
+
+def current_inode() -> int:
+    return os.stat(f"/proc/self/task/{threading.get_native_id()}/ns/net").st_ino

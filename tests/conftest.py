@@ -1,0 +1,74 @@
+"""Shared fixtures: namespaces that tests create and always remove, and a leak check around each test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from muslin.kernel import netns
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root to create network namespaces")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def make_netns() -> Iterator:
+    """Factory for fresh named namespaces (``/run/netns/mt-…``); all are removed at teardown."""
+    made: list[str] = []
+
+    def make(prefix: str = "mt-") -> str:
+        name = unique(prefix)
+        netns.create(name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        netns.remove(name)
+
+
+@pytest.fixture
+def host_ns(make_netns) -> str:
+    return make_netns()
+
+
+def _root_snapshot() -> tuple[frozenset[str], frozenset[str], str, int]:
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = frozenset(line.split(": ")[1].split("@")[0] for line in links.splitlines() if ": " in line)
+    spaces = frozenset(os.listdir(netns.NETNS_RUN_DIR)) if os.path.isdir(netns.NETNS_RUN_DIR) else frozenset()
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        forward = f.read().strip()
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    ours = sum(1 for line in rules.splitlines() if "MUSLIN" in line.upper() or "FLANNEL" in line.upper())
+    return names, spaces, forward, ours
+
+
+@pytest.fixture(autouse=True)
+def root_namespace_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every root test must leave the machine's own namespace as it found it."""
+    if not IS_ROOT or "root" not in request.keywords:
+        yield
+        return
+    before = _root_snapshot()
+    yield
+    after = _root_snapshot()
+    assert after[0] == before[0], f"links leaked into the root namespace: {after[0] - before[0]}"
+    assert after[1] == before[1], f"network namespaces leaked: {after[1] - before[1]}"
+    assert after[2] == before[2], "ip_forward changed in the root namespace"
+    assert after[3] == before[3], "iptables rules naming muslin/flannel changed in the root namespace"
