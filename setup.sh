@@ -24,6 +24,6 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
-.venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
 for cmd in muslind muslin muslin-flanneld; do ln -sf "$HERE/.venv/bin/$cmd" "/usr/local/bin/$cmd"; done
 echo "muslin is set up: $(command -v muslind) $(command -v muslin) $(command -v muslin-flanneld)"

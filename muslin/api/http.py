@@ -1,0 +1,296 @@
+"""A small HTTP/1.1 server on a unix socket, built on h11, that can hand a connection over (hijack).
+
+The Docker API needs three kinds of answer: a plain JSON reply, a reply whose headers go out at once
+and whose body follows later (``wait``, ``logs --follow``, ``events``), and a protocol switch after which
+the socket carries raw or multiplexed container streams (``attach``, ``exec start``). h11 keeps the
+HTTP state machine honest; after a 101 we take the raw asyncio streams back from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+
+log = logging.getLogger(__name__)
+
+VERSION_PREFIX = re.compile(r"^/v(\d+\.\d+)(/.*)$")
+READ_CHUNK = 65536
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    api_version: str | None
+    params: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        if not self.body:
+            return {}
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise HTTPError(400, "invalid JSON in request body") from None
+
+    def arg(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self.arg(name, "")
+        if value == "":
+            return default
+        return value.lower() not in ("0", "false", "no")
+
+    def filters(self) -> dict[str, list[str]]:
+        """Docker's ``filters`` query argument: {"key": ["v"]} or the old {"key": {"v": true}}."""
+        raw = self.arg("filters")
+        if not raw:
+            return {}
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise HTTPError(400, f"invalid filter {raw!r}") from None
+        return {k: (list(v) if isinstance(v, (list, dict)) else [str(v)]) for k, v in data.items()}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status=status, body=json.dumps(data).encode() + b"\n")
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response({"message": message}, status)
+
+
+@dataclass
+class StreamResponse:
+    """Headers now, body chunks as they come (chunked encoding)."""
+
+    chunks: AsyncIterator[bytes]
+    status: int = 200
+    content_type: str = "application/json"
+
+
+@dataclass
+class Hijack:
+    """Switch protocols (101 UPGRADED), then run ``session`` on the raw streams."""
+
+    session: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    content_type: str = "application/vnd.docker.raw-stream"
+
+
+Handler = Callable[[Request], Awaitable[Response | StreamResponse | Hijack]]
+
+
+class Router:
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        # "{name}" matches one path segment; "{name:path}" matches the rest (image names have slashes).
+        regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", pattern)
+        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
+        self._routes.append((method, re.compile(f"^{regex}$"), handler))
+
+    def route(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
+        path_matched = False
+        for m, regex, handler in self._routes:
+            found = regex.match(path)
+            if found:
+                path_matched = True
+                if m == method or (method == "HEAD" and m == "GET"):
+                    return handler, found.groupdict()
+        if path_matched:
+            raise HTTPError(405, f"method {method} not allowed for {path}")
+        return None
+
+
+class Server:
+    def __init__(self, router: Router, server_headers: list[tuple[str, str]]) -> None:
+        self.router = router
+        self.server_headers = server_headers
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[asyncio.Task] = set()
+
+    async def start_unix(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, path=path, limit=READ_CHUNK)
+        os.chmod(path, 0o660)
+
+    async def close(self) -> None:
+        if self._server:
+            self._server.close()
+            for task in list(self._sessions):
+                task.cancel()
+            await asyncio.gather(*self._sessions, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            await self._connection(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, h11.ProtocolError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._sessions.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await reader.read(READ_CHUNK)
+            conn.receive_data(data)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = await self._next_event(conn, reader)
+            if not isinstance(event, h11.Request):
+                return
+            body = bytearray()
+            while True:
+                part = await self._next_event(conn, reader)
+                if isinstance(part, h11.Data):
+                    body += part.data
+                elif isinstance(part, h11.EndOfMessage):
+                    break
+                else:
+                    return
+            request = self._make_request(event, bytes(body))
+            result = await self._dispatch(request)
+            if isinstance(result, Hijack):
+                await self._hijack(conn, reader, writer, result)
+                return
+            if isinstance(result, StreamResponse):
+                if not await self._stream(conn, writer, request, result):
+                    return
+            else:
+                await self._respond(conn, writer, request, result)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    def _make_request(self, event: h11.Request, body: bytes) -> Request:
+        target = event.target.decode()
+        parts = urlsplit(target)
+        path, version = parts.path, None
+        found = VERSION_PREFIX.match(path)
+        if found:
+            version, path = found.group(1), found.group(2)
+        headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+        return Request(method=event.method.decode(), path=path, query=parse_qs(parts.query, keep_blank_values=True),
+                       headers=headers, body=body, api_version=version)
+
+    async def _dispatch(self, request: Request) -> Response | StreamResponse | Hijack:
+        from muslin.engine.errors import EngineError
+
+        try:
+            found = self.router.route(request.method, request.path)
+            if found is None:
+                return error_response(404, "page not found")
+            handler, params = found
+            request.params = params
+            return await handler(request)
+        except HTTPError as exc:
+            return error_response(exc.status, exc.message)
+        except EngineError as exc:
+            return error_response(exc.status, exc.message)
+        except Exception as exc:  # a bug must still answer the client, and be logged with its cause
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(500, f"{type(exc).__name__}: {exc}")
+
+    def _headers(self, content_type: str, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [("Content-Type", content_type), *self.server_headers, *extra]
+
+    async def _respond(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: Request,
+                       response: Response) -> None:
+        headers = self._headers(response.content_type, response.headers)
+        body = b"" if request.method == "HEAD" else response.body
+        headers.append(("Content-Length", str(len(response.body))))
+        out = conn.send(h11.Response(status_code=response.status, headers=headers))
+        if body:
+            out += conn.send(h11.Data(data=body))
+        out += conn.send(h11.EndOfMessage())
+        writer.write(out)
+        await writer.drain()
+
+    async def _stream(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: Request,
+                      response: StreamResponse) -> bool:
+        headers = self._headers(response.content_type, [("Transfer-Encoding", "chunked")])
+        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+        await writer.drain()
+        try:
+            async for chunk in response.chunks:
+                if chunk:
+                    writer.write(conn.send(h11.Data(data=chunk)))
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            return False
+        finally:
+            aclose = getattr(response.chunks, "aclose", None)
+            if aclose:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+        return True
+
+    async def _hijack(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      hijack: Hijack) -> None:
+        headers = self._headers(hijack.content_type, [("Connection", "Upgrade"), ("Upgrade", "tcp")])
+        if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+            writer.write(conn.send(h11.InformationalResponse(status_code=101, headers=headers, reason=b"UPGRADED")))
+            trailing, _ = conn.trailing_data
+        else:
+            # Old clients hijack a plain 200 response; the stream starts right after the headers.
+            writer.write(b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n")
+            trailing = b""
+        await writer.drain()
+        if trailing:
+            _unread(reader, trailing)
+        await hijack.session(reader, writer)
+
+
+def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
+    """Put bytes h11 already read back in front of the stream (asyncio has no public unread)."""
+    buffer: bytearray = reader._buffer  # noqa: SLF001 - the one documented-by-source way to prepend
+    buffer[:0] = data

@@ -1,0 +1,140 @@
+"""muslind: the engine behind a Docker Engine API socket. Flags are named and mean what dockerd's do."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+from muslin import __version__
+
+log = logging.getLogger("muslind")
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "t", "yes"):
+        return True
+    if lowered in ("0", "false", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
+def parse_bip(text: str) -> IPv4Interface:
+    try:
+        bip = IPv4Interface(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --bip {text!r}: expected an address with a prefix, like 172.21.31.1/24") from None
+    if "/" not in text:
+        raise argparse.ArgumentTypeError(f"invalid --bip {text!r}: the prefix length is missing")
+    if bip.ip in (bip.network.network_address, bip.network.broadcast_address):
+        raise argparse.ArgumentTypeError(f"invalid --bip {text!r}: the gateway cannot be the network or broadcast address")
+    return bip
+
+
+def parse_host(text: str) -> str:
+    if text.startswith("unix://"):
+        return text[len("unix://"):]
+    if text.startswith("/"):
+        return text
+    raise argparse.ArgumentTypeError(f"unsupported -H {text!r}: muslind listens on unix:// sockets only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="muslind", description="muslin's container engine (Docker Engine API)")
+    flag = {"type": parse_bool, "nargs": "?", "const": True}
+    p.add_argument("-H", "--host", dest="host", type=parse_host, default="/run/muslin.sock",
+                   help="unix socket to listen on (unix:///path)")
+    p.add_argument("--data-root", default="/var/lib/muslin", help="persistent state")
+    p.add_argument("--exec-root", default="/run/muslin", help="runtime state")
+    p.add_argument("-p", "--pidfile", default="")
+    p.add_argument("-b", "--bridge", dest="bridge_name", default="muslin0",
+                   help="name of the default bridge device (dockerd's -b)")
+    p.add_argument("--bridge-name", dest="bridge_name", help="same as --bridge")
+    p.add_argument("--bip", type=parse_bip, default=None, help="default bridge gateway and subnet, e.g. 172.21.31.1/24")
+    p.add_argument("--mtu", type=int, default=None, help="default bridge MTU (1500)")
+    p.add_argument("--ip-masq", default=None, **flag)
+    p.add_argument("--iptables", default=True, **flag)
+    p.add_argument("--ip-forward", default=True, **flag)
+    p.add_argument("--icc", default=True, **flag)
+    p.add_argument("--ip", dest="default_bind_ip", default="0.0.0.0", help="default host IP for published ports")
+    p.add_argument("--flannel-subnet-file", default="",
+                   help="take --bip, --mtu and --ip-masq from a flannel subnet.env (flags given win)")
+    p.add_argument("-D", "--debug", action="store_true")
+    p.add_argument("-v", "--version", action="version", version=f"muslind {__version__}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):  # -> DaemonConfig
+    from muslin.engine.config import DaemonConfig
+
+    bip, mtu, masq = args.bip, args.mtu, args.ip_masq
+    if args.flannel_subnet_file:
+        from muslin.fabric.files import read_subnet_env
+
+        env = read_subnet_env(args.flannel_subnet_file)
+        bip = bip or parse_bip(env["FLANNEL_SUBNET"])
+        mtu = mtu or int(env["FLANNEL_MTU"])
+        if masq is None:
+            # flannel masquerades for the overlay itself when FLANNEL_IPMASQ=true (mk-docker-opts inverts it)
+            masq = not parse_bool(env.get("FLANNEL_IPMASQ", "false"))
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise SystemExit(f"muslind: invalid --mtu {mtu}: it must be between 68 and 65535")
+    return DaemonConfig(data_root=Path(args.data_root), exec_root=Path(args.exec_root),
+                        bridge_name=args.bridge_name, bip=bip, mtu=mtu or 1500, ip_masq=True if masq is None else masq,
+                        iptables=args.iptables, ip_forward=args.ip_forward, icc=args.icc,
+                        default_bind_ip=args.default_bind_ip)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from muslin.api.app import build_server
+    from muslin.engine.engine import Engine
+
+    engine = Engine(config_from_args(args))
+    await engine.call(engine.start)
+    server = build_server(engine)
+    await server.start_unix(args.host)
+    if args.pidfile:
+        Path(args.pidfile).write_text(f"{os.getpid()}\n")
+    log.info("muslind %s listening on unix://%s", __version__, args.host)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (containers keep running)")
+    await server.close()
+    engine.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.host)
+    if args.pidfile:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.pidfile)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s muslind %(levelname)s %(message)s")
+    try:
+        return asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        from muslin.engine.errors import EngineError
+
+        if isinstance(exc, EngineError):
+            log.error("%s", exc.message)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The daemon's configuration: dockerd's flags that muslind honours, already validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+
+@dataclass
+class DaemonConfig:
+    data_root: Path
+    exec_root: Path
+    bridge_name: str = "muslin0"
+    bip: IPv4Interface | None = None  # None: 172.17.0.1/16
+    mtu: int = 1500
+    ip_masq: bool = True
+    iptables: bool = True
+    ip_forward: bool = True
+    icc: bool = True
+    default_bind_ip: str = "0.0.0.0"
+
+    @property
+    def default_bip(self) -> IPv4Interface:
+        return self.bip or IPv4Interface("172.17.0.1/16")

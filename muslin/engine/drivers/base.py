@@ -1,0 +1,28 @@
+"""The driver contract: create/delete a network, join/leave an endpoint into a sandbox."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..model import Endpoint, Network
+
+
+class NetworkDriver(Protocol):
+    name: str
+    #: whether users may create networks of this driver (host and null exist once, predefined)
+    user_creatable: bool
+
+    def prepare(self, net: Network, others: list[Network]) -> None:
+        """Validate the user's options and fill ``net.resolved``; raise EngineError on bad input."""
+
+    def create_network(self, net: Network) -> None:
+        """Program the kernel for the network; idempotent, undoes its own partial work on failure."""
+
+    def delete_network(self, net: Network) -> None:
+        """Remove everything create_network programmed; idempotent."""
+
+    def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
+        """Wire the endpoint into the sandbox (a netns path)."""
+
+    def leave(self, net: Network, ep: Endpoint) -> None:
+        """Unwire the endpoint; idempotent."""

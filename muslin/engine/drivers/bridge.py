@@ -1,0 +1,143 @@
+"""The bridge driver: a Linux bridge per network, veth endpoints, NAT and isolation in iptables."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from ipaddress import IPv4Address, IPv4Interface
+
+from muslin.kernel import links, netns
+
+from ..config import DaemonConfig
+from ..errors import Conflict, InvalidArgument
+from ..firewall import BridgeSpec, Firewall
+from ..model import Endpoint, Network
+
+OPT_NAME = "com.docker.network.bridge.name"
+OPT_ICC = "com.docker.network.bridge.enable_icc"
+OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
+OPT_BIND = "com.docker.network.bridge.host_binding_ipv4"
+OPT_DEFAULT = "com.docker.network.bridge.default_bridge"
+OPT_MTU = "com.docker.network.driver.mtu"
+KNOWN_OPTIONS = {OPT_NAME, OPT_ICC, OPT_MASQ, OPT_BIND, OPT_DEFAULT, OPT_MTU}
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "t", "yes"):
+        return True
+    if lowered in ("false", "0", "f", "no"):
+        return False
+    raise InvalidArgument(f"invalid value {value!r} for option {key}: expected true or false")
+
+
+def _check_ifname(name: str) -> None:
+    if not name or len(name) > 15 or any(c in name for c in "/ \t\n:") or name in (".", ".."):
+        raise InvalidArgument(f"invalid bridge name {name!r}: an interface name has 1 to 15 characters, no '/', ':' or spaces")
+
+
+class BridgeDriver:
+    name = "bridge"
+    user_creatable = True
+
+    def __init__(self, config: DaemonConfig, firewall: Firewall | None) -> None:
+        self.config = config
+        self.firewall = firewall
+
+    # -- network lifecycle -------------------------------------------------------------------
+    def prepare(self, net: Network, others: list[Network]) -> None:
+        opts = net.options
+        for key in opts:
+            if key.startswith("com.docker.network.") and key not in KNOWN_OPTIONS:
+                raise InvalidArgument(f"unknown option {key!r} for the bridge driver")
+        if not net.predefined and OPT_DEFAULT in opts:
+            raise InvalidArgument(f"option {OPT_DEFAULT} is reserved for the default bridge network")
+        bridge = opts.get(OPT_NAME) or (self.config.bridge_name if net.predefined else f"br-{net.id[:12]}")
+        _check_ifname(bridge)
+        for other in others:
+            if other.resolved.get("bridge") == bridge and other.id != net.id:
+                raise Conflict(f"bridge name {bridge} is already used by network {other.name}")
+        if not net.predefined:
+            with netns.iproute() as ipr:
+                if links.index_of(ipr, bridge) is not None:
+                    raise Conflict(f"bridge name {bridge} is already taken by an interface on this host")
+        mtu_text = opts.get(OPT_MTU, str(self.config.mtu))
+        try:
+            mtu = int(mtu_text)
+        except ValueError:
+            raise InvalidArgument(f"invalid value {mtu_text!r} for option {OPT_MTU}: not a number") from None
+        if not 68 <= mtu <= 65535:
+            raise InvalidArgument(f"invalid MTU {mtu}: it must be between 68 and 65535")
+        # --icc is dockerd's switch for the default bridge; user networks default to true.
+        icc_default = self.config.icc if net.predefined else True
+        icc = _parse_bool(OPT_ICC, opts[OPT_ICC]) if OPT_ICC in opts else icc_default
+        masq = _parse_bool(OPT_MASQ, opts[OPT_MASQ]) if OPT_MASQ in opts else self.config.ip_masq
+        bind = opts.get(OPT_BIND, self.config.default_bind_ip)
+        try:
+            IPv4Address(bind)
+        except ValueError:
+            raise InvalidArgument(f"invalid value {bind!r} for option {OPT_BIND}: not an IPv4 address") from None
+        if net.pool is None or net.pool.gateway is None:
+            raise InvalidArgument("a bridge network needs a subnet and a gateway")
+        net.resolved = {"bridge": bridge, "mtu": str(mtu), "icc": str(icc).lower(),
+                        "masquerade": str(masq).lower(), "host_binding_ipv4": bind}
+
+    def firewall_spec(self, net: Network) -> BridgeSpec:
+        assert net.pool is not None
+        return BridgeSpec(bridge=net.resolved["bridge"], subnet=net.pool.subnet,
+                          masquerade=net.resolved["masquerade"] == "true",
+                          icc=net.resolved["icc"] == "true", internal=net.internal)
+
+    def create_network(self, net: Network) -> None:
+        pool = net.pool
+        assert pool is not None and pool.gateway is not None
+        bridge = net.resolved["bridge"]
+        try:
+            with netns.iproute() as ipr:
+                index = links.ensure_bridge(ipr, bridge, int(net.resolved["mtu"]))
+                links.ensure_address(ipr, index, IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"))
+            if self.config.ip_forward:
+                links.set_sysctl("net/ipv4/ip_forward", "1")
+            # Published ports answer on 127.0.0.1 without a userland proxy: the kernel may route
+            # loopback-sourced (DNATed) packets out of this bridge.
+            links.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
+            if self.firewall:
+                self.firewall.setup_network(self.firewall_spec(net))
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.delete_network(net)
+            raise
+
+    def delete_network(self, net: Network) -> None:
+        if self.firewall:
+            self.firewall.teardown_network(self.firewall_spec(net))
+        with netns.iproute() as ipr:
+            links.delete_link(ipr, net.resolved["bridge"])
+
+    # -- endpoints -------------------------------------------------------------------------------
+    def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
+        assert ep.address is not None
+        ep.host_ifname = "veth" + os.urandom(4).hex()[:7]
+        fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with netns.iproute() as ipr:
+                master = links.index_of(ipr, net.resolved["bridge"])
+                if master is None:
+                    raise RuntimeError(f"bridge {net.resolved['bridge']} of network {net.name} is missing")
+                index = links.add_veth_into(ipr, ep.host_ifname, ep.ifname, fd, int(net.resolved["mtu"]),
+                                            ep.mac, master)
+                # Hairpin lets a container reach itself through its own published port.
+                ipr.brport("set", index=index, hairpin_mode=1)
+        finally:
+            os.close(fd)
+        try:
+            with netns.iproute(sandbox) as ipr:
+                links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway)
+        except Exception:
+            self.leave(net, ep)
+            raise
+
+    def leave(self, net: Network, ep: Endpoint) -> None:
+        if ep.host_ifname:
+            with netns.iproute() as ipr:
+                links.delete_link(ipr, ep.host_ifname)

@@ -1,0 +1,32 @@
+"""The host and null drivers: networks that exist once and program nothing.
+
+``host`` shares the daemon's namespace (the runtime gets no netns of its own); ``null`` leaves the
+container with loopback only. Neither has endpoints to wire.
+"""
+
+from __future__ import annotations
+
+from ..errors import Forbidden
+from ..model import Endpoint, Network
+
+
+class PassthroughDriver:
+    user_creatable = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def prepare(self, net: Network, others: list[Network]) -> None:
+        raise Forbidden(f"only one instance of \"{self.name}\" network is allowed")
+
+    def create_network(self, net: Network) -> None:
+        pass
+
+    def delete_network(self, net: Network) -> None:
+        pass
+
+    def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
+        pass
+
+    def leave(self, net: Network, ep: Endpoint) -> None:
+        pass

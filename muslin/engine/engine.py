@@ -1,0 +1,45 @@
+"""The engine: one object that owns the store, the daemon's configuration and the services.
+
+State changes run one at a time on a single worker thread, so handlers never race each other over the
+store or the kernel, and the event loop stays free for streams while netlink and iptables work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from .config import DaemonConfig
+from .firewall import IptablesFirewall
+from .networks import NetworkService
+from .store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Engine:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        config.data_root.mkdir(parents=True, exist_ok=True)
+        config.exec_root.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.data_root)
+        self.firewall = IptablesFirewall() if config.iptables else None
+        self.networks = NetworkService(self.store, config, self.firewall)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    def start(self) -> None:
+        self.networks.start()
+
+    async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run a state-changing engine call on the engine's worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+        self.store.close()

@@ -1,0 +1,165 @@
+"""The firewall behind one small interface, with an iptables implementation.
+
+A network's (or a port's) rules are a pure function of the model: ``bridge_rules`` and ``port_rules``
+return the lines Docker's bridge driver would program, in chains of our own (MUSLIN, MUSLIN-USER,
+MUSLIN-ISOLATION-STAGE-1/2). Setting up adds the missing lines, tearing down deletes the present ones, and
+both happen in one iptables-restore transaction, so they are idempotent and a reconcile after a crash is
+the same call as the first setup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
+
+from muslin.kernel import iptables
+
+# (table, chain, rule spec without "-A CHAIN", position): position "first" inserts at the top of the
+# chain, "append" adds at the end. Isolation and FORWARD jumps must precede anything a user appended.
+Rule = tuple[str, str, str, str]
+
+OWN_CHAINS: dict[str, list[str]] = {
+    "nat": ["MUSLIN"],
+    "filter": ["MUSLIN", "MUSLIN-USER", "MUSLIN-ISOLATION-STAGE-1", "MUSLIN-ISOLATION-STAGE-2"],
+}
+
+
+@dataclass(frozen=True)
+class BridgeSpec:
+    bridge: str
+    subnet: IPv4Network
+    masquerade: bool
+    icc: bool
+    internal: bool
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    bridge: str
+    proto: str
+    host_ip: str  # "" or 0.0.0.0 = any
+    host_port: int
+    container_ip: IPv4Address
+    container_port: int
+
+
+def base_rules() -> list[Rule]:
+    """The jumps into our chains and their default RETURNs, shared by every network."""
+    return [
+        ("nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j MUSLIN", "append"),
+        # Unlike Docker, 127.0.0.0/8 is not excluded: published ports answer on 127.0.0.1 through
+        # route_localnet + MASQUERADE instead of a userland proxy per port (see bridge_rules).
+        ("nat", "OUTPUT", "-m addrtype --dst-type LOCAL -j MUSLIN", "append"),
+        ("filter", "FORWARD", "-j MUSLIN-ISOLATION-STAGE-1", "first"),
+        ("filter", "FORWARD", "-j MUSLIN-USER", "first"),
+        ("filter", "MUSLIN-USER", "-j RETURN", "append"),
+        ("filter", "MUSLIN-ISOLATION-STAGE-1", "-j RETURN", "append"),
+        ("filter", "MUSLIN-ISOLATION-STAGE-2", "-j RETURN", "append"),
+    ]
+
+
+def bridge_rules(spec: BridgeSpec) -> list[Rule]:
+    br, net = spec.bridge, spec.subnet
+    if spec.internal:
+        # No way in or out: only traffic that stays on the bridge is allowed.
+        rules: list[Rule] = [
+            ("filter", "MUSLIN-ISOLATION-STAGE-1", f"! -s {net} -o {br} -j DROP", "first"),
+            ("filter", "MUSLIN-ISOLATION-STAGE-1", f"! -d {net} -i {br} -j DROP", "first"),
+        ]
+    else:
+        rules = [
+            ("nat", "MUSLIN", f"-i {br} -j RETURN", "first"),
+            ("filter", "FORWARD", f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "append"),
+            ("filter", "FORWARD", f"-o {br} -j MUSLIN", "append"),
+            ("filter", "FORWARD", f"-i {br} ! -o {br} -j ACCEPT", "append"),
+            ("filter", "MUSLIN-ISOLATION-STAGE-1", f"-i {br} ! -o {br} -j MUSLIN-ISOLATION-STAGE-2", "first"),
+            ("filter", "MUSLIN-ISOLATION-STAGE-2", f"-o {br} -j DROP", "first"),
+        ]
+        if spec.masquerade:
+            rules.append(("nat", "POSTROUTING", f"-s {net} ! -o {br} -j MASQUERADE", "append"))
+        # Host-originated traffic to a published port on 127.0.0.1 leaves with a loopback source; it has
+        # to be rewritten to the bridge address or the container's reply would go nowhere.
+        rules.append(("nat", "POSTROUTING", f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE", "append"))
+    verdict = "ACCEPT" if spec.icc else "DROP"
+    rules.append(("filter", "FORWARD", f"-i {br} -o {br} -j {verdict}", "append"))
+    return rules
+
+
+def port_rules(p: PortSpec) -> list[Rule]:
+    dest = f"-d {p.host_ip}/32 " if p.host_ip and p.host_ip != "0.0.0.0" else ""
+    cip, proto = p.container_ip, p.proto
+    return [
+        ("nat", "MUSLIN",
+         f"{dest}! -i {p.bridge} -p {proto} -m {proto} --dport {p.host_port} "
+         f"-j DNAT --to-destination {cip}:{p.container_port}", "append"),
+        # Hairpin: a container reaching its own published port comes back through the same bridge port.
+        ("nat", "POSTROUTING",
+         f"-s {cip}/32 -d {cip}/32 -p {proto} -m {proto} --dport {p.container_port} -j MASQUERADE", "append"),
+        ("filter", "MUSLIN",
+         f"-d {cip}/32 ! -i {p.bridge} -o {p.bridge} -p {proto} -m {proto} --dport {p.container_port} -j ACCEPT",
+         "append"),
+    ]
+
+
+class Firewall(Protocol):
+    def setup_network(self, spec: BridgeSpec) -> None: ...
+    def teardown_network(self, spec: BridgeSpec) -> None: ...
+    def add_port_forwards(self, ports: list[PortSpec]) -> None: ...
+    def remove_port_forwards(self, ports: list[PortSpec]) -> None: ...
+
+
+class IptablesFirewall:
+    """Applies rule lists as diffs against what the kernel holds, one transaction per call."""
+
+    def setup_network(self, spec: BridgeSpec) -> None:
+        self._add(base_rules() + bridge_rules(spec))
+
+    def teardown_network(self, spec: BridgeSpec) -> None:
+        self._remove(bridge_rules(spec))
+
+    def add_port_forwards(self, ports: list[PortSpec]) -> None:
+        self._add([r for p in ports for r in port_rules(p)])
+
+    def remove_port_forwards(self, ports: list[PortSpec]) -> None:
+        self._remove([r for p in ports for r in port_rules(p)])
+
+    def remove_everything(self) -> None:
+        """Drop every rule and chain of ours (used by tests and `muslind --cleanup`)."""
+        batch = iptables.Batch()
+        for table, chains in OWN_CHAINS.items():
+            current = iptables.read(table)
+            for rule in current.rules:
+                chain = rule.split()[1]
+                if chain not in chains and any(f"-j {c}" in rule for c in chains):
+                    batch.add(table, "-D" + rule[2:])
+            for chain in chains:
+                if chain in current.chains:
+                    batch.add(table, f"-F {chain}")
+            for chain in chains:
+                if chain in current.chains:
+                    batch.add(table, f"-X {chain}")
+        batch.apply()
+
+    def _add(self, rules: list[Rule]) -> None:
+        batch = iptables.Batch()
+        for table in {r[0] for r in rules}:
+            current = iptables.read(table)
+            for chain in OWN_CHAINS.get(table, []):
+                if chain not in current.chains:
+                    batch.add(table, f":{chain} - [0:0]")
+            for t, chain, spec, position in rules:
+                if t != table or current.has(f"-A {chain} {spec}"):
+                    continue
+                current.rules.append(f"-A {chain} {spec}")  # a rule listed twice is added once
+                batch.add(table, f"-I {chain} 1 {spec}" if position == "first" else f"-A {chain} {spec}")
+        batch.apply()
+
+    def _remove(self, rules: list[Rule]) -> None:
+        batch = iptables.Batch()
+        for table in {r[0] for r in rules}:
+            current = iptables.read(table)
+            for t, chain, spec, _ in rules:
+                if t == table and current.has(f"-A {chain} {spec}"):
+                    batch.add(table, f"-D {chain} {spec}")
+        batch.apply()

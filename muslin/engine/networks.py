@@ -1,0 +1,238 @@
+"""Networks: the model's lifecycle, IPAM and endpoints, with each driver doing the kernel work.
+
+Ordering is what keeps the store and the kernel consistent when muslind dies halfway:
+- create commits the record first, then programs the kernel (a crash leaves a record that reconcile
+  programs at the next start; a driver failure deletes the record again);
+- delete unprograms the kernel first, then drops the record (a crash leaves a record that reconcile
+  re-programs, and the user's next `network rm` finishes the job).
+So the kernel never holds something the store does not know, and start-up reconcile is the same code
+as the first create.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from muslin.kernel import links, netns
+
+from . import ipam
+from .config import DaemonConfig
+from .drivers.base import NetworkDriver
+from .drivers.bridge import OPT_BIND, OPT_DEFAULT, OPT_ICC, OPT_MASQ, OPT_MTU, OPT_NAME, BridgeDriver
+from .drivers.passthrough import PassthroughDriver
+from .errors import Conflict, Forbidden, InvalidArgument, NotFound
+from .firewall import Firewall
+from .model import Endpoint, IPAMPool, Network, new_id, now_rfc3339
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+PREDEFINED = {"bridge": "bridge", "host": "host", "none": "null"}
+# Drivers Docker knows that muslind does not implement yet: refused with a clear message, not "not found".
+PLANNED_DRIVERS = {"macvlan", "ipvlan", "overlay"}
+
+
+class NetworkService:
+    def __init__(self, store: Store, config: DaemonConfig, firewall: Firewall | None) -> None:
+        self.store = store
+        self.config = config
+        self.bridge = BridgeDriver(config, firewall)
+        self.drivers: dict[str, NetworkDriver] = {
+            "bridge": self.bridge,
+            "host": PassthroughDriver("host"),
+            "null": PassthroughDriver("null"),
+        }
+
+    def driver_names(self) -> list[str]:
+        return sorted(self.drivers)
+
+    # -- queries -----------------------------------------------------------------------------------
+    def list(self) -> list[Network]:
+        return self.store.networks()
+
+    def get(self, ref: str) -> Network:
+        nets = self.store.networks()
+        for net in nets:
+            if net.id == ref:
+                return net
+        for net in nets:
+            if net.name == ref:
+                return net
+        matches = [n for n in nets if ref and n.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise NotFound(f"network {ref} is ambiguous ({len(matches)} matches found based on ID prefix)")
+        raise NotFound(f"network {ref} not found")
+
+    def endpoints(self, net: Network) -> list[Endpoint]:
+        return self.store.endpoints(network_id=net.id)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Make the predefined networks exist as configured, then bring the kernel in line."""
+        self._ensure_predefined()
+        self.reconcile()
+
+    def _default_bridge(self) -> Network:
+        bip = self.config.default_bip
+        options = {
+            OPT_DEFAULT: "true",
+            OPT_ICC: str(self.config.icc).lower(),
+            OPT_MASQ: str(self.config.ip_masq).lower(),
+            OPT_BIND: self.config.default_bind_ip,
+            OPT_NAME: self.config.bridge_name,
+            OPT_MTU: str(self.config.mtu),
+        }
+        return Network(id=new_id(), name="bridge", driver="bridge", created=now_rfc3339(),
+                       pools=[IPAMPool(subnet=bip.network, gateway=bip.ip)], options=options, predefined=True)
+
+    def _ensure_predefined(self) -> None:
+        existing = {n.name: n for n in self.store.networks()}
+        for name, driver in PREDEFINED.items():
+            if name in existing or name == "bridge":  # the default bridge follows the flags, below
+                continue
+            net = Network(id=new_id(), name=name, driver=driver, created=now_rfc3339(), predefined=True)
+            with self.store.transaction() as db:
+                self.store.put_network(db, net)
+        wanted = self._default_bridge()
+        current = existing.get("bridge")
+        if current is None or current.pools != wanted.pools or current.options != wanted.options:
+            # The daemon's flags (--bip, --mtu, --ip-masq, ...) changed: the default bridge follows them,
+            # keeping its Id, as dockerd does at restart.
+            if current is not None and current.resolved:
+                self.bridge.delete_network(current)
+            wanted.id = current.id if current else wanted.id
+            wanted.created = current.created if current else wanted.created
+            self.bridge.prepare(wanted, [n for n in existing.values() if n.name != "bridge"])
+            with self.store.transaction() as db:
+                self.store.put_network(db, wanted)
+
+    def reconcile(self) -> None:
+        for net in self.store.networks():
+            if net.resolved:
+                self.drivers[net.driver].create_network(net)
+
+    def create(self, name: str, driver: str = "bridge", ipam_configs: Iterable[dict] = (),
+               internal: bool = False, attachable: bool = False, ingress: bool = False,
+               enable_ipv6: bool = False, options: dict[str, str] | None = None,
+               labels: dict[str, str] | None = None, ipam_driver: str = "default",
+               ipam_options: dict[str, str] | None = None) -> Network:
+        if not name:
+            raise InvalidArgument("network name cannot be empty")
+        if name in PREDEFINED:
+            raise Forbidden(f"{name} is a pre-defined network and cannot be created")
+        driver = driver or "bridge"
+        if driver in PLANNED_DRIVERS:
+            raise InvalidArgument(f"the {driver} driver is not available in muslind yet; available: {', '.join(self.driver_names())}")
+        if driver not in self.drivers:
+            raise NotFound(f"plugin \"{driver}\" not found")
+        if enable_ipv6:
+            raise InvalidArgument("IPv6 networks are not supported by muslind yet")
+        if ipam_driver not in ("", "default"):
+            raise NotFound(f"plugin \"{ipam_driver}\" not found")
+        configs = list(ipam_configs or [])
+        if len(configs) > 1:
+            raise InvalidArgument("muslind supports one IPv4 pool per network")
+        others = self.store.networks()
+        if any(n.name == name for n in others):
+            raise Conflict(f"network with name {name} already exists")
+        net = Network(id=new_id(), name=name, driver=driver, created=now_rfc3339(), internal=internal,
+                      attachable=attachable, ingress=ingress, options=dict(options or {}),
+                      labels=dict(labels or {}), ipam_options=dict(ipam_options or {}))
+        taken = [(n.name, n.pool.subnet) for n in others if n.pool]
+        if configs:
+            pool = ipam.pool_from_config(configs[0])
+            ipam.check_no_overlap(pool.subnet, taken)
+        else:
+            pool = IPAMPool(subnet=ipam.choose_subnet([s for _, s in taken] + self._namespace_subnets()))
+        if pool.gateway is None:
+            pool.gateway = ipam.first_host(pool.subnet)
+        net.pools = [pool]
+        self.drivers[driver].prepare(net, others)
+        with self.store.transaction() as db:
+            if any(n.name == name for n in self.store.networks()):
+                raise Conflict(f"network with name {name} already exists")
+            self.store.put_network(db, net)
+        try:
+            self.drivers[driver].create_network(net)
+        except Exception:
+            with self.store.transaction() as db:
+                self.store.delete_network(db, net.id)
+            raise
+        log.info("created network %s (%s, %s, %s)", name, net.id[:12], driver, pool.subnet)
+        return net
+
+    def _namespace_subnets(self) -> list[IPv4Network]:
+        with netns.iproute() as ipr:
+            routes = [IPv4Network(f"{d}/{p}", strict=False) for d, p in links.ipv4_routes(ipr)]
+            addrs = [a.network for a in links.interface_addresses(ipr) if not a.ip.is_loopback]
+        return routes + addrs
+
+    def delete(self, ref: str) -> None:
+        net = self.get(ref)
+        if net.predefined:
+            raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
+        if self.store.endpoints(network_id=net.id):
+            raise Forbidden(f"error while removing network: network {net.name} id {net.id} has active endpoints")
+        self.drivers[net.driver].delete_network(net)
+        with self.store.transaction() as db:
+            self.store.delete_network(db, net.id)
+        log.info("removed network %s (%s)", net.name, net.id[:12])
+
+    def prune(self, keep: Callable[[Network], bool]) -> list[str]:
+        removed = []
+        for net in self.store.networks():
+            if net.predefined or keep(net) or self.store.endpoints(network_id=net.id):
+                continue
+            self.delete(net.id)
+            removed.append(net.name)
+        return removed
+
+    # -- endpoints ---------------------------------------------------------------------------------
+    def allocate_endpoint(self, net: Network, container_id: str, container_name: str, ifname: str,
+                          ip: str = "", mac: str = "", aliases: list[str] | None = None) -> Endpoint:
+        """Reserve an address and record the endpoint (not yet wired)."""
+        if net.driver != "bridge":
+            raise InvalidArgument(f"network {net.name} ({net.driver}) takes no endpoints")
+        if self.store.endpoints(network_id=net.id, container_id=container_id):
+            raise Forbidden(f"endpoint with name {container_name} already exists in network {net.name}")
+        pool = net.pool
+        assert pool is not None
+        with self.store.transaction() as db:
+            allocated = self.store.allocated(net.id)
+            if ip:
+                address = ipam.parse_address(ip, "IPv4")
+                if net.name == "bridge" and net.predefined:
+                    raise InvalidArgument("user specified IP address is supported on user defined networks only")
+                ipam.check_requested(pool, address, allocated)
+            else:
+                address = ipam.next_free(pool, allocated)
+            self.store.allocate(db, net.id, address, container_id)
+            ep = Endpoint(id=new_id(), network_id=net.id, container_id=container_id,
+                          container_name=container_name,
+                          address=IPv4Interface(f"{address}/{pool.subnet.prefixlen}"),
+                          mac=mac or ipam.bridge_mac(address), ifname=ifname,
+                          aliases=list(aliases or []), gateway=pool.gateway)
+            self.store.put_endpoint(db, ep)
+        return ep
+
+    def wire_endpoint(self, net: Network, ep: Endpoint, sandbox: str) -> None:
+        try:
+            self.drivers[net.driver].join(net, ep, sandbox)
+        except Exception:
+            self.release_endpoint(net, ep)
+            raise
+        with self.store.transaction() as db:
+            self.store.put_endpoint(db, ep)
+
+    def release_endpoint(self, net: Network, ep: Endpoint) -> None:
+        self.drivers[net.driver].leave(net, ep)
+        with self.store.transaction() as db:
+            self.store.delete_endpoint(db, ep.id)
+            self.store.release(db, net.id, ep.container_id)
+
+    def gateway_of(self, net: Network) -> IPv4Address | None:
+        return net.pool.gateway if net.pool else None

@@ -1,0 +1,178 @@
+"""The engine's embedded store: SQLite under --data-root.
+
+One table per kind of record, each row a JSON document plus the columns that must be unique (names,
+addresses). Uniqueness is enforced by SQLite, so two racing creates cannot both win, and every change
+the engine makes is one transaction: a muslind killed halfway leaves either the old or the new record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from .model import Endpoint, IPAMPool, Network
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS endpoints (
+    id TEXT PRIMARY KEY, network_id TEXT NOT NULL, container_id TEXT NOT NULL, doc TEXT NOT NULL,
+    UNIQUE (network_id, container_id));
+CREATE TABLE IF NOT EXISTS addresses (
+    network_id TEXT NOT NULL, address TEXT NOT NULL, owner TEXT NOT NULL, PRIMARY KEY (network_id, address));
+CREATE TABLE IF NOT EXISTS containers (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ports (
+    proto TEXT NOT NULL, host_ip TEXT NOT NULL, host_port INTEGER NOT NULL, container_id TEXT NOT NULL,
+    PRIMARY KEY (proto, host_ip, host_port));
+"""
+
+
+def _network_to_doc(net: Network) -> str:
+    doc = asdict(net)
+    doc["pools"] = [
+        {
+            "subnet": str(p.subnet),
+            "gateway": str(p.gateway) if p.gateway else None,
+            "ip_range": str(p.ip_range) if p.ip_range else None,
+            "aux_addresses": {k: str(v) for k, v in p.aux_addresses.items()},
+        }
+        for p in net.pools
+    ]
+    return json.dumps(doc)
+
+
+def _network_from_doc(text: str) -> Network:
+    doc = json.loads(text)
+    doc["pools"] = [
+        IPAMPool(
+            subnet=IPv4Network(p["subnet"]),
+            gateway=IPv4Address(p["gateway"]) if p["gateway"] else None,
+            ip_range=IPv4Network(p["ip_range"]) if p["ip_range"] else None,
+            aux_addresses={k: IPv4Address(v) for k, v in p["aux_addresses"].items()},
+        )
+        for p in doc["pools"]
+    ]
+    return Network(**doc)
+
+
+def _endpoint_to_doc(ep: Endpoint) -> str:
+    doc = asdict(ep)
+    doc["address"] = str(ep.address) if ep.address else None
+    doc["gateway"] = str(ep.gateway) if ep.gateway else None
+    return json.dumps(doc)
+
+
+def _endpoint_from_doc(text: str) -> Endpoint:
+    doc = json.loads(text)
+    doc["address"] = IPv4Interface(doc["address"]) if doc["address"] else None
+    doc["gateway"] = IPv4Address(doc["gateway"]) if doc["gateway"] else None
+    return Endpoint(**doc)
+
+
+class Store:
+    def __init__(self, data_root: Path) -> None:
+        data_root.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(data_root / "muslin.db", check_same_thread=False, isolation_level=None)
+        # WAL + synchronous=NORMAL: a crash loses at most the last commits, never consistency.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, *args: Any) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # networks
+    def networks(self) -> list[Network]:
+        return [_network_from_doc(d) for (d,) in self._rows("SELECT doc FROM networks ORDER BY name")]
+
+    def put_network(self, db: sqlite3.Connection, net: Network) -> None:
+        db.execute(
+            "INSERT INTO networks (id, name, doc) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, doc = excluded.doc",
+            (net.id, net.name, _network_to_doc(net)),
+        )
+
+    def delete_network(self, db: sqlite3.Connection, network_id: str) -> None:
+        db.execute("DELETE FROM networks WHERE id = ?", (network_id,))
+        db.execute("DELETE FROM addresses WHERE network_id = ?", (network_id,))
+
+    # endpoints
+    def endpoints(self, network_id: str | None = None, container_id: str | None = None) -> list[Endpoint]:
+        sql, args = "SELECT doc FROM endpoints WHERE 1=1", []
+        if network_id:
+            sql, args = sql + " AND network_id = ?", [*args, network_id]
+        if container_id:
+            sql, args = sql + " AND container_id = ?", [*args, container_id]
+        return [_endpoint_from_doc(d) for (d,) in self._rows(sql + " ORDER BY rowid", *args)]
+
+    def put_endpoint(self, db: sqlite3.Connection, ep: Endpoint) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO endpoints (id, network_id, container_id, doc) VALUES (?, ?, ?, ?)",
+            (ep.id, ep.network_id, ep.container_id, _endpoint_to_doc(ep)),
+        )
+
+    def delete_endpoint(self, db: sqlite3.Connection, endpoint_id: str) -> None:
+        db.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,))
+
+    # IPAM allocations
+    def allocated(self, network_id: str) -> set[IPv4Address]:
+        rows = self._rows("SELECT address FROM addresses WHERE network_id = ?", network_id)
+        return {IPv4Address(a) for (a,) in rows}
+
+    def allocate(self, db: sqlite3.Connection, network_id: str, address: IPv4Address, owner: str) -> None:
+        db.execute("INSERT INTO addresses (network_id, address, owner) VALUES (?, ?, ?)",
+                   (network_id, str(address), owner))
+
+    def release(self, db: sqlite3.Connection, network_id: str, owner: str) -> None:
+        db.execute("DELETE FROM addresses WHERE network_id = ? AND owner = ?", (network_id, owner))
+
+    def address_owners(self) -> list[tuple[str, str, str]]:
+        return self._rows("SELECT network_id, address, owner FROM addresses")
+
+    # containers (documents owned by the container service)
+    def containers(self) -> list[dict]:
+        return [json.loads(d) for (d,) in self._rows("SELECT doc FROM containers ORDER BY rowid")]
+
+    def put_container(self, db: sqlite3.Connection, cid: str, name: str, doc: dict) -> None:
+        db.execute(
+            "INSERT INTO containers (id, name, doc) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, doc = excluded.doc",
+            (cid, name, json.dumps(doc)),
+        )
+
+    def delete_container(self, db: sqlite3.Connection, cid: str) -> None:
+        db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+        db.execute("DELETE FROM ports WHERE container_id = ?", (cid,))
+
+    # published host ports
+    def ports(self) -> list[tuple[str, str, int, str]]:
+        return self._rows("SELECT proto, host_ip, host_port, container_id FROM ports")
+
+    def bind_port(self, db: sqlite3.Connection, proto: str, host_ip: str, port: int, cid: str) -> None:
+        db.execute("INSERT INTO ports (proto, host_ip, host_port, container_id) VALUES (?, ?, ?, ?)",
+                   (proto, host_ip, port, cid))
+
+    def unbind_ports(self, db: sqlite3.Connection, cid: str) -> None:
+        db.execute("DELETE FROM ports WHERE container_id = ?", (cid,))

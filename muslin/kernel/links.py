@@ -1,0 +1,124 @@
+"""Links, addresses and routes through netlink, each call named for the state it ensures.
+
+Every function takes an open IPRoute (see ``netns.iproute``) so one caller can batch several steps on one
+socket, and every ``ensure_*`` is idempotent: re-running it after a crash converges instead of failing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from ipaddress import IPv4Address, IPv4Interface
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+def index_of(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def link_kind(ipr: IPRoute, index: int) -> str | None:
+    (link,) = ipr.get_links(index)
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC in Docker's 02:42 range."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in os.urandom(4))
+
+
+def ensure_bridge(ipr: IPRoute, name: str, mtu: int) -> int:
+    index = index_of(ipr, name)
+    if index is None:
+        try:
+            ipr.link("add", ifname=name, kind="bridge", address=random_mac(), mtu=mtu)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        index = index_of(ipr, name)
+        assert index is not None
+    elif link_kind(ipr, index) != "bridge":
+        raise FileExistsError(f"{name} exists and is not a bridge")
+    ipr.link("set", index=index, mtu=mtu, state="up")
+    return index
+
+
+def ensure_address(ipr: IPRoute, index: int, address: IPv4Interface) -> None:
+    present = {
+        (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)
+    }
+    if (str(address.ip), address.network.prefixlen) in present:
+        return
+    ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
+             broadcast=str(address.network.broadcast_address))
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    index = index_of(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+    return True
+
+
+def ipv4_routes(ipr: IPRoute) -> list[tuple[str, int]]:
+    """(destination, prefix) of every IPv4 route in the main table, for IPAM's overlap check."""
+    out = []
+    for r in ipr.get_routes(family=2, table=254):
+        dst = r.get_attr("RTA_DST")
+        if dst:
+            out.append((dst, r["dst_len"]))
+    return out
+
+
+def interface_addresses(ipr: IPRoute) -> list[IPv4Interface]:
+    return [
+        IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}") for a in ipr.get_addr(family=2)
+    ]
+
+
+def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: int, mtu: int,
+                  peer_mac: str, master_index: int) -> int:
+    """Create a veth pair whose peer is born inside the target namespace (no link move), host end on
+    the bridge and up. Returns the host end's index."""
+    ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, master=master_index, state="up",
+             peer={"ifname": peer_ifname, "net_ns_fd": netns_fd, "address": peer_mac, "mtu": mtu})
+    index = index_of(ipr, host_ifname)
+    assert index is not None
+    return index
+
+
+def configure_container_link(ipr: IPRoute, ifname: str, address: IPv4Interface,
+                             gateway: IPv4Address | None) -> None:
+    """Inside the container's namespace: address, up, and the default route via the gateway."""
+    index = index_of(ipr, ifname)
+    if index is None:
+        raise FileNotFoundError(f"{ifname} is missing in the container namespace")
+    ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
+             broadcast=str(address.network.broadcast_address))
+    ipr.link("set", index=index, state="up")
+    if gateway is not None:
+        try:
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+        except NetlinkError as exc:
+            # A second network does not replace the first one's default route, as in Docker.
+            if exc.code != errno.EEXIST:
+                raise
+
+
+def set_sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path>; /proc/sys/net resolves against the calling thread's namespace."""
+    with open(f"/proc/sys/{path}", "w") as f:
+        f.write(value)
+
+
+def get_sysctl(path: str) -> str:
+    with open(f"/proc/sys/{path}") as f:
+        return f.read().strip()
