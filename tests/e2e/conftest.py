@@ -1,0 +1,118 @@
+"""A muslind per test module, started inside a fresh network namespace and driven by the real docker CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from muslin.kernel import netns
+
+from ..conftest import unique
+
+MUSLIND = str(Path(sys.executable).with_name("muslind"))
+
+
+@dataclass
+class Daemon:
+    ns: str
+    root: Path
+    sock: str
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": f"unix://{self.sock}"}
+
+    def start(self) -> None:
+        log = open(self.root / "muslind.log", "ab")
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={netns.path_for(self.ns)}", MUSLIND, "-H", f"unix://{self.sock}",
+             "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "run"), *self.args],
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"muslind exited: {(self.root / 'muslind.log').read_text()}")
+            if os.path.exists(self.sock) and self.docker("version", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("muslind did not come up")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def docker(self, *args: str, check: bool = True, input: str | None = None,
+               timeout: float = 30) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True,
+                              input=input, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+        return proc
+
+    def sh(self, *cmd: str, check: bool = True) -> str:
+        """Run a command inside the daemon's network namespace (to check kernel state)."""
+        proc = subprocess.run(["nsenter", f"--net={netns.path_for(self.ns)}", *cmd],
+                              capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{cmd} failed: {proc.stderr}")
+        return proc.stdout
+
+    def log(self) -> str:
+        return (self.root / "muslind.log").read_text()
+
+
+def _unmount_under(root: Path) -> None:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(str(root))), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+@pytest.fixture
+def daemon_factory() -> Iterator:
+    made: list[Daemon] = []
+
+    def make(*args: str) -> Daemon:
+        ns = unique("me-")
+        netns.create(ns)
+        root = Path(tempfile.mkdtemp(prefix="muslin-e2e-"))
+        d = Daemon(ns=ns, root=root, sock=str(root / "docker.sock"), args=list(args))
+        made.append(d)
+        d.start()
+        return d
+
+    yield make
+    for d in made:
+        try:
+            if d.proc and d.proc.poll() is None:
+                ids = d.docker("ps", "-aq", check=False).stdout.split()
+                if ids:
+                    d.docker("rm", "-f", *ids, check=False)
+        finally:
+            d.stop()
+            _unmount_under(d.root)
+            netns.remove(d.ns)
+            shutil.rmtree(d.root, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(daemon_factory) -> Daemon:
+    return daemon_factory()

@@ -1,0 +1,145 @@
+"""§4.1 and §4.2.1 of the article through the real docker CLI, checked against the kernel."""
+
+from __future__ import annotations
+
+import json
+
+import docker as docker_sdk
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def _rules(save_output: str) -> list[str]:
+    return [line for line in save_output.splitlines() if not line.startswith("#")]
+
+
+def test_predefined_networks_and_inspect(daemon) -> None:
+    out = daemon.docker("network", "ls").stdout.splitlines()
+    assert out[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE"]
+    rows = {line.split()[1]: line.split()[2:] for line in out[1:]}
+    assert rows == {"bridge": ["bridge", "local"], "host": ["host", "local"], "none": ["null", "local"]}
+    (bridge,) = json.loads(daemon.docker("network", "inspect", "bridge").stdout)
+    assert list(bridge)[:5] == ["Name", "Id", "Created", "Scope", "Driver"]
+    assert bridge["IPAM"]["Config"] == [{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"}]
+    assert bridge["Options"]["com.docker.network.bridge.name"] == "muslin0"
+    assert bridge["Options"]["com.docker.network.driver.mtu"] == "1500"
+    assert "inet 172.17.0.1/16" in daemon.sh("ip", "addr", "show", "muslin0")
+    assert "Network: bridge host null" in daemon.docker("info").stdout
+
+
+def test_article_mybr0_create_and_remove_leaves_nothing(daemon) -> None:
+    before_nat = daemon.sh("iptables-save", "-t", "nat")
+    before_filter = daemon.sh("iptables-save", "-t", "filter")
+    daemon.docker("network", "create", "-d", "bridge", "--subnet", "192.168.100.0/24", "--gateway",
+                  "192.168.100.1", "-o", "com.docker.network.bridge.name=docker1", "mybr0")
+    addr = daemon.sh("ip", "addr", "show", "docker1")
+    assert "inet 192.168.100.1/24" in addr and "UP" in addr
+    nat = daemon.sh("iptables", "-t", "nat", "-S")
+    assert "-A POSTROUTING -s 192.168.100.0/24 ! -o docker1 -j MASQUERADE" in nat
+    filt = daemon.sh("iptables", "-S")
+    assert "-A MUSLIN-ISOLATION-STAGE-2 -o docker1 -j DROP" in filt
+    assert daemon.sh("cat", "/proc/sys/net/ipv4/ip_forward").strip() == "1"
+    assert "mybr0" in daemon.docker("network", "ls").stdout
+    (net,) = json.loads(daemon.docker("network", "inspect", "mybr0").stdout)
+    assert net["IPAM"]["Config"] == [{"Subnet": "192.168.100.0/24", "Gateway": "192.168.100.1"}]
+    assert net["Options"] == {"com.docker.network.bridge.name": "docker1"}
+    daemon.docker("network", "rm", "mybr0")
+    assert "docker1" not in daemon.sh("ip", "link")
+    assert daemon.sh("iptables-save", "-t", "nat") .count("docker1") == 0
+    # Exactly the rules we found before are left (the default bridge's).
+    assert _rules(daemon.sh("iptables-save", "-t", "nat")) == _rules(before_nat)
+    assert _rules(daemon.sh("iptables-save", "-t", "filter")) == _rules(before_filter)
+
+
+def test_bad_input_is_refused_and_changes_nothing(daemon) -> None:
+    daemon.docker("network", "create", "--subnet", "10.30.0.0/24", "a")
+    links_before = daemon.sh("ip", "-o", "link")
+    rules_before = daemon.sh("iptables-save")
+    cases = [
+        (["network", "create", "a"], "already exists"),
+        (["network", "create", "--subnet", "10.30.0.0/25", "b"], "overlaps"),
+        (["network", "create", "--subnet", "10.31.0.0/24", "--gateway", "10.32.0.1", "b"], "gateway"),
+        (["network", "create", "--subnet", "10.31.0.0/33", "b"], "invalid"),
+        (["network", "create", "-d", "nosuchdriver", "b"], "not found"),
+        (["network", "create", "-o", "com.docker.network.bridge.enable_icc=maybe", "b"], "enable_icc"),
+        (["network", "create", "-o", "com.docker.network.driver.mtu=abc", "b"], "mtu"),
+        (["network", "create", "-o", "com.docker.network.bridge.name=lo", "b"], "already taken"),
+        (["network", "rm", "bridge"], "pre-defined"),
+        (["network", "rm", "nosuchnet"], "not found"),
+    ]
+    for args, message in cases:
+        proc = daemon.docker(*args, check=False)
+        assert proc.returncode != 0, args
+        assert message in proc.stderr, (args, proc.stderr)
+    assert daemon.sh("ip", "-o", "link") == links_before
+    assert _rules(daemon.sh("iptables-save")) == _rules(rules_before)
+    names = [line.split()[1] for line in daemon.docker("network", "ls").stdout.splitlines()[1:]]
+    assert sorted(names) == ["a", "bridge", "host", "none"]
+
+
+def test_default_pools_skip_used_subnets_and_routes(daemon) -> None:
+    daemon.sh("ip", "link", "add", "vt0", "type", "veth", "peer", "name", "vt1")
+    daemon.sh("ip", "addr", "add", "172.18.5.1/24", "dev", "vt0")
+    daemon.docker("network", "create", "auto1")
+    (net,) = json.loads(daemon.docker("network", "inspect", "auto1").stdout)
+    assert net["IPAM"]["Config"][0]["Subnet"] == "172.19.0.0/16"
+    assert net["IPAM"]["Config"][0]["Gateway"] == "172.19.0.1"
+
+
+def test_internal_and_icc_options_program_isolation(daemon) -> None:
+    daemon.docker("network", "create", "--internal", "--subnet", "10.40.0.0/24",
+                  "-o", "com.docker.network.bridge.enable_icc=false",
+                  "-o", "com.docker.network.bridge.name=brint", "--label", "env=test", "isolated")
+    rules = daemon.sh("iptables", "-S")
+    assert "-A MUSLIN-ISOLATION-STAGE-1 ! -s 10.40.0.0/24 -o brint -j DROP" in rules
+    assert "-A MUSLIN-ISOLATION-STAGE-1 ! -d 10.40.0.0/24 -i brint -j DROP" in rules
+    assert "-A FORWARD -i brint -o brint -j DROP" in rules
+    assert "10.40.0.0/24" not in daemon.sh("iptables", "-t", "nat", "-S")
+    (net,) = json.loads(daemon.docker("network", "inspect", "isolated").stdout)
+    assert net["Internal"] is True and net["Labels"] == {"env": "test"}
+    listed = daemon.docker("network", "ls", "--filter", "label=env=test", "-q").stdout.split()
+    assert listed == [net["Id"][:12]]
+    assert daemon.docker("network", "prune", "-f").returncode == 0
+    assert "brint" not in daemon.sh("ip", "link")
+
+
+def test_restart_keeps_ids_and_reconciles_kernel(daemon) -> None:
+    daemon.docker("network", "create", "--subnet", "10.50.0.0/24", "-o",
+                  "com.docker.network.bridge.name=brkeep", "keep")
+    ids = daemon.docker("network", "ls", "-q", "--no-trunc").stdout.split()
+    daemon.stop()
+    # Simulate what a crash can leave: the bridge and one rule gone.
+    daemon.sh("ip", "link", "del", "brkeep")
+    daemon.sh("iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "10.50.0.0/24", "!", "-o", "brkeep",
+              "-j", "MASQUERADE")
+    daemon.start()
+    assert daemon.docker("network", "ls", "-q", "--no-trunc").stdout.split() == ids
+    assert "inet 10.50.0.1/24" in daemon.sh("ip", "addr", "show", "brkeep")
+    assert "-A POSTROUTING -s 10.50.0.0/24 ! -o brkeep -j MASQUERADE" in daemon.sh("iptables", "-t", "nat", "-S")
+
+
+def test_bip_mtu_and_ip_masq_flags_as_dockerd(daemon_factory) -> None:
+    d = daemon_factory("--bip=172.21.31.1/24", "--ip-masq=false", "--mtu=1472")
+    (net,) = json.loads(d.docker("network", "inspect", "bridge").stdout)
+    assert net["IPAM"]["Config"] == [{"Subnet": "172.21.31.0/24", "Gateway": "172.21.31.1"}]
+    link = d.sh("ip", "addr", "show", "muslin0")
+    assert "inet 172.21.31.1/24" in link and "mtu 1472" in link
+    assert "MASQUERADE" not in d.sh("iptables", "-t", "nat", "-S", "POSTROUTING").replace(
+        "-m addrtype --src-type LOCAL -j MASQUERADE", "")
+
+
+def test_sdk_drives_networks(daemon) -> None:
+    client = docker_sdk.DockerClient(base_url=f"unix://{daemon.sock}")
+    try:
+        assert client.ping()
+        ipam = docker_sdk.types.IPAMConfig(pool_configs=[docker_sdk.types.IPAMPool(subnet="10.55.0.0/24", gateway="10.55.0.1")])
+        net = client.networks.create("sdknet", driver="bridge", ipam=ipam,
+                                     options={"com.docker.network.bridge.name": "br-sdk"})
+        assert net.attrs["IPAM"]["Config"][0]["Subnet"] == "10.55.0.0/24"
+        assert {n.name for n in client.networks.list()} == {"bridge", "host", "none", "sdknet"}
+        assert "inet 10.55.0.1/24" in daemon.sh("ip", "addr", "show", "br-sdk")
+        net.remove()
+        assert "br-sdk" not in daemon.sh("ip", "link")
+    finally:
+        client.close()

@@ -1,0 +1,29 @@
+from ipaddress import IPv4Address, IPv4Network
+
+from muslin.engine.firewall import BridgeSpec, PortSpec, bridge_rules, port_rules
+
+
+def specs(rules):
+    return {(t, c, s) for t, c, s, _ in rules}
+
+
+def test_bridge_rules_mirror_docker() -> None:
+    rules = specs(bridge_rules(BridgeSpec("docker1", IPv4Network("192.168.100.0/24"), True, True, False)))
+    assert ("nat", "POSTROUTING", "-s 192.168.100.0/24 ! -o docker1 -j MASQUERADE") in rules
+    assert ("filter", "MUSLIN-ISOLATION-STAGE-2", "-o docker1 -j DROP") in rules
+    assert ("filter", "FORWARD", "-i docker1 -o docker1 -j ACCEPT") in rules
+
+
+def test_no_masquerade_when_off_and_internal_has_no_way_out() -> None:
+    off = specs(bridge_rules(BridgeSpec("b", IPv4Network("10.0.0.0/24"), False, True, False)))
+    assert not any("-s 10.0.0.0/24 ! -o b -j MASQUERADE" in s for _, _, s in off)
+    internal = specs(bridge_rules(BridgeSpec("b", IPv4Network("10.0.0.0/24"), True, False, True)))
+    assert ("filter", "MUSLIN-ISOLATION-STAGE-1", "! -d 10.0.0.0/24 -i b -j DROP") in internal
+    assert ("filter", "FORWARD", "-i b -o b -j DROP") in internal
+    assert not any(t == "nat" for t, _, _ in internal)
+
+
+def test_port_rules_dnat_hairpin_and_accept() -> None:
+    rules = specs(port_rules(PortSpec("muslin0", "tcp", "127.0.0.1", 8081, IPv4Address("172.17.0.2"), 80)))
+    assert ("nat", "MUSLIN", "-d 127.0.0.1/32 ! -i muslin0 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 172.17.0.2:80") in rules
+    assert ("nat", "POSTROUTING", "-s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE") in rules
