@@ -127,8 +127,9 @@ class IptablesFirewall:
     def remove_everything(self) -> None:
         """Drop every rule and chain of ours (used by tests and `muslind --cleanup`)."""
         batch = iptables.Batch()
+        state = iptables.read_all()
         for table, chains in OWN_CHAINS.items():
-            current = iptables.read(table)
+            current = state.get(table, iptables.Ruleset())
             for rule in current.rules:
                 chain = rule.split()[1]
                 if chain not in chains and any(f"-j {c}" in rule for c in chains):
@@ -143,8 +144,9 @@ class IptablesFirewall:
 
     def _add(self, rules: list[Rule]) -> None:
         batch = iptables.Batch()
+        state = iptables.read_all()
         for table in {r[0] for r in rules}:
-            current = iptables.read(table)
+            current = state.setdefault(table, iptables.Ruleset())
             for chain in OWN_CHAINS.get(table, []):
                 if chain not in current.chains:
                     batch.add(table, f":{chain} - [0:0]")
@@ -157,8 +159,9 @@ class IptablesFirewall:
 
     def _remove(self, rules: list[Rule]) -> None:
         batch = iptables.Batch()
+        state = iptables.read_all()
         for table in {r[0] for r in rules}:
-            current = iptables.read(table)
+            current = state.get(table, iptables.Ruleset())
             for t, chain, spec, _ in rules:
                 if t == table and current.has(f"-A {chain} {spec}"):
                     batch.add(table, f"-D {chain} {spec}")

@@ -111,6 +111,8 @@ class NetworkService:
                 self.store.put_network(db, wanted)
 
     def reconcile(self) -> None:
+        with netns.iproute() as ipr:
+            links.reap_retired(ipr)
         for net in self.store.networks():
             if net.resolved:
                 self.drivers[net.driver].create_network(net)

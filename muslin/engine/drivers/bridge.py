@@ -112,7 +112,7 @@ class BridgeDriver:
         if self.firewall:
             self.firewall.teardown_network(self.firewall_spec(net))
         with netns.iproute() as ipr:
-            links.delete_link(ipr, net.resolved["bridge"])
+            links.retire_link(ipr, net.resolved["bridge"])
 
     # -- endpoints -------------------------------------------------------------------------------
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:

@@ -1,0 +1,91 @@
+"""Shared pieces of the benchmarks: a muslind in its own namespace, the reference dockerd, timing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from muslin.kernel import netns
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference-dockerd.sh"
+REFERENCE_SOCK = "/tmp/ref-docker/docker.sock"
+
+
+@contextmanager
+def muslind(*args: str) -> Iterator[str]:
+    """A muslind in a fresh namespace; yields its DOCKER_HOST and removes everything after."""
+    name = f"mb-{os.getpid()}"
+    netns.create(name)
+    root = Path(tempfile.mkdtemp(prefix="muslin-bench-"))
+    sock = root / "docker.sock"
+    proc = subprocess.Popen(["nsenter", f"--net={netns.path_for(name)}",
+                             str(Path(sys.executable).with_name("muslind")), "-H", f"unix://{sock}",
+                             "--data-root", str(root / "data"), "--exec-root", str(root / "run"), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host = f"unix://{sock}"
+    try:
+        for _ in range(300):
+            if sock.exists() and docker(host, "version").returncode == 0:
+                break
+            time.sleep(0.05)
+        yield host
+    finally:
+        ids = docker(host, "ps", "-aq").stdout.split()
+        if ids:
+            docker(host, "rm", "-f", *ids)
+        proc.terminate()
+        proc.wait(10)
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f if line.split()[4].startswith(str(root))]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        netns.remove(name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def reference_dockerd() -> Iterator[str | None]:
+    """The real Docker Engine from ../shared/reference, or None when it cannot start here."""
+    if not REFERENCE.exists():
+        yield None
+        return
+    up = subprocess.run(["bash", str(REFERENCE), "up"], capture_output=True, text=True)
+    try:
+        yield f"unix://{REFERENCE_SOCK}" if up.returncode == 0 else None
+    finally:
+        subprocess.run(["bash", str(REFERENCE), "down"], capture_output=True, text=True)
+
+
+def docker(host: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], env={**os.environ, "DOCKER_HOST": host},
+                          capture_output=True, text=True, timeout=60)
+
+
+def timed(fn: Callable[[], object], rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def report(label: str, ours: list[float], ref: list[float] | None, goal: float | None = None) -> None:
+    m = statistics.median(ours) * 1000
+    line = f"{label:40s} muslind median {m:8.1f} ms"
+    if ref:
+        r = statistics.median(ref) * 1000
+        line += f" | docker {r:8.1f} ms | ratio {m / r:5.2f}"
+        if goal is not None:
+            line += f" (goal <= {goal})"
+    else:
+        line += " | docker: reference not available"
+    print(line, flush=True)

@@ -1,0 +1,821 @@
+"""The per-container shim: owns one container run's stdio, log and exit status, outliving muslind.
+
+Run as ``python3 -I -S shim.py STATE_DIR`` (standard library only, so it starts in a few milliseconds
+and never depends on the daemon's virtualenv). ``STATE_DIR/shim.json`` says what to run. The shim
+
+* forks once so it is reparented away from muslind (its own session, no controlling terminal), marks
+  itself a child subreaper so the container's init and exec processes become its children, and prints
+  ``ready`` on its stdout once ``shim.sock`` listens;
+* on ``start`` runs ``runc run -d`` with pipes it keeps (or a console socket, receiving the pty master),
+  so output written before anyone attaches is still read, logged and forwarded;
+* writes the log as Docker's json-file lines, ``started.json`` when the container runs and
+  ``exit.json`` when it ends, then ``runc delete``\\ s it and exits: one shim per run.
+
+Protocol on ``shim.sock``: the client sends one JSON line ``{"op": ...}``; the shim answers with frames
+``[kind: u8][length: u32 BE][payload]``. Bytes the client sends after the line are the process's stdin;
+the client's EOF on them detaches (and closes the process's stdin when ``stdin_once`` was asked).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+
+FRAME = struct.Struct(">BI")
+STDOUT, STDERR, EXIT, REPLY, ERROR = 1, 2, 3, 4, 5
+SOCKET_NAME = "shim.sock"
+CONFIG_NAME = "shim.json"
+PID_NAME = "shim.pid"
+PR_SET_CHILD_SUBREAPER = 36
+LOG_LINE_MAX = 16 * 1024  # as Docker's json-file: longer lines are split into partial records
+CLIENT_BUFFER_MAX = 64 * 1024 * 1024  # a client that stops reading is dropped past this
+DRAIN_SECONDS = 2.0
+FLUSH_SECONDS = 5.0
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return FRAME.pack(kind, len(payload)) + payload
+
+
+def jframe(kind: int, obj: object) -> bytes:
+    return frame(kind, json.dumps(obj).encode())
+
+
+def exit_code_of(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def start_failure_code(message: str, default: int) -> int:
+    """The exit code Docker reports when a process could not be started at all."""
+    if "executable file not found" in message or "no such file or directory" in message:
+        return 127
+    if "permission denied" in message:
+        return 126
+    return default
+
+
+def rfc3339(ns: int) -> str:
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:09d}Z"
+
+
+def write_json_atomic(path: str, obj: object) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def set_nonblocking(fd: int) -> None:
+    os.set_blocking(fd, False)
+
+
+class Log:
+    """Docker json-file lines, one per output line, stamped with the time the line's bytes arrived."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.partial = {"stdout": b"", "stderr": b""}
+
+    def add(self, stream: str, data: bytes) -> None:
+        now = rfc3339(time.time_ns())
+        buf = self.partial[stream] + data
+        records = []
+        while True:
+            cut = buf.find(b"\n")
+            if cut < 0 or cut >= LOG_LINE_MAX:
+                if len(buf) < LOG_LINE_MAX:
+                    break
+                cut = LOG_LINE_MAX - 1
+            records.append(self._record(stream, buf[: cut + 1], now))
+            buf = buf[cut + 1 :]
+        self.partial[stream] = buf
+        if records:
+            os.write(self.fd, b"".join(records))
+
+    def flush(self) -> None:
+        now = rfc3339(time.time_ns())
+        records = [self._record(s, b, now) for s, b in self.partial.items() if b]
+        self.partial = {"stdout": b"", "stderr": b""}
+        if records:
+            os.write(self.fd, b"".join(records))
+
+    @staticmethod
+    def _record(stream: str, line: bytes, when: str) -> bytes:
+        text = line.decode("utf-8", "surrogateescape")
+        return json.dumps({"log": text, "stream": stream, "time": when}).encode() + b"\n"
+
+
+class Client:
+    """One connection: a request line in, frames out, stdin bytes in after the request."""
+
+    def __init__(self, shim: "Shim", sock: socket.socket) -> None:
+        self.shim = shim
+        self.sock = sock
+        self.inbuf = b""
+        self.outbuf = bytearray()
+        self.request: dict | None = None
+        self.reading = True
+        self.closing = False
+        self.closed = False
+        self.events = selectors.EVENT_READ
+        shim.sel.register(sock, self.events, self)
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.outbuf += data
+        if len(self.outbuf) > CLIENT_BUFFER_MAX:
+            self.close()
+            return
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbuf and not self.closed:
+            try:
+                sent = self.sock.send(self.outbuf)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.close()
+                return
+            del self.outbuf[:sent]
+        if self.closed:
+            return
+        if self.closing and not self.outbuf:
+            self.close()
+            return
+        self.watch()
+
+    def watch(self) -> None:
+        """Poll for what this client still needs: its input while it sends, writability while queued."""
+        events = (selectors.EVENT_READ if self.reading else 0) | (selectors.EVENT_WRITE if self.outbuf else 0)
+        if events == self.events:
+            return
+        if not events:
+            self.shim.sel.unregister(self.sock)
+        elif not self.events:
+            self.shim.sel.register(self.sock, events, self)
+        else:
+            self.shim.sel.modify(self.sock, events, self)
+        self.events = events
+
+    def stop_reading(self) -> None:
+        self.reading = False
+        self.watch()
+
+    def finish(self) -> None:
+        """Close once everything queued has been sent."""
+        self.closing = True
+        self.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.events:
+            self.shim.sel.unregister(self.sock)
+        self.sock.close()
+        self.shim.forget(self)
+
+
+class Output:
+    """A stream read from the container (pipe or pty master), forwarded to subscribers."""
+
+    def __init__(self, fd: int, stream: str, on_data, on_eof) -> None:
+        self.fd = fd
+        self.stream = stream
+        self.on_data = on_data
+        self.on_eof = on_eof
+
+    def read(self) -> bool:
+        """Read what is there; False once the stream has ended."""
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return True
+        except OSError as exc:  # EIO: every pty slave is closed
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if not data:
+            self.on_eof(self)
+            return False
+        self.on_data(self.stream, data)
+        return True
+
+
+class Stdin:
+    """The write side of a process's stdin (pipe or pty master), buffered so clients never block."""
+
+    def __init__(self, shim: "Shim", fd: int, owned: bool) -> None:
+        self.shim = shim
+        self.fd = fd
+        self.owned = owned  # a pty master is shared with the output side and closed there
+        self.buf = bytearray()
+        self.eof = False
+        self.closed = False
+        self.watching = False
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.eof:
+            return
+        self.buf += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self.buf and not self.closed:
+            try:
+                n = os.write(self.fd, self.buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.close()
+                return
+            del self.buf[:n]
+        if self.closed:
+            return
+        if self.buf and not self.watching:
+            self.shim.sel.register(self.fd, selectors.EVENT_WRITE, self)
+            self.watching = True
+        elif not self.buf and self.watching:
+            self.shim.sel.unregister(self.fd)
+            self.watching = False
+        if not self.buf and self.eof:
+            self.close()
+
+    def close_when_drained(self) -> None:
+        self.eof = True
+        self.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.watching:
+            self.shim.sel.unregister(self.fd)
+        if self.owned:
+            os.close(self.fd)
+
+
+class Process:
+    """A process the shim runs through runc: the container's init or one exec."""
+
+    def __init__(self, shim: "Shim", name: str, tty: bool, open_stdin: bool) -> None:
+        self.shim = shim
+        self.name = name  # "init" or the exec id; names the files of this process
+        self.tty = tty
+        self.pid = 0
+        self.status: int | None = None
+        self.outputs: list[Output] = []
+        self.stdin: Stdin | None = None
+        self.master: int | None = None
+        self.child_fds: list[int] = []  # the runc side of our pipes, closed once runc is done
+        self.console: socket.socket | None = None
+        self.stdio = self._prepare(open_stdin)
+
+    def _prepare(self, open_stdin: bool) -> list[int]:
+        """Pipes (or a console socket) for runc; returns runc's stdin, stdout, stderr."""
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.child_fds.append(null)
+        if self.tty:
+            path = self.console_path
+            if os.path.exists(path):
+                os.unlink(path)
+            self.console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.console.bind(path)
+            self.console.listen(1)
+            return [null, null, null]
+        fds = [null]
+        if open_stdin:
+            r, w = os.pipe()
+            set_nonblocking(w)
+            self.stdin = Stdin(self.shim, w, owned=True)
+            self.child_fds.append(r)
+            fds = [r]
+        for stream in ("stdout", "stderr"):
+            r, w = os.pipe()
+            set_nonblocking(r)
+            self.outputs.append(Output(r, stream, self.on_output, self.on_eof))
+            self.child_fds.append(w)
+            fds.append(w)
+        return fds
+
+    @property
+    def console_path(self) -> str:
+        return f"console-{self.name[:12]}.sock"
+
+    def runc_started(self) -> None:
+        """runc has handed the process over: keep only our ends, start reading."""
+        for fd in self.child_fds:
+            os.close(fd)
+        self.child_fds = []
+        if self.console is not None:
+            self.console.settimeout(2.0)
+            conn, _ = self.console.accept()
+            with conn:
+                _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+            self.master = fds[0]
+            set_nonblocking(self.master)
+            self.outputs = [Output(self.master, "stdout", self.on_output, self.on_eof)]
+            self.stdin = Stdin(self.shim, self.master, owned=False)
+            self.close_console()
+        for out in self.outputs:
+            self.shim.sel.register(out.fd, selectors.EVENT_READ, out)
+
+    def close_console(self) -> None:
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+            if os.path.exists(self.console_path):
+                os.unlink(self.console_path)
+
+    def discard(self) -> None:
+        for fd in self.child_fds:
+            os.close(fd)
+        self.child_fds = []
+        for out in self.outputs:
+            os.close(out.fd)
+        self.outputs = []
+        if self.stdin is not None:
+            self.stdin.close()
+        self.close_console()
+
+    def on_output(self, stream: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def on_eof(self, out: Output) -> None:
+        self.shim.sel.unregister(out.fd)
+        self.outputs.remove(out)
+        if out.fd == self.master:
+            if self.stdin is not None:
+                self.stdin.close()
+            self.master = None
+        os.close(out.fd)
+
+    def drain(self) -> None:
+        """After the process exits: read what it left, bounded in time (a grandchild may hold a pipe)."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while self.outputs and time.monotonic() < deadline:
+            ready = selectors.DefaultSelector()
+            for out in self.outputs:
+                ready.register(out.fd, selectors.EVENT_READ, out)
+            events = ready.select(max(0.0, deadline - time.monotonic()))
+            ready.close()
+            for key, _ in events:
+                key.data.read()
+        for out in list(self.outputs):
+            self.on_eof(out)
+        if self.stdin is not None:
+            self.stdin.close()
+
+    def resize(self, height: int, width: int) -> None:
+        if self.master is None:
+            raise ValueError("the process has no TTY")
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+class Init(Process):
+    """The container's main process: output goes to the log and every attached client."""
+
+    def on_output(self, stream: str, data: bytes) -> None:
+        self.shim.log.add(stream, data)
+        kind = STDOUT if stream == "stdout" else STDERR
+        chunk = frame(kind, data)
+        for client in list(self.shim.attached):
+            if stream in client.request["streams"]:
+                client.send(chunk)
+
+
+class Exec(Process):
+    """One ``runc exec``: output goes to the client that started it (Docker keeps no exec log)."""
+
+    def __init__(self, shim: "Shim", name: str, tty: bool, open_stdin: bool, client: Client | None) -> None:
+        super().__init__(shim, name, tty, open_stdin)
+        self.client = client
+
+    def on_output(self, stream: str, data: bytes) -> None:
+        if self.client is not None:
+            self.client.send(frame(STDOUT if stream == "stdout" else STDERR, data))
+
+
+class Shim:
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.sel = selectors.DefaultSelector()
+        self.log = Log(config["log"])
+        self.runc = [config["runc"], "--root", config["runc_root"]]
+        self.run_dir = config["run_dir"]
+        self.init = Init(self, "init", config["tty"], config["open_stdin"])
+        self.phase = "ready"  # ready -> starting -> running -> exited
+        self.attached: set[Client] = set()
+        self.waiters: set[Client] = set()
+        self.execs: dict[str, Exec] = {}
+        self.clients: set[Client] = set()
+        self.on_child_exit: dict[int, object] = {}  # pid -> callback(status)
+        self.early_exits: dict[int, int] = {}  # exits of pids runc had not yet told us about
+        self.spawned = 0
+        self.done = False
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.path.exists(SOCKET_NAME):
+            os.unlink(SOCKET_NAME)
+        self.listener.bind(SOCKET_NAME)
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        wake_r, wake_w = os.pipe()
+        set_nonblocking(wake_r)
+        set_nonblocking(wake_w)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(wake_r, selectors.EVENT_READ, "sigchld")
+        self.wake_r = wake_r
+
+    # -- runc ---------------------------------------------------------------------------------
+    def spawn_runc(self, args: list[str], stdio: list[int], on_exit) -> str:
+        """Start runc without blocking; ``on_exit(status, log_path)`` runs when it ends."""
+        self.spawned += 1
+        log_path = f"runc-{self.spawned}.log"
+        argv = [*self.runc, "--log", log_path, "--log-format", "json", *args]
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)]
+        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=actions)
+        self.on_child_exit[pid] = lambda status: on_exit(status, log_path)
+        return log_path
+
+    @staticmethod
+    def runc_error(log_path: str) -> str:
+        message = "runc failed"
+        try:
+            with open(log_path) as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if entry.get("level") in ("error", "fatal"):
+                        message = entry.get("msg", message)
+        except FileNotFoundError:
+            pass
+        return message
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            callback = self.on_child_exit.pop(pid, None)
+            if callback is None:
+                self.early_exits[pid] = status
+            else:
+                callback(status)
+
+    def watch_pid(self, pid: int, callback) -> None:
+        if pid in self.early_exits:
+            callback(self.early_exits.pop(pid))
+        else:
+            self.on_child_exit[pid] = callback
+
+    # -- the container ------------------------------------------------------------------------
+    def start(self, client: Client) -> None:
+        if self.phase != "ready":
+            client.send(jframe(ERROR, {"message": f"container is {self.phase}"}))
+            client.finish()
+            return
+        self.phase = "starting"
+        for name in ("exit.json", "started.json"):
+            path = os.path.join(self.run_dir, name)
+            if os.path.exists(path):
+                os.unlink(path)
+        args = ["run", "-d", "--bundle", self.config["bundle"], "--pid-file", "init.pid"]
+        if self.init.tty:
+            args += ["--console-socket", self.init.console_path]
+        args.append(self.config["id"])
+
+        def started(status: int, log_path: str) -> None:
+            if status != 0:
+                message = self.runc_error(log_path)
+                self.init.discard()
+                write_json_atomic(os.path.join(self.run_dir, "exit.json"),
+                                  {"exit_code": start_failure_code(message, 128), "error": message,
+                                   "finished_at": time.time_ns()})
+                client.send(jframe(ERROR, {"message": message}))
+                client.finish()
+                self.phase = "exited"
+                self.shutdown()
+                return
+            os.unlink(log_path)
+            with open("init.pid") as f:
+                self.init.pid = int(f.read())
+            self.init.runc_started()
+            self.phase = "running"
+            write_json_atomic(os.path.join(self.run_dir, "started.json"),
+                              {"pid": self.init.pid, "started_at": time.time_ns()})
+            client.send(jframe(REPLY, {"pid": self.init.pid}))
+            client.finish()
+            self.watch_pid(self.init.pid, self.init_exited)
+
+        self.spawn_runc(args, self.init.stdio, started)
+
+    def init_exited(self, status: int) -> None:
+        code = exit_code_of(status)
+        self.init.status = status
+        self.phase = "exited"
+        self.init.drain()
+        self.log.flush()
+        for exe in [e for e in self.execs.values() if e.pid]:
+            # The kernel kills everything left in the pid namespace with its init; collect them now.
+            self.on_child_exit.pop(exe.pid, None)
+            try:
+                _, status = os.waitpid(exe.pid, 0)
+            except ChildProcessError:
+                status = self.early_exits.pop(exe.pid, signal.SIGKILL)
+            self.exec_exited(exe, status)
+        self.stop_listening()
+        write_json_atomic(os.path.join(self.run_dir, "exit.json"),
+                          {"exit_code": code, "error": "", "finished_at": time.time_ns()})
+        notice = jframe(EXIT, {"exit_code": code})
+        for client in list(self.waiters) + list(self.attached):
+            client.send(notice)
+            client.finish()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Leave: flush clients (bounded), delete the runc container if it ran, remove our files."""
+        self.stop_listening()
+        deadline = time.monotonic() + FLUSH_SECONDS
+        while any(c.outbuf for c in self.clients) and time.monotonic() < deadline:
+            self.loop_once(0.1)
+        for client in list(self.clients):
+            client.close()
+        if self.phase == "exited" and self.init.pid:
+            self.run_runc_blocking(["delete", "--force", self.config["id"]])
+        self.init.discard()
+        for name in ("init.pid", PID_NAME):
+            if os.path.exists(name):
+                os.unlink(name)
+        for name in os.listdir("."):
+            if name.startswith(("exec-", "runc-")) and name.endswith((".pid", ".json", ".log")):
+                os.unlink(name)
+        self.done = True
+
+    def run_runc_blocking(self, args: list[str]) -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        argv = [*self.runc, *args]
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        actions = [(os.POSIX_SPAWN_DUP2, null, n) for n in range(3)]
+        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=actions)
+        os.close(null)
+        os.waitpid(pid, 0)
+
+    def stop_listening(self) -> None:
+        if self.listener is not None:
+            self.sel.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+            if os.path.exists(SOCKET_NAME):
+                os.unlink(SOCKET_NAME)
+
+    # -- execs --------------------------------------------------------------------------------
+    def exec(self, client: Client, req: dict) -> None:
+        name = req["exec_id"]
+        if self.phase != "running":
+            client.send(jframe(ERROR, {"message": "container is not running"}))
+            client.finish()
+            return
+        detach = req.get("detach", False)
+        exe = Exec(self, name, req["tty"], req["stdin"] and not detach, None if detach else client)
+        self.execs[name] = exe
+        process_path = f"exec-{name}.json"
+        with open(process_path, "w") as f:
+            json.dump(req["process"], f)
+        args = ["exec", "-d", "--process", process_path, "--pid-file", f"exec-{name}.pid"]
+        if exe.tty:
+            args += ["--console-socket", exe.console_path]
+        args.append(self.config["id"])
+
+        def started(status: int, log_path: str) -> None:
+            if status != 0:
+                message = self.runc_error(log_path)
+                exe.discard()
+                self.record_exec(name, {"exit_code": start_failure_code(message, 126), "error": message, "pid": 0})
+                client.send(jframe(ERROR, {"message": message}))
+                client.finish()
+                return
+            os.unlink(log_path)
+            with open(f"exec-{name}.pid") as f:
+                exe.pid = int(f.read())
+            exe.runc_started()
+            self.record_exec(name, {"exit_code": None, "pid": exe.pid})
+            client.send(jframe(REPLY, {"pid": exe.pid}))
+            if detach:
+                client.finish()
+            self.watch_pid(exe.pid, lambda st: self.exec_exited(exe, st))
+
+        self.spawn_runc(args, exe.stdio, started)
+
+    def exec_exited(self, exe: Exec, status: int) -> None:
+        exe.status = status
+        exe.drain()
+        code = exit_code_of(status)
+        self.record_exec(exe.name, {"exit_code": code, "pid": exe.pid})
+        if exe.client is not None:
+            exe.client.send(jframe(EXIT, {"exit_code": code}))
+            exe.client.finish()
+        self.execs.pop(exe.name, None)
+
+    def record_exec(self, name: str, state: dict) -> None:
+        write_json_atomic(os.path.join(self.run_dir, "execs", f"{name}.json"), state)
+
+    # -- clients ------------------------------------------------------------------------------
+    def accept(self) -> None:
+        while self.listener is not None:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            self.clients.add(Client(self, sock))
+
+    def forget(self, client: Client) -> None:
+        self.clients.discard(client)
+        self.attached.discard(client)
+        self.waiters.discard(client)
+        for exe in self.execs.values():
+            if exe.client is client:
+                exe.client = None
+
+    def readable(self, client: Client) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if client.request is None:
+            client.inbuf += data
+            line, sep, rest = client.inbuf.partition(b"\n")
+            if not sep:
+                if not data:
+                    client.close()
+                return
+            client.inbuf = b""
+            try:
+                client.request = json.loads(line)
+            except ValueError:
+                client.send(jframe(ERROR, {"message": "bad request"}))
+                client.finish()
+                return
+            self.dispatch(client, client.request)
+            if rest and not client.closed:
+                self.stdin_from(client, rest)
+            return
+        self.stdin_from(client, data)
+
+    def stdin_target(self, client: Client) -> Stdin | None:
+        req = client.request or {}
+        if req.get("op") == "attach" and req.get("stdin"):
+            return self.init.stdin
+        if req.get("op") == "exec":
+            exe = self.execs.get(req.get("exec_id", ""))
+            if exe is not None and exe.client is client:
+                return exe.stdin
+        return None
+
+    def stdin_from(self, client: Client, data: bytes) -> None:
+        target = self.stdin_target(client)
+        if data:
+            if target is not None:
+                target.write(data)
+            return
+        # EOF: the client half-closed (done sending stdin) or went away; sending will tell which.
+        client.stop_reading()
+        if target is not None and target.owned and client.request.get("stdin_once"):
+            target.close_when_drained()  # `docker run -i`: the container sees EOF too (a pty never does)
+        if client.request.get("op") == "wait" or client.request.get("op") is None:
+            client.close()
+
+    def dispatch(self, client: Client, req: dict) -> None:
+        op = req.get("op")
+        try:
+            if op == "attach":
+                req["streams"] = {s for s in ("stdout", "stderr") if req.get(s)}
+                self.attached.add(client)
+                client.send(jframe(REPLY, {"phase": self.phase}))
+            elif op == "start":
+                self.start(client)
+            elif op == "wait":
+                self.waiters.add(client)
+                client.send(jframe(REPLY, {"phase": self.phase}))
+            elif op == "exec":
+                self.exec(client, req)
+            elif op == "kill":
+                self.kill(req)
+                client.send(jframe(REPLY, {}))
+                client.finish()
+            elif op == "resize":
+                target = self.init if not req.get("exec_id") else self.execs.get(req["exec_id"])
+                if target is None:
+                    raise ValueError("no such exec")
+                target.resize(int(req["height"]), int(req["width"]))
+                client.send(jframe(REPLY, {}))
+                client.finish()
+            elif op == "status":
+                client.send(jframe(REPLY, {"phase": self.phase, "pid": self.init.pid}))
+                client.finish()
+            elif op == "shutdown":
+                if self.phase != "ready":
+                    raise ValueError(f"container is {self.phase}")
+                client.send(jframe(REPLY, {}))
+                client.finish()
+                self.shutdown()
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except (ValueError, OSError) as exc:
+            client.send(jframe(ERROR, {"message": str(exc)}))
+            client.finish()
+
+    def kill(self, req: dict) -> None:
+        sig = int(req["signal"])
+        if req.get("exec_id"):
+            exe = self.execs.get(req["exec_id"])
+            if exe is None or not exe.pid or exe.status is not None:
+                raise ValueError("exec is not running")
+            os.kill(exe.pid, sig)
+            return
+        if self.phase != "running":
+            raise ValueError(f"container is {self.phase}")
+        # The pid cannot have been reused: it is our unreaped child until its exit is handled.
+        os.kill(self.init.pid, sig)
+
+    # -- loop ---------------------------------------------------------------------------------
+    def loop_once(self, timeout: float | None) -> None:
+        for key, events in self.sel.select(timeout):
+            data = key.data
+            if data == "accept":
+                self.accept()
+            elif data == "sigchld":
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                self.reap()
+            elif isinstance(data, Client):
+                if events & selectors.EVENT_WRITE:
+                    data.flush()
+                if events & selectors.EVENT_READ and not data.closed:
+                    self.readable(data)
+            elif isinstance(data, Output):
+                data.read()
+            elif isinstance(data, Stdin):
+                data.flush()
+            if self.done:
+                return
+
+    def run(self) -> None:
+        while not self.done:
+            self.loop_once(None)
+
+
+def main() -> None:
+    state_dir = sys.argv[1]
+    os.chdir(state_dir)
+    if os.fork():
+        os._exit(0)  # the spawner reaps this at once; the shim is reparented and lives on
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    with open(CONFIG_NAME) as f:
+        config = json.load(f)
+    err = os.open("shim.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(err, 2)
+    os.close(err)
+    shim = Shim(config)
+    with open(PID_NAME, "w") as f:
+        f.write(str(os.getpid()))
+    os.write(1, b"ready\n")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    shim.run()
+    if os.path.getsize("shim.err") == 0:
+        os.unlink("shim.err")
+
+
+if __name__ == "__main__":
+    main()
