@@ -97,7 +97,7 @@ async def serve(args: argparse.Namespace) -> int:
     from muslin.engine.engine import Engine
 
     engine = Engine(config_from_args(args))
-    await engine.call(engine.start)
+    await engine.start()
     server = build_server(engine)
     await server.start_unix(args.host)
     if args.pidfile:

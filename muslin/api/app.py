@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from muslin.engine.engine import Engine
 
-from . import networks, system
+from . import containers, images, networks, system
 from .http import Router, Server
 
 
@@ -12,4 +12,6 @@ def build_server(engine: Engine) -> Server:
     router = Router()
     system.routes(router, engine)
     networks.routes(router, engine)
+    containers.routes(router, engine)
+    images.routes(router, engine)
     return Server(router, system.server_headers())

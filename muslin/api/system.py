@@ -66,8 +66,8 @@ def routes(router: Router, engine: Engine) -> None:
         })
 
     async def info(req: Request) -> Response:
-        counts = engine.container_counts() if hasattr(engine, "container_counts") else (0, 0, 0, 0)
-        images = engine.image_count() if hasattr(engine, "image_count") else 0
+        counts = engine.containers.counts()
+        images = len(engine.images.list())
         return json_response({
             "ID": engine.networks.get("bridge").id[:36],
             "Containers": counts[0],

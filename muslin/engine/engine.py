@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from .config import DaemonConfig
+from .containers import ContainerService
 from .firewall import IptablesFirewall
 from .networks import NetworkService
+from .runtime import ImageStore, Runtime
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -30,10 +32,21 @@ class Engine:
         self.store = Store(config.data_root)
         self.firewall = IptablesFirewall() if config.iptables else None
         self.networks = NetworkService(self.store, config, self.firewall)
+        self.images = ImageStore(config.data_root / "images")
+        self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
+        self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime)
+        self.containers.engine_call = self.call
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        self.containers.loop = asyncio.get_running_loop()
+        await self.call(self._start)
+        await self.containers.follow_running()
+
+    def _start(self) -> None:
+        self.images.ensure_busybox()
         self.networks.start()
+        self.containers.recover()
 
     async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Run a state-changing engine call on the engine's worker thread."""
@@ -41,5 +54,6 @@ class Engine:
         return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
+        self.runtime.close()
         self._worker.shutdown(wait=True)
         self.store.close()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import Conflict, EngineError, InvalidArgument, NotFound
+from ..errors import Conflict, EngineError, InvalidArgument, NotFound, NotModified
 
 __all__ = ["Conflict", "EngineError", "InvalidArgument", "NoSuchContainer", "NoSuchExec", "NoSuchImage",
-           "NotRunning", "StartFailed"]
+           "NotModified", "NotRunning", "StartFailed"]
 
 
 class NoSuchImage(NotFound):

@@ -1,19 +1,25 @@
 """The per-container shim: owns one container run's stdio, log and exit status, outliving muslind.
 
-Run as ``python3 -I -S shim.py STATE_DIR`` (standard library only, so it starts in a few milliseconds
-and never depends on the daemon's virtualenv). ``STATE_DIR/shim.json`` says what to run. The shim
+Shims are forked by a spawner, ``python3 -I -S shim.py STATE_ROOT`` (standard library only, so it
+never depends on the daemon's virtualenv), which muslind keeps running and feeds state directories;
+``STATE_DIR/shim.json`` says what to run. The shim
 
-* forks once so it is reparented away from muslind (its own session, no controlling terminal), marks
-  itself a child subreaper so the container's init and exec processes become its children, and prints
-  ``ready`` on its stdout once ``shim.sock`` listens;
+* is forked twice by the spawner so it is reparented away from muslind (its own session, no
+  controlling terminal), marks itself a child subreaper so the container's init and exec processes
+  become its children, and prints ``ready`` on its stdout once ``shim.sock`` listens;
 * on ``start`` runs ``runc run -d`` with pipes it keeps (or a console socket, receiving the pty master),
   so output written before anyone attaches is still read, logged and forwarded;
 * writes the log as Docker's json-file lines, ``started.json`` when the container runs and
   ``exit.json`` when it ends, then ``runc delete``\\ s it and exits: one shim per run.
 
+Forking a ready spawner takes ~3 ms where a fresh ``python3 -I -S`` with these imports takes ~25 ms.
+
 Protocol on ``shim.sock``: the client sends one JSON line ``{"op": ...}``; the shim answers with frames
-``[kind: u8][length: u32 BE][payload]``. Bytes the client sends after the line are the process's stdin;
-the client's EOF on them detaches (and closes the process's stdin when ``stdin_once`` was asked).
+``[kind: u8][length: u32 BE][payload]``: STDOUT/STDERR (bytes), EXIT (``{"exit_code"}``), REPLY and
+ERROR (JSON). Ops: ``attach`` (streams, stdin, stdin_once), ``wait``, ``start``, ``exec`` (exec_id,
+process, tty, stdin, detach), ``kill`` (signal, exec_id?), ``resize`` (height, width, exec_id?),
+``status`` and ``shutdown`` (before start only). Bytes the client sends after the line are the
+process's stdin; the client's EOF on them detaches (closing the process's stdin with ``stdin_once``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ SOCKET_NAME = "shim.sock"
 CONFIG_NAME = "shim.json"
 PID_NAME = "shim.pid"
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NAME = 15
 LOG_LINE_MAX = 16 * 1024  # as Docker's json-file: longer lines are split into partial records
+REQUEST_MAX = 1024 * 1024  # an exec's process spec is the largest request
 CLIENT_BUFFER_MAX = 64 * 1024 * 1024  # a client that stops reading is dropped past this
 DRAIN_SECONDS = 2.0
 FLUSH_SECONDS = 5.0
@@ -101,15 +109,21 @@ class Log:
             records.append(self._record(stream, buf[: cut + 1], now))
             buf = buf[cut + 1 :]
         self.partial[stream] = buf
-        if records:
-            os.write(self.fd, b"".join(records))
+        self._write(records)
 
     def flush(self) -> None:
         now = rfc3339(time.time_ns())
         records = [self._record(s, b, now) for s, b in self.partial.items() if b]
         self.partial = {"stdout": b"", "stderr": b""}
-        if records:
+        self._write(records)
+
+    def _write(self, records: list[bytes]) -> None:
+        if not records:
+            return
+        try:
             os.write(self.fd, b"".join(records))
+        except OSError as exc:  # a full disk loses log lines, never the container's output to attachers
+            print(f"writing the log: {exc}", file=sys.stderr)
 
     @staticmethod
     def _record(stream: str, line: bytes, when: str) -> bytes:
@@ -199,27 +213,29 @@ class Output:
         self.on_data = on_data
         self.on_eof = on_eof
 
-    def read(self) -> bool:
-        """Read what is there; False once the stream has ended."""
+    def read(self) -> None:
+        """Forward what is there; at the end, hand the stream to ``on_eof``."""
         try:
             data = os.read(self.fd, 65536)
         except BlockingIOError:
-            return True
+            return
         except OSError as exc:  # EIO: every pty slave is closed
             if exc.errno != errno.EIO:
                 raise
             data = b""
-        if not data:
+        if data:
+            self.on_data(self.stream, data)
+        else:
             self.on_eof(self)
-            return False
-        self.on_data(self.stream, data)
-        return True
 
 
 class Stdin:
-    """The write side of a process's stdin (pipe or pty master), buffered so clients never block."""
+    """The write side of a process's stdin (pipe or pty master), buffered so clients never block.
 
-    def __init__(self, shim: "Shim", fd: int, owned: bool) -> None:
+    A pty master only exists once runc has started the process: until then (fd None) input is kept.
+    """
+
+    def __init__(self, shim: "Shim", fd: int | None, owned: bool) -> None:
         self.shim = shim
         self.fd = fd
         self.owned = owned  # a pty master is shared with the output side and closed there
@@ -235,6 +251,8 @@ class Stdin:
         self.flush()
 
     def flush(self) -> None:
+        if self.fd is None:
+            return
         while self.buf and not self.closed:
             try:
                 n = os.write(self.fd, self.buf)
@@ -296,6 +314,7 @@ class Process:
             self.console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.console.bind(path)
             self.console.listen(1)
+            self.stdin = Stdin(self.shim, None, owned=False)  # typed ahead of the start: kept for the pty
             return [null, null, null]
         fds = [null]
         if open_stdin:
@@ -329,7 +348,9 @@ class Process:
             self.master = fds[0]
             set_nonblocking(self.master)
             self.outputs = [Output(self.master, "stdout", self.on_output, self.on_eof)]
-            self.stdin = Stdin(self.shim, self.master, owned=False)
+            if self.stdin is not None:
+                self.stdin.fd = self.master
+                self.stdin.flush()
             self.close_console()
         for out in self.outputs:
             self.shim.sel.register(out.fd, selectors.EVENT_READ, out)
@@ -424,7 +445,9 @@ class Shim:
         self.execs: dict[str, Exec] = {}
         self.clients: set[Client] = set()
         self.on_child_exit: dict[int, object] = {}  # pid -> callback(status)
-        self.early_exits: dict[int, int] = {}  # exits of pids runc had not yet told us about
+        # Exits of pids runc had not told us about yet (a process can end before its runc does), with
+        # the number of runc spawns at the time: an exit older than a process's runc is not its own.
+        self.early_exits: dict[int, tuple[int, int]] = {}
         self.spawned = 0
         self.done = False
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -444,13 +467,24 @@ class Shim:
 
     # -- runc ---------------------------------------------------------------------------------
     def spawn_runc(self, args: list[str], stdio: list[int], on_exit) -> str:
-        """Start runc without blocking; ``on_exit(status, log_path)`` runs when it ends."""
+        """Start runc without blocking; ``on_exit(status, log_path, spawn number)`` runs when it ends.
+
+        runc gets our directory as its fd 3: it chdirs into the bundle, and an absolute path to a
+        console socket under a deep state directory may not fit in a socket address, but
+        ``/proc/self/fd/3/NAME`` always does.
+        """
         self.spawned += 1
         log_path = f"runc-{self.spawned}.log"
         argv = [*self.runc, "--log", log_path, "--log-format", "json", *args]
+        here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)]
-        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=actions)
-        self.on_child_exit[pid] = lambda status: on_exit(status, log_path)
+        actions.append((os.POSIX_SPAWN_DUP2, here, 3))
+        try:
+            pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=actions)
+        finally:
+            os.close(here)
+        seq = self.spawned
+        self.on_child_exit[pid] = lambda status: on_exit(status, log_path, seq)
         return log_path
 
     @staticmethod
@@ -479,13 +513,17 @@ class Shim:
                 return
             callback = self.on_child_exit.pop(pid, None)
             if callback is None:
-                self.early_exits[pid] = status
+                self.early_exits[pid] = (self.spawned, status)
+                for old in [p for p, (seq, _) in self.early_exits.items() if seq < self.spawned - 64]:
+                    del self.early_exits[old]  # orphans reparented to us that nobody will ask about
             else:
                 callback(status)
 
-    def watch_pid(self, pid: int, callback) -> None:
-        if pid in self.early_exits:
-            callback(self.early_exits.pop(pid))
+    def watch_pid(self, pid: int, since: int, callback) -> None:
+        """Call ``callback(status)`` when ``pid``, started by runc spawn number ``since``, exits."""
+        seq, status = self.early_exits.pop(pid, (-1, 0))
+        if seq >= since:
+            callback(status)
         else:
             self.on_child_exit[pid] = callback
 
@@ -502,10 +540,10 @@ class Shim:
                 os.unlink(path)
         args = ["run", "-d", "--bundle", self.config["bundle"], "--pid-file", "init.pid"]
         if self.init.tty:
-            args += ["--console-socket", self.init.console_path]
+            args += ["--console-socket", f"/proc/self/fd/3/{self.init.console_path}"]
         args.append(self.config["id"])
 
-        def started(status: int, log_path: str) -> None:
+        def started(status: int, log_path: str, spawn: int) -> None:
             if status != 0:
                 message = self.runc_error(log_path)
                 self.init.discard()
@@ -520,13 +558,17 @@ class Shim:
             os.unlink(log_path)
             with open("init.pid") as f:
                 self.init.pid = int(f.read())
-            self.init.runc_started()
             self.phase = "running"
+            try:
+                self.init.runc_started()
+            except OSError as exc:  # no pty master came: a container nobody can talk to is stopped
+                print(f"taking over the container's stdio: {exc}", file=sys.stderr)
+                os.kill(self.init.pid, signal.SIGKILL)
             write_json_atomic(os.path.join(self.run_dir, "started.json"),
                               {"pid": self.init.pid, "started_at": time.time_ns()})
             client.send(jframe(REPLY, {"pid": self.init.pid}))
             client.finish()
-            self.watch_pid(self.init.pid, self.init_exited)
+            self.watch_pid(self.init.pid, spawn, self.init_exited)
 
         self.spawn_runc(args, self.init.stdio, started)
 
@@ -542,7 +584,7 @@ class Shim:
             try:
                 _, status = os.waitpid(exe.pid, 0)
             except ChildProcessError:
-                status = self.early_exits.pop(exe.pid, signal.SIGKILL)
+                status = self.early_exits.pop(exe.pid, (0, signal.SIGKILL))[1]
             self.exec_exited(exe, status)
         self.stop_listening()
         write_json_atomic(os.path.join(self.run_dir, "exit.json"),
@@ -604,13 +646,16 @@ class Shim:
             json.dump(req["process"], f)
         args = ["exec", "-d", "--process", process_path, "--pid-file", f"exec-{name}.pid"]
         if exe.tty:
-            args += ["--console-socket", exe.console_path]
+            args += ["--console-socket", f"/proc/self/fd/3/{exe.console_path}"]
         args.append(self.config["id"])
 
-        def started(status: int, log_path: str) -> None:
+        def started(status: int, log_path: str, spawn: int) -> None:
             if status != 0:
                 message = self.runc_error(log_path)
+                os.unlink(log_path)
                 exe.discard()
+                self.execs.pop(name, None)
+                self.remove_exec_files(name)
                 self.record_exec(name, {"exit_code": start_failure_code(message, 126), "error": message, "pid": 0})
                 client.send(jframe(ERROR, {"message": message}))
                 client.finish()
@@ -618,12 +663,16 @@ class Shim:
             os.unlink(log_path)
             with open(f"exec-{name}.pid") as f:
                 exe.pid = int(f.read())
-            exe.runc_started()
+            try:
+                exe.runc_started()
+            except OSError as exc:
+                print(f"taking over the stdio of exec {name}: {exc}", file=sys.stderr)
+                os.kill(exe.pid, signal.SIGKILL)
             self.record_exec(name, {"exit_code": None, "pid": exe.pid})
             client.send(jframe(REPLY, {"pid": exe.pid}))
             if detach:
                 client.finish()
-            self.watch_pid(exe.pid, lambda st: self.exec_exited(exe, st))
+            self.watch_pid(exe.pid, spawn, lambda st: self.exec_exited(exe, st))
 
         self.spawn_runc(args, exe.stdio, started)
 
@@ -636,6 +685,14 @@ class Shim:
             exe.client.send(jframe(EXIT, {"exit_code": code}))
             exe.client.finish()
         self.execs.pop(exe.name, None)
+        self.remove_exec_files(exe.name)
+
+    @staticmethod
+    def remove_exec_files(name: str) -> None:
+        """What runc needed for one exec; a long-lived container sees many execs come and go."""
+        for path in (f"exec-{name}.json", f"exec-{name}.pid"):
+            if os.path.exists(path):
+                os.unlink(path)
 
     def record_exec(self, name: str, state: dict) -> None:
         write_json_atomic(os.path.join(self.run_dir, "execs", f"{name}.json"), state)
@@ -669,7 +726,7 @@ class Shim:
             client.inbuf += data
             line, sep, rest = client.inbuf.partition(b"\n")
             if not sep:
-                if not data:
+                if not data or len(client.inbuf) > REQUEST_MAX:
                     client.close()
                 return
             client.inbuf = b""
@@ -764,46 +821,57 @@ class Shim:
     # -- loop ---------------------------------------------------------------------------------
     def loop_once(self, timeout: float | None) -> None:
         for key, events in self.sel.select(timeout):
-            data = key.data
-            if data == "accept":
-                self.accept()
-            elif data == "sigchld":
-                try:
-                    while os.read(self.wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-                self.reap()
-            elif isinstance(data, Client):
-                if events & selectors.EVENT_WRITE:
-                    data.flush()
-                if events & selectors.EVENT_READ and not data.closed:
-                    self.readable(data)
-            elif isinstance(data, Output):
-                data.read()
-            elif isinstance(data, Stdin):
-                data.flush()
+            try:
+                self.handle(key.data, events)
+            except Exception:  # one bad connection or stream must not take the container's shim down
+                import traceback
+
+                traceback.print_exc()
+                if isinstance(key.data, Client):
+                    key.data.close()
+                elif isinstance(key.data, Output) and key.data.fd in self.sel.get_map():
+                    self.sel.unregister(key.data.fd)
             if self.done:
                 return
+
+    def handle(self, data: object, events: int) -> None:
+        if data == "accept":
+            self.accept()
+        elif data == "sigchld":
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            self.reap()
+        elif isinstance(data, Client):
+            if events & selectors.EVENT_WRITE:
+                data.flush()
+            if events & selectors.EVENT_READ and not data.closed:
+                self.readable(data)
+        elif isinstance(data, Output):
+            data.read()
+        elif isinstance(data, Stdin):
+            data.flush()
 
     def run(self) -> None:
         while not self.done:
             self.loop_once(None)
 
 
-def main() -> None:
-    state_dir = sys.argv[1]
+def run_shim(state_dir: str) -> None:
+    """Be the shim of the container whose state is in ``state_dir`` (the caller has detached us)."""
     os.chdir(state_dir)
-    if os.fork():
-        os._exit(0)  # the spawner reaps this at once; the shim is reparented and lives on
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    libc.prctl(PR_SET_NAME, b"muslin-shim", 0, 0, 0)  # what ps -o comm and top show
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    with open(CONFIG_NAME) as f:
-        config = json.load(f)
-    err = os.open("shim.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    err = os.open("shim.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     os.dup2(err, 2)
     os.close(err)
+    with open(CONFIG_NAME) as f:
+        config = json.load(f)
     shim = Shim(config)
     with open(PID_NAME, "w") as f:
         f.write(str(os.getpid()))
@@ -817,5 +885,37 @@ def main() -> None:
         os.unlink("shim.err")
 
 
+def serve_spawner() -> None:
+    """Fork a shim for each state directory read from stdin; exit when stdin closes.
+
+    The spawner has every module a shim needs already imported, so a shim is ready in a few
+    milliseconds instead of a Python start-up. Each shim is forked twice and put in its own session,
+    so it is reparented away from the spawner and from muslind: either may die, the shim runs on.
+    Each request gets one line on stdout: ``ready`` from the new shim, or ``error ...``.
+    """
+    os.chdir("/")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.write(1, b"ready\n")
+    pending = b""
+    while True:
+        data = os.read(0, 4096)
+        if not data:
+            return
+        pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            child = os.fork()
+            if child == 0:
+                try:
+                    os.setsid()
+                    if os.fork() == 0:
+                        run_shim(line.decode())
+                except BaseException as exc:  # reported to muslind, never raised into the spawner's loop
+                    os.write(1, f"error {type(exc).__name__}: {exc}\n".replace("\n", " ").encode() + b"\n")
+                finally:
+                    os._exit(0)
+            os.waitpid(child, 0)
+
+
 if __name__ == "__main__":
-    main()
+    serve_spawner()

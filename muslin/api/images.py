@@ -1,0 +1,92 @@
+"""/images: list, inspect, remove, tag, import (`docker import`), load, and a pull that fails fast."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from typing import Any
+
+from muslin.engine.engine import Engine
+from muslin.engine.runtime import Image
+
+from .http import HTTPError, Request, Response, Router, json_response
+
+
+def _created_unix(image: Image) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(image.created.replace("Z", "+00:00")[:26] + "+00:00").timestamp())
+    except ValueError:
+        return 0
+
+
+def image_summary(image: Image) -> dict[str, Any]:
+    return {"Containers": -1, "Created": _created_unix(image), "Id": image.id, "Labels": image.config.get("Labels"),
+            "ParentId": "", "RepoDigests": [], "RepoTags": image.repo_tags, "SharedSize": -1,
+            "Size": image.size}
+
+
+def image_inspect(image: Image) -> dict[str, Any]:
+    return {"Id": image.id, "RepoTags": image.repo_tags, "RepoDigests": [], "Parent": "", "Comment": "",
+            "Created": image.created, "DockerVersion": "", "Author": "", "Config": image.config,
+            "Architecture": image.architecture, "Os": image.os, "Size": image.size,
+            "GraphDriver": {"Data": {}, "Name": "overlay"},
+            "RootFS": {"Type": "layers", "Layers": image.diff_ids}, "Metadata": {"LastTagTime": NEVER}}
+
+
+NEVER = "0001-01-01T00:00:00Z"
+
+
+def _progress(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\r\n"
+
+
+def routes(router: Router, engine: Engine) -> None:
+    images = engine.images
+
+    async def list_images(req: Request) -> Response:
+        return json_response([image_summary(i) for i in images.list()])
+
+    async def inspect(req: Request) -> Response:
+        return json_response(image_inspect(images.get(req.params["name"])))
+
+    async def remove(req: Request) -> Response:
+        in_use = engine.runtime.images_in_use()
+        result = await engine.call(images.remove, req.params["name"], req.flag("force"), in_use)
+        return json_response(result)
+
+    async def tag(req: Request) -> Response:
+        repo, tag_ = req.arg("repo"), req.arg("tag") or "latest"
+        await engine.call(images.tag, req.params["name"], f"{repo}:{tag_}")
+        return Response(status=201, content_type="text/plain")
+
+    async def create(req: Request) -> Response:
+        source = req.arg("fromSrc")
+        if source == "-":
+            repo, tag_ = req.arg("repo"), req.arg("tag")
+            ref = f"{repo}:{tag_ or 'latest'}" if repo else None
+            image = await engine.call(images.import_tar, io.BytesIO(req.body), ref, req.query.get("changes", []),
+                                      req.arg("message"))
+            return Response(body=_progress({"status": image.id}), content_type="application/json")
+        if source:
+            raise HTTPError(400, "importing from a URL is not supported: muslind reaches no network; pass the tarball on stdin")
+        name = req.arg("fromImage")
+        tag_ = req.arg("tag")
+        shown = f"{name}:{tag_}" if tag_ else name
+        # No registry is reachable from muslind: say so at once instead of hanging on a connect.
+        raise HTTPError(404, f"pull access denied for {shown}: muslind has no registry; "
+                             "use `docker load` or `docker import` (busybox is built in)")
+
+    async def load(req: Request) -> Response:
+        loaded = await engine.call(images.load, io.BytesIO(req.body))
+        lines = b"".join(_progress({"stream": f"Loaded image: {ref}\n"}) for ref in loaded)
+        return Response(body=lines, content_type="application/json")
+
+    router.add("GET", "/images/json", list_images)
+    router.add("POST", "/images/create", create)
+    router.add("POST", "/images/load", load)
+    router.add("GET", "/images/{name:path}/json", inspect)
+    router.add("POST", "/images/{name:path}/tag", tag)
+    router.add("DELETE", "/images/{name:path}", remove)

@@ -1,0 +1,551 @@
+"""Containers: Docker's container model on top of the runtime, and their place in the networks.
+
+The runtime runs processes; this service decides what a container is (name, config, network mode) and
+wires it: a sandbox namespace per container from create to rm, endpoints joined at start and left when
+the container stops, published ports programmed while it runs. Every step that can fail at start is
+undone when a later step fails, so a refused start leaves no veth, rule, address or port behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import signal as signals
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from muslin.kernel import netns
+
+from . import ports as portmod
+from .config import DaemonConfig
+from .errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound, NotModified
+from .firewall import PortSpec
+from .model import Endpoint, Network, new_id, now_rfc3339
+from .networks import NetworkService
+from .runtime import ContainerSpec, ImageStore, NoSuchContainer, Runtime, State, Stream
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+ADJECTIVES = ["admiring", "brave", "clever", "dreamy", "eager", "fervent", "gallant", "happy", "jolly",
+              "keen", "loving", "modest", "nifty", "optimistic", "peaceful", "quirky", "relaxed", "serene",
+              "tender", "upbeat", "vibrant", "wizardly", "youthful", "zealous"]
+SURNAMES = ["archimedes", "babbage", "curie", "dijkstra", "euler", "feynman", "galois", "hopper", "jepsen",
+            "knuth", "lovelace", "meitner", "noether", "pascal", "ritchie", "shannon", "thompson", "turing",
+            "varahamihira", "wozniak", "yalow", "zhukovsky", "shtern", "lamport"]
+
+
+@dataclass
+class NetworkAttachment:
+    """What the user asked of one network (EndpointsConfig); the live endpoint is in the store."""
+
+    network_id: str
+    ip: str = ""
+    mac: str = ""
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Container:
+    id: str
+    name: str
+    created: str
+    image: str
+    image_id: str
+    config: dict[str, Any]
+    host_config: dict[str, Any]
+    network_mode: str  # "bridge"/<network id>, "host", "none", "container:<id>"
+    attachments: list[NetworkAttachment] = field(default_factory=list)
+    sandbox: str | None = None
+    bindings: list[dict[str, Any]] = field(default_factory=list)  # requested -p, as PortBinding fields
+    published: list[dict[str, Any]] = field(default_factory=list)  # assigned while running
+    restart_count: int = 0
+
+    @property
+    def joined_container(self) -> str | None:
+        return self.network_mode.split(":", 1)[1] if self.network_mode.startswith("container:") else None
+
+    @property
+    def owns_sandbox(self) -> bool:
+        return self.network_mode not in ("host",) and self.joined_container is None
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Container:
+        doc = dict(doc)
+        doc["attachments"] = [NetworkAttachment(**a) for a in doc.get("attachments", [])]
+        return cls(**doc)
+
+
+class ContainerService:
+    def __init__(self, store: Store, config: DaemonConfig, networks: NetworkService, images: ImageStore,
+                 runtime: Runtime) -> None:
+        self.store = store
+        self.config = config
+        self.networks = networks
+        self.images = images
+        self.runtime = runtime
+        self.sandbox_root = config.exec_root / "netns"
+        self._exit_waiters: dict[str, list[asyncio.Future[int]]] = {}
+        self._removal_waiters: dict[str, list[asyncio.Future[int]]] = {}
+        self._monitors: dict[str, asyncio.Task] = {}
+        self._last_exit: dict[str, int] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lookups -----------------------------------------------------------------------------------
+    def all(self) -> list[Container]:
+        return [Container.from_doc(d) for d in self.store.containers()]
+
+    def get(self, ref: str) -> Container:
+        ref = ref.lstrip("/") if ref.startswith("/") else ref
+        items = self.all()
+        for c in items:
+            if c.id == ref or c.name == ref:
+                return c
+        matches = [c for c in items if ref and c.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"No such container: {ref}")
+
+    def state(self, c: Container) -> State:
+        return self.runtime.state(c.id)
+
+    def _save(self, c: Container) -> None:
+        with self.store.transaction() as db:
+            self.store.put_container(db, c.id, c.name, c.to_doc())
+
+    # -- create --------------------------------------------------------------------------------------
+    def _unique_name(self) -> str:
+        taken = {c.name for c in self.all()}
+        for _ in range(1000):
+            name = f"{random.choice(ADJECTIVES)}_{random.choice(SURNAMES)}"
+            if name not in taken:
+                return name
+        return f"muslin_{os.urandom(4).hex()}"
+
+    def _check_name(self, name: str, own_id: str = "") -> str:
+        if not NAME_RE.match(name):
+            raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        name = name.lstrip("/")
+        for other in self.all():
+            if other.name == name and other.id != own_id:
+                raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
+                               f'"{other.id}". You have to remove (or rename) that container to be able to reuse that name.')
+        return name
+
+    def create(self, name: str, body: dict[str, Any]) -> Container:
+        image_ref = body.get("Image") or ""
+        if not image_ref:
+            raise InvalidArgument("No image specified")
+        image = self.images.get(image_ref)
+        host = dict(body.get("HostConfig") or {})
+        name = self._check_name(name) if name else self._unique_name()
+        cid = new_id()
+        mode, attachments = self._network_mode(host, body.get("NetworkingConfig") or {})
+        bindings = portmod.parse_bindings(host.get("PortBindings"), {**image.config.get("ExposedPorts", {}),
+                                          **(body.get("ExposedPorts") or {})}, bool(host.get("PublishAllPorts")))
+        if mode == "host" or mode == "none":
+            bindings = []  # Docker discards published ports in these modes
+        if mode.startswith("container:") and bindings:
+            raise InvalidArgument("conflicting options: port publishing and the container type network mode")
+        c = Container(id=cid, name=name, created=now_rfc3339(), image=image_ref, image_id=image.id,
+                      config=body, host_config=host, network_mode=mode, attachments=attachments,
+                      bindings=[asdict(b) for b in bindings])
+        hostname = body.get("Hostname") or cid[:12]
+        if mode == "host":
+            hostname = body.get("Hostname") or os.uname().nodename
+        joined = self.get(c.joined_container) if c.joined_container else None
+        if joined is not None:
+            c.sandbox = joined.sandbox
+            hostname = joined.config.get("Hostname") or joined.id[:12]
+        elif c.owns_sandbox:
+            c.sandbox = netns.create(str(self.sandbox_root / cid[:12]))
+        try:
+            spec = ContainerSpec(
+                id=cid, image=image.id, args=self._argv(body, image.config), env=list(body.get("Env") or []),
+                workdir=body.get("WorkingDir") or "", user=body.get("User") or "", tty=bool(body.get("Tty")),
+                open_stdin=bool(body.get("OpenStdin")), hostname=hostname, domainname=body.get("Domainname") or "",
+                netns_path=c.sandbox, hosts=self._hosts_file(c, hostname, []),
+                resolv_conf=self._resolv_conf(host))
+            self.runtime.create(spec)
+            c.config = {**body, "Hostname": hostname}
+            with self.store.transaction() as db:
+                self.name_guard(db, c)
+                self.store.put_container(db, c.id, c.name, c.to_doc())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.runtime.delete(cid, force=True)
+            if c.owns_sandbox and c.sandbox:
+                netns.remove(c.sandbox)
+            raise
+        log.info("created container %s (%s) in %s", name, cid[:12], mode)
+        return c
+
+    def name_guard(self, db: Any, c: Container) -> None:
+        row = db.execute("SELECT id FROM containers WHERE name = ?", (c.name,)).fetchone()
+        if row and row[0] != c.id:
+            self._check_name(c.name, c.id)
+
+    @staticmethod
+    def _argv(body: dict[str, Any], image_config: dict[str, Any]) -> list[str]:
+        entrypoint = body.get("Entrypoint")
+        cmd = body.get("Cmd")
+        if isinstance(entrypoint, str):
+            entrypoint = [entrypoint]
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if entrypoint is None:
+            entrypoint = image_config.get("Entrypoint") or []
+            if cmd is None:
+                cmd = image_config.get("Cmd") or []
+        elif cmd is None:
+            cmd = []
+        return [*entrypoint, *cmd]
+
+    def _network_mode(self, host: dict[str, Any], networking: dict[str, Any]) -> tuple[str, list[NetworkAttachment]]:
+        mode = host.get("NetworkMode") or "default"
+        endpoints = networking.get("EndpointsConfig") or {}
+        if mode in ("default", "bridge"):
+            mode = "bridge"
+        if mode in ("host", "none"):
+            return mode, []
+        if mode.startswith("container:"):
+            target = self.get(mode.split(":", 1)[1])
+            if target.joined_container:
+                # Join the namespace's owner, as Docker does for chains of container: modes.
+                target = self.get(target.joined_container)
+            if target.network_mode == "host":
+                return "host", []
+            return f"container:{target.id}", []
+        attachments = []
+        primary = self.networks.get(mode)
+        wanted = [(primary, endpoints.get(mode) or endpoints.get(primary.name) or endpoints.get("default") or {})]
+        for key, cfg in endpoints.items():
+            if key in (mode, primary.name, "default"):
+                continue
+            wanted.append((self.networks.get(key), cfg or {}))
+        for net, cfg in wanted:
+            if net.driver != "bridge":
+                raise InvalidArgument(f"container cannot be connected to network {net.name} ({net.driver}) together with others")
+            ipam_cfg = cfg.get("IPAMConfig") or {}
+            attachments.append(NetworkAttachment(network_id=net.id, ip=ipam_cfg.get("IPv4Address") or "",
+                                                 mac=cfg.get("MacAddress") or "", aliases=list(cfg.get("Aliases") or [])))
+        if host.get("MacAddress") and attachments and not attachments[0].mac:
+            attachments[0].mac = host["MacAddress"]
+        return primary.id if not primary.predefined else primary.name, attachments
+
+    # -- files the container sees -----------------------------------------------------------------
+    def _hosts_file(self, c: Container, hostname: str, endpoints: list[Endpoint]) -> str:
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+                 "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
+                 "ff02::2\tip6-allrouters"]
+        for extra in c.host_config.get("ExtraHosts") or []:
+            name, _, addr = extra.partition(":")
+            lines.append(f"{addr}\t{name}")
+        if endpoints and endpoints[0].address:
+            lines.append(f"{endpoints[0].address.ip}\t{hostname}")
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _resolv_conf(host: dict[str, Any]) -> str:
+        servers = host.get("Dns") or []
+        search = host.get("DnsSearch") or []
+        options = host.get("DnsOptions") or []
+        if not servers:
+            try:
+                text = Path("/etc/resolv.conf").read_text()
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                parts = line.split()
+                # A resolver on the host's loopback is unreachable from the container's namespace.
+                if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith("127."):
+                    servers.append(parts[1])
+                elif parts and parts[0] == "search" and not search:
+                    search = parts[1:]
+        out = [f"nameserver {s}" for s in servers]
+        if search:
+            out.append("search " + " ".join(search))
+        if options:
+            out.append("options " + " ".join(options))
+        return "\n".join(out) + "\n"
+
+    # -- start / stop ---------------------------------------------------------------------------------
+    def start(self, ref: str) -> Container:
+        c = self.get(ref)
+        st = self.state(c)
+        if st.running:
+            raise NotModified("container already started")
+        if c.joined_container:
+            owner = self.get(c.joined_container)
+            if not self.state(owner).running:
+                raise Conflict(f"cannot join network namespace of a non running container: {owner.id}")
+        wired: list[tuple[Network, Endpoint]] = []
+        published: list[PortSpec] = []
+        try:
+            for i, att in enumerate(c.attachments):
+                net = self.networks.get(att.network_id)
+                ep = self.networks.allocate_endpoint(net, c.id, c.name, f"eth{i}", ip=att.ip, mac=att.mac,
+                                                     aliases=att.aliases)
+                assert c.sandbox is not None
+                self.networks.wire_endpoint(net, ep, c.sandbox)
+                wired.append((net, ep))
+            if c.bindings and wired:
+                published = self._publish(c, wired[0][0], wired[0][1])
+            endpoints = [ep for _, ep in wired]
+            if wired or c.host_config.get("ExtraHosts"):
+                self.runtime.write_etc(c.id, hosts=self._hosts_file(c, c.config.get("Hostname") or c.id[:12], endpoints))
+            self.runtime.start(c.id)
+        except BaseException:
+            self._unpublish(c, published)
+            for net, ep in reversed(wired):
+                with contextlib.suppress(Exception):
+                    self.networks.release_endpoint(net, ep)
+            raise
+        self._save(c)
+        return c
+
+    async def run(self, ref: str) -> None:
+        """Start a container and follow it to its exit.
+
+        The exit watch is opened before the start: a process as short as `echo hi` can be gone before a
+        watch opened afterwards would reach the shim.
+        """
+        c = self.get(ref)
+        watch = await self.runtime.attach(c.id, stdin=False, stdout=False, stderr=False)
+        try:
+            await self.engine_call(self.start, c.id)
+        except BaseException:
+            watch.close()
+            raise
+        self._follow(c.id, watch)
+
+    def _follow(self, cid: str, watch: Stream) -> None:
+        previous = self._monitors.get(cid)
+        if previous and not previous.done():
+            previous.cancel()
+        self._monitors[cid] = asyncio.ensure_future(self._monitor(cid, watch))
+
+    def _publish(self, c: Container, net: Network, ep: Endpoint) -> list[PortSpec]:
+        bindings = [portmod.PortBinding(**b) for b in c.bindings]
+        taken = [(proto, ip, port) for proto, ip, port, owner in self.store.ports() if owner != c.id]
+        try:
+            assigned = portmod.assign(bindings, taken)
+        except Conflict as exc:
+            raise EngineError(f"driver failed programming external connectivity on endpoint {c.name} ({ep.id}): {exc.message}") from None
+        assert ep.address is not None
+        specs = [PortSpec(bridge=net.resolved["bridge"], proto=b.proto, host_ip=b.host_ip, host_port=b.host_port,
+                          container_ip=ep.address.ip, container_port=b.container_port) for b in assigned]
+        with self.store.transaction() as db:
+            for b in assigned:
+                self.store.bind_port(db, b.proto, b.host_ip, b.host_port, c.id)
+        try:
+            if self.networks.bridge.firewall:
+                self.networks.bridge.firewall.add_port_forwards(specs)
+        except Exception:
+            with self.store.transaction() as db:
+                self.store.unbind_ports(db, c.id)
+            raise
+        c.published = [asdict(b) for b in assigned]
+        return specs
+
+    def _port_specs(self, c: Container) -> list[PortSpec]:
+        eps = self.store.endpoints(container_id=c.id)
+        if not c.published or not eps or not c.attachments:
+            return []
+        primary = next((e for e in eps if e.network_id == c.attachments[0].network_id), None)
+        if primary is None or primary.address is None:
+            return []
+        net = self.networks.get(primary.network_id)
+        return [PortSpec(bridge=net.resolved["bridge"], proto=b["proto"], host_ip=b["host_ip"],
+                         host_port=b["host_port"], container_ip=primary.address.ip,
+                         container_port=b["container_port"]) for b in c.published]
+
+    def _unpublish(self, c: Container, specs: list[PortSpec]) -> None:
+        if specs and self.networks.bridge.firewall:
+            self.networks.bridge.firewall.remove_port_forwards(specs)
+        with self.store.transaction() as db:
+            self.store.unbind_ports(db, c.id)
+        c.published = []
+
+    def release_networking(self, c: Container) -> None:
+        """What a stopped container gives back: its ports and endpoints (the sandbox stays until rm)."""
+        self._unpublish(c, self._port_specs(c))
+        for ep in self.store.endpoints(container_id=c.id):
+            net = self.networks.get(ep.network_id)
+            self.networks.release_endpoint(net, ep)
+        self._save(c)
+
+    # -- exits, waits, removal ----------------------------------------------------------------------
+    async def _monitor(self, cid: str, watch: Stream) -> None:
+        try:
+            while await watch.read() is not None:
+                pass
+        except Exception:
+            log.exception("lost track of container %s", cid[:12])
+            return
+        finally:
+            watch.close()
+        code = watch.exit_code if watch.exit_code is not None else self._safe_exit_code(cid)
+        self._last_exit[cid] = code
+        await self.engine_call(self._after_exit, cid)
+        for fut in self._exit_waiters.pop(cid, []):
+            if not fut.done():
+                fut.set_result(code)
+
+    engine_call: Any = None  # set by the Engine: runs a function on the engine's worker thread
+
+    def _after_exit(self, cid: str) -> None:
+        try:
+            c = self.get(cid)
+        except NotFound:
+            return
+        self.release_networking(c)
+        if c.host_config.get("AutoRemove"):
+            self._remove(c)
+
+    def exit_future(self, cid: str) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._exit_waiters.setdefault(cid, []).append(fut)
+        return fut
+
+    def removal_future(self, cid: str) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._removal_waiters.setdefault(cid, []).append(fut)
+        return fut
+
+    def _notify_removed(self, cid: str, code: int) -> None:
+        for fut in self._removal_waiters.pop(cid, []):
+            if not fut.done():
+                fut.set_result(code)
+
+    def remove(self, ref: str, force: bool) -> Container:
+        c = self.get(ref)
+        if self.state(c).running:
+            if not force:
+                raise Conflict(f"cannot remove container \"/{c.name}\": container is running: stop the container before removing or force remove")
+            self.runtime.kill(c.id, signals.SIGKILL)
+            self.runtime_wait_stopped(c.id)
+            self.release_networking(c)
+        self._remove(c)
+        return c
+
+    def runtime_wait_stopped(self, cid: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.runtime.state(cid).running:
+            time.sleep(0.005)
+
+    def _remove(self, c: Container) -> None:
+        for other in self.all():
+            if other.joined_container == c.id and self.state(other).running and other.id != c.id:
+                raise Conflict(f"cannot remove container \"/{c.name}\": container {other.name} shares its network namespace and is running")
+        self.runtime.delete(c.id, force=True)
+        if c.owns_sandbox and c.sandbox:
+            netns.remove(c.sandbox)
+        with self.store.transaction() as db:
+            self.store.delete_container(db, c.id)
+        code = self._last_exit.pop(c.id, self._safe_exit_code(c.id))
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._notify_removed, c.id, code)
+        log.info("removed container %s (%s)", c.name, c.id[:12])
+
+    def _safe_exit_code(self, cid: str) -> int:
+        try:
+            return self.runtime.state(cid).exit_code
+        except Exception:
+            return 0
+
+    def rename(self, ref: str, new_name: str) -> None:
+        c = self.get(ref)
+        c.name = self._check_name(new_name, c.id)
+        self._save(c)
+
+    # -- networks of a container ---------------------------------------------------------------------
+    def connect(self, net_ref: str, container_ref: str, cfg: dict[str, Any]) -> None:
+        net = self.networks.get(net_ref)
+        c = self.get(container_ref)
+        if not c.owns_sandbox:
+            raise Forbidden("container sharing network namespace with another container or host cannot be connected to any other network")
+        if c.network_mode == "none":
+            raise Forbidden("container cannot be disconnected from host network or connected to host network" if net.driver == "host"
+                             else "container cannot be connected to multiple networks with one of the networks in private (none) mode")
+        if net.driver != "bridge":
+            raise Forbidden(f"container cannot be connected to {net.driver} network {net.name}")
+        if any(a.network_id == net.id for a in c.attachments):
+            raise Forbidden(f"endpoint with name {c.name} already exists in network {net.name}")
+        ipam_cfg = cfg.get("IPAMConfig") or {}
+        att = NetworkAttachment(network_id=net.id, ip=ipam_cfg.get("IPv4Address") or "",
+                                mac=cfg.get("MacAddress") or "", aliases=list(cfg.get("Aliases") or []))
+        if self.state(c).running:
+            used = {e.ifname for e in self.store.endpoints(container_id=c.id)}
+            ifname = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
+            ep = self.networks.allocate_endpoint(net, c.id, c.name, ifname, ip=att.ip, mac=att.mac, aliases=att.aliases)
+            assert c.sandbox is not None
+            self.networks.wire_endpoint(net, ep, c.sandbox)
+        c.attachments.append(att)
+        self._save(c)
+
+    def disconnect(self, net_ref: str, container_ref: str, force: bool) -> None:
+        net = self.networks.get(net_ref)
+        try:
+            c = self.get(container_ref)
+        except NotFound:
+            if not force:
+                raise
+            for ep in self.store.endpoints(network_id=net.id):
+                if ep.container_name == container_ref or ep.container_id.startswith(container_ref):
+                    self.networks.release_endpoint(net, ep)
+            return
+        att = next((a for a in c.attachments if a.network_id == net.id), None)
+        if att is None:
+            raise Forbidden(f"container {c.id} is not connected to network {net.name}")
+        for ep in self.store.endpoints(network_id=net.id, container_id=c.id):
+            if c.attachments and c.attachments[0].network_id == net.id and c.published:
+                self._unpublish(c, self._port_specs(c))
+            self.networks.release_endpoint(net, ep)
+        c.attachments.remove(att)
+        self._save(c)
+
+    # -- recovery after a restart of muslind -------------------------------------------------------
+    async def follow_running(self) -> None:
+        """After recover(): watch the containers that kept running while muslind was away."""
+        for c in self.all():
+            if self.runtime.state(c.id).running:
+                self._follow(c.id, await self.runtime.attach(c.id, stdin=False, stdout=False, stderr=False))
+
+    def recover(self) -> None:
+        known = {c.id for c in self.all()}
+        for c in self.all():
+            try:
+                st = self.runtime.state(c.id)
+            except NoSuchContainer:
+                log.warning("container %s has no runtime state; removing its record", c.id[:12])
+                self.release_networking(c)
+                with self.store.transaction() as db:
+                    self.store.delete_container(db, c.id)
+                continue
+            if st.running:
+                continue
+            if self.store.endpoints(container_id=c.id) or c.published:
+                self.release_networking(c)
+            if c.host_config.get("AutoRemove") and st.status == "exited":
+                self._remove(c)
+        # Sandboxes of containers the store no longer knows (a crash between steps) are ours to drop.
+        if self.sandbox_root.is_dir():
+            for entry in self.sandbox_root.iterdir():
+                if not any(cid.startswith(entry.name) for cid in known):
+                    netns.remove(str(entry))
+
+    def counts(self) -> tuple[int, int, int, int]:
+        items = self.all()
+        running = sum(1 for c in items if self.state(c).running)
+        return len(items), running, 0, len(items) - running

@@ -1,0 +1,97 @@
+"""Published ports: parsing Docker's PortBindings, choosing host ports, and checking clashes."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from .errors import Conflict, InvalidArgument
+
+EPHEMERAL = range(32768, 61000)  # where dockerd takes ports for -P and "-p 80"
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    container_port: int
+    proto: str
+    host_ip: str  # "" = every address (shown as 0.0.0.0)
+    host_port: int  # 0 = choose one
+
+    @property
+    def key(self) -> str:
+        return f"{self.container_port}/{self.proto}"
+
+
+def parse_port_key(key: str) -> tuple[int, str]:
+    port, _, proto = key.partition("/")
+    proto = proto or "tcp"
+    if proto not in ("tcp", "udp", "sctp"):
+        raise InvalidArgument(f"invalid proto: {proto}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise InvalidArgument(f"invalid containerPort: {port}") from None
+    if not 1 <= number <= 65535:
+        raise InvalidArgument(f"invalid containerPort: {port}")
+    return number, proto
+
+
+def parse_bindings(port_bindings: dict | None, exposed: dict | None, publish_all: bool) -> list[PortBinding]:
+    out: list[PortBinding] = []
+    for key, entries in (port_bindings or {}).items():
+        cport, proto = parse_port_key(key)
+        for entry in entries or [{}]:
+            host_ip = (entry or {}).get("HostIp") or ""
+            if host_ip:
+                try:
+                    if IPv4Address(host_ip).version != 4:
+                        raise ValueError
+                except ValueError:
+                    if host_ip != "::":
+                        raise InvalidArgument(f"invalid host IP {host_ip!r}: only IPv4 is supported") from None
+                    continue  # an IPv6-only binding has no effect on an IPv4-only engine
+            text = ((entry or {}).get("HostPort") or "").strip()
+            if "-" in text:
+                raise InvalidArgument(f"host port ranges are not supported yet: {text}")
+            try:
+                hport = int(text) if text else 0
+            except ValueError:
+                raise InvalidArgument(f"invalid hostPort: {text}") from None
+            if not 0 <= hport <= 65535:
+                raise InvalidArgument(f"invalid hostPort: {text}")
+            out.append(PortBinding(cport, proto, host_ip, hport))
+    if publish_all:
+        bound = {b.key for b in out}
+        for key in exposed or {}:
+            cport, proto = parse_port_key(key)
+            if f"{cport}/{proto}" not in bound:
+                out.append(PortBinding(cport, proto, "", 0))
+    return out
+
+
+def clashes(a_ip: str, b_ip: str) -> bool:
+    """Two bindings of one port clash when either listens everywhere or both name the same address."""
+    return a_ip in ("", "0.0.0.0") or b_ip in ("", "0.0.0.0") or a_ip == b_ip
+
+
+def assign(bindings: list[PortBinding], taken: list[tuple[str, str, int]]) -> list[PortBinding]:
+    """Fill in host ports for 0s and refuse a binding that clashes with ``taken`` (proto, ip, port)."""
+    used = list(taken)
+    out = []
+    for b in bindings:
+        port = b.host_port
+        if port == 0:
+            candidates = list(EPHEMERAL)
+            start = random.randrange(len(candidates))
+            for port in candidates[start:] + candidates[:start]:
+                if not any(p == b.proto and n == port and clashes(ip, b.host_ip) for p, ip, n in used):
+                    break
+            else:
+                raise Conflict("no free host port left for publishing")
+        elif any(p == b.proto and n == port and clashes(ip, b.host_ip) for p, ip, n in used):
+            shown = b.host_ip or "0.0.0.0"
+            raise Conflict(f"Bind for {shown}:{port} failed: port is already allocated")
+        used.append((b.proto, b.host_ip, port))
+        out.append(PortBinding(b.container_port, b.proto, b.host_ip, port))
+    return out

@@ -1,0 +1,56 @@
+"""The container runtime under muslind: images, OCI bundles, runc, and a shim per container run.
+
+The engine's view (everything else in this package is detail):
+
+``ImageStore(root)``
+    ``ensure_busybox() -> Image``                      busybox:latest from the host's busybox-static
+    ``import_tar(fileobj, repo_tag=None, changes=(), message="") -> Image``     ``docker import``
+    ``load(fileobj) -> list[str]``                      ``docker load``: the tags loaded (ids if untagged)
+    ``get(ref) -> Image``                               tag, ``docker.io/library/…``, id or id prefix;
+                                                        raises NoSuchImage ("No such image: X", 404)
+    ``list() -> list[Image]``;  ``tag(ref, repo_tag)``
+    ``remove(ref, force=False, in_use=Runtime.images_in_use()) -> [{"Untagged": t} | {"Deleted": id}]``
+    ``Image``: id ("sha256:" of the config bytes), repo_tags, created, size, config (Docker's container
+    config: Cmd, Env, Entrypoint, WorkingDir, User, ExposedPorts, Labels, …), diff_ids, architecture, os.
+
+``Runtime(root, state, images, runc="runc", python=sys.executable)``   root persists, state is /run-like
+    ``create(ContainerSpec) -> ProcessConfig``          files only; the process after image defaults
+    ``async attach(id, stdin=False, stdout=True, stderr=True, stdin_once=False) -> Stream``
+    ``async exit_waiter(id, next_run=False) -> ExitWaiter``; ``await waiter.wait() -> exit code``
+        registered when it returns: call it (next_run=True) before start for ``condition=next-exit``
+    ``async wait_exit(id, next_run=False) -> int``      the two above in one
+    ``start(id) -> pid``                                raises StartFailed(.exit_code 127/126/128),
+                                                        NotModified if running
+    ``kill(id, sig)``;  ``async stop(id, timeout=10, sig=SIGTERM) -> bool``;  ``async restart(id, timeout)``
+    ``resize(id, height, width)``;  ``write_etc(id, hosts=None, resolv_conf=None)``
+    ``delete(id, force=False)``                         Conflict if running and not forced
+    ``state(id) -> State``;  ``list() -> list[State]``;  ``images_in_use() -> {image_id: container_id}``
+    ``recover() -> list[State]``                        after a daemon restart: live shims are kept,
+                                                        a container whose shim died is settled (255)
+    ``logs(id, LogFilter(stdout, stderr, since, until, tail)) -> list[LogEntry(stream, time, data)]``
+    ``follow_logs(id, LogFilter)``                      async iterator, ends when the container stops
+    ``exec_create(id, args, env=None, workdir="", user="", tty=False, stdin=False) -> exec_id``
+    ``async exec_start(exec_id, detach=False) -> Stream | None``; raises StartFailed(.exit_code)
+    ``exec_inspect(exec_id) -> ExecState``;  ``exec_resize(exec_id, h, w)``;  ``exec_kill(exec_id, sig)``
+    ``close()``                                         stops the shim spawner; containers run on
+
+``Stream`` (attach and exec)
+    ``async read() -> ("stdout" | "stderr", bytes) | None``  (None: ended; then ``exit_code`` is set if the
+    process exited); ``write(bytes)``; ``async drain()``; ``close_stdin()``; ``close()``.
+    With a TTY everything is "stdout" and raw. Docker's 8-byte framing is the API layer's.
+
+Blocking calls are short (a fork, one runc run) and belong on a worker thread; everything that waits
+on a container is async. Networking is the engine's: it passes the network namespace's path in
+``ContainerSpec.netns_path`` (None shares the daemon's own, for ``--network host``).
+"""
+
+from .client import Stream
+from .errors import NoSuchContainer, NoSuchExec, NoSuchImage, NotRunning, StartFailed
+from .images import Image, ImageStore
+from .logs import LogEntry, LogFilter
+from .runtime import ExecState, ExitWaiter, Runtime, State
+from .spec import ContainerSpec, ProcessConfig
+
+__all__ = ["ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
+           "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "ProcessConfig", "Runtime", "StartFailed",
+           "State", "Stream"]

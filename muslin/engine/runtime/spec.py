@@ -1,0 +1,197 @@
+"""What a container is (``ContainerSpec``, decided by the engine) and the OCI bundle config it becomes.
+
+Pure functions: the image's defaults are merged in the way Docker merges them, and the OCI config is
+Docker's default profile (capabilities, masked paths, devices) with the rootfs as an overlay mounted
+by runc *inside* the container's mount namespace, so no rootfs mount ever exists on the host to leak.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidArgument
+from .images import Image
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_CAPABILITIES = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+                        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+                        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+MASKED_PATHS = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap"]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+ETC_FILES = ("hosts", "hostname", "resolv.conf")
+
+
+@dataclass
+class ContainerSpec:
+    """A container as the engine decided it. Empty fields take the image's defaults."""
+
+    id: str
+    image: str  # a reference or an image id
+    args: list[str] = field(default_factory=list)  # the full argv; empty: the image's Entrypoint + Cmd
+    env: list[str] = field(default_factory=list)  # KEY=value, over the image's Env
+    workdir: str = ""
+    user: str = ""  # name, uid, name:group or uid:gid
+    tty: bool = False
+    open_stdin: bool = False
+    hostname: str = ""  # empty: the id's first 12 characters
+    domainname: str = ""
+    netns_path: str | None = None  # None: the daemon's own network namespace (--network host)
+    hosts: str = ""  # contents of /etc/hosts
+    resolv_conf: str = ""  # contents of /etc/resolv.conf
+    console_size: tuple[int, int] | None = None  # (height, width) of the TTY from the start (HostConfig.ConsoleSize)
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """The container's main process, after merging the image's defaults: what inspect shows."""
+
+    args: list[str]
+    env: list[str]  # Config.Env: the image's, overridden by the container's
+    cwd: str
+    user: str
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+
+
+def merge_env(base: list[str], override: list[str]) -> list[str]:
+    keys = {e.partition("=")[0] for e in override}
+    return [e for e in base if e.partition("=")[0] not in keys] + list(override)
+
+
+def resolve_process(spec: ContainerSpec, image: Image) -> ProcessConfig:
+    config = image.config
+    args = list(spec.args) or [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+    if not args:
+        raise InvalidArgument("no command specified")
+    cwd = spec.workdir or config.get("WorkingDir") or "/"
+    if not cwd.startswith("/"):
+        raise InvalidArgument(f"the working directory '{cwd}' is invalid, it needs to be an absolute path")
+    for entry in spec.env:
+        if not entry or entry.startswith("="):
+            raise InvalidArgument(f"invalid environment variable: {entry!r}")
+    return ProcessConfig(args=args, env=merge_env(list(config.get("Env") or []), spec.env), cwd=cwd,
+                         user=spec.user or config.get("User") or "")
+
+
+def process_env(env: list[str], hostname: str, tty: bool) -> list[str]:
+    """What the process really gets: Docker puts PATH, HOSTNAME and (with a TTY) TERM before Config.Env."""
+    extra = [] if any(e.startswith("PATH=") for e in env) else [DEFAULT_PATH]
+    extra.append(f"HOSTNAME={hostname}")
+    if tty:
+        extra.append("TERM=xterm")
+    return merge_env(extra, env)
+
+
+def _entries(lower_dirs: list[str], name: str) -> list[list[str]]:
+    """The lines of /etc/passwd or /etc/group from the topmost layer that has the file."""
+    for lower in lower_dirs:
+        path = Path(lower) / "etc" / name
+        if path.is_file() and not path.is_symlink():
+            return [line.split(":") for line in path.read_text(errors="replace").splitlines() if line.count(":") >= 2]
+    return []
+
+
+def resolve_user(user: str, lower_dirs: list[str]) -> User:
+    """``docker run --user``: names looked up in the image's passwd and group files."""
+    if not user:
+        return User(0, 0)
+    name, _, group = user.partition(":")
+    passwd = _entries(lower_dirs, "passwd")
+    groups = _entries(lower_dirs, "group")
+    if name.isdigit():
+        uid = int(name)
+        match = next((p for p in passwd if p[2] == name), None)
+    else:
+        match = next((p for p in passwd if p[0] == name), None)
+        if match is None:
+            raise InvalidArgument(f"unable to find user {name}: no matching entries in passwd file")
+        uid = int(match[2])
+    gid = int(match[3]) if match is not None and len(match) > 3 and match[3].isdigit() else 0
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            found = next((g for g in groups if g[0] == group), None)
+            if found is None:
+                raise InvalidArgument(f"unable to find group {group}: no matching entries in group file")
+            gid = int(found[2])
+    member_of = tuple(int(g[2]) for g in groups
+                      if match is not None and len(g) > 3 and match[0] in g[3].split(",") and g[2].isdigit())
+    return User(uid, gid, tuple(sorted(set(member_of) - {gid})))
+
+
+def oci_process(args: list[str], env: list[str], cwd: str, user: User, tty: bool,
+                console_size: tuple[int, int] | None = None) -> dict:
+    caps = list(DEFAULT_CAPABILITIES)
+    size = {}
+    if tty and console_size and console_size[0] > 0 and console_size[1] > 0:
+        # Sized before the process starts: `docker run -it` sends its resize only after start.
+        size = {"consoleSize": {"height": int(console_size[0]), "width": int(console_size[1])}}
+    return {**size,
+        "terminal": tty,
+        "user": {"uid": user.uid, "gid": user.gid, **({"additionalGids": list(user.additional_gids)}
+                                                       if user.additional_gids else {})},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": False,
+    }
+
+
+def oci_config(spec: ContainerSpec, process: dict, lower_dirs: list[str], bundle: Path) -> dict:
+    """The bundle's config.json. ``bundle`` holds rootfs/ (a bare mount point), upper/, work/ and etc files."""
+    if not ID_PATTERN.fullmatch(spec.id):
+        raise InvalidArgument(f"invalid container id {spec.id!r}")
+    overlay = f"lowerdir={':'.join(lower_dirs)},upperdir={bundle / 'upper'},workdir={bundle / 'work'}"
+    if len(overlay) > os.sysconf("SC_PAGESIZE") - 1:
+        raise InvalidArgument("the image has too many layers for one overlay mount")
+    mounts = [
+        # runc mounts this over rootfs/ in the container's own mount namespace, before everything else.
+        {"destination": "/", "type": "overlay", "source": "overlay", "options": [overlay]},
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["ro", "nosuid", "noexec", "nodev"]},
+    ]
+    for name in ETC_FILES:
+        mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": str(bundle / name),
+                       "options": ["rbind", "rprivate", "rw"]})
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if spec.netns_path is not None:
+        namespaces.append({"type": "network", "path": spec.netns_path})
+    config = {
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": spec.hostname or spec.id[:12],
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": f"/muslin-{spec.id}",
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    }
+    if spec.domainname:
+        config["domainname"] = spec.domainname
+    return config
