@@ -69,6 +69,9 @@ def root_namespace_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     after = _root_snapshot()
     assert after[0] == before[0], f"links leaked into the root namespace: {after[0] - before[0]}"
-    assert after[1] == before[1], f"network namespaces leaked: {after[1] - before[1]}"
+    # MUSLIN_SHARED_DEV_MACHINE=1: other engineers' test runs come and go on this machine; their
+    # namespaces are not this run's leaks. CI never sets it.
+    if not os.environ.get("MUSLIN_SHARED_DEV_MACHINE"):
+        assert after[1] == before[1], f"network namespaces leaked: {after[1] - before[1]}"
     assert after[2] == before[2], "ip_forward changed in the root namespace"
     assert after[3] == before[3], "iptables rules naming muslin/flannel changed in the root namespace"

@@ -9,9 +9,9 @@ import struct
 import time
 from typing import Any
 
-from muslin.engine.containers import Container
+from muslin.engine.containers import Container, console_size_of
 from muslin.engine.engine import Engine
-from muslin.engine.errors import InvalidArgument, NotModified
+from muslin.engine.errors import EngineError, InvalidArgument, NotModified
 from muslin.engine.model import Endpoint
 from muslin.engine.runtime import LogFilter, State, Stream
 
@@ -447,7 +447,7 @@ def routes(router: Router, engine: Engine) -> None:
             raise HTTPError(400, "No exec command specified")
         exec_id = await engine.call(rt.exec_create, c.id, list(cmd), list(body.get("Env") or []),
                                     body.get("WorkingDir") or "", body.get("User") or "", bool(body.get("Tty")),
-                                    bool(body.get("AttachStdin")))
+                                    bool(body.get("AttachStdin")), console_size_of(body.get("ConsoleSize")))
         return json_response({"Id": exec_id}, 201)
 
     async def exec_start(req: Request) -> Response | Hijack:
@@ -457,10 +457,19 @@ def routes(router: Router, engine: Engine) -> None:
         if body.get("Detach"):
             await rt.exec_start(exec_id, detach=True)
             return Response(status=200, content_type="text/plain")
-        stream = await rt.exec_start(exec_id, detach=False)
-        assert stream is not None
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # The process starts only once the client holds the upgraded stream: its first bytes must
+            # not ride in the same read as the 101 headers, or the SDK's HTTP parser swallows them.
+            try:
+                stream = await rt.exec_start(exec_id, detach=False)
+            except EngineError as exc:
+                message = (exc.message + "\n").encode()
+                writer.write(message if info.tty else mux("stderr", message))
+                await writer.drain()
+                writer.close()
+                return
+            assert stream is not None
             await pump_session(reader, writer, stream, info.tty, info.open_stdin)
 
         ctype = "application/vnd.docker.raw-stream" if info.tty else "application/vnd.docker.multiplexed-stream"

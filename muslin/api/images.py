@@ -66,7 +66,8 @@ def routes(router: Router, engine: Engine) -> None:
         source = req.arg("fromSrc")
         if source == "-":
             repo, tag_ = req.arg("repo"), req.arg("tag")
-            ref = f"{repo}:{tag_ or 'latest'}" if repo else None
+            has_tag = ":" in repo.rsplit("/", 1)[-1]
+            ref = (repo if has_tag or not tag_ else f"{repo}:{tag_}") if repo else None
             image = await engine.call(images.import_tar, io.BytesIO(req.body), ref, req.query.get("changes", []),
                                       req.arg("message"))
             return Response(body=_progress({"status": image.id}), content_type="application/json")

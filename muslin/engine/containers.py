@@ -28,7 +28,8 @@ from .errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound,
 from .firewall import PortSpec
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import NetworkService
-from .runtime import ContainerSpec, ImageStore, NoSuchContainer, Runtime, State, Stream
+from .runtime import ContainerSpec, ImageStore, NoSuchContainer, Runtime, StartFailed, State
+from .runtime.runtime import ExitWaiter
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,12 @@ class Container:
         doc = dict(doc)
         doc["attachments"] = [NetworkAttachment(**a) for a in doc.get("attachments", [])]
         return cls(**doc)
+
+
+def console_size_of(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return value[0], value[1]
+    return None
 
 
 class ContainerService:
@@ -173,7 +180,8 @@ class ContainerService:
             spec = ContainerSpec(
                 id=cid, image=image.id, args=self._argv(body, image.config), env=list(body.get("Env") or []),
                 workdir=body.get("WorkingDir") or "", user=body.get("User") or "", tty=bool(body.get("Tty")),
-                open_stdin=bool(body.get("OpenStdin")), hostname=hostname, domainname=body.get("Domainname") or "",
+                open_stdin=bool(body.get("OpenStdin")), hostname=hostname,
+                console_size=console_size_of(host.get("ConsoleSize")), domainname=body.get("Domainname") or "",
                 netns_path=c.sandbox, hosts=self._hosts_file(c, hostname, []),
                 resolv_conf=self._resolv_conf(host))
             self.runtime.create(spec)
@@ -321,15 +329,22 @@ class ContainerService:
         watch opened afterwards would reach the shim.
         """
         c = self.get(ref)
-        watch = await self.runtime.attach(c.id, stdin=False, stdout=False, stderr=False)
+        watch = await self.runtime.exit_waiter(c.id, next_run=True)
         try:
             await self.engine_call(self.start, c.id)
+        except StartFailed as exc:
+            # Docker reports the failed start, and a --rm container goes away with the failure's code.
+            watch.cancel()
+            self._last_exit[c.id] = exc.exit_code
+            if c.host_config.get("AutoRemove"):
+                await self.engine_call(self._remove, self.get(c.id))
+            raise
         except BaseException:
-            watch.close()
+            watch.cancel()
             raise
         self._follow(c.id, watch)
 
-    def _follow(self, cid: str, watch: Stream) -> None:
+    def _follow(self, cid: str, watch: ExitWaiter) -> None:
         previous = self._monitors.get(cid)
         if previous and not previous.done():
             previous.cancel()
@@ -386,16 +401,12 @@ class ContainerService:
         self._save(c)
 
     # -- exits, waits, removal ----------------------------------------------------------------------
-    async def _monitor(self, cid: str, watch: Stream) -> None:
+    async def _monitor(self, cid: str, watch: ExitWaiter) -> None:
         try:
-            while await watch.read() is not None:
-                pass
+            code = await watch.wait()
         except Exception:
             log.exception("lost track of container %s", cid[:12])
             return
-        finally:
-            watch.close()
-        code = watch.exit_code if watch.exit_code is not None else self._safe_exit_code(cid)
         self._last_exit[cid] = code
         await self.engine_call(self._after_exit, cid)
         for fut in self._exit_waiters.pop(cid, []):
@@ -445,9 +456,7 @@ class ContainerService:
             time.sleep(0.005)
 
     def _remove(self, c: Container) -> None:
-        for other in self.all():
-            if other.joined_container == c.id and self.state(other).running and other.id != c.id:
-                raise Conflict(f"cannot remove container \"/{c.name}\": container {other.name} shares its network namespace and is running")
+        # Containers that joined this one's namespace keep it alive through their own processes.
         self.runtime.delete(c.id, force=True)
         if c.owns_sandbox and c.sandbox:
             netns.remove(c.sandbox)
@@ -520,10 +529,14 @@ class ContainerService:
         """After recover(): watch the containers that kept running while muslind was away."""
         for c in self.all():
             if self.runtime.state(c.id).running:
-                self._follow(c.id, await self.runtime.attach(c.id, stdin=False, stdout=False, stderr=False))
+                self._follow(c.id, await self.runtime.exit_waiter(c.id))
 
     def recover(self) -> None:
+        self.runtime.recover()
         known = {c.id for c in self.all()}
+        for st in self.runtime.list():
+            if st.id not in known:  # created by the runtime, but the store never heard of it (a crash)
+                self.runtime.delete(st.id, force=True)
         for c in self.all():
             try:
                 st = self.runtime.state(c.id)

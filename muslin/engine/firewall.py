@@ -68,8 +68,9 @@ def bridge_rules(spec: BridgeSpec) -> list[Rule]:
             ("filter", "MUSLIN-ISOLATION-STAGE-1", f"! -d {net} -i {br} -j DROP", "first"),
         ]
     else:
+        # No "-i <bridge> -j RETURN" in nat MUSLIN (Docker has it only with its userland proxy): without a
+        # proxy, containers reach published ports, their own included, through the same DNAT rules.
         rules = [
-            ("nat", "MUSLIN", f"-i {br} -j RETURN", "first"),
             ("filter", "FORWARD", f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "append"),
             ("filter", "FORWARD", f"-o {br} -j MUSLIN", "append"),
             ("filter", "FORWARD", f"-i {br} ! -o {br} -j ACCEPT", "append"),
@@ -91,7 +92,7 @@ def port_rules(p: PortSpec) -> list[Rule]:
     cip, proto = p.container_ip, p.proto
     return [
         ("nat", "MUSLIN",
-         f"{dest}! -i {p.bridge} -p {proto} -m {proto} --dport {p.host_port} "
+         f"{dest}-p {proto} -m {proto} --dport {p.host_port} "
          f"-j DNAT --to-destination {cip}:{p.container_port}", "append"),
         # Hairpin: a container reaching its own published port comes back through the same bridge port.
         ("nat", "POSTROUTING",

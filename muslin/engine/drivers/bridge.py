@@ -127,7 +127,7 @@ class BridgeDriver:
                 index = links.add_veth_into(ipr, ep.host_ifname, ep.ifname, fd, int(net.resolved["mtu"]),
                                             ep.mac, master)
                 # Hairpin lets a container reach itself through its own published port.
-                ipr.brport("set", index=index, hairpin_mode=1)
+                ipr.brport("set", index=index, mode=1)
         finally:
             os.close(fd)
         try:

@@ -87,7 +87,10 @@ async def follow(path: str, flt: LogFilter, running: Callable[[], bool]) -> Asyn
         yield entry
     while True:
         alive = running()
-        size = os.path.getsize(path) if os.path.exists(path) else 0
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:  # the container was removed
+            return
         if size > offset:
             entries, offset = _entries(path, offset)
             for entry in entries:

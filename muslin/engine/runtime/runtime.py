@@ -546,7 +546,13 @@ class Runtime:
         return read_log(self.log_path(cid), flt)
 
     async def follow_logs(self, cid: str, flt: LogFilter = LogFilter()) -> AsyncIterator[LogEntry]:
-        async for entry in follow_log(self.log_path(cid), flt, lambda: self.state(cid).running):
+        def running() -> bool:
+            try:
+                return self.state(cid).running
+            except NoSuchContainer:  # removed while followed (--rm): the log has ended
+                return False
+
+        async for entry in follow_log(self.log_path(cid), flt, running):
             yield entry
 
     # -- exec ---------------------------------------------------------------------------------

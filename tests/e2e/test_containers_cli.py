@@ -1,0 +1,239 @@
+"""The article's §2 and §4 with containers, through the real docker CLI, checked against the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import socket
+import subprocess
+import threading
+import time
+
+import docker as docker_sdk
+import pytest
+
+from muslin.kernel import netns
+
+pytestmark = pytest.mark.root
+
+HTTPD = "mkdir -p /www && echo hello world > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+def _link_outside(daemon, make_netns) -> str:
+    """An 'outside world' namespace routed to the daemon's host: daemon 10.99.0.1, outside 10.99.0.2."""
+    outside = make_netns("mo-")
+    host_if, out_if = "vo" + outside[-6:], "vi" + outside[-6:]
+    daemon.sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", out_if, "netns", netns.path_for(outside))
+    daemon.sh("ip", "addr", "add", "10.99.0.1/24", "dev", host_if)
+    daemon.sh("ip", "link", "set", host_if, "up")
+    for cmd in (["ip", "addr", "add", "10.99.0.2/24", "dev", out_if], ["ip", "link", "set", out_if, "up"]):
+        subprocess.run(["nsenter", f"--net={netns.path_for(outside)}", *cmd], check=True)
+    return outside
+
+
+def _serve_peer_address(ns: str, port: int) -> tuple[threading.Thread, list[str]]:
+    """A one-shot TCP server inside ``ns`` that answers with the address it saw the client come from."""
+    seen: list[str] = []
+    with netns.entered(ns):
+        srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(1)
+    srv.settimeout(20)
+
+    def run() -> None:
+        try:
+            conn, addr = srv.accept()
+            seen.append(addr[0])
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + addr[0].encode())
+            conn.close()
+        finally:
+            srv.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, seen
+
+
+def _wget(daemon, url: str) -> str:
+    return daemon.sh("timeout", "5", "busybox", "wget", "-qO-", url, check=False)
+
+
+def test_published_port_dnat_hairpin_localhost_and_egress(daemon, make_netns) -> None:
+    outside = _link_outside(daemon, make_netns)
+    daemon.docker("run", "-d", "--name", "web1", "-p", "8081:80", "busybox", "sh", "-c", HTTPD)
+    nat = daemon.sh("iptables", "-t", "nat", "-S")
+    assert "-A MUSLIN -p tcp -m tcp --dport 8081 -j DNAT --to-destination 172.17.0.2:80" in nat
+    assert "-A POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE" in nat
+    deadline = time.monotonic() + 10
+    while "hello world" not in _wget(daemon, "http://127.0.0.1:8081/") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "hello world" in _wget(daemon, "http://127.0.0.1:8081/")  # the host itself, on loopback
+    assert "hello world" in _wget(daemon, "http://10.99.0.1:8081/")  # the host's own address
+    from_outside = subprocess.run(["nsenter", f"--net={netns.path_for(outside)}", "timeout", "5", "busybox",
+                                   "wget", "-qO-", "http://10.99.0.1:8081/"], capture_output=True, text=True)
+    assert "hello world" in from_outside.stdout  # another host
+    hairpin = daemon.docker("exec", "web1", "timeout", "5", "wget", "-qO-", "http://10.99.0.1:8081/")
+    assert "hello world" in hairpin.stdout  # the container through its own published port
+    assert "0.0.0.0:8081->80/tcp" in daemon.docker("ps").stdout
+    assert daemon.docker("port", "web1").stdout.strip() == "80/tcp -> 0.0.0.0:8081"
+
+    # Egress: the outside world sees the host's address, not the container's.
+    server, seen = _serve_peer_address(outside, 9000)
+    out = daemon.docker("run", "--rm", "busybox", "timeout", "5", "wget", "-qO-", "http://10.99.0.2:9000/")
+    server.join(10)
+    assert seen == ["10.99.0.1"] and "10.99.0.1" in out.stdout
+
+    # A clash is refused with Docker's message, and the refused container holds nothing.
+    clash = daemon.docker("run", "-d", "--name", "web1b", "-p", "8081:80", "busybox", "sleep", "30", check=False)
+    assert clash.returncode != 0 and "port is already allocated" in clash.stderr
+    assert daemon.sh("iptables-save").count("172.17.0.3") == 0
+    daemon.docker("rm", "web1b")
+
+    (doc,) = json.loads(daemon.docker("inspect", "web1").stdout)
+    assert doc["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8081"}]}
+    assert doc["NetworkSettings"]["IPAddress"] == "172.17.0.2"
+    assert doc["NetworkSettings"]["MacAddress"] == "02:42:ac:11:00:02"
+    daemon.docker("rm", "-f", "web1")
+    assert "172.17.0.2" not in daemon.sh("iptables-save")
+    assert "8081" not in daemon.sh("iptables-save")
+    assert "veth" not in daemon.sh("ip", "link")
+    assert daemon.docker("ps", "-aq").stdout.strip() == ""
+
+
+def test_network_modes_of_the_article(daemon) -> None:
+    daemon.docker("network", "create", "-d", "bridge", "--subnet", "192.168.100.0/24", "--gateway",
+                  "192.168.100.1", "-o", "com.docker.network.bridge.name=docker1", "mybr0")
+    out = daemon.docker("run", "--rm", "--network", "mybr0", "busybox", "ifconfig").stdout
+    assert "inet addr:192.168.100.2" in out and "HWaddr 02:42:C0:A8:64:02" in out and "\nlo " in out
+    host = daemon.docker("run", "--rm", "--network", "host", "busybox", "ifconfig").stdout
+    assert "muslin0" in host and "docker1" in host
+    none = daemon.docker("run", "--rm", "--network", "none", "busybox", "ifconfig").stdout
+    assert none.startswith("lo ") and "eth0" not in none
+
+    daemon.docker("run", "-d", "--name", "c1", "busybox", "sleep", "300")
+    c1_if = daemon.docker("exec", "c1", "ifconfig", "eth0").stdout
+    daemon.docker("run", "-d", "--name", "c2", "--network", "container:c1", "busybox", "sh", "-c",
+                  "mkdir -p /www /tmp/c2only && echo hello world > /www/index.html && exec httpd -f -p 80 -h /www")
+    assert daemon.docker("exec", "c2", "ifconfig", "eth0").stdout.split("RX")[0] == c1_if.split("RX")[0]
+    deadline = time.monotonic() + 10
+    answer = ""
+    while "hello world" not in answer and time.monotonic() < deadline:
+        answer = daemon.docker("exec", "c1", "wget", "-O", "-", "-q", "127.0.0.1", check=False).stdout
+    assert "hello world" in answer
+    assert "c2only" not in daemon.docker("exec", "c1", "ls", "/tmp").stdout
+
+    daemon.docker("network", "connect", "mybr0", "c1")
+    assert "192.168.100." in daemon.docker("exec", "c1", "ifconfig", "eth1").stdout
+    (net,) = json.loads(daemon.docker("network", "inspect", "mybr0").stdout)
+    assert [c["Name"] for c in net["Containers"].values()] == ["c1"]
+    assert daemon.docker("network", "rm", "mybr0", check=False).returncode != 0  # active endpoints
+    daemon.docker("network", "disconnect", "mybr0", "c1")
+    assert daemon.docker("exec", "c1", "ifconfig", "eth1", check=False).returncode != 0
+    daemon.docker("rm", "-f", "c2", "c1")
+    daemon.docker("network", "rm", "mybr0")
+    assert "veth" not in daemon.sh("ip", "link")
+
+
+def test_isolation_between_networks_internal_and_icc(daemon) -> None:
+    daemon.docker("network", "create", "--subnet", "10.61.0.0/24", "neta")
+    daemon.docker("network", "create", "--subnet", "10.62.0.0/24", "netb")
+    daemon.docker("network", "create", "--internal", "--subnet", "10.63.0.0/24", "inner")
+    daemon.docker("network", "create", "--subnet", "10.64.0.0/24", "-o", "com.docker.network.bridge.enable_icc=false", "noicc")
+    daemon.docker("run", "-d", "--name", "ca", "--network", "neta", "busybox", "sleep", "300")
+    daemon.docker("run", "-d", "--name", "cb", "--network", "netb", "busybox", "sleep", "300")
+    daemon.docker("run", "-d", "--name", "n1", "--network", "noicc", "busybox", "sleep", "300")
+    daemon.docker("run", "-d", "--name", "n2", "--network", "noicc", "busybox", "sleep", "300")
+
+    def ping(container: str, ip: str) -> int:
+        return daemon.docker("exec", container, "ping", "-c", "1", "-W", "1", ip, check=False).returncode
+
+    assert ping("ca", "10.61.0.1") == 0  # its own gateway
+    assert ping("ca", "10.62.0.2") != 0  # another network
+    assert ping("n1", "10.64.0.3") != 0  # ICC off
+    internal = daemon.docker("run", "--rm", "--network", "inner", "busybox", "ping", "-c", "1", "-W", "1",
+                             "10.61.0.2", check=False)
+    assert internal.returncode != 0
+
+
+def test_interactive_tty_session_through_a_pty(daemon) -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["docker", "run", "-it", "--rm", "busybox"], stdin=slave, stdout=slave,
+                            stderr=slave, env=daemon.env, close_fds=True)
+    os.close(slave)
+    buf = b""
+
+    def read_until(token: bytes, timeout: float = 10) -> None:
+        nonlocal buf
+        deadline = time.monotonic() + timeout
+        while token not in buf and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    buf += os.read(master, 4096)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"# ")
+        os.write(master, b"ifconfig eth0; echo DONE$((1+1))\r")
+        read_until(b"DONE2")
+        assert b"inet addr:172.17.0." in buf
+        os.write(master, b"exit 7\r")
+        assert proc.wait(15) == 7
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert daemon.docker("ps", "-aq").stdout.strip() == ""
+
+
+def test_stdin_pipe_logs_and_exit_codes(daemon) -> None:
+    out = daemon.docker("run", "-i", "--rm", "busybox", "sh", input="echo hello\nexit 4\n", check=False)
+    assert out.stdout == "hello\n" and out.returncode == 4
+    daemon.docker("run", "-d", "--name", "talker", "busybox", "sh", "-c", "echo out; echo err >&2; sleep 300")
+    deadline = time.monotonic() + 5
+    while "out" not in daemon.docker("logs", "talker").stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    logs = daemon.docker("logs", "talker")
+    assert logs.stdout == "out\n" and logs.stderr == "err\n"
+    daemon.docker("stop", "-t", "1", "talker")
+    (doc,) = json.loads(daemon.docker("inspect", "talker").stdout)
+    assert doc["State"]["Status"] == "exited" and doc["State"]["ExitCode"] == 137
+    missing = daemon.docker("run", "--rm", "nosuchimage", check=False)
+    assert missing.returncode != 0 and "No such image" in missing.stderr or "pull access denied" in missing.stderr
+
+
+def test_sdk_runs_containers(daemon) -> None:
+    client = docker_sdk.DockerClient(base_url=f"unix://{daemon.sock}")
+    try:
+        assert client.containers.run("busybox", ["echo", "hi"], remove=True) == b"hi\n"
+        ct = client.containers.run("busybox", ["sleep", "300"], detach=True, name="sdkct", ports={"80/tcp": 8085})
+        ct.reload()
+        assert ct.ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8085"}]}
+        code, output = ct.exec_run(["sh", "-c", "echo from-exec; exit 3"])
+        assert (code, output) == (3, b"from-exec\n")
+        client.networks.get("bridge").reload()
+        ct.remove(force=True)
+    finally:
+        client.close()
+
+
+def test_containers_survive_a_muslind_restart(daemon) -> None:
+    daemon.docker("run", "-d", "--name", "keeper", "-p", "8090:80", "busybox", "sh", "-c", HTTPD)
+    (before,) = json.loads(daemon.docker("inspect", "keeper").stdout)
+    daemon.stop()
+    assert os.path.exists(f"/proc/{before['State']['Pid']}")  # still running without the engine
+    daemon.start()
+    (after,) = json.loads(daemon.docker("inspect", "keeper").stdout)
+    assert after["State"]["Running"] and after["State"]["Pid"] == before["State"]["Pid"]
+    assert after["NetworkSettings"]["IPAddress"] == before["NetworkSettings"]["IPAddress"]
+    deadline = time.monotonic() + 10
+    while "hello world" not in _wget(daemon, "http://127.0.0.1:8090/") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "hello world" in _wget(daemon, "http://127.0.0.1:8090/")
+    daemon.docker("rm", "-f", "keeper")
+    assert "8090" not in daemon.sh("iptables-save")
