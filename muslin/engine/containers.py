@@ -317,7 +317,7 @@ class ContainerService:
             self._unpublish(c, published)
             for net, ep in reversed(wired):
                 with contextlib.suppress(Exception):
-                    self.networks.release_endpoint(net, ep)
+                    self.networks.release_endpoint(net, ep, c.sandbox)
             raise
         self._save(c)
         return c
@@ -397,7 +397,7 @@ class ContainerService:
         self._unpublish(c, self._port_specs(c))
         for ep in self.store.endpoints(container_id=c.id):
             net = self.networks.get(ep.network_id)
-            self.networks.release_endpoint(net, ep)
+            self.networks.release_endpoint(net, ep, c.sandbox)
         self._save(c)
 
     # -- exits, waits, removal ----------------------------------------------------------------------
@@ -520,7 +520,7 @@ class ContainerService:
         for ep in self.store.endpoints(network_id=net.id, container_id=c.id):
             if c.attachments and c.attachments[0].network_id == net.id and c.published:
                 self._unpublish(c, self._port_specs(c))
-            self.networks.release_endpoint(net, ep)
+            self.networks.release_endpoint(net, ep, c.sandbox)
         c.attachments.remove(att)
         self._save(c)
 

@@ -59,6 +59,5 @@ class Endpoint:
     address: IPv4Interface | None
     mac: str
     ifname: str
-    host_ifname: str = ""
     aliases: list[str] = field(default_factory=list)
     gateway: IPv4Address | None = None

@@ -225,13 +225,11 @@ class NetworkService:
         try:
             self.drivers[net.driver].join(net, ep, sandbox)
         except Exception:
-            self.release_endpoint(net, ep)
+            self.release_endpoint(net, ep, sandbox)
             raise
-        with self.store.transaction() as db:
-            self.store.put_endpoint(db, ep)
 
-    def release_endpoint(self, net: Network, ep: Endpoint) -> None:
-        self.drivers[net.driver].leave(net, ep)
+    def release_endpoint(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
+        self.drivers[net.driver].leave(net, ep, sandbox)
         with self.store.transaction() as db:
             self.store.delete_endpoint(db, ep.id)
             self.store.release(db, net.id, ep.container_id)

@@ -76,17 +76,34 @@ _reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="link-reaper")
 def retire_link(ipr: IPRoute, name: str) -> bool:
     """Take a link out of service now and delete it in the background.
 
-    Deleting a netdev waits for RCU grace periods (30-40 ms for a bridge here), which would dominate
-    `network rm`. Flushing its addresses, setting it down and renaming it frees the name and the subnet
-    at once; the slow delete follows on a worker. Leftovers (a crash in between) carry RETIRED_PREFIX
-    and are removed by ``reap_retired``.
+    Deleting a netdev waits for RCU grace periods (20-40 ms here), which would dominate `network rm`
+    and container stop. Setting it down stops its traffic at once; flushing its addresses and renaming
+    it frees the subnet and the name for immediate reuse; the slow delete follows on a worker. Leftovers of a crash in between carry RETIRED_PREFIX and are removed by ``reap_retired``.
     """
     index = index_of(ipr, name)
     if index is None:
         return False
-    ipr.flush_addr(index=index)
     ipr.link("set", index=index, state="down")
+    ipr.flush_addr(index=index)
     ipr.link("set", index=index, ifname=RETIRED_PREFIX + os.urandom(4).hex())
+    _reaper.submit(_delete_index, index)
+    return True
+
+
+def retire_veth(ipr: IPRoute, host_name: str, peer_ipr: IPRoute, peer_name: str) -> bool:
+    """``retire_link`` for a veth pair whose peer lives in another namespace (a container's).
+
+    The peer is renamed inside its namespace, so the name (eth0) is free for the next join at once;
+    deleting the host end later takes the peer with it.
+    """
+    peer = index_of(peer_ipr, peer_name)
+    if peer is not None:
+        peer_ipr.link("set", index=peer, state="down")
+        peer_ipr.link("set", index=peer, ifname=RETIRED_PREFIX + os.urandom(4).hex())
+    index = index_of(ipr, host_name)
+    if index is None:
+        return False
+    ipr.link("set", index=index, state="down")
     _reaper.submit(_delete_index, index)
     return True
 

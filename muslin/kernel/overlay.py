@@ -23,6 +23,7 @@ RTNH_F_ONLINK = 4
 NTF_SELF = ndmsg.flags["self"]
 NUD_PERMANENT = ndmsg.states["permanent"]
 RT_TABLE_MAIN = 254
+RTPROT_BOOT = 3
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -146,7 +147,8 @@ def ensure_only_address(ipr: IPRoute, index: int, address: IPv4Interface) -> Non
 
 def ensure_route(ipr: IPRoute, dst: IPv4Network, oif: int, gateway: IPv4Address | None = None,
                  onlink: bool = False) -> None:
-    kwargs = {"dst": str(dst), "oif": oif, "table": RT_TABLE_MAIN}
+    # proto boot, as flanneld's netlink library leaves it (pyroute2 would say static).
+    kwargs = {"dst": str(dst), "oif": oif, "table": RT_TABLE_MAIN, "proto": RTPROT_BOOT}
     if gateway is not None:
         kwargs["gateway"] = str(gateway)
     if onlink:

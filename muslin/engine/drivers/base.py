@@ -24,5 +24,5 @@ class NetworkDriver(Protocol):
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         """Wire the endpoint into the sandbox (a netns path)."""
 
-    def leave(self, net: Network, ep: Endpoint) -> None:
-        """Unwire the endpoint; idempotent."""
+    def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
+        """Unwire the endpoint (from the sandbox, when it still exists); idempotent."""

@@ -36,6 +36,11 @@ def _check_ifname(name: str) -> None:
         raise InvalidArgument(f"invalid bridge name {name!r}: an interface name has 1 to 15 characters, no '/', ':' or spaces")
 
 
+def host_ifname(ep: Endpoint) -> str:
+    """The host end of an endpoint's veth, derived from its id so nothing more needs storing."""
+    return "veth" + ep.id[:7]
+
+
 class BridgeDriver:
     name = "bridge"
     user_creatable = True
@@ -117,14 +122,13 @@ class BridgeDriver:
     # -- endpoints -------------------------------------------------------------------------------
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         assert ep.address is not None
-        ep.host_ifname = "veth" + os.urandom(4).hex()[:7]
         fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
         try:
             with netns.iproute() as ipr:
                 master = links.index_of(ipr, net.resolved["bridge"])
                 if master is None:
                     raise RuntimeError(f"bridge {net.resolved['bridge']} of network {net.name} is missing")
-                index = links.add_veth_into(ipr, ep.host_ifname, ep.ifname, fd, int(net.resolved["mtu"]),
+                index = links.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, int(net.resolved["mtu"]),
                                             ep.mac, master)
                 # Hairpin lets a container reach itself through its own published port.
                 ipr.brport("set", index=index, mode=1)
@@ -134,10 +138,13 @@ class BridgeDriver:
             with netns.iproute(sandbox) as ipr:
                 links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway)
         except Exception:
-            self.leave(net, ep)
+            self.leave(net, ep, sandbox)
             raise
 
-    def leave(self, net: Network, ep: Endpoint) -> None:
-        if ep.host_ifname:
-            with netns.iproute() as ipr:
-                links.delete_link(ipr, ep.host_ifname)
+    def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
+        with netns.iproute() as ipr:
+            if sandbox and netns.exists(sandbox):
+                with netns.iproute(sandbox) as peer_ipr:
+                    links.retire_veth(ipr, host_ifname(ep), peer_ipr, ep.ifname)
+            else:
+                links.delete_link(ipr, host_ifname(ep))

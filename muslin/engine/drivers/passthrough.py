@@ -28,5 +28,5 @@ class PassthroughDriver:
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         pass
 
-    def leave(self, net: Network, ep: Endpoint) -> None:
+    def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         pass

@@ -1,0 +1,87 @@
+"""`docker run --rm busybox true` through the CLI (bridge and none), muslind vs the reference dockerd,
+and the network attach/detach of one endpoint alone (engine level, no CLI).
+
+Run: .venv/bin/python bench/bench_run.py [rounds]   (root; everything inside namespaces)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import docker, muslind, reference_dockerd, report, timed
+
+from muslin.engine.config import DaemonConfig
+from muslin.engine.firewall import IptablesFirewall
+from muslin.engine.networks import NetworkService
+from muslin.engine.store import Store
+from muslin.kernel import links, netns
+
+
+def run(host: str, network: str) -> None:
+    proc = docker(host, "run", "--rm", "--network", network, "busybox", "true")
+    if proc.returncode:
+        raise RuntimeError(proc.stderr)
+
+
+def attach_detach(rounds: int) -> tuple[list[float], list[float]]:
+    host = f"mba-{os.getpid()}"
+    netns.create(host)
+    root = Path(tempfile.mkdtemp(prefix="muslin-bench-"))
+    sandbox = str(root / "sandbox")
+    attach, detach = [], []
+    try:
+        with netns.entered(host):
+            store = Store(root / "data")
+            service = NetworkService(store, DaemonConfig(root / "data", root / "run"), IptablesFirewall())
+            service.start()
+            net = service.get("bridge")
+            netns.create(sandbox)
+            for i in range(rounds):
+                t0 = time.perf_counter()
+                ep = service.allocate_endpoint(net, f"c{i}", f"c{i}", "eth0")
+                service.wire_endpoint(net, ep, sandbox)
+                t1 = time.perf_counter()
+                service.release_endpoint(net, ep, sandbox)
+                t2 = time.perf_counter()
+                attach.append(t1 - t0)
+                detach.append(t2 - t1)
+                # Let the deferred link deletion of this round finish outside the timed window, as it
+                # does between a real container's stop and the next start.
+                links.wait_for_reaper()
+            links.wait_for_reaper()
+            store.close()
+    finally:
+        netns.remove(sandbox)
+        netns.remove(host)
+        shutil.rmtree(root, ignore_errors=True)
+    return attach, detach
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    ours: dict[str, list[float]] = {}
+    with muslind() as host:
+        for network in ("bridge", "none"):
+            run(host, network)
+            ours[network] = timed(lambda: run(host, network), rounds)
+    ref: dict[str, list[float] | None] = {"bridge": None, "none": None}
+    with reference_dockerd() as ref_host:
+        if ref_host:
+            for network in ("bridge", "none"):
+                run(ref_host, network)
+                ref[network] = timed(lambda: run(ref_host, network), rounds)
+    report("run --rm busybox true (bridge)", ours["bridge"], ref["bridge"], goal=0.35)
+    report("run --rm busybox true (none)", ours["none"], ref["none"])
+    attach, detach = attach_detach(rounds * 5)
+    print(f"{'network attach (veth+addr+route)':40s} median {statistics.median(attach) * 1000:6.2f} ms (goal <= 5)")
+    print(f"{'network detach':40s} median {statistics.median(detach) * 1000:6.2f} ms (goal <= 25)")
+
+
+if __name__ == "__main__":
+    main()
