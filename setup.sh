@@ -7,7 +7,7 @@ HERE=$PWD
 
 need_apt=()
 for tool in ip:iproute2 iptables:iptables runc:runc busybox:busybox-static etcd:etcd-server \
-            etcdctl:etcd-client iperf3:iperf3 nsenter:util-linux pgrep:procps; do
+            etcdctl:etcd-client iperf3:iperf3 nsenter:util-linux pgrep:procps openssl:openssl; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)

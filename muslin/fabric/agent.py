@@ -1,0 +1,419 @@
+"""The agent: wires the subnet manager (etcd) to a backend (kernel) and keeps them in agreement.
+
+One task watches the lease table from the last seen revision + 1; one renews our lease; one reconciles
+kernel state and firewall rules against the table periodically (and right after any watch error), so a
+lost event or a hand-deleted route heals. Kernel calls run on one worker thread, because pyroute2's
+synchronous handle runs an event loop of its own and must not share ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TypeVar
+
+from pyroute2 import IPRoute
+
+from muslin.fabric import files, firewall
+from muslin.fabric.backends import make_backend
+from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
+from muslin.fabric.config import ConfigError, NetworkConfig, parse_config
+from muslin.fabric.etcd import (Endpoint, KeyValueStore, StoreUnavailable, TlsFiles, WatchResync,
+                                find_config_store)
+from muslin.fabric.subnets import DEFAULT_LEASE_TTL, Lease, LeaseAttrs, LeaseEvent, NetworkExhausted, SubnetManager
+from muslin.kernel import overlay
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_SECONDS = 1.0
+FULL_RESYNC_EVERY = 12  # reconcile rounds between full re-lists of the lease table
+
+
+class AgentError(RuntimeError):
+    """The agent cannot start; the message says what was not done."""
+
+
+class _StopRequested(Exception):
+    """Stop was asked for before the agent finished starting."""
+
+
+@dataclass
+class AgentOptions:
+    endpoints: list[Endpoint]
+    prefix: str = "/coreos.com/network"
+    etcd_api: str = "auto"
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    ifaces: list[str] = field(default_factory=list)
+    iface_regexes: list[str] = field(default_factory=list)
+    public_ip: IPv4Address | None = None
+    subnet_file: str = files.DEFAULT_SUBNET_FILE
+    docker_opts_file: str | None = None
+    renew_margin_minutes: int = 60
+    lease_ttl: int = DEFAULT_LEASE_TTL
+    ip_masq: bool = False
+    iptables_resync: float = 5.0
+    forward_rules: bool = True
+    healthz_ip: str = "0.0.0.0"
+    healthz_port: int = 0
+
+
+def find_external_interface(ipr: IPRoute, ifaces: list[str], public_ip: IPv4Address | None,
+                            iface_regexes: list[str] | None = None) -> ExternalInterface:
+    """The underlay interface: the first --iface (name or address) that exists, else the first interface
+    whose address or name matches an --iface-regex, else the default route's."""
+    addresses = overlay.ipv4_addresses(ipr)
+    candidates: list[tuple[int, IPv4Address]] = []
+    for spec in ifaces:
+        try:
+            wanted = IPv4Address(spec)
+        except ValueError:
+            link = overlay.find_link(ipr, spec)
+            if link is None:
+                log.warning("--iface %s: no such interface here", spec)
+                continue
+            mine = [a.ip for i, a in addresses if i == link.index]
+            if not mine:
+                log.warning("--iface %s has no IPv4 address", spec)
+                continue
+            candidates.append((link.index, mine[0]))
+        else:
+            holders = [i for i, a in addresses if a.ip == wanted]
+            if not holders:
+                log.warning("--iface %s: no interface holds that address", spec)
+                continue
+            candidates.append((holders[0], wanted))
+    if ifaces and not candidates:
+        raise AgentError(f"none of --iface {', '.join(ifaces)} is usable here; no lease was taken")
+    for pattern in iface_regexes or []:
+        regex = re.compile(pattern)
+        for index, address in sorted(addresses):
+            if regex.search(str(address.ip)) or regex.search(overlay.link_by_index(ipr, index).name):
+                candidates.append((index, address.ip))
+                break
+        if candidates:
+            break
+    if iface_regexes and not candidates:
+        raise AgentError(f"no interface matches --iface-regex {', '.join(iface_regexes)}; no lease was taken")
+    if not candidates:
+        gateway, oif = overlay.route_source(ipr, IPv4Address("255.255.255.254"))
+        mine = [a.ip for i, a in addresses if i == oif]
+        if oif is None or not mine:
+            raise AgentError("no --iface given and no default route to pick an interface by: pass --iface")
+        candidates.append((oif, mine[0]))
+    index, address = candidates[0]
+    link = overlay.link_by_index(ipr, index)
+    return ExternalInterface(link.name, index, address, public_ip or address, link.mtu)
+
+
+def previous_subnet(subnet_file: str, network: IPv4Network) -> IPv4Network | None:
+    """The subnet a previous run wrote to the subnet file, if it belongs to this network."""
+    try:
+        env = files.parse_subnet_env(files.read_subnet_env(subnet_file))
+    except (OSError, ValueError):
+        return None
+    return env.subnet.network if env.network == network else None
+
+
+class Agent:
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.ipr: IPRoute | None = None
+        self.store: KeyValueStore | None = None
+        self.manager: SubnetManager | None = None
+        self.config: NetworkConfig | None = None
+        self.backend: Backend | None = None
+        self.ext: ExternalInterface | None = None
+        self.lease: Lease | None = None
+        self.local: LocalNetwork | None = None
+        self.peers: dict[IPv4Network, Lease] = {}
+        self.revision = 0
+        self._lock = asyncio.Lock()
+
+    async def _kernel(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # ------------------------------------------------------------------------------------------ startup
+
+    async def _wait_for_config(self, stop: asyncio.Event) -> NetworkConfig:
+        key = f"{self.options.prefix.rstrip('/')}/config"
+        waited = False
+        while not stop.is_set():
+            try:
+                store, entry = await find_config_store(self.options.endpoints, self.options.tls,
+                                                       self.options.etcd_api, key)
+            except StoreUnavailable as exc:
+                log.error("cannot reach etcd: %s; retrying", exc)
+                await _sleep_or_stop(stop, RETRY_SECONDS)
+                continue
+            if entry is None:
+                if not waited:
+                    log.info("waiting for the network config at %s (etcd API: %s)", key, self.options.etcd_api)
+                    waited = True
+                await store.close()
+                await _sleep_or_stop(stop, RETRY_SECONDS)
+                continue
+            try:
+                config = parse_config(entry.value)
+            except ConfigError as exc:
+                log.error("%s; nothing was set up, waiting for a corrected %s", exc, key)
+                await store.close()
+                await _sleep_or_stop(stop, 5 * RETRY_SECONDS)
+                continue
+            self.store = store
+            log.info("network config read from the etcd %s keyspace at %s: Network %s, SubnetLen %d, "
+                     "SubnetMin %s, SubnetMax %s, backend %s%s", store.api, key, config.network,
+                     config.subnet_len, config.subnet_min, config.subnet_max, config.backend.type,
+                     "" if config.backend.explicit else " (no Backend.Type given: vxlan; flanneld would use udp)")
+            return config
+        raise _StopRequested
+
+    async def _take_lease(self, previous: IPv4Network | None) -> None:
+        assert self.manager and self.config and self.backend
+        attrs = await self._kernel(self.backend.lease_attrs)
+        self.lease = await self.manager.acquire(self.config, attrs, previous)
+        await self._install_lease()
+
+    async def _install_lease(self) -> None:
+        assert self.backend and self.lease and self.config
+        self.local = await self._kernel(self.backend.register_network, self.lease)
+        first = IPv4Interface(f"{self.lease.subnet[1]}/{self.lease.subnet.prefixlen}")
+        env = files.SubnetEnv(self.config.network, first, self.local.mtu, self.options.ip_masq)
+        docker_opts = self.options.docker_opts_file or files.docker_opts_path_for(self.options.subnet_file)
+        files.write_subnet_files(env, self.options.subnet_file, docker_opts)
+        await self._kernel(firewall.apply, self._firewall_spec())
+        log.info("lease %s on %s (%s, MTU %d); wrote %s", self.lease.subnet, self.lease.attrs.public_ip,
+                 self.local.device, self.local.mtu, self.options.subnet_file)
+
+    def _firewall_spec(self) -> firewall.FirewallSpec:
+        assert self.config and self.lease
+        return firewall.FirewallSpec(self.config.network, self.lease.subnet, self.options.ip_masq,
+                                     self.options.forward_rules)
+
+    async def start(self, stop: asyncio.Event) -> None:
+        self.ipr = await self._kernel(IPRoute)
+        self.ext = await self._kernel(find_external_interface, self.ipr, self.options.ifaces, self.options.public_ip,
+                                      self.options.iface_regexes)
+        log.info("using interface %s (%s), public IP %s", self.ext.name, self.ext.address, self.ext.public_ip)
+        self.config = await self._wait_for_config(stop)
+        assert self.store
+        self.manager = SubnetManager(self.store, self.options.prefix, self.options.lease_ttl)
+        self.backend = await self._kernel(make_backend, self.config, self.ext, self.ipr)
+        previous = previous_subnet(self.options.subnet_file, self.config.network)
+        while True:
+            try:
+                await self._take_lease(previous)
+                await self._resync()
+                return
+            except NetworkExhausted as exc:
+                raise AgentError(str(exc)) from exc
+            except StoreUnavailable as exc:
+                log.error("cannot lease a subnet: %s; retrying", exc)
+            await _sleep_or_stop(stop, RETRY_SECONDS)
+            if stop.is_set():
+                raise _StopRequested
+
+    # ------------------------------------------------------------------------------------------ loops
+
+    async def _resync(self) -> None:
+        """Re-list the lease table and make the kernel match it."""
+        assert self.manager and self.lease
+        leases, revision = await self.manager.list_leases()
+        async with self._lock:
+            if revision >= self.revision:
+                self.peers = {l.subnet: l for l in leases if l.subnet != self.lease.subnet}
+                self.revision = revision
+            ours = any(l.subnet == self.lease.subnet and l.attrs.public_ip == self.lease.attrs.public_ip
+                       for l in leases)
+        if not ours:
+            await self._retake_lease("our lease is gone from etcd")
+        await self._reconcile_kernel()
+
+    async def _reconcile_kernel(self) -> None:
+        assert self.backend and self.lease and self.manager
+        attrs: LeaseAttrs = await self._kernel(self.backend.lease_attrs)
+        if attrs != self.lease.attrs:
+            # The device was recreated (new VtepMAC) or the address changed: publish what peers need now.
+            log.warning("lease attributes changed (%s); republishing", attrs.to_json())
+            self.lease = await self.manager.renew(Lease(self.lease.subnet, attrs, self.lease.expires))
+            await self._install_lease()
+        async with self._lock:
+            peers = list(self.peers.values())
+        await self._kernel(self.backend.register_network, self.lease)
+        await self._kernel(self.backend.reconcile, peers)
+        await self._kernel(firewall.apply, self._firewall_spec())
+
+    async def _retake_lease(self, why: str) -> None:
+        assert self.lease
+        old = self.lease.subnet
+        log.warning("%s: taking lease %s back (or a new one)", why, old)
+        await self._take_lease(old)
+        if self.lease.subnet != old:
+            log.warning("subnet changed from %s to %s; containers must be restarted on the new one",
+                        old, self.lease.subnet)
+
+    async def _apply_event(self, event: LeaseEvent) -> None:
+        assert self.backend and self.lease
+        if event.subnet == self.lease.subnet:
+            if event.kind == "removed":
+                await self._retake_lease("our lease was deleted or expired")
+            elif event.lease and event.lease.attrs.public_ip != self.lease.attrs.public_ip:
+                await self._retake_lease(f"our subnet is now claimed by {event.lease.attrs.public_ip}")
+            return
+        async with self._lock:
+            old = self.peers.pop(event.subnet, None)
+            if event.lease is not None:
+                self.peers[event.subnet] = event.lease
+        if event.kind == "removed":
+            if old is not None:
+                log.info("peer %s (%s) left", event.subnet, old.attrs.public_ip)
+                await self._kernel(self.backend.remove_peer, old)
+            return
+        assert event.lease is not None
+        if old is not None and old.attrs != event.lease.attrs:
+            await self._kernel(self.backend.remove_peer, old)
+        if old is None or old.attrs != event.lease.attrs:
+            log.info("peer %s at %s", event.subnet, event.lease.attrs.public_ip)
+        await self._kernel(self.backend.add_peer, event.lease)
+
+    async def _watch_loop(self) -> None:
+        assert self.manager
+        while True:
+            try:
+                async for event in self.manager.watch(self.revision + 1):
+                    self.revision = max(self.revision, event.revision)
+                    await self._apply_event(event)
+            except asyncio.CancelledError:
+                raise
+            except WatchResync as exc:
+                log.warning("watch cannot resume (%s); re-listing leases", exc)
+            except Exception as exc:
+                log.error("lease watch failed: %s; reconciling and watching again", exc)
+                await asyncio.sleep(RETRY_SECONDS)
+            await self._resync_safely()
+
+    async def _resync_safely(self) -> None:
+        try:
+            await self._resync()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("reconcile failed: %s; retrying", exc)
+
+    async def _reconcile_loop(self) -> None:
+        rounds = 0
+        while True:
+            await asyncio.sleep(self.options.iptables_resync)
+            rounds += 1
+            if rounds % FULL_RESYNC_EVERY == 0:
+                await self._resync_safely()
+                continue
+            try:
+                await self._reconcile_kernel()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("reconcile failed: %s; re-listing leases", exc)
+                await self._resync_safely()
+
+    def renew_delay(self) -> float:
+        ttl = self.options.lease_ttl
+        margin = self.options.renew_margin_minutes * 60
+        return ttl - margin if margin < ttl else ttl / 2
+
+    async def _renew_loop(self) -> None:
+        assert self.manager
+        delay = self.renew_delay()
+        while True:
+            await asyncio.sleep(delay)
+            assert self.lease
+            try:
+                if await self.manager.still_ours(self.lease):
+                    self.lease = await self.manager.renew(self.lease)
+                    log.info("renewed lease %s", self.lease.subnet)
+                else:
+                    await self._retake_lease("our lease vanished before renewal")
+                delay = self.renew_delay()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("lease renewal failed: %s; retrying", exc)
+                delay = min(60.0, self.renew_delay() / 4)
+
+    async def _serve_healthz(self) -> asyncio.AbstractServer | None:
+        if not self.options.healthz_port:
+            return None
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                request = await asyncio.wait_for(reader.readline(), 5)
+                while (await asyncio.wait_for(reader.readline(), 5)).strip():
+                    pass
+                ok = request.split(b" ")[1:2] == [b"/healthz"]
+                body = b"ok\n" if ok else b"not found\n"
+                writer.write(b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (b"200 OK" if ok else b"404 Not Found", len(body), body))
+                await writer.drain()
+            except (OSError, asyncio.TimeoutError):
+                pass
+            finally:
+                writer.close()
+
+        return await asyncio.start_server(handle, self.options.healthz_ip, self.options.healthz_port)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, serve until stop is set, then shut down cleanly (firewall rules removed, lease kept)."""
+        tasks: list[asyncio.Task] = []
+        server = None
+        try:
+            try:
+                await self.start(stop)
+            except _StopRequested:
+                return
+            server = await self._serve_healthz()
+            tasks = [asyncio.create_task(coro) for coro in
+                     (self._watch_loop(), self._renew_loop(), self._reconcile_loop())]
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            for task in done:
+                if task is not stopper and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if server is not None:
+                server.close()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        if self.lease is not None:
+            try:
+                await self._kernel(firewall.remove)
+            except Exception as exc:
+                log.error("removing firewall rules failed: %s", exc)
+        if self.backend is not None:
+            await self._kernel(self.backend.close)
+        if self.ipr is not None:
+            await self._kernel(self.ipr.close)
+        if self.store is not None:
+            try:
+                await self.store.close()
+            except Exception:  # closing a channel to a dead member may fail; we are leaving anyway
+                pass
+        self._pool.shutdown(wait=True)
+        log.info("stopped; lease %s kept for the next start", self.lease.subnet if self.lease else None)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+

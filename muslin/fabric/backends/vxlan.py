@@ -1,0 +1,120 @@
+"""vxlan, as flanneld programs it, so a flanneld vxlan node is a peer like any other.
+
+Device ``flannel.<VNI>`` (nolearning, dstport 8472) with ``<subnet>.0/32``; for each peer: a permanent
+neighbour ``<peer subnet>.0 -> VtepMAC``, an fdb entry ``VtepMAC -> PublicIP`` and the route
+``<peer subnet> via <peer subnet>.0 dev flannel.<VNI> onlink``. With DirectRouting a peer on our L2
+gets a plain route via its PublicIP instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from muslin.fabric.backends.base import Backend, LocalNetwork
+from muslin.fabric.config import VXLAN_DEFAULT_PORT
+from muslin.fabric.subnets import Lease, LeaseAttrs
+from muslin.kernel import overlay
+
+log = logging.getLogger(__name__)
+VXLAN_OVERHEAD = 50
+
+
+@dataclass(frozen=True)
+class _PeerState:
+    """What one peer lease asks of the kernel."""
+
+    subnet: IPv4Network
+    gateway: IPv4Address
+    oif: int
+    onlink: bool
+    vtep: tuple[str, IPv4Address] | None  # (VtepMAC, PublicIP) unless routed directly
+
+
+class VxlanBackend(Backend):
+    type = "vxlan"
+
+    @property
+    def device_name(self) -> str:
+        return f"flannel.{self.config.backend.vni}"
+
+    @property
+    def mtu(self) -> int:
+        return self.config.backend.mtu or self.ext.mtu - VXLAN_OVERHEAD
+
+    def _ensure_device(self) -> overlay.LinkInfo:
+        return overlay.ensure_vxlan(self.ipr, self.device_name, self.config.backend.vni, self.ext.address,
+                                    self.ext.index, self.config.backend.port or VXLAN_DEFAULT_PORT, self.mtu)
+
+    def lease_attrs(self) -> LeaseAttrs:
+        link = self._ensure_device()
+        return LeaseAttrs(self.ext.public_ip, "vxlan", {"VNI": self.config.backend.vni, "VtepMAC": link.mac})
+
+    def register_network(self, lease: Lease) -> LocalNetwork:
+        link = self._ensure_device()
+        overlay.ensure_only_address(self.ipr, link.index, IPv4Interface(f"{lease.subnet.network_address}/32"))
+        return LocalNetwork(self.device_name, self.mtu)
+
+    def _state_for(self, lease: Lease, device_index: int) -> _PeerState | None:
+        if lease.attrs.backend_type != "vxlan":
+            self.warn_once((lease.subnet, lease.attrs.to_json()), logging.WARNING,
+                           "peer %s (%s) runs backend %s, not vxlan: not reachable from this node",
+                           lease.subnet, lease.attrs.public_ip, lease.attrs.backend_type or "udp")
+            return None
+        data = lease.attrs.backend_data or {}
+        mac = data.get("VtepMAC") or data.get("vtepmac")
+        if not isinstance(mac, str):
+            self.warn_once((lease.subnet, lease.attrs.to_json()), logging.WARNING,
+                           "peer %s has no VtepMAC in its lease; skipped", lease.subnet)
+            return None
+        if self.config.backend.direct_routing and self._on_our_l2(lease.attrs.public_ip):
+            return _PeerState(lease.subnet, lease.attrs.public_ip, self.ext.index, False, None)
+        gateway = lease.subnet.network_address
+        return _PeerState(lease.subnet, gateway, device_index, True, (mac.lower(), lease.attrs.public_ip))
+
+    def _on_our_l2(self, address: IPv4Address) -> bool:
+        gateway, oif = overlay.route_source(self.ipr, address)
+        return gateway is None and oif == self.ext.index
+
+    def _program(self, state: _PeerState, device_index: int) -> None:
+        if state.vtep is not None:
+            mac, remote = state.vtep
+            overlay.ensure_neighbour(self.ipr, device_index, state.gateway, mac)
+            overlay.ensure_fdb(self.ipr, device_index, mac, remote)
+        overlay.ensure_route(self.ipr, state.subnet, state.oif, state.gateway, onlink=state.onlink)
+
+    def add_peer(self, lease: Lease) -> None:
+        link = self._ensure_device()
+        state = self._state_for(lease, link.index)
+        if state is not None:
+            self._program(state, link.index)
+
+    def remove_peer(self, lease: Lease) -> None:
+        link = overlay.find_link(self.ipr, self.device_name)
+        overlay.remove_route(self.ipr, lease.subnet)
+        if link is None:
+            return
+        overlay.remove_neighbour(self.ipr, link.index, lease.subnet.network_address)
+        data = lease.attrs.backend_data or {}
+        if isinstance(data.get("VtepMAC"), str):
+            overlay.remove_fdb(self.ipr, link.index, data["VtepMAC"].lower(), lease.attrs.public_ip)
+
+    def reconcile(self, peers: Iterable[Lease]) -> None:
+        link = self._ensure_device()
+        states = [s for s in (self._state_for(p, link.index) for p in peers) if s is not None]
+        wanted_routes = {s.subnet for s in states}
+        for route in overlay.routes_within(self.ipr, self.config.network):
+            if route.oif in (link.index, self.ext.index) and route.dst not in wanted_routes:
+                log.info("removing stale route %s", route.dst)
+                overlay.remove_route(self.ipr, route.dst)
+        wanted_neigh = {s.gateway: s.vtep[0] for s in states if s.vtep}
+        for ip, mac in overlay.permanent_neighbours(self.ipr, link.index).items():
+            if wanted_neigh.get(ip) != mac:
+                overlay.remove_neighbour(self.ipr, link.index, ip)
+        wanted_fdb = {s.vtep for s in states if s.vtep}
+        for mac, remote in overlay.fdb_entries(self.ipr, link.index) - wanted_fdb:
+            overlay.remove_fdb(self.ipr, link.index, mac, remote)
+        for state in states:
+            self._program(state, link.index)

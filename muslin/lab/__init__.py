@@ -1,0 +1,1 @@
+"""The multi-host lab: simulated hosts in network namespaces, an etcd cluster across them."""

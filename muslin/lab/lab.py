@@ -1,0 +1,379 @@
+"""`muslin lab`: the article's multi-host setup (§5.5–5.8) on one machine, out of network namespaces.
+
+Hosts are namespaces ``lab-node1..N`` on an underlay switch ``lab-sw`` (192.168.255.154, .155, ...).
+Each host gets, in the article's order: an etcd member (one cluster), the flannel network config,
+muslin-flanneld configured from a sysconfig-style file, muslind started with the options flannel
+wrote (the article's ExecStart line), then a busybox container. Each host's files live under
+``<root>/<node>/`` at the article's paths (``<root>/node1/run/flannel/subnet.env`` is node1's
+/run/flannel/subnet.env). Everything is found again from the root directory and the namespace prefix,
+so ``down`` works after a crash or a half-finished ``up``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from muslin.kernel import netns
+from muslin.lab import topology
+from muslin.lab.etcd import EtcdCluster
+
+PREFIX = "lab-"
+DEFAULT_ROOT = Path("/run/muslin-lab")
+NETWORK = "172.21.0.0/16"
+ETCD_PREFIX = "/atomic.io/network"
+BACKENDS = ("vxlan", "udp", "host-gw")
+STATE_FILE = "lab.json"
+
+
+class LabError(RuntimeError):
+    """A step failed; the message names it."""
+
+
+@dataclass
+class Node:
+    name: str  # node1, as the article calls it
+    ns: str  # lab-node1
+    address: str
+    root: str  # <root>/node1: this host's view of the file system
+
+    def path(self, article_path: str) -> Path:
+        """Where this host's copy of an article path (/run/flannel/subnet.env, ...) lives."""
+        return Path(self.root) / article_path.lstrip("/")
+
+    @property
+    def sock(self) -> str:
+        return str(self.path("/run/muslin.sock"))
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.sock}"
+
+
+def bin_path(name: str) -> str:
+    """Our console scripts next to this interpreter (the venv), else PATH."""
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+class Lab:
+    def __init__(self, root: Path = DEFAULT_ROOT, out: Callable[[str], None] = print) -> None:
+        self.root = Path(root)
+        self.out = out
+
+    # -- state ---------------------------------------------------------------------------------
+    def nodes(self) -> list[Node]:
+        try:
+            data = json.loads((self.root / STATE_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        return [Node(**n) for n in data["nodes"]]
+
+    def backend(self) -> str:
+        try:
+            return json.loads((self.root / STATE_FILE).read_text())["backend"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return ""
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes():
+            if name in (n.name, n.ns, n.address):
+                return n
+        known = ", ".join(n.name for n in self.nodes()) or "none (run `muslin lab up`)"
+        raise LabError(f"no lab node {name!r}; nodes: {known}")
+
+    # -- running things on a node --------------------------------------------------------------
+    def env(self, node: Node) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": node.docker_host, "ETCDCTL_API": "3",
+                "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+    def run(self, node: Node, *cmd: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["nsenter", f"--net={netns.path_for(node.ns)}", *cmd], capture_output=True,
+                              text=True, env=env or self.env(node), timeout=timeout)
+        if check and proc.returncode != 0:
+            raise LabError(f"on {node.name}: `{shlex.join(cmd)}` failed ({proc.returncode}): "
+                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def show(self, node: Node, shown: str, *cmd: str, env: dict[str, str] | None = None) -> str:
+        """Run a command on a node and print it as the article does: prompt, command, output."""
+        output = self.run(node, *cmd, env=env).stdout
+        self.out(f"[root@{node.name} ~]# {shown}")
+        self.out(output.rstrip("\n"))
+        return output
+
+    def spawn(self, node: Node, name: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
+        """A long-running process on the node, detached from us (its own session), logging to a file."""
+        log_path = node.path(f"/var/log/{name}.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(["nsenter", f"--net={netns.path_for(node.ns)}", *cmd], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or self.env(node),
+                                    start_new_session=True)
+        node.path(f"/run/{name}.pid").write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    # -- up --------------------------------------------------------------------------------------
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        self.out(f"\n==> {title}")
+        try:
+            yield
+        except LabError:
+            raise
+        except Exception as exc:
+            raise LabError(f"step '{title}' failed: {type(exc).__name__}: {exc}") from exc
+        self.out(f"    ok ({time.monotonic() - started:.1f}s)")
+
+    def up(self, count: int = 2, backend: str = "vxlan") -> float:
+        if backend not in BACKENDS:
+            raise LabError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if not 2 <= count <= 8:
+            raise LabError("the lab runs 2 to 8 nodes")
+        if self.nodes() or topology.names(PREFIX):
+            raise LabError("a lab is already up (or left over): run `muslin lab down` first")
+        started = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            nodes = self._hosts(count, backend)
+            self._etcd(nodes)
+            self._network_config(nodes[0], backend)
+            self._flannel(nodes)
+            self._engines(nodes)
+            self._containers(nodes)
+        except BaseException:
+            self.out("\nlab up failed; `muslin lab down` removes what was made")
+            raise
+        total = time.monotonic() - started
+        self.out(f"\nlab is up: {count} nodes, backend {backend}, in {total:.1f}s")
+        self.out("try: muslin lab exec node1 -- docker run -it --rm busybox")
+        return total
+
+    def _hosts(self, count: int, backend: str) -> list[Node]:
+        with self.step(f"5.5.1-5.5.4 hosts: {count} namespaces on an underlay switch, ip_forward on"):
+            underlay = topology.create(PREFIX, count)
+            nodes = [Node(name=f"node{i + 1}", ns=h.name, address=str(h.address), root=str(self.root / f"node{i + 1}"))
+                     for i, h in enumerate(underlay.hosts)]
+            for n in nodes:
+                for d in ("/run/flannel", "/etc/sysconfig", "/var/lib/muslin", "/run/muslin", "/var/log", "/var/lib/etcd"):
+                    n.path(d).mkdir(parents=True, exist_ok=True)
+                n.path("/etc/hosts").write_text("".join(f"{m.address} {m.name}\n" for m in nodes))
+            (self.root / STATE_FILE).write_text(json.dumps({"backend": backend, "nodes": [asdict(n) for n in nodes]}))
+            for n in nodes:
+                self.out(f"    {n.name}: {n.address}/24 on eth0 (netns {n.ns}, files under {n.root})")
+        return nodes
+
+    def _etcd(self, nodes: list[Node]) -> None:
+        with self.step("5.5.5-5.5.9 etcd cluster: one member per node"):
+            hosts = [topology.Host(n.ns, IPv4Address(n.address)) for n in nodes]
+            cluster = EtcdCluster(hosts, str(self.root / "etcd"), names=[n.name for n in nodes], detached=True)
+            cluster.start(timeout=30)
+            for n, pid in zip(nodes, cluster.pids()):
+                n.path("/run/etcd.pid").write_text(f"{pid}\n")
+            endpoints = ",".join(f"http://{n.address}:2379" for n in nodes)
+            self.show(nodes[0], f"etcdctl --endpoints={endpoints} endpoint health",
+                      "etcdctl", f"--endpoints={endpoints}", "endpoint", "health")
+            self.show(nodes[0], "etcdctl member list", "etcdctl", f"--endpoints={endpoints}", "member", "list")
+
+    def _network_config(self, node: Node, backend: str) -> None:
+        with self.step("5.6.3 the flannel network config in etcd (the article's v2 `etcdctl mk`)"):
+            config = json.dumps({"Network": NETWORK, "Backend": {"Type": backend}})
+            env = {**self.env(node), "ETCDCTL_API": "2"}
+            self.show(node, f"etcdctl mk {ETCD_PREFIX}/config '{config}'", "etcdctl",
+                      f"--endpoints=http://{node.address}:2379", "mk", f"{ETCD_PREFIX}/config", config, env=env)
+
+    def _flannel(self, nodes: list[Node]) -> None:
+        with self.step("5.6.2-5.6.5 muslin-flanneld on every node, from /etc/sysconfig/flanneld"):
+            endpoints = ",".join(f"http://{n.address}:2379" for n in nodes)
+            for n in nodes:
+                sysconfig = n.path("/etc/sysconfig/flanneld")
+                options = (f"--iface=eth0 --subnet-file={n.path('/run/flannel/subnet.env')} "
+                           f"--docker-opts-file={n.path('/run/flannel/docker')} --iptables-resync=2")
+                sysconfig.write_text("# Flanneld configuration options\n"
+                                     f'FLANNEL_ETCD_ENDPOINTS="{endpoints}"\n'
+                                     f'FLANNEL_ETCD_PREFIX="{ETCD_PREFIX}"\n'
+                                     f'FLANNEL_OPTIONS="{options}"\n')
+                env = {**self.env(n), **read_shell_vars(sysconfig)}
+                self.spawn(n, "muslin-flanneld", [bin_path("muslin-flanneld")], env=env)
+            for n in nodes:
+                wait_for(lambda n=n: n.path("/run/flannel/docker").exists(), 20,
+                         f"muslin-flanneld on {n.name} wrote no subnet file; see {n.path('/var/log/muslin-flanneld.log')}")
+                self.out(f"[root@{n.name} ~]# cat /run/flannel/subnet.env")
+                self.out(n.path("/run/flannel/subnet.env").read_text().rstrip())
+
+    def _engines(self, nodes: list[Node]) -> None:
+        with self.step("5.7 muslind with the options flannel wrote (the article's ExecStart line)"):
+            for n in nodes:
+                opts = read_shell_vars(n.path("/run/flannel/docker")).get("DOCKER_NETWORK_OPTIONS", "")
+                cmd = [bin_path("muslind"), "-H", n.docker_host, "--data-root", str(n.path("/var/lib/muslin")),
+                       "--exec-root", str(n.path("/run/muslin")), *shlex.split(opts)]
+                self.out(f"    {n.name}: ExecStart={shlex.join(['muslind', *cmd[1:]])}")
+                self.spawn(n, "muslind", cmd)
+            for n in nodes:
+                wait_for(lambda n=n: self.run(n, "docker", "version", check=False).returncode == 0, 20,
+                         f"muslind on {n.name} did not come up; see {n.path('/var/log/muslind.log')}")
+                device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": "eth0"}[self.backend()]
+                self.show(n, f"ip a s muslin0; ip a s {device}", "sh", "-c", f"ip a s muslin0; ip a s {device}")
+
+    def _containers(self, nodes: list[Node]) -> None:
+        with self.step("5.8 containers on every node, and a cross-host ping"):
+            addresses = []
+            for n in nodes:
+                self.run(n, "docker", "run", "-d", "--name", f"bb-{n.name}", "busybox", "sleep", "infinity")
+                out = self.show(n, f"docker exec bb-{n.name} ifconfig eth0", "docker", "exec", f"bb-{n.name}",
+                                "ifconfig", "eth0")
+                addresses.append(out.split("inet addr:")[1].split()[0])
+            first, last = nodes[0], nodes[-1]
+            result = self.run(first, "docker", "exec", f"bb-{first.name}", "ping", "-c", "3", "-W", "2",
+                              addresses[-1], check=False)
+            self.out(f"[root@{first.name} ~]# docker exec bb-{first.name} ping -c 3 {addresses[-1]}   # on {last.name}")
+            self.out(result.stdout.rstrip())
+            if " 0% packet loss" not in result.stdout:
+                raise LabError(f"step '5.8 cross-host ping' failed: {first.name} -> {last.name} "
+                               f"({addresses[-1]}) lost packets:\n{result.stdout}{result.stderr}")
+
+    # -- status, exec, down ----------------------------------------------------------------------
+    def status(self) -> int:
+        nodes = self.nodes()
+        if not nodes:
+            self.out("no lab is up")
+            return 1
+        self.out(f"lab: {len(nodes)} nodes, backend {self.backend()}, files under {self.root}")
+        healthy = True
+        for n in nodes:
+            procs = {name: alive(n.path(f"/run/{name}.pid")) for name in ("etcd", "muslin-flanneld", "muslind")}
+            subnet = read_shell_vars(n.path("/run/flannel/subnet.env")).get("FLANNEL_SUBNET", "-")
+            containers = "-"
+            if procs["muslind"]:
+                ps = self.run(n, "docker", "ps", "--format", "{{.Names}}", check=False)
+                containers = ",".join(ps.stdout.split()) or "none"
+            state = " ".join(f"{k}={'up' if v else 'DOWN'}" for k, v in procs.items())
+            self.out(f"  {n.name} {n.address:<16} subnet {subnet:<16} {state} containers: {containers}")
+            healthy = healthy and all(procs.values())
+        return 0 if healthy else 1
+
+    def exec_argv(self, name: str, cmd: list[str]) -> tuple[list[str], dict[str, str]]:
+        node = self.node(name)
+        if not cmd:
+            cmd = [os.environ.get("SHELL", "/bin/sh")]
+        return ["nsenter", f"--net={netns.path_for(node.ns)}", *cmd], self.env(node)
+
+    def down(self) -> None:
+        """Remove every namespace, process, mount and file of the lab; idempotent, works after a crash."""
+        nodes = self.nodes()
+        for n in nodes:  # let each engine remove its containers while it still runs
+            if alive(n.path("/run/muslind.pid")):
+                ids = self.run(n, "docker", "ps", "-aq", check=False, timeout=20).stdout.split()
+                if ids:
+                    self.run(n, "docker", "rm", "-f", *ids, check=False, timeout=30)
+        for n in nodes:
+            for name in ("muslind", "muslin-flanneld", "etcd"):
+                stop_pidfile(n.path(f"/run/{name}.pid"))
+        # Whatever is left: processes in the hosts' and containers' namespaces, then the mounts.
+        for sandbox in sandboxes(self.root):
+            for pid in topology.processes_in(sandbox):
+                kill(pid)
+        for pid in shims_under(self.root):
+            kill(pid)
+        unmount_under(self.root)
+        topology.teardown(PREFIX)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def read_shell_vars(path: Path) -> dict[str, str]:
+    """KEY=value and KEY="value" lines, as /etc/sysconfig files and mk-docker-opts.sh output are."""
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        words = shlex.split(value) if value else [""]
+        out[key.strip()] = " ".join(words) if len(words) > 1 else (words[0] if words else "")
+    return out
+
+
+def wait_for(check: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise LabError(message)
+        time.sleep(0.05)
+
+
+def alive(pidfile: Path) -> bool:
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_pidfile(pidfile: Path, timeout: float = 10) -> None:
+    if not alive(pidfile):
+        return
+    pid = int(pidfile.read_text())
+    kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    kill(pid)
+
+
+def _mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+def sandboxes(root: Path) -> list[str]:
+    """Container network namespaces the lab's engines pinned under the root."""
+    return [p for p in _mounts() if p.startswith(str(root)) and "/netns/" in p]
+
+
+def shims_under(root: Path) -> list[int]:
+    """Shim processes of the lab's engines (their command line names a state dir under the root)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.startswith(str(root).encode()) for arg in cmdline[1:]) and int(entry) != os.getpid():
+            pids.append(int(entry))
+    return pids
+
+
+def unmount_under(root: Path) -> None:
+    for point in sorted((p for p in _mounts() if p.startswith(str(root))), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)

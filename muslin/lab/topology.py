@@ -1,0 +1,137 @@
+"""Simulated hosts on one L2 underlay, all inside network namespaces.
+
+``<prefix>sw`` holds the bridge ``br0`` (the switch); ``<prefix>node1..N`` are the hosts, each with an
+``eth0`` plugged into it and addressed 192.168.255.154, .155, ... /24 as in the article. Nothing is added
+to the caller's namespace. Everything is found again by prefix, so teardown works after a crash too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from muslin.kernel import netns
+
+UNDERLAY = IPv4Network("192.168.255.0/24")
+FIRST_HOST = 154
+HOST_IFACE = "eth0"
+SWITCH_BRIDGE = "br0"
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str  # the namespace name: <prefix>node<i>
+    address: IPv4Address
+    iface: str = HOST_IFACE
+
+    @property
+    def netns(self) -> str:
+        return netns.path_for(self.name)
+
+
+@dataclass(frozen=True)
+class Underlay:
+    prefix: str
+    switch: str  # namespace holding the bridge
+    hosts: tuple[Host, ...]
+
+
+def switch_name(prefix: str) -> str:
+    return f"{prefix}sw"
+
+
+def host_name(prefix: str, number: int) -> str:
+    return f"{prefix}node{number}"
+
+
+def _write_sysctl(ns: str, key: str, value: str) -> None:
+    # /proc/sys/net follows the network namespace of the thread that opens it.
+    with netns.entered(ns), open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+        f.write(value)
+
+
+def create(prefix: str, count: int, first_host: int = FIRST_HOST) -> Underlay:
+    """Build (or complete) the underlay with ``count`` hosts; idempotent."""
+    if not 1 <= count <= 254 - first_host:
+        raise ValueError(f"host count {count} does not fit in {UNDERLAY} from .{first_host}")
+    switch = switch_name(prefix)
+    netns.create(switch)
+    hosts = []
+    with netns.iproute(switch) as sw:
+        if not sw.link_lookup(ifname=SWITCH_BRIDGE):
+            sw.link("add", ifname=SWITCH_BRIDGE, kind="bridge")
+        bridge = sw.link_lookup(ifname=SWITCH_BRIDGE)[0]
+        sw.link("set", index=bridge, state="up")
+        for number in range(1, count + 1):
+            host = Host(host_name(prefix, number), UNDERLAY.network_address + first_host + number - 1)
+            _plug(sw, bridge, host, f"p{number}")
+            hosts.append(host)
+    return Underlay(prefix, switch, tuple(hosts))
+
+
+def _plug(sw, bridge: int, host: Host, port: str) -> None:
+    netns.create(host.name)
+    with netns.iproute(host.name) as h:
+        if not h.link_lookup(ifname=host.iface):
+            if not sw.link_lookup(ifname=port):
+                sw.link("add", ifname=port, kind="veth", peer=f"{port}h")
+            peer = sw.link_lookup(ifname=f"{port}h")[0]
+            fd = os.open(host.netns, os.O_RDONLY)
+            try:
+                sw.link("set", index=peer, net_ns_fd=fd)
+            finally:
+                os.close(fd)
+            index = h.link_lookup(ifname=f"{port}h")[0]
+            h.link("set", index=index, ifname=host.iface)
+        index = h.link_lookup(ifname=host.iface)[0]
+        address = IPv4Interface(f"{host.address}/{UNDERLAY.prefixlen}")
+        if not any(a.get_attr("IFA_ADDRESS") == str(host.address) for a in h.get_addr(index=index, family=2)):
+            h.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+        h.link("set", index=index, state="up")
+    port_index = sw.link_lookup(ifname=port)[0]
+    sw.link("set", index=port_index, master=bridge, state="up")
+    _write_sysctl(host.name, "net.ipv4.ip_forward", "1")
+
+
+def names(prefix: str) -> list[str]:
+    """Namespaces of an underlay with this prefix that exist now (hosts first, the switch last)."""
+    if not os.path.isdir(netns.NETNS_RUN_DIR):
+        return []
+    found = sorted(n for n in os.listdir(netns.NETNS_RUN_DIR)
+                   if n.startswith(prefix) and (n == switch_name(prefix) or n[len(prefix):].startswith("node")))
+    return [n for n in found if n != switch_name(prefix)] + [n for n in found if n == switch_name(prefix)]
+
+
+def processes_in(name: str) -> list[int]:
+    """Pids of processes whose network namespace is this one."""
+    try:
+        target = os.stat(netns.path_for(name)).st_ino
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
+                    pids.append(int(entry))
+            except OSError:
+                continue  # exited meanwhile
+    return pids
+
+
+def teardown(prefix: str) -> None:
+    """Remove every namespace of the underlay (their links go with them); idempotent.
+
+    Processes still running inside them (left by a crashed run) are killed first, or they would keep
+    the namespaces, and the overlay devices in them, alive.
+    """
+    for name in names(prefix):
+        for pid in processes_in(name):
+            if pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        netns.remove(name)

@@ -1,0 +1,42 @@
+"""Fixtures of the fabric tests: the multi-host rig (see rig.py), always torn down."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from muslin.kernel import netns
+from muslin.lab import topology
+from muslin.lab.etcd import TlsConfig
+from muslin.lab.topology import Underlay
+from tests.fabric.rig import Rig
+
+
+@pytest.fixture
+def make_rig() -> Iterator[Callable[..., Rig]]:
+    """Factory: Rig(hosts=N) with a running etcd cluster; torn down, agents and all, at the end."""
+    rigs: list[Rig] = []
+
+    def make(hosts: int = 2, tls: Callable[[str, Underlay], TlsConfig] | None = None) -> Rig:
+        prefix = f"ft{uuid.uuid4().hex[:5]}"
+        underlay = topology.create(prefix, hosts)
+        workdir = tempfile.mkdtemp(prefix=f"muslin-{prefix}-")
+        rig = Rig(underlay, workdir, tls(workdir, underlay) if tls else None)
+        rigs.append(rig)
+        rig.etcd.start()
+        return rig
+
+    yield make
+    for rig in rigs:
+        for i in list(rig.agents):
+            rig.stop_agent(i, kill=True)
+        rig.etcd.stop()
+        for name in rig.containers:
+            netns.remove(name)
+        topology.teardown(rig.underlay.prefix)
+        shutil.rmtree(rig.workdir, ignore_errors=True)
+        assert topology.names(rig.underlay.prefix) == [], "underlay namespaces left behind"

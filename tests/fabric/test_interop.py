@@ -1,0 +1,140 @@
+"""Peers that are not muslin: flanneld's wire formats reproduced by hand, TLS etcd, healthz."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+import urllib.request
+from ipaddress import IPv4Address, IPv4Interface
+
+import pytest
+
+from muslin.kernel import netns
+from muslin.lab.etcd import TlsConfig
+from muslin.lab.topology import Underlay
+from tests.fabric.rig import PREFIX, in_ns, ping, tcp_roundtrip, wait_for
+
+pytestmark = pytest.mark.root
+
+NETWORK = "172.21.0.0/16"
+FOREIGN = IPv4Interface("172.21.77.1/24")  # the subnet a flanneld node (simulated) holds on node 2
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def icmp_echo(src: str, dst: str, ident: int) -> bytes:
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"muslin-udp-interop"
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), ident, 0, 64, 1, 0,
+                         IPv4Address(src).packed, IPv4Address(dst).packed)
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    return header + icmp
+
+
+def test_udp_backend_speaks_flanneld_udp_on_the_wire(make_rig) -> None:
+    """Node 2 plays a flanneld udp node: a lease in flannel's udp format and a plain socket on 8285."""
+    rig = make_rig(2)
+    rig.put_config({"Network": NETWORK, "Backend": {"Type": "udp"}})
+    rig.etcdctl("put", f"{PREFIX}/subnets/{FOREIGN.network.network_address}-24",
+                json.dumps({"PublicIP": "192.168.255.155", "PublicIPv6": None}))
+    rig.start_agent(0)
+    rig.wait_subnet_file(0)
+    c1 = rig.add_container(0)
+    with netns.entered(rig.hosts[1].name):
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with peer:
+        peer.bind(("192.168.255.155", 8285))
+        peer.settimeout(5)
+        # Out: a container's packet arrives as one datagram whose payload is the bare IPv4 packet.
+        pinger = threading.Thread(target=ping, args=(c1, str(FOREIGN.network[2]), 3, 1), daemon=True)
+        pinger.start()
+        packet, sender = peer.recvfrom(65535)
+        pinger.join(10)
+        assert sender == ("192.168.255.154", 8285)
+        assert packet[0] == 0x45 and packet[9] == 1  # IPv4, ICMP
+        assert packet[12:16] == IPv4Address(rig.container_ip(0)).packed
+        assert packet[16:20] == IPv4Address(str(FOREIGN.network[2])).packed
+        # In: a bare packet sent to 8285 reaches the container, whose reply comes back the same way.
+        peer.sendto(icmp_echo(str(FOREIGN.network[2]), rig.container_ip(0), 0x4D55), ("192.168.255.154", 8285))
+
+        def reply() -> bool:
+            data, _ = peer.recvfrom(65535)
+            return data[20] == 0 and data[16:20] == IPv4Address(str(FOREIGN.network[2])).packed
+        wait_for(reply, 5, "echo reply through the forwarder")
+
+
+def test_vxlan_node_interoperates_with_a_flanneld_style_peer(make_rig) -> None:
+    """Node 2 is programmed exactly as flanneld programs a vxlan node, by hand, with its lease by etcdctl."""
+    rig = make_rig(2)
+    rig.put_config({"Network": NETWORK, "Backend": {"Type": "vxlan"}})
+    mac = "4e:55:53:4c:49:4e"
+    rig.etcdctl("put", f"{PREFIX}/subnets/{FOREIGN.network.network_address}-24", json.dumps(
+        {"PublicIP": "192.168.255.155", "PublicIPv6": None, "BackendType": "vxlan",
+         "BackendData": {"VNI": 1, "VtepMAC": mac}}))
+    rig.start_agent(0)
+    ours = IPv4Interface(rig.wait_subnet_file(0)["FLANNEL_SUBNET"]).network
+    muslin_mac = json.loads(rig.etcdctl("get", "--print-value-only",
+                                        f"{PREFIX}/subnets/{ours.network_address}-24"))["BackendData"]["VtepMAC"]
+    node2 = rig.hosts[1].name
+    script = (f"ip link add flannel.1 type vxlan id 1 local 192.168.255.155 dev eth0 dstport 8472 nolearning && "
+              f"ip link set flannel.1 address {mac} mtu 1450 up && ip addr add {FOREIGN.network.network_address}/32 "
+              f"dev flannel.1 && ip neigh replace {ours.network_address} lladdr {muslin_mac} dev flannel.1 nud "
+              f"permanent && bridge fdb append {muslin_mac} dev flannel.1 dst 192.168.255.154 self permanent && "
+              f"ip route add {ours} via {ours.network_address} dev flannel.1 onlink")
+    assert in_ns(node2, "sh", "-c", script).returncode == 0
+    os.makedirs(os.path.dirname(rig.subnet_file(1)), exist_ok=True)
+    with open(rig.subnet_file(1), "w") as f:
+        f.write(f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={FOREIGN}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+    c1, c2 = rig.add_container(0), rig.add_container(1)
+    wait_for(lambda: ping(c1, rig.container_ip(1)), 10, "ping to the flanneld-style node")
+    tcp_roundtrip(c2, c1, rig.container_ip(0))
+
+
+def make_tls(workdir: str, underlay: Underlay) -> TlsConfig:
+    """A throwaway CA and one certificate good for every member's address, as server and as client."""
+    d = os.path.join(workdir, "pki")
+    os.makedirs(d)
+    sans = ",".join(f"IP:{h.address}" for h in underlay.hosts)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=muslin-test-ca")
+    run("req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=etcd")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\n")
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "node.crt", "-days", "1", "-extfile", "ext.cnf")
+    return TlsConfig(os.path.join(d, "ca.crt"), os.path.join(d, "node.crt"), os.path.join(d, "node.key"))
+
+
+@pytest.mark.parametrize("api", ["3", "2"])
+def test_etcd_over_tls_with_client_certificates_and_healthz(make_rig, api: str) -> None:
+    rig = make_rig(2, tls=make_tls)
+    rig.put_config({"Network": NETWORK, "Backend": {"Type": "host-gw"}}, api=api)
+    rig.start_agent(0, "--healthz-ip=192.168.255.154", "--healthz-port=8471")
+    rig.start_agent(1, f"--etcd-api=v{api}", "--iface-regex=^10\\.", "--iface-regex=^e.h0$", ifaces=())
+    subnets = [IPv4Interface(rig.wait_subnet_file(i)["FLANNEL_SUBNET"]).network for i in range(2)]
+    assert f"etcd v{api} keyspace" in rig.log(0) and f"etcd v{api} keyspace" in rig.log(1)
+    assert "using interface eth0 (192.168.255.155)" in rig.log(1)  # found by the second regex
+    if api == "3":
+        assert len(rig.leases()) == 2
+    else:
+        assert len(rig.etcdctl("ls", f"{PREFIX}/subnets", api="2").split()) == 2
+    wait_for(lambda: str(subnets[1]) in in_ns(rig.hosts[0].name, "ip", "route").stdout, 10, "route to node 2")
+    c1, c2 = rig.add_container(0), rig.add_container(1)
+    assert ping(c1, rig.container_ip(1))
+    with netns.entered(rig.hosts[0].name):
+        with urllib.request.urlopen("http://192.168.255.154:8471/healthz", timeout=5) as resp:
+            assert resp.status == 200 and resp.read() == b"ok\n"

@@ -1,0 +1,108 @@
+"""Pure logic of the runtime: references, merging image defaults, the OCI config, the log format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from muslin.engine.errors import InvalidArgument
+from muslin.engine.runtime import ContainerSpec, Image
+from muslin.engine.runtime import logs, references, shim
+from muslin.engine.runtime.spec import (DEFAULT_PATH, User, oci_config, oci_process, process_env, resolve_process,
+                                        resolve_user)
+
+
+def image(**config) -> Image:
+    return Image(id="sha256:" + "a" * 64, repo_tags=[], created="", size=0, config=config, diff_ids=[])
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("busybox", "busybox:latest"),
+    ("busybox:1.35", "busybox:1.35"),
+    ("docker.io/library/busybox", "busybox:latest"),
+    ("docker.io/me/app:v2", "me/app:v2"),
+    ("localhost:5000/app", "localhost:5000/app:latest"),
+    ("registry.example.com/team/app:x.y-z", "registry.example.com/team/app:x.y-z"),
+])
+def test_references_normalize_as_docker_does(ref: str, expected: str) -> None:
+    assert references.normalize(ref) == expected
+
+
+@pytest.mark.parametrize("ref", ["", "Busybox", "busybox:", "a b", "busybox@sha256:abc", "x:" + "t" * 200])
+def test_malformed_references_are_refused(ref: str) -> None:
+    with pytest.raises(InvalidArgument):
+        references.normalize(ref)
+
+
+def test_image_defaults_merge_under_the_containers_choices() -> None:
+    img = image(Entrypoint=["/entry"], Cmd=["default"], Env=["PATH=/bin", "A=1"], WorkingDir="/work", User="app")
+    merged = resolve_process(ContainerSpec(id="c", image="x"), img)
+    assert (merged.args, merged.env, merged.cwd, merged.user) == (["/entry", "default"], ["PATH=/bin", "A=1"],
+                                                                  "/work", "app")
+    chosen = resolve_process(ContainerSpec(id="c", image="x", args=["own"], env=["A=2", "B=3"], workdir="/w",
+                                           user="0"), img)
+    assert (chosen.args, chosen.env, chosen.cwd, chosen.user) == (["own"], ["PATH=/bin", "A=2", "B=3"], "/w", "0")
+    with pytest.raises(InvalidArgument):
+        resolve_process(ContainerSpec(id="c", image="x"), image())  # nothing to run
+
+
+def test_process_env_adds_what_docker_adds() -> None:
+    assert process_env(["A=1"], "host1", tty=True) == [DEFAULT_PATH, "HOSTNAME=host1", "TERM=xterm", "A=1"]
+    assert process_env(["PATH=/x", "HOSTNAME=mine"], "host1", tty=False) == ["PATH=/x", "HOSTNAME=mine"]
+
+
+def test_users_resolve_from_the_images_files(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\napp:x:1000:\nextra:x:2000:app\n")
+    lowers = [str(tmp_path)]
+    assert resolve_user("", lowers) == User(0, 0)
+    assert resolve_user("app", lowers) == User(1000, 1000, (2000,))
+    assert resolve_user("app:extra", lowers) == User(1000, 2000, ())
+    assert resolve_user("4242:7", lowers) == User(4242, 7)
+    with pytest.raises(InvalidArgument):
+        resolve_user("ghost", lowers)
+    with pytest.raises(InvalidArgument):
+        resolve_user("app:ghosts", lowers)
+
+
+def test_oci_config_joins_the_engines_namespace_or_none(tmp_path: Path) -> None:
+    process = oci_process(["sh"], [], "/", User(0, 0), tty=True, console_size=(24, 80))
+    assert process["consoleSize"] == {"height": 24, "width": 80}
+    assert "consoleSize" not in oci_process(["sh"], [], "/", User(0, 0), tty=False, console_size=(24, 80))
+    spec = ContainerSpec(id="abc", image="x", netns_path="/run/netns/n1", hostname="h1")
+    config = oci_config(spec, process, ["/l2", "/l1"], tmp_path)
+    assert {"type": "network", "path": "/run/netns/n1"} in config["linux"]["namespaces"]
+    assert {n["type"] for n in config["linux"]["namespaces"]} == {"pid", "ipc", "uts", "mount", "network"}
+    assert config["hostname"] == "h1"
+    root_mount = config["mounts"][0]
+    assert root_mount["destination"] == "/" and root_mount["type"] == "overlay"
+    assert root_mount["options"] == [f"lowerdir=/l2:/l1,upperdir={tmp_path}/upper,workdir={tmp_path}/work"]
+    assert [m["source"] for m in config["mounts"] if m["type"] == "bind"] == [
+        str(tmp_path / "hosts"), str(tmp_path / "hostname"), str(tmp_path / "resolv.conf")]
+    host = oci_config(ContainerSpec(id="abc", image="x", netns_path=None), process, ["/l1"], tmp_path)
+    assert "network" not in {n["type"] for n in host["linux"]["namespaces"]}
+    with pytest.raises(InvalidArgument):
+        oci_config(ContainerSpec(id="../x", image="x"), process, ["/l1"], tmp_path)
+
+
+def test_the_shims_log_is_docker_json_file_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    log = shim.Log(str(path))
+    log.add("stdout", b"one\ntw")
+    log.add("stderr", b"err\n")
+    log.add("stdout", b"o\n\xff\xfe raw\n")
+    log.add("stdout", b"x" * (shim.LOG_LINE_MAX + 10))
+    log.add("stdout", b"unterminated")
+    log.flush()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["stream"], r["log"]) for r in records[:3]] == [("stdout", "one\n"), ("stderr", "err\n"),
+                                                              ("stdout", "two\n")]
+    assert all(r["time"].endswith("Z") for r in records)
+    entries = logs.read(str(path), logs.LogFilter())
+    assert entries[3].data == b"\xff\xfe raw\n"  # bytes that are not UTF-8 survive the round trip
+    assert len(entries[4].data) == shim.LOG_LINE_MAX and entries[5].data == b"x" * 10 + b"unterminated"
+    assert [e.data for e in logs.read(str(path), logs.LogFilter(tail=1, stdout=False))] == [b"err\n"]
+    assert logs.read(str(path), logs.LogFilter(tail=0)) == []
