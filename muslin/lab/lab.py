@@ -68,9 +68,10 @@ def bin_path(name: str) -> str:
 
 
 class Lab:
-    def __init__(self, root: Path = DEFAULT_ROOT, out: Callable[[str], None] = print) -> None:
+    def __init__(self, root: Path = DEFAULT_ROOT, out: Callable[[str], None] = print, prefix: str = PREFIX) -> None:
         self.root = Path(root)
         self.out = out
+        self.prefix = prefix  # of the namespaces: <prefix>node1, <prefix>sw
 
     # -- state ---------------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -143,7 +144,7 @@ class Lab:
             raise LabError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if not 2 <= count <= 8:
             raise LabError("the lab runs 2 to 8 nodes")
-        if self.nodes() or topology.names(PREFIX):
+        if self.nodes() or topology.names(self.prefix):
             raise LabError("a lab is already up (or left over): run `muslin lab down` first")
         started = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,7 @@ class Lab:
 
     def _hosts(self, count: int, backend: str) -> list[Node]:
         with self.step(f"5.5.1-5.5.4 hosts: {count} namespaces on an underlay switch, ip_forward on"):
-            underlay = topology.create(PREFIX, count)
+            underlay = topology.create(self.prefix, count)
             nodes = [Node(name=f"node{i + 1}", ns=h.name, address=str(h.address), root=str(self.root / f"node{i + 1}"))
                      for i, h in enumerate(underlay.hosts)]
             for n in nodes:
@@ -289,7 +290,7 @@ class Lab:
         for pid in shims_under(self.root):
             kill(pid)
         unmount_under(self.root)
-        topology.teardown(PREFIX)
+        topology.teardown(self.prefix)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -318,13 +319,21 @@ def wait_for(check: Callable[[], bool], timeout: float, message: str) -> None:
         time.sleep(0.05)
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie: the lab's daemons are reparented when `up` exits, and their new parent
+    may reap them late."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+
+
 def alive(pidfile: Path) -> bool:
     try:
-        pid = int(pidfile.read_text())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return running(int(pidfile.read_text()))
+    except (FileNotFoundError, ValueError):
         return False
-    return True
 
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -341,11 +350,9 @@ def stop_pidfile(pidfile: Path, timeout: float = 10) -> None:
     kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not running(pid):
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
     kill(pid)
 
 

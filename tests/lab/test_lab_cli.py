@@ -1,0 +1,96 @@
+"""`muslin lab`: up for each backend, exec, status, and a down that leaves nothing, also after a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from muslin.kernel import netns
+from muslin.lab import topology
+from muslin.lab.lab import Lab, LabError
+
+from ..conftest import unique
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    lines: list[str] = []
+    lab = Lab(tmp_path / "lab", out=lines.append, prefix=unique("lt") + "-")
+    lab.lines = lines  # type: ignore[attr-defined]
+    try:
+        yield lab
+    finally:
+        lab.down()
+        assert_nothing_left(lab)
+
+
+def assert_nothing_left(lab: Lab) -> None:
+    assert topology.names(lab.prefix) == []
+    assert not lab.root.exists()
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if str(lab.root) in line]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            assert str(lab.root).encode() not in cmdline, cmdline
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "udp", "host-gw"])
+def test_up_shows_the_article_and_pings_across_hosts(lab: Lab, backend: str) -> None:
+    lab.up(2, backend)
+    text = "\n".join(lab.lines)
+    for expected in ("etcdctl", "member list", "FLANNEL_NETWORK=172.21.0.0/16", "FLANNEL_SUBNET=172.21.",
+                     "--bip=172.21.", "inet addr:172.21.", " 0% packet loss", "lab is up: 2 nodes"):
+        assert expected in text, expected
+    device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": None}[backend]
+    for node in lab.nodes():
+        env = (node.path("/run/flannel/subnet.env")).read_text()
+        assert "FLANNEL_MTU=" + {"vxlan": "1450", "udp": "1472", "host-gw": "1500"}[backend] in env
+        if device:
+            assert device in lab.run(node, "ip", "-o", "link").stdout
+    assert lab.status() == 0
+
+
+def test_exec_status_and_down_after_a_crash(lab: Lab) -> None:
+    lab.up(2, "vxlan")
+    node1, node2 = lab.nodes()
+    argv, env = lab.exec_argv("node1", ["docker", "ps", "--format", "{{.Names}}"])
+    assert subprocess.run(argv, env=env, capture_output=True, text=True).stdout.split() == ["bb-node1"]
+    with pytest.raises(LabError, match="no lab node"):
+        lab.exec_argv("node9", [])
+    with pytest.raises(LabError, match="already up"):
+        lab.up(2, "vxlan")
+    # A crash: the engines and agents die without cleaning up; down must still remove everything.
+    for node in (node1, node2):
+        for name in ("muslind", "muslin-flanneld"):
+            os.kill(int(node.path(f"/run/{name}.pid").read_text()), signal.SIGKILL)
+    assert lab.status() == 1
+
+
+def test_the_muslin_command_drives_the_lab(tmp_path: Path) -> None:
+    root = tmp_path / "cli-lab"
+    muslin = str(Path(sys.executable).with_name("muslin"))
+    bad = subprocess.run([muslin, "lab", "--root", str(root), "up", "--backend", "nope"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr
+    status = subprocess.run([muslin, "lab", "--root", str(root), "status"], capture_output=True, text=True)
+    assert status.returncode == 1 and "no lab is up" in status.stdout
+    assert not root.exists()
+
+
+def test_down_is_idempotent_and_finishes_a_half_done_up(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "half", out=lambda _: None, prefix=unique("lh") + "-")
+    topology.create(lab.prefix, 2)  # an `up` that died right after making the hosts
+    lab.root.mkdir()
+    lab.down()
+    lab.down()
+    assert_nothing_left(lab)
