@@ -351,7 +351,10 @@ class ContainerService:
         self._monitors[cid] = asyncio.ensure_future(self._monitor(cid, watch))
 
     def _publish(self, c: Container, net: Network, ep: Endpoint) -> list[PortSpec]:
-        bindings = [portmod.PortBinding(**b) for b in c.bindings]
+        # A binding without a host IP takes the network's host_binding_ipv4 (0.0.0.0 unless set).
+        default_ip = net.resolved.get("host_binding_ipv4", "0.0.0.0")
+        default_ip = "" if default_ip == "0.0.0.0" else default_ip
+        bindings = [portmod.PortBinding(**{**b, "host_ip": b["host_ip"] or default_ip}) for b in c.bindings]
         taken = [(proto, ip, port) for proto, ip, port, owner in self.store.ports() if owner != c.id]
         try:
             assigned = portmod.assign(bindings, taken)

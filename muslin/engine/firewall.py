@@ -108,6 +108,7 @@ class Firewall(Protocol):
     def teardown_network(self, spec: BridgeSpec) -> None: ...
     def add_port_forwards(self, ports: list[PortSpec]) -> None: ...
     def remove_port_forwards(self, ports: list[PortSpec]) -> None: ...
+    def remove_rules_naming(self, ifname: str) -> None: ...
 
 
 class IptablesFirewall:
@@ -125,22 +126,14 @@ class IptablesFirewall:
     def remove_port_forwards(self, ports: list[PortSpec]) -> None:
         self._remove([r for p in ports for r in port_rules(p)])
 
-    def remove_everything(self) -> None:
-        """Drop every rule and chain of ours (used by tests and `muslind --cleanup`)."""
+    def remove_rules_naming(self, ifname: str) -> None:
+        """Delete every rule that matches on this interface (-i/-o), in our chains and the built-in ones."""
         batch = iptables.Batch()
-        state = iptables.read_all()
-        for table, chains in OWN_CHAINS.items():
-            current = state.get(table, iptables.Ruleset())
+        for table, current in iptables.read_all().items():
             for rule in current.rules:
-                chain = rule.split()[1]
-                if chain not in chains and any(f"-j {c}" in rule for c in chains):
+                words = rule.split()
+                if any(words[i] in ("-i", "-o") and words[i + 1] == ifname for i in range(len(words) - 1)):
                     batch.add(table, "-D" + rule[2:])
-            for chain in chains:
-                if chain in current.chains:
-                    batch.add(table, f"-F {chain}")
-            for chain in chains:
-                if chain in current.chains:
-                    batch.add(table, f"-X {chain}")
         batch.apply()
 
     def _add(self, rules: list[Rule]) -> None:

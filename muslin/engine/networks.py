@@ -12,6 +12,7 @@ as the first create.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -30,6 +31,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 PREDEFINED = {"bridge": "bridge", "host": "host", "none": "null"}
+AUTO_BRIDGE = re.compile(r"br-[0-9a-f]{12}")  # the bridge names muslind makes up
 # Drivers Docker knows that muslind does not implement yet: refused with a clear message, not "not found".
 PLANNED_DRIVERS = {"macvlan", "ipvlan", "overlay"}
 
@@ -111,9 +113,17 @@ class NetworkService:
                 self.store.put_network(db, wanted)
 
     def reconcile(self) -> None:
+        """Program every network of the store, and remove bridges of ours the store does not know
+        (a crash between programming the kernel and recording a create's rollback)."""
+        nets = self.store.networks()
         with netns.iproute() as ipr:
             links.reap_retired(ipr)
-        for net in self.store.networks():
+            known = {n.resolved.get("bridge") for n in nets}
+            orphans = [name for name in links.bridge_names(ipr) if AUTO_BRIDGE.fullmatch(name) and name not in known]
+        for name in orphans:
+            log.warning("removing orphan bridge %s (no network of ours owns it)", name)
+            self.bridge.remove_orphan(name)
+        for net in nets:
             if net.resolved:
                 self.drivers[net.driver].create_network(net)
 

@@ -137,6 +137,15 @@ def ipv4_routes(ipr: IPRoute) -> list[tuple[str, int]]:
     return out
 
 
+def bridge_names(ipr: IPRoute) -> list[str]:
+    out = []
+    for link in ipr.get_links():
+        info = link.get_attr("IFLA_LINKINFO")
+        if info and info.get_attr("IFLA_INFO_KIND") == "bridge":
+            out.append(link.get_attr("IFLA_IFNAME"))
+    return out
+
+
 def interface_addresses(ipr: IPRoute) -> list[IPv4Interface]:
     return [
         IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}") for a in ipr.get_addr(family=2)

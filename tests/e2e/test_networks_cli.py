@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import docker as docker_sdk
 import pytest
@@ -113,8 +114,16 @@ def test_restart_keeps_ids_and_reconciles_kernel(daemon) -> None:
     daemon.sh("ip", "link", "del", "brkeep")
     daemon.sh("iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "10.50.0.0/24", "!", "-o", "brkeep",
               "-j", "MASQUERADE")
+    # And what only a crash in the middle of a create can leave: a bridge of ours that no network owns.
+    daemon.sh("ip", "link", "add", "br-0123456789ab", "type", "bridge")
+    daemon.sh("iptables", "-A", "FORWARD", "-i", "br-0123456789ab", "-j", "ACCEPT")
     daemon.start()
     assert daemon.docker("network", "ls", "-q", "--no-trunc").stdout.split() == ids
+    assert "br-0123456789ab" not in daemon.sh("iptables-save")
+    deadline = time.monotonic() + 5
+    while "br-0123456789ab" in daemon.sh("ip", "link") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "br-0123456789ab" not in daemon.sh("ip", "link")
     assert "inet 10.50.0.1/24" in daemon.sh("ip", "addr", "show", "brkeep")
     assert "-A POSTROUTING -s 10.50.0.0/24 ! -o brkeep -j MASQUERADE" in daemon.sh("iptables", "-t", "nat", "-S")
 

@@ -119,6 +119,13 @@ class BridgeDriver:
         with netns.iproute() as ipr:
             links.retire_link(ipr, net.resolved["bridge"])
 
+    def remove_orphan(self, bridge: str) -> None:
+        """A bridge of ours that no network owns: its rules (whatever subnet they name) and the link."""
+        if self.firewall:
+            self.firewall.remove_rules_naming(bridge)
+        with netns.iproute() as ipr:
+            links.retire_link(ipr, bridge)
+
     # -- endpoints -------------------------------------------------------------------------------
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         assert ep.address is not None
