@@ -342,6 +342,7 @@ def routes(router: Router, engine: Engine) -> None:
         elif condition == "next-exit" or rt.state(c.id).running:
             fut = svc.exit_future(c.id)
         else:
+            await svc.settled(c.id)
             fut = asyncio.get_running_loop().create_future()
             fut.set_result(rt.state(c.id).exit_code)
 

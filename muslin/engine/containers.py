@@ -113,7 +113,7 @@ class ContainerService:
         return [Container.from_doc(d) for d in self.store.containers()]
 
     def get(self, ref: str) -> Container:
-        ref = ref.lstrip("/") if ref.startswith("/") else ref
+        ref = ref.lstrip("/")
         items = self.all()
         for c in items:
             if c.id == ref or c.name == ref:
@@ -186,9 +186,7 @@ class ContainerService:
                 resolv_conf=self._resolv_conf(host))
             self.runtime.create(spec)
             c.config = {**body, "Hostname": hostname}
-            with self.store.transaction() as db:
-                self.name_guard(db, c)
-                self.store.put_container(db, c.id, c.name, c.to_doc())
+            self._save(c)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.runtime.delete(cid, force=True)
@@ -197,11 +195,6 @@ class ContainerService:
             raise
         log.info("created container %s (%s) in %s", name, cid[:12], mode)
         return c
-
-    def name_guard(self, db: Any, c: Container) -> None:
-        row = db.execute("SELECT id FROM containers WHERE name = ?", (c.name,)).fetchone()
-        if row and row[0] != c.id:
-            self._check_name(c.name, c.id)
 
     @staticmethod
     def _argv(body: dict[str, Any], image_config: dict[str, Any]) -> list[str]:
@@ -397,8 +390,11 @@ class ContainerService:
 
     def release_networking(self, c: Container) -> None:
         """What a stopped container gives back: its ports and endpoints (the sandbox stays until rm)."""
+        endpoints = self.store.endpoints(container_id=c.id)
+        if not endpoints and not c.published:
+            return
         self._unpublish(c, self._port_specs(c))
-        for ep in self.store.endpoints(container_id=c.id):
+        for ep in endpoints:
             net = self.networks.get(ep.network_id)
             self.networks.release_endpoint(net, ep, c.sandbox)
         self._save(c)
@@ -427,6 +423,12 @@ class ContainerService:
         if c.host_config.get("AutoRemove"):
             self._remove(c)
 
+    async def settled(self, cid: str) -> None:
+        """Return once an exit that already happened has been fully handled (networking released)."""
+        monitor = self._monitors.get(cid)
+        if monitor is not None and not monitor.done():
+            await asyncio.shield(monitor)
+
     def exit_future(self, cid: str) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._exit_waiters.setdefault(cid, []).append(fut)
@@ -449,7 +451,6 @@ class ContainerService:
                 raise Conflict(f"cannot remove container \"/{c.name}\": container is running: stop the container before removing or force remove")
             self.runtime.kill(c.id, signals.SIGKILL)
             self.runtime_wait_stopped(c.id)
-            self.release_networking(c)
         self._remove(c)
         return c
 
@@ -459,6 +460,8 @@ class ContainerService:
             time.sleep(0.005)
 
     def _remove(self, c: Container) -> None:
+        # The exit monitor may not have released the networking yet (rm right after an exit).
+        self.release_networking(c)
         # Containers that joined this one's namespace keep it alive through their own processes.
         self.runtime.delete(c.id, force=True)
         if c.owns_sandbox and c.sandbox:
