@@ -69,13 +69,13 @@ def main() -> None:
     with muslind() as host:
         for network in ("bridge", "none"):
             run(host, network)
-            ours[network] = timed(lambda: run(host, network), rounds)
+            ours[network] = timed(lambda n=network: run(host, n), rounds)
     ref: dict[str, list[float] | None] = {"bridge": None, "none": None}
     with reference_dockerd() as ref_host:
         if ref_host:
             for network in ("bridge", "none"):
                 run(ref_host, network)
-                ref[network] = timed(lambda: run(ref_host, network), rounds)
+                ref[network] = timed(lambda n=network: run(ref_host, n), rounds)
     report("run --rm busybox true (bridge)", ours["bridge"], ref["bridge"], goal=0.35)
     report("run --rm busybox true (none)", ours["none"], ref["none"])
     attach, detach = attach_detach(rounds * 5)

@@ -133,7 +133,8 @@ def test_etcd_over_tls_with_client_certificates_and_healthz(make_rig, api: str) 
     else:
         assert len(rig.etcdctl("ls", f"{PREFIX}/subnets", api="2").split()) == 2
     wait_for(lambda: str(subnets[1]) in in_ns(rig.hosts[0].name, "ip", "route").stdout, 10, "route to node 2")
-    c1, c2 = rig.add_container(0), rig.add_container(1)
+    c1 = rig.add_container(0)
+    rig.add_container(1)  # the ping's target
     assert ping(c1, rig.container_ip(1))
     with netns.entered(rig.hosts[0].name):
         with urllib.request.urlopen("http://192.168.255.154:8471/healthz", timeout=5) as resp:

@@ -246,7 +246,8 @@ def test_v2_keyspace_as_in_the_article(make_rig) -> None:
     value = json.loads(rig.etcdctl("get", listed[0], api="2"))
     assert value["BackendType"] == "vxlan"
     assert rig.etcdctl("get", "--prefix", f"{PREFIX}/subnets/").strip() == ""  # nothing in v3
-    c1, c2 = rig.add_container(0), rig.add_container(1)
+    c1 = rig.add_container(0)
+    rig.add_container(1)  # the ping's target
     wait_for(lambda: ping(c1, rig.container_ip(1)), 10, "ping over the v2-configured network")
 
 

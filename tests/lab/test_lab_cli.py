@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.lab import Lab, LabError
 

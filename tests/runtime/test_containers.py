@@ -257,6 +257,7 @@ def test_restart_runs_again_and_keeps_the_log(runtime: Runtime, netns_path: str)
         with pytest.raises(NotModified):
             runtime.start(s.id)
         second_pid = await runtime.restart(s.id, timeout=0)
+        assert second_pid != first_pid
         assert runtime.state(s.id).running and runtime.state(s.id).pid == second_pid
         await read_until_logged(runtime, s.id, 2)
         assert [e.data for e in runtime.logs(s.id)] == [b"run\n", b"run\n"]

@@ -45,6 +45,7 @@ SHIM_READY_SECONDS = 10.0
 SHIM_EXIT_SECONDS = 10.0
 KILL_WAIT_SECONDS = 10.0
 LOG_NAME = "container.log"
+ALL_LOGS = LogFilter()  # frozen, so one shared default is safe
 
 
 @dataclass(frozen=True)
@@ -542,10 +543,10 @@ class Runtime:
         return self.list()
 
     # -- logs ---------------------------------------------------------------------------------
-    def logs(self, cid: str, flt: LogFilter = LogFilter()) -> list[LogEntry]:
+    def logs(self, cid: str, flt: LogFilter = ALL_LOGS) -> list[LogEntry]:
         return read_log(self.log_path(cid), flt)
 
-    async def follow_logs(self, cid: str, flt: LogFilter = LogFilter()) -> AsyncIterator[LogEntry]:
+    async def follow_logs(self, cid: str, flt: LogFilter = ALL_LOGS) -> AsyncIterator[LogEntry]:
         def running() -> bool:
             try:
                 return self.state(cid).running
