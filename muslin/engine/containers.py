@@ -15,13 +15,16 @@ import os
 import random
 import re
 import signal as signals
+import socket
 import time
 from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from muslin.kernel import netns
 
+from . import dns
 from . import ports as portmod
 from .config import DaemonConfig
 from .errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound, NotModified
@@ -87,6 +90,22 @@ class Container:
         return cls(**doc)
 
 
+def _host_resolv_conf() -> list[list[str]]:
+    try:
+        return [line.split() for line in Path("/etc/resolv.conf").read_text().splitlines()]
+    except OSError:
+        return []
+
+
+def host_nameservers() -> list[str]:
+    # A resolver on the host's loopback is unreachable from a container's namespace.
+    return [p[1] for p in _host_resolv_conf() if len(p) >= 2 and p[0] == "nameserver" and not p[1].startswith("127.")]
+
+
+def host_search_domains() -> list[str]:
+    return next((p[1:] for p in _host_resolv_conf() if p and p[0] == "search"), [])
+
+
 def console_size_of(value: Any) -> tuple[int, int] | None:
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
         return value[0], value[1]
@@ -106,6 +125,8 @@ class ContainerService:
         self._removal_waiters: dict[str, list[asyncio.Future[int]]] = {}
         self._monitors: dict[str, asyncio.Task] = {}
         self._last_exit: dict[str, int] = {}
+        self._dns: dict[str, dns.EmbeddedDNS] = {}
+        self._dns_sockets: dict[str, socket.socket] = {}  # bound at start, served once it returned
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- lookups -----------------------------------------------------------------------------------
@@ -183,7 +204,7 @@ class ContainerService:
                 open_stdin=bool(body.get("OpenStdin")), hostname=hostname,
                 console_size=console_size_of(host.get("ConsoleSize")), domainname=body.get("Domainname") or "",
                 netns_path=c.sandbox, hosts=self._hosts_file(c, hostname, []),
-                resolv_conf=self._resolv_conf(host))
+                resolv_conf=self._resolv_conf(host, embedded_dns=self._uses_embedded_dns(c)))
             self.runtime.create(spec)
             c.config = {**body, "Hostname": hostname}
             self._save(c)
@@ -256,23 +277,21 @@ class ContainerService:
             lines.append(f"{endpoints[0].address.ip}\t{hostname}")
         return "\n".join(lines) + "\n"
 
+    def _uses_embedded_dns(self, c: Container) -> bool:
+        """Docker gives containers on user-defined networks its embedded DNS server."""
+        return any(not self.networks.get(a.network_id).predefined for a in c.attachments)
+
     @staticmethod
-    def _resolv_conf(host: dict[str, Any]) -> str:
-        servers = host.get("Dns") or []
+    def _resolv_conf(host: dict[str, Any], embedded_dns: bool) -> str:
         search = host.get("DnsSearch") or []
         options = host.get("DnsOptions") or []
-        if not servers:
-            try:
-                text = Path("/etc/resolv.conf").read_text()
-            except OSError:
-                text = ""
-            for line in text.splitlines():
-                parts = line.split()
-                # A resolver on the host's loopback is unreachable from the container's namespace.
-                if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith("127."):
-                    servers.append(parts[1])
-                elif parts and parts[0] == "search" and not search:
-                    search = parts[1:]
+        if embedded_dns:
+            servers = [dns.EMBEDDED_ADDRESS]
+            options = options or ["ndots:0"]
+        else:
+            servers = host.get("Dns") or host_nameservers()
+        if not search:
+            search = host_search_domains()
         out = [f"nameserver {s}" for s in servers]
         if search:
             out.append("search " + " ".join(search))
@@ -305,8 +324,12 @@ class ContainerService:
             endpoints = [ep for _, ep in wired]
             if wired or c.host_config.get("ExtraHosts"):
                 self.runtime.write_etc(c.id, hosts=self._hosts_file(c, c.config.get("Hostname") or c.id[:12], endpoints))
+            self._bind_dns(c)
             self.runtime.start(c.id)
         except BaseException:
+            sock = self._dns_sockets.pop(c.id, None)
+            if sock is not None:
+                sock.close()
             self._unpublish(c, published)
             for net, ep in reversed(wired):
                 with contextlib.suppress(Exception):
@@ -336,6 +359,44 @@ class ContainerService:
             watch.cancel()
             raise
         self._follow(c.id, watch)
+        await self._serve_dns(c)
+
+    def _bind_dns(self, c: Container) -> None:
+        """Bind the container's DNS socket before its process runs: queries sent before the server
+        is attached wait in the socket instead of being refused."""
+        if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c) or c.id in self._dns:
+            return
+        try:
+            self._dns_sockets[c.id] = netns.udp_socket_in(c.sandbox, dns.EMBEDDED_ADDRESS, 53)
+        except OSError as exc:
+            log.warning("no embedded DNS for %s: %s", c.name, exc)
+
+    async def _serve_dns(self, c: Container) -> None:
+        sock = self._dns_sockets.pop(c.id, None)
+        if sock is None:
+            return
+        server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), host_nameservers())
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=sock)
+        self._dns[c.id] = server
+
+    def _stop_dns(self, cid: str) -> None:
+        server = self._dns.pop(cid, None)
+        if server is not None:
+            server.close()
+
+    def resolve(self, cid: str, name: str) -> list[IPv4Address] | None:
+        """Addresses of ``name`` as container ``cid`` sees it: containers (by name, alias or short id)
+        on the user-defined networks it shares with them. None: not a name of ours."""
+        mine = {ep.network_id for ep in self.store.endpoints(container_id=cid)}
+        found: list[IPv4Address] = []
+        for c in self.all():
+            for att in c.attachments:
+                if att.network_id not in mine or self.networks.get(att.network_id).predefined:
+                    continue
+                if name in (c.name.lower(), c.id[:12], *(a.lower() for a in att.aliases)):
+                    found += [ep.address.ip for ep in self.store.endpoints(network_id=att.network_id, container_id=c.id)
+                              if ep.address is not None]
+        return found or None
 
     def _follow(self, cid: str, watch: ExitWaiter) -> None:
         previous = self._monitors.get(cid)
@@ -407,6 +468,7 @@ class ContainerService:
             log.exception("lost track of container %s", cid[:12])
             return
         self._last_exit[cid] = code
+        self._stop_dns(cid)
         await self.engine_call(self._after_exit, cid)
         for fut in self._exit_waiters.pop(cid, []):
             if not fut.done():
@@ -536,6 +598,8 @@ class ContainerService:
         for c in self.all():
             if self.runtime.state(c.id).running:
                 self._follow(c.id, await self.runtime.exit_waiter(c.id))
+                await self.engine_call(self._bind_dns, c)
+                await self._serve_dns(c)
 
     def recover(self) -> None:
         self.runtime.recover()

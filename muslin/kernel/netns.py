@@ -139,6 +139,19 @@ def socket_in(name_or_path: str | None, proto: int = NETLINK_ROUTE) -> socket.so
         return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto)
 
 
+def udp_socket_in(name_or_path: str, address: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound inside the namespace (a server the caller's process runs there)."""
+    with entered(name_or_path):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def iproute(name_or_path: str | None = None) -> IPRoute:
     """An IPRoute handle into the namespace, without a helper process."""
     if name_or_path is None:

@@ -237,3 +237,23 @@ def test_containers_survive_a_muslind_restart(daemon) -> None:
     assert "hello world" in _wget(daemon, "http://127.0.0.1:8090/")
     daemon.docker("rm", "-f", "keeper")
     assert "8090" not in daemon.sh("iptables-save")
+
+
+def test_embedded_dns_answers_names_and_aliases_on_user_networks(daemon) -> None:
+    daemon.docker("network", "create", "--subnet", "10.81.0.0/24", "app")
+    daemon.docker("network", "create", "--subnet", "10.82.0.0/24", "other")
+    daemon.docker("run", "-d", "--name", "db1", "--network", "app", "--network-alias", "database",
+                  "busybox", "sleep", "300")
+    daemon.docker("run", "-d", "--name", "elsewhere", "--network", "other", "busybox", "sleep", "300")
+    resolv = daemon.docker("run", "--rm", "--network", "app", "busybox", "cat", "/etc/resolv.conf").stdout
+    assert "nameserver 127.0.0.11" in resolv
+    for name in ("db1", "database"):
+        out = daemon.docker("run", "--rm", "--network", "app", "busybox", "nslookup", name).stdout
+        assert "10.81.0.2" in out, out
+    assert daemon.docker("run", "--rm", "--network", "app", "busybox", "ping", "-c", "1", "-W", "2",
+                         "database").returncode == 0
+    # Names on networks the asker is not on stay unknown to it.
+    other = daemon.docker("run", "--rm", "--network", "app", "busybox", "nslookup", "elsewhere", check=False)
+    assert "10.82.0." not in other.stdout
+    # The default bridge keeps the host's resolvers, as in Docker.
+    assert "127.0.0.11" not in daemon.docker("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout

@@ -1,0 +1,146 @@
+"""The embedded DNS server of user-defined networks: container names and aliases, as Docker's 127.0.0.11.
+
+Each container on a user-defined network gets ``nameserver 127.0.0.11`` and a UDP socket the daemon
+holds inside the container's namespace on 127.0.0.11:53, so no NAT rule is needed to reach it. A query
+for a container name, alias or short id on one of the asker's networks is answered from the store; any
+other name goes to the daemon's own upstream resolvers, as Docker forwards it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ADDRESS = "127.0.0.11"
+HEADER = struct.Struct(">HHHHHH")
+TYPE_A, TYPE_AAAA, CLASS_IN = 1, 28, 1
+RCODE_NXDOMAIN, RCODE_SERVFAIL, RCODE_FORMERR = 3, 2, 1
+TTL = 600
+FORWARD_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Question:
+    name: str  # lower case, no trailing dot
+    qtype: int
+    qclass: int
+    raw: bytes  # the question section as sent, echoed back in the answer
+
+
+def parse_query(packet: bytes) -> tuple[int, int, Question]:
+    """(id, flags, first question) of a query; ValueError when it is not one we can read."""
+    if len(packet) < HEADER.size:
+        raise ValueError("short packet")
+    ident, flags, qdcount, _, _, _ = HEADER.unpack_from(packet)
+    if flags & 0x8000 or qdcount < 1:
+        raise ValueError("not a query")
+    labels, pos = [], HEADER.size
+    while True:
+        if pos >= len(packet):
+            raise ValueError("truncated name")
+        length = packet[pos]
+        if length & 0xC0:
+            raise ValueError("compressed name in a question")
+        pos += 1
+        if length == 0:
+            break
+        labels.append(packet[pos:pos + length].decode("ascii", "replace"))
+        pos += length
+    if pos + 4 > len(packet):
+        raise ValueError("truncated question")
+    qtype, qclass = struct.unpack_from(">HH", packet, pos)
+    raw = packet[HEADER.size:pos + 4]
+    return ident, flags, Question(".".join(labels).lower(), qtype, qclass, raw)
+
+
+def build_response(ident: int, query_flags: int, question: Question, addresses: list[IPv4Address],
+                   rcode: int = 0) -> bytes:
+    """An authoritative answer with A records (none for NXDOMAIN, or for an AAAA we cannot give)."""
+    flags = 0x8000 | 0x0400 | (query_flags & 0x0100) | 0x0080 | rcode  # QR, AA, RD copied, RA
+    answers = b"".join(
+        struct.pack(">HHHIH", 0xC00C, TYPE_A, CLASS_IN, TTL, 4) + addr.packed for addr in addresses
+    )
+    return HEADER.pack(ident, flags, 1, len(addresses), 0, 0) + question.raw + answers
+
+
+def error_response(packet: bytes, rcode: int) -> bytes:
+    ident, flags = struct.unpack_from(">HH", packet) if len(packet) >= 4 else (0, 0)
+    return HEADER.pack(ident, 0x8000 | (flags & 0x0100) | 0x0080 | rcode, 0, 0, 0, 0)
+
+
+Lookup = Callable[[str], list[IPv4Address] | None]  # None: not ours, ask upstream
+
+
+class EmbeddedDNS(asyncio.DatagramProtocol):
+    """Serves one container's queries on a socket inside its namespace."""
+
+    def __init__(self, lookup: Lookup, upstreams: list[str]) -> None:
+        self.lookup = lookup
+        self.upstreams = upstreams
+        self.transport: asyncio.DatagramTransport | None = None
+        self._pending: set[asyncio.Task] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            ident, flags, question = parse_query(data)
+        except ValueError:
+            self._send(error_response(data, RCODE_FORMERR), addr)
+            return
+        found = self.lookup(question.name) if question.qclass == CLASS_IN else None
+        if found is not None:
+            records = found if question.qtype == TYPE_A else []
+            self._send(build_response(ident, flags, question, records), addr)
+            return
+        task = asyncio.ensure_future(self._forward(data, addr))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _forward(self, data: bytes, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        for server in self.upstreams:
+            try:
+                transport, proto = await loop.create_datagram_endpoint(_OneAnswer, remote_addr=(server, 53))
+            except OSError:
+                continue
+            try:
+                transport.sendto(data)
+                answer = await asyncio.wait_for(proto.answer, FORWARD_TIMEOUT)
+                self._send(answer, addr)
+                return
+            except (OSError, asyncio.TimeoutError):
+                continue
+            finally:
+                transport.close()
+        self._send(error_response(data, RCODE_SERVFAIL if self.upstreams else RCODE_NXDOMAIN), addr)
+
+    def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(packet, addr)
+
+    def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _OneAnswer(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc)
