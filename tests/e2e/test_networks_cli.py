@@ -152,3 +152,16 @@ def test_sdk_drives_networks(daemon) -> None:
         assert "br-sdk" not in daemon.sh("ip", "link")
     finally:
         client.close()
+
+
+def test_flannel_subnet_file_sets_the_default_bridge(daemon_factory, tmp_path) -> None:
+    env = tmp_path / "subnet.env"
+    env.write_text("FLANNEL_NETWORK=172.21.0.0/16\nFLANNEL_SUBNET=172.21.55.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n")
+    d = daemon_factory(f"--flannel-subnet-file={env}")
+    (net,) = json.loads(d.docker("network", "inspect", "bridge").stdout)
+    assert net["IPAM"]["Config"] == [{"Subnet": "172.21.55.0/24", "Gateway": "172.21.55.1"}]
+    assert net["Options"]["com.docker.network.driver.mtu"] == "1472"
+    # flannel masquerades for the overlay itself (FLANNEL_IPMASQ=true), so the engine does not.
+    assert net["Options"]["com.docker.network.bridge.enable_ip_masquerade"] == "false"
+    out = d.docker("run", "--rm", "busybox", "ifconfig", "eth0").stdout
+    assert "inet addr:172.21.55.2" in out and "MTU:1472" in out and "HWaddr 02:42:AC:15:37:02" in out
