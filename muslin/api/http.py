@@ -233,6 +233,8 @@ class Server:
         except HTTPError as exc:
             return error_response(exc.status, exc.message)
         except EngineError as exc:
+            if exc.status == 304:
+                return Response(status=304, content_type="text/plain")  # a 304 carries no body
             return error_response(exc.status, exc.message)
         except Exception as exc:  # a bug must still answer the client, and be logged with its cause
             log.exception("%s %s failed", request.method, request.path)

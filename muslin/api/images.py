@@ -52,9 +52,11 @@ def routes(router: Router, engine: Engine) -> None:
         return json_response(image_inspect(images.get(req.params["name"])))
 
     async def remove(req: Request) -> Response:
-        in_use = engine.runtime.images_in_use()
-        result = await engine.call(images.remove, req.params["name"], req.flag("force"), in_use)
-        return json_response(result)
+        def remove_unless_used() -> list[dict]:
+            # On the worker, so no container can be created from the image between check and removal.
+            return images.remove(req.params["name"], req.flag("force"), engine.runtime.images_in_use())
+
+        return json_response(await engine.call(remove_unless_used))
 
     async def tag(req: Request) -> Response:
         repo, tag_ = req.arg("repo"), req.arg("tag") or "latest"

@@ -14,9 +14,7 @@ import logging
 import os
 import random
 import re
-import signal as signals
 import socket
-import time
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -97,9 +95,11 @@ def _host_resolv_conf() -> list[list[str]]:
         return []
 
 
-def host_nameservers() -> list[str]:
-    # A resolver on the host's loopback is unreachable from a container's namespace.
-    return [p[1] for p in _host_resolv_conf() if len(p) >= 2 and p[0] == "nameserver" and not p[1].startswith("127.")]
+def host_nameservers(from_container: bool = True) -> list[str]:
+    """The daemon's resolvers; a container's namespace cannot reach those on the host's loopback, the
+    embedded DNS forwarder (which runs in the daemon's namespace) can."""
+    servers = [p[1] for p in _host_resolv_conf() if len(p) >= 2 and p[0] == "nameserver"]
+    return [s for s in servers if not s.startswith("127.")] if from_container else servers
 
 
 def host_search_domains() -> list[str]:
@@ -309,6 +309,9 @@ class ContainerService:
             owner = self.get(c.joined_container)
             if not self.state(owner).running:
                 raise Conflict(f"cannot join network namespace of a non running container: {owner.id}")
+        if c.owns_sandbox and c.sandbox:
+            netns.create(c.sandbox)  # gone after a reboot (it lives on a tmpfs); a no-op otherwise
+        self.release_networking(c)  # what an exit not yet handled still holds
         wired: list[tuple[Network, Endpoint]] = []
         published: list[PortSpec] = []
         try:
@@ -322,18 +325,24 @@ class ContainerService:
             if c.bindings and wired:
                 published = self._publish(c, wired[0][0], wired[0][1])
             endpoints = [ep for _, ep in wired]
-            if wired or c.host_config.get("ExtraHosts"):
-                self.runtime.write_etc(c.id, hosts=self._hosts_file(c, c.config.get("Hostname") or c.id[:12], endpoints))
+            # Networks may have changed since create (connect/disconnect while stopped): both files follow.
+            self.runtime.write_etc(c.id, hosts=self._hosts_file(c, c.config.get("Hostname") or c.id[:12], endpoints),
+                                   resolv_conf=self._resolv_conf(c.host_config, self._uses_embedded_dns(c)))
             self._bind_dns(c)
             self.runtime.start(c.id)
         except BaseException:
             sock = self._dns_sockets.pop(c.id, None)
             if sock is not None:
                 sock.close()
-            self._unpublish(c, published)
+            try:
+                self._unpublish(c, published)
+            except Exception:
+                log.exception("could not unpublish the ports of %s", c.name)
             for net, ep in reversed(wired):
-                with contextlib.suppress(Exception):
+                try:
                     self.networks.release_endpoint(net, ep, c.sandbox)
+                except Exception:
+                    log.exception("could not release the endpoint of %s on %s", c.name, net.name)
             raise
         self._save(c)
         return c
@@ -345,6 +354,7 @@ class ContainerService:
         watch opened afterwards would reach the shim.
         """
         c = self.get(ref)
+        await self.settled(c.id)  # a previous run's exit is handled before this run begins
         watch = await self.runtime.exit_waiter(c.id, next_run=True)
         try:
             await self.engine_call(self.start, c.id)
@@ -358,8 +368,8 @@ class ContainerService:
         except BaseException:
             watch.cancel()
             raise
-        self._follow(c.id, watch)
         await self._serve_dns(c)
+        self._follow(c.id, watch)
 
     def _bind_dns(self, c: Container) -> None:
         """Bind the container's DNS socket before its process runs: queries sent before the server
@@ -375,7 +385,8 @@ class ContainerService:
         sock = self._dns_sockets.pop(c.id, None)
         if sock is None:
             return
-        server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), host_nameservers())
+        upstreams = c.host_config.get("Dns") or host_nameservers(from_container=False)
+        server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), upstreams)
         await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=sock)
         self._dns[c.id] = server
 
@@ -417,17 +428,15 @@ class ContainerService:
         assert ep.address is not None
         specs = [PortSpec(bridge=net.resolved["bridge"], proto=b.proto, host_ip=b.host_ip, host_port=b.host_port,
                           container_ip=ep.address.ip, container_port=b.container_port) for b in assigned]
+        # Recorded before the rules exist, in one transaction with the port rows: after a crash in
+        # between, release_networking still knows which rules to remove.
+        c.published = [asdict(b) for b in assigned]
         with self.store.transaction() as db:
             for b in assigned:
                 self.store.bind_port(db, b.proto, b.host_ip, b.host_port, c.id)
-        try:
-            if self.networks.bridge.firewall:
-                self.networks.bridge.firewall.add_port_forwards(specs)
-        except Exception:
-            with self.store.transaction() as db:
-                self.store.unbind_ports(db, c.id)
-            raise
-        c.published = [asdict(b) for b in assigned]
+            self.store.put_container(db, c.id, c.name, c.to_doc())
+        if self.networks.bridge.firewall:
+            self.networks.bridge.firewall.add_port_forwards(specs)
         return specs
 
     def _port_specs(self, c: Container) -> list[PortSpec]:
@@ -462,17 +471,19 @@ class ContainerService:
 
     # -- exits, waits, removal ----------------------------------------------------------------------
     async def _monitor(self, cid: str, watch: ExitWaiter) -> None:
+        code = 255
         try:
             code = await watch.wait()
+            self._last_exit[cid] = code
+            self._stop_dns(cid)
+            await self.engine_call(self._after_exit, cid)
         except Exception:
-            log.exception("lost track of container %s", cid[:12])
-            return
-        self._last_exit[cid] = code
-        self._stop_dns(cid)
-        await self.engine_call(self._after_exit, cid)
-        for fut in self._exit_waiters.pop(cid, []):
-            if not fut.done():
-                fut.set_result(code)
+            # Waiters (`docker stop`, `wait`) are answered all the same: a hung CLI helps nobody.
+            log.exception("handling the exit of container %s failed", cid[:12])
+        finally:
+            for fut in self._exit_waiters.pop(cid, []):
+                if not fut.done():
+                    fut.set_result(code)
 
     engine_call: Any = None  # set by the Engine: runs a function on the engine's worker thread
 
@@ -511,27 +522,23 @@ class ContainerService:
         if self.state(c).running:
             if not force:
                 raise Conflict(f"cannot remove container \"/{c.name}\": container is running: stop the container before removing or force remove")
-            self.runtime.kill(c.id, signals.SIGKILL)
-            self.runtime_wait_stopped(c.id)
-        self._remove(c)
+        self._remove(c)  # the runtime's forced delete kills a running container and waits for it
         return c
-
-    def runtime_wait_stopped(self, cid: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.runtime.state(cid).running:
-            time.sleep(0.005)
 
     def _remove(self, c: Container) -> None:
         # The exit monitor may not have released the networking yet (rm right after an exit).
         self.release_networking(c)
-        # Containers that joined this one's namespace keep it alive through their own processes.
+        code = self._last_exit.pop(c.id, None)
+        if code is None:
+            code = self._safe_exit_code(c.id)  # before the runtime forgets it
         self.runtime.delete(c.id, force=True)
+        # Containers that joined this one's namespace keep it alive through their own processes.
         if c.owns_sandbox and c.sandbox:
             netns.remove(c.sandbox)
         with self.store.transaction() as db:
             self.store.delete_container(db, c.id)
-        code = self._last_exit.pop(c.id, self._safe_exit_code(c.id))
         if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._stop_dns, c.id)
             self.loop.call_soon_threadsafe(self._notify_removed, c.id, code)
         log.info("removed container %s (%s)", c.name, c.id[:12])
 
@@ -544,7 +551,11 @@ class ContainerService:
     def rename(self, ref: str, new_name: str) -> None:
         c = self.get(ref)
         c.name = self._check_name(new_name, c.id)
-        self._save(c)
+        with self.store.transaction() as db:
+            self.store.put_container(db, c.id, c.name, c.to_doc())
+            for ep in self.store.endpoints(container_id=c.id):
+                ep.container_name = c.name
+                self.store.put_endpoint(db, ep)
 
     # -- networks of a container ---------------------------------------------------------------------
     def connect(self, net_ref: str, container_ref: str, cfg: dict[str, Any]) -> None:
@@ -597,9 +608,12 @@ class ContainerService:
         """After recover(): watch the containers that kept running while muslind was away."""
         for c in self.all():
             if self.runtime.state(c.id).running:
-                self._follow(c.id, await self.runtime.exit_waiter(c.id))
+                # A firewall reload while muslind was away must not leave published ports dead.
+                if self.networks.bridge.firewall and c.published:
+                    await self.engine_call(self.networks.bridge.firewall.add_port_forwards, self._port_specs(c))
                 await self.engine_call(self._bind_dns, c)
                 await self._serve_dns(c)
+                self._follow(c.id, await self.runtime.exit_waiter(c.id))
 
     def recover(self) -> None:
         self.runtime.recover()

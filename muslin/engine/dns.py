@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_ADDRESS = "127.0.0.11"
 HEADER = struct.Struct(">HHHHHH")
-TYPE_A, TYPE_AAAA, CLASS_IN = 1, 28, 1
+TYPE_A, CLASS_IN = 1, 1
 RCODE_NXDOMAIN, RCODE_SERVFAIL, RCODE_FORMERR = 3, 2, 1
 TTL = 600
 FORWARD_TIMEOUT = 2.0
@@ -120,7 +120,7 @@ class EmbeddedDNS(asyncio.DatagramProtocol):
                 continue
             finally:
                 transport.close()
-        self._send(error_response(data, RCODE_SERVFAIL if self.upstreams else RCODE_NXDOMAIN), addr)
+        self._send(error_response(data, RCODE_SERVFAIL), addr)  # nobody could say whether the name exists
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None and not self.transport.is_closing():

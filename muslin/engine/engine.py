@@ -54,6 +54,6 @@ class Engine:
         return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
+        self._worker.shutdown(wait=True)  # let queued state changes finish before their parts go
         self.runtime.close()
-        self._worker.shutdown(wait=True)
         self.store.close()

@@ -103,7 +103,12 @@ class NetworkService:
         current = existing.get("bridge")
         if current is None or current.pools != wanted.pools or current.options != wanted.options:
             # The daemon's flags (--bip, --mtu, --ip-masq, ...) changed: the default bridge follows them,
-            # keeping its Id, as dockerd does at restart.
+            # keeping its Id, as dockerd does at restart. Not under running containers, whose veths,
+            # addresses and port rules name the old bridge.
+            if current is not None and self.store.endpoints(network_id=current.id):
+                raise Conflict("the default bridge's settings (--bip, --mtu, --ip-masq, --icc, ...) changed, but "
+                               "containers are still attached to it: stop them, or start muslind with the "
+                               "previous settings")
             if current is not None and current.resolved:
                 self.bridge.delete_network(current)
             wanted.id = current.id if current else wanted.id
@@ -227,7 +232,8 @@ class NetworkService:
                           container_name=container_name,
                           address=IPv4Interface(f"{address}/{pool.subnet.prefixlen}"),
                           mac=mac or ipam.bridge_mac(address), ifname=ifname,
-                          aliases=list(aliases or []), gateway=pool.gateway)
+                          aliases=list(aliases or []),
+                          gateway=None if net.internal else pool.gateway)  # internal: no way out, no default route
             self.store.put_endpoint(db, ep)
         return ep
 

@@ -104,6 +104,8 @@ def retire_veth(ipr: IPRoute, host_name: str, peer_ipr: IPRoute, peer_name: str)
     if index is None:
         return False
     ipr.link("set", index=index, state="down")
+    # Renamed too, so a crash before the reaper runs leaves a link reap_retired knows to remove.
+    ipr.link("set", index=index, ifname=RETIRED_PREFIX + os.urandom(4).hex())
     _reaper.submit(_delete_index, index)
     return True
 

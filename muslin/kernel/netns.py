@@ -98,8 +98,12 @@ def create(name_or_path: str) -> str:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise error[0]
-    with IPRoute(fileno=socket_in(path).detach()) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    try:
+        with IPRoute(fileno=socket_in(path).detach()) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    except BaseException:
+        remove(path)
+        raise
     return path
 
 

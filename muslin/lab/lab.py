@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from muslin.engine.runtime.runtime import SHIM_SCRIPT
+from muslin.fabric.files import read_subnet_env
 from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.etcd import EtcdCluster
@@ -74,18 +76,17 @@ class Lab:
         self.prefix = prefix  # of the namespaces: <prefix>node1, <prefix>sw
 
     # -- state ---------------------------------------------------------------------------------
-    def nodes(self) -> list[Node]:
+    def _state(self) -> dict:
         try:
-            data = json.loads((self.root / STATE_FILE).read_text())
+            return json.loads((self.root / STATE_FILE).read_text())
         except (FileNotFoundError, ValueError):
-            return []
-        return [Node(**n) for n in data["nodes"]]
+            return {}
+
+    def nodes(self) -> list[Node]:
+        return [Node(**n) for n in self._state().get("nodes", [])]
 
     def backend(self) -> str:
-        try:
-            return json.loads((self.root / STATE_FILE).read_text())["backend"]
-        except (FileNotFoundError, ValueError, KeyError):
-            return ""
+        return self._state().get("backend", "")
 
     def node(self, name: str) -> Node:
         for n in self.nodes():
@@ -223,10 +224,10 @@ class Lab:
                        "--exec-root", str(n.path("/run/muslin")), *shlex.split(opts)]
                 self.out(f"    {n.name}: ExecStart={shlex.join(['muslind', *cmd[1:]])}")
                 self.spawn(n, "muslind", cmd)
+            device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": "eth0"}[self.backend()]
             for n in nodes:
                 wait_for(lambda n=n: self.run(n, "docker", "version", check=False).returncode == 0, 20,
                          f"muslind on {n.name} did not come up; see {n.path('/var/log/muslind.log')}")
-                device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": "eth0"}[self.backend()]
                 self.show(n, f"ip a s muslin0; ip a s {device}", "sh", "-c", f"ip a s muslin0; ip a s {device}")
 
     def _containers(self, nodes: list[Node]) -> None:
@@ -277,13 +278,20 @@ class Lab:
         nodes = self.nodes()
         for n in nodes:  # let each engine remove its containers while it still runs
             if alive(n.path("/run/muslind.pid")):
-                ids = self.run(n, "docker", "ps", "-aq", check=False, timeout=20).stdout.split()
-                if ids:
-                    self.run(n, "docker", "rm", "-f", *ids, check=False, timeout=30)
+                try:
+                    ids = self.run(n, "docker", "ps", "-aq", check=False, timeout=20).stdout.split()
+                    if ids:
+                        self.run(n, "docker", "rm", "-f", *ids, check=False, timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass  # a hung engine: what it left is removed below all the same
+        stop_all([n.path(f"/run/{name}.pid") for n in nodes for name in ("muslind", "muslin-flanneld", "etcd")])
+        # Whatever is left after a crash: containers (runc's state and cgroups go with `runc delete`),
+        # processes in the hosts' and containers' namespaces, shims, then the mounts.
         for n in nodes:
-            for name in ("muslind", "muslin-flanneld", "etcd"):
-                stop_pidfile(n.path(f"/run/{name}.pid"))
-        # Whatever is left: processes in the hosts' and containers' namespaces, then the mounts.
+            runc_root = n.path("/run/muslin/runtime/runc")
+            if runc_root.is_dir():
+                for cid in os.listdir(runc_root):
+                    subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", cid], capture_output=True)
         for sandbox in sandboxes(self.root):
             for pid in topology.processes_in(sandbox):
                 kill(pid)
@@ -295,20 +303,11 @@ class Lab:
 
 
 def read_shell_vars(path: Path) -> dict[str, str]:
-    """KEY=value and KEY="value" lines, as /etc/sysconfig files and mk-docker-opts.sh output are."""
-    out: dict[str, str] = {}
+    """KEY=value lines of a sysconfig or flannel file; {} when the file is not there (yet)."""
     try:
-        text = path.read_text()
+        return read_subnet_env(str(path))
     except FileNotFoundError:
-        return out
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        words = shlex.split(value) if value else [""]
-        out[key.strip()] = " ".join(words) if len(words) > 1 else (words[0] if words else "")
-    return out
+        return {}
 
 
 def wait_for(check: Callable[[], bool], timeout: float, message: str) -> None:
@@ -343,17 +342,17 @@ def kill(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def stop_pidfile(pidfile: Path, timeout: float = 10) -> None:
-    if not alive(pidfile):
-        return
-    pid = int(pidfile.read_text())
-    kill(pid, signal.SIGTERM)
+def stop_all(pidfiles: list[Path], timeout: float = 10) -> None:
+    """SIGTERM every process named by the pid files at once, wait for all, SIGKILL the stragglers."""
+    pids = [int(p.read_text()) for p in pidfiles if alive(p)]
+    for pid in pids:
+        kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not running(pid):
-            return
+    while time.monotonic() < deadline and any(running(pid) for pid in pids):
         time.sleep(0.02)
-    kill(pid)
+    for pid in pids:
+        if running(pid):
+            kill(pid)
 
 
 def _mounts() -> list[str]:
@@ -367,7 +366,8 @@ def sandboxes(root: Path) -> list[str]:
 
 
 def shims_under(root: Path) -> list[int]:
-    """Shim processes of the lab's engines (their command line names a state dir under the root)."""
+    """Shims and shim spawners of the lab's engines: they run the runtime's shim script on a state
+    directory under the root (nothing else that merely names the root, an editor or this very command)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -376,7 +376,7 @@ def shims_under(root: Path) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(arg.startswith(str(root).encode()) for arg in cmdline[1:]) and int(entry) != os.getpid():
+        if SHIM_SCRIPT.encode() in cmdline and any(arg.startswith(str(root).encode()) for arg in cmdline):
             pids.append(int(entry))
     return pids
 
