@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import uuid
@@ -48,6 +49,14 @@ def host_ns(make_netns) -> str:
     return make_netns()
 
 
+def _container_cgroups() -> frozenset[str]:
+    """cgroups runc made for our containers (cgroupsPath /muslin-<id>), in every hierarchy."""
+    out = set()
+    for hierarchy in glob.glob("/sys/fs/cgroup/*/"):
+        out.update(os.path.basename(p) for p in glob.glob(os.path.join(hierarchy, "muslin-*")))
+    return frozenset(out)
+
+
 def _root_snapshot() -> tuple[frozenset[str], frozenset[str], str, int]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     names = frozenset(line.split(": ")[1].split("@")[0] for line in links.splitlines() if ": " in line)
@@ -65,13 +74,14 @@ def root_namespace_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
     if not IS_ROOT or "root" not in request.keywords:
         yield
         return
-    before = _root_snapshot()
+    before, cgroups_before = _root_snapshot(), _container_cgroups()
     yield
-    after = _root_snapshot()
+    after, cgroups_after = _root_snapshot(), _container_cgroups()
     assert after[0] == before[0], f"links leaked into the root namespace: {after[0] - before[0]}"
     # MUSLIN_SHARED_DEV_MACHINE=1: other engineers' test runs come and go on this machine; their
     # namespaces are not this run's leaks. CI never sets it.
     if not os.environ.get("MUSLIN_SHARED_DEV_MACHINE"):
         assert after[1] == before[1], f"network namespaces leaked: {after[1] - before[1]}"
+        assert cgroups_after <= cgroups_before, f"container cgroups leaked: {cgroups_after - cgroups_before}"
     assert after[2] == before[2], "ip_forward changed in the root namespace"
     assert after[3] == before[3], "iptables rules naming muslin/flannel changed in the root namespace"
