@@ -13,17 +13,20 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 
 from muslin import __version__
+from muslin.api.app import build_server
+from muslin.engine.config import DaemonConfig, parse_bool
+from muslin.engine.engine import Engine
+from muslin.engine.errors import EngineError
+from muslin.fabric.files import read_subnet_env
 
 log = logging.getLogger("muslind")
 
 
-def parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "t", "yes"):
-        return True
-    if lowered in ("0", "false", "f", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+def parse_flag_bool(text: str) -> bool:
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_bip(text: str) -> IPv4Interface:
@@ -48,7 +51,7 @@ def parse_host(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="muslind", description="muslin's container engine (Docker Engine API)")
-    flag = {"type": parse_bool, "nargs": "?", "const": True}
+    flag = {"type": parse_flag_bool, "nargs": "?", "const": True}
     p.add_argument("-H", "--host", dest="host", type=parse_host, default="/run/muslin.sock",
                    help="unix socket to listen on (unix:///path)")
     p.add_argument("--data-root", default="/var/lib/muslin", help="persistent state")
@@ -71,13 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace):  # -> DaemonConfig
-    from muslin.engine.config import DaemonConfig
-
+def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     bip, mtu, masq = args.bip, args.mtu, args.ip_masq
     if args.flannel_subnet_file:
-        from muslin.fabric.files import read_subnet_env
-
         env = read_subnet_env(args.flannel_subnet_file)
         bip = bip or parse_bip(env["FLANNEL_SUBNET"])
         mtu = mtu or int(env["FLANNEL_MTU"])
@@ -93,9 +92,6 @@ def config_from_args(args: argparse.Namespace):  # -> DaemonConfig
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from muslin.api.app import build_server
-    from muslin.engine.engine import Engine
-
     engine = Engine(config_from_args(args))
     await engine.start()
     server = build_server(engine)
@@ -127,13 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:
         return 0
-    except Exception as exc:
-        from muslin.engine.errors import EngineError
-
-        if isinstance(exc, EngineError):
-            log.error("%s", exc.message)
-            return 1
-        raise
+    except EngineError as exc:  # refused at start (flags in conflict with state): say why, exit 1
+        log.error("%s", exc.message)
+        return 1
 
 
 if __name__ == "__main__":

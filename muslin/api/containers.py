@@ -15,7 +15,7 @@ from muslin.engine.errors import EngineError, InvalidArgument, NotModified
 from muslin.engine.model import Endpoint
 from muslin.engine.runtime import LogFilter, State, Stream
 
-from .http import Hijack, HTTPError, Request, Response, Router, StreamResponse, json_response
+from .http import Hijack, HTTPError, Request, Response, Router, StreamResponse, json_response, labels_match
 
 MUX_HEADER = struct.Struct(">BxxxI")
 STREAM_IDS = {"stdin": 0, "stdout": 1, "stderr": 2}
@@ -232,12 +232,8 @@ def _matches(c: Container, st: State, views: ContainerViews, filters: dict[str, 
         if key == "network" and not any(n in views.networks_of(c) or any(
                 net.get("NetworkID", "").startswith(n) for net in views.networks_of(c).values()) for n in values):
             return False
-        if key == "label":
-            labels = c.config.get("Labels") or {}
-            for v in values:
-                k, _, want = v.partition("=")
-                if k not in labels or (want and labels[k] != want):
-                    return False
+        if key == "label" and not labels_match(c.config.get("Labels") or {}, values):
+            return False
         if key == "ancestor" and c.image not in values and c.image_id not in values:
             return False
     return True

@@ -67,6 +67,15 @@ class Request:
         return {k: (list(v) if isinstance(v, (list, dict)) else [str(v)]) for k, v in data.items()}
 
 
+def labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
+    """Docker's ``label`` filter: every ``key`` or ``key=value`` given must be on the object."""
+    for item in wanted:
+        key, has_value, value = item.partition("=")
+        if key not in labels or (has_value and labels[key] != value):
+            return False
+    return True
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -7,7 +7,7 @@ from typing import Any
 from muslin.engine.engine import Engine
 from muslin.engine.model import Endpoint, Network
 
-from .http import HTTPError, Request, Response, Router, json_response
+from .http import HTTPError, Request, Response, Router, json_response, labels_match
 
 
 def ipam_config_json(net: Network) -> list[dict[str, Any]]:
@@ -71,11 +71,8 @@ def _matches(net: Network, filters: dict[str, list[str]]) -> bool:
             kind = "builtin" if net.predefined else "custom"
             if kind not in values:
                 return False
-        if key == "label":
-            for v in values:
-                k, _, want = v.partition("=")
-                if k not in net.labels or (want and net.labels[k] != want):
-                    return False
+        if key == "label" and not labels_match(net.labels, values):
+            return False
         if key not in ("name", "id", "driver", "scope", "type", "label", "dangling"):
             raise HTTPError(400, f"invalid filter '{key}'")
     return True
@@ -126,11 +123,7 @@ def routes(router: Router, engine: Engine) -> None:
         labels = filters.get("label", [])
 
         def keep(net: Network) -> bool:
-            for v in labels:
-                k, _, want = v.partition("=")
-                if k not in net.labels or (want and net.labels[k] != want):
-                    return True
-            return False
+            return not labels_match(net.labels, labels)
 
         removed = await engine.call(nets.prune, keep)
         return json_response({"NetworksDeleted": removed or None})

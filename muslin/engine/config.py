@@ -7,6 +7,20 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 
 
+TRUE_WORDS = ("1", "t", "true", "yes")
+FALSE_WORDS = ("0", "f", "false", "no")
+
+
+def parse_bool(text: str) -> bool:
+    """dockerd's booleans (flags and driver options); ValueError for anything else."""
+    lowered = text.strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise ValueError(f"invalid boolean value {text!r}: expected true or false")
+
+
 @dataclass
 class DaemonConfig:
     data_root: Path

@@ -147,7 +147,7 @@ class IptablesFirewall:
             for t, chain, spec, position in rules:
                 if t != table or current.has(f"-A {chain} {spec}"):
                     continue
-                current.rules.append(f"-A {chain} {spec}")  # a rule listed twice is added once
+                current.add(f"-A {chain} {spec}")  # a rule listed twice is added once
                 batch.add(table, f"-I {chain} 1 {spec}" if position == "first" else f"-A {chain} {spec}")
         batch.apply()
 

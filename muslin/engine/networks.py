@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network
 
 from muslin.kernel import links, netns
 
@@ -170,8 +170,6 @@ class NetworkService:
         net.pools = [pool]
         self.drivers[driver].prepare(net, others)
         with self.store.transaction() as db:
-            if any(n.name == name for n in self.store.networks()):
-                raise Conflict(f"network with name {name} already exists")
             self.store.put_network(db, net)
         try:
             self.drivers[driver].create_network(net)
@@ -222,7 +220,7 @@ class NetworkService:
             allocated = self.store.allocated(net.id)
             if ip:
                 address = ipam.parse_address(ip, "IPv4")
-                if net.name == "bridge" and net.predefined:
+                if net.predefined:
                     raise InvalidArgument("user specified IP address is supported on user defined networks only")
                 ipam.check_requested(pool, address, allocated)
             else:
@@ -249,6 +247,3 @@ class NetworkService:
         with self.store.transaction() as db:
             self.store.delete_endpoint(db, ep.id)
             self.store.release(db, net.id, ep.container_id)
-
-    def gateway_of(self, net: Network) -> IPv4Address | None:
-        return net.pool.gateway if net.pool else None

@@ -45,8 +45,7 @@ def parse_bindings(port_bindings: dict | None, exposed: dict | None, publish_all
             host_ip = (entry or {}).get("HostIp") or ""
             if host_ip:
                 try:
-                    if IPv4Address(host_ip).version != 4:
-                        raise ValueError
+                    IPv4Address(host_ip)
                 except ValueError:
                     if host_ip != "::":
                         raise InvalidArgument(f"invalid host IP {host_ip!r}: only IPv4 is supported") from None

@@ -148,9 +148,6 @@ class Store:
     def release(self, db: sqlite3.Connection, network_id: str, owner: str) -> None:
         db.execute("DELETE FROM addresses WHERE network_id = ? AND owner = ?", (network_id, owner))
 
-    def address_owners(self) -> list[tuple[str, str, str]]:
-        return self._rows("SELECT network_id, address, owner FROM addresses")
-
     # containers (documents owned by the container service)
     def containers(self) -> list[dict]:
         return [json.loads(d) for (d,) in self._rows("SELECT doc FROM containers ORDER BY rowid")]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 TABLES = ("filter", "nat", "mangle", "raw")
@@ -51,9 +50,19 @@ class Ruleset:
 
     chains: set[str] = field(default_factory=set)
     rules: list[str] = field(default_factory=list)
+    _seen: set[str] = field(default_factory=set, repr=False, compare=False)
 
     def has(self, rule: str) -> bool:
-        return normalize(rule) in {normalize(r) for r in self.rules}
+        return normalize(rule) in self._normalized()
+
+    def add(self, rule: str) -> None:
+        self.rules.append(rule)
+        self._normalized().add(normalize(rule))
+
+    def _normalized(self) -> set[str]:
+        if len(self._seen) != len(self.rules):
+            self._seen = {normalize(r) for r in self.rules}
+        return self._seen
 
     def rules_in(self, chain: str) -> list[str]:
         prefix = f"-A {chain} "
@@ -95,10 +104,6 @@ class Batch:
 
     def add(self, table: str, line: str) -> None:
         self._lines.setdefault(table, []).append(line)
-
-    def extend(self, table: str, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.add(table, line)
 
     def render(self) -> str:
         out: list[str] = []

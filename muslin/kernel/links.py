@@ -188,7 +188,3 @@ def set_sysctl(path: str, value: str) -> None:
     with open(f"/proc/sys/{path}", "w") as f:
         f.write(value)
 
-
-def get_sysctl(path: str) -> str:
-    with open(f"/proc/sys/{path}") as f:
-        return f.read().strip()

@@ -9,8 +9,6 @@ from ..model import Endpoint, Network
 
 class NetworkDriver(Protocol):
     name: str
-    #: whether users may create networks of this driver (host and null exist once, predefined)
-    user_creatable: bool
 
     def prepare(self, net: Network, others: list[Network]) -> None:
         """Validate the user's options and fill ``net.resolved``; raise EngineError on bad input."""

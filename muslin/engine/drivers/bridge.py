@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 from muslin.kernel import links, netns
 
-from ..config import DaemonConfig
+from ..config import DaemonConfig, parse_bool
 from ..errors import Conflict, InvalidArgument
 from ..firewall import BridgeSpec, Firewall
 from ..model import Endpoint, Network
@@ -23,12 +23,10 @@ KNOWN_OPTIONS = {OPT_NAME, OPT_ICC, OPT_MASQ, OPT_BIND, OPT_DEFAULT, OPT_MTU}
 
 
 def _parse_bool(key: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "t", "yes"):
-        return True
-    if lowered in ("false", "0", "f", "no"):
-        return False
-    raise InvalidArgument(f"invalid value {value!r} for option {key}: expected true or false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid value {value!r} for option {key}: expected true or false") from None
 
 
 def _check_ifname(name: str) -> None:
@@ -43,7 +41,6 @@ def host_ifname(ep: Endpoint) -> str:
 
 class BridgeDriver:
     name = "bridge"
-    user_creatable = True
 
     def __init__(self, config: DaemonConfig, firewall: Firewall | None) -> None:
         self.config = config
@@ -141,12 +138,9 @@ class BridgeDriver:
                 ipr.brport("set", index=index, mode=1)
         finally:
             os.close(fd)
-        try:
-            with netns.iproute(sandbox) as ipr:
-                links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway)
-        except Exception:
-            self.leave(net, ep, sandbox)
-            raise
+        # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
+        with netns.iproute(sandbox) as ipr:
+            links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway)
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         with netns.iproute() as ipr:

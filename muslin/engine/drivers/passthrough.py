@@ -11,8 +11,6 @@ from ..model import Endpoint, Network
 
 
 class PassthroughDriver:
-    user_creatable = False
-
     def __init__(self, name: str) -> None:
         self.name = name
 
