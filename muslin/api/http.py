@@ -207,7 +207,7 @@ class Server:
                 await self._hijack(conn, reader, writer, result)
                 return
             if isinstance(result, StreamResponse):
-                if not await self._stream(conn, writer, request, result):
+                if not await self._stream(conn, reader, writer, request, result):
                     return
             else:
                 await self._respond(conn, writer, request, result)
@@ -264,19 +264,38 @@ class Server:
         writer.write(out)
         await writer.drain()
 
-    async def _stream(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: Request,
-                      response: StreamResponse) -> bool:
+    async def _stream(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      request: Request, response: StreamResponse) -> bool:
         headers = self._headers(response.content_type, [("Transfer-Encoding", "chunked")])
         writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
         await writer.drain()
+        # The client may leave before the body ends (`docker run -d` drops its wait): watch for its EOF,
+        # so the stream and whatever it waits on are let go at once rather than at the container's exit.
+        gone: asyncio.Future[bytes] | None = asyncio.ensure_future(reader.read(READ_CHUNK))
+        chunks = response.chunks.__aiter__()
         try:
-            async for chunk in response.chunks:
+            while True:
+                step = asyncio.ensure_future(chunks.__anext__())
+                await asyncio.wait({step} if gone is None else {step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone is not None and gone.done():
+                    early = b"" if gone.exception() else gone.result()
+                    gone = None
+                    if not early:
+                        step.cancel()
+                        return False
+                    _unread(reader, early)  # a pipelined request, kept for the next cycle
+                try:
+                    chunk = await step
+                except StopAsyncIteration:
+                    break
                 if chunk:
                     writer.write(conn.send(h11.Data(data=chunk)))
                     await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             return False
         finally:
+            if gone is not None:
+                gone.cancel()
             aclose = getattr(response.chunks, "aclose", None)
             if aclose:
                 with contextlib.suppress(Exception):

@@ -266,6 +266,16 @@ class ContainerService:
         return primary.id if not primary.predefined else primary.name, attachments
 
     # -- files the container sees -----------------------------------------------------------------
+    def _etc_files(self, c: Container, endpoints: list[Endpoint]) -> tuple[str, str]:
+        """/etc/hosts and /etc/resolv.conf as of this start (networks may have changed since create).
+        A container in another's namespace sees that one's files, as in Docker: its names, its DNS."""
+        if c.joined_container:
+            owner = self.runtime.root / "containers" / c.joined_container
+            return (owner / "hosts").read_text(), (owner / "resolv.conf").read_text()
+        hostname = c.config.get("Hostname") or c.id[:12]
+        return (self._hosts_file(c, hostname, endpoints),
+                self._resolv_conf(c.host_config, self._uses_embedded_dns(c)))
+
     def _hosts_file(self, c: Container, hostname: str, endpoints: list[Endpoint]) -> str:
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
                  "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
@@ -324,10 +334,7 @@ class ContainerService:
                 wired.append((net, ep))
             if c.bindings and wired:
                 published = self._publish(c, wired[0][0], wired[0][1])
-            endpoints = [ep for _, ep in wired]
-            # Networks may have changed since create (connect/disconnect while stopped): both files follow.
-            self.runtime.write_etc(c.id, hosts=self._hosts_file(c, c.config.get("Hostname") or c.id[:12], endpoints),
-                                   resolv_conf=self._resolv_conf(c.host_config, self._uses_embedded_dns(c)))
+            self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
             self._bind_dns(c)
             self.runtime.start(c.id)
         except BaseException:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 
-from .errors import Conflict, InvalidArgument
+from .errors import Conflict, Forbidden, InvalidArgument
 from .model import IPAMPool
 
 
@@ -75,7 +75,7 @@ def first_host(subnet: IPv4Network) -> IPv4Address:
 def check_no_overlap(subnet: IPv4Network, taken: Iterable[tuple[str, IPv4Network]]) -> None:
     for owner, other in taken:
         if subnet.overlaps(other):
-            raise Conflict(f"invalid pool request: Pool overlaps with other one on this address space ({owner} uses {other})")
+            raise Forbidden(f"invalid pool request: Pool overlaps with other one on this address space ({owner} uses {other})")
 
 
 def choose_subnet(in_use: Iterable[IPv4Network]) -> IPv4Network:

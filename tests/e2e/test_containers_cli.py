@@ -125,6 +125,7 @@ def test_network_modes_of_the_article(daemon) -> None:
         answer = daemon.docker("exec", "c1", "wget", "-O", "-", "-q", "127.0.0.1", check=False).stdout
     assert "hello world" in answer
     assert "c2only" not in daemon.docker("exec", "c1", "ls", "/tmp").stdout
+    assert daemon.docker("exec", "c2", "cat", "/etc/hosts").stdout == daemon.docker("exec", "c1", "cat", "/etc/hosts").stdout
 
     daemon.docker("network", "connect", "mybr0", "c1")
     assert "192.168.100." in daemon.docker("exec", "c1", "ifconfig", "eth1").stdout
