@@ -1,7 +1,9 @@
 """The engine: one object that owns the store, the daemon's configuration and the services.
 
-State changes run one at a time on a single worker thread, so handlers never race each other over the
-store or the kernel, and the event loop stays free for streams while netlink and iptables work.
+State changes of the model (networks, endpoints, container records, ports) run one at a time on a
+single worker thread, so handlers never race each other over the store or the kernel, and the event
+loop stays free for streams while netlink and iptables work. Process-level calls into the runtime
+(stop, attach, exec) go straight to the container's shim, which serialises them itself.
 """
 
 from __future__ import annotations

@@ -70,6 +70,8 @@ def bridge_rules(spec: BridgeSpec) -> list[Rule]:
     else:
         # No "-i <bridge> -j RETURN" in nat MUSLIN (Docker has it only with its userland proxy): without a
         # proxy, containers reach published ports, their own included, through the same DNAT rules.
+        # Per-network FORWARD rules are appended, after the MUSLIN-USER and isolation jumps that must
+        # come first; a host whose FORWARD chain ends in a catch-all REJECT needs them ahead of it.
         rules = [
             ("filter", "FORWARD", f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "append"),
             ("filter", "FORWARD", f"-o {br} -j MUSLIN", "append"),

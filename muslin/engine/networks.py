@@ -118,8 +118,9 @@ class NetworkService:
                 self.store.put_network(db, wanted)
 
     def reconcile(self) -> None:
-        """Program every network of the store, and remove bridges of ours the store does not know
-        (a crash between programming the kernel and recording a create's rollback)."""
+        """Program every network of the store, and remove bridges named as muslind names them that the
+        store does not know (a create whose rollback failed, or state from an older data root). Bridges
+        with a user-chosen name are never removed: they may not be ours."""
         nets = self.store.networks()
         with netns.iproute() as ipr:
             links.reap_retired(ipr)

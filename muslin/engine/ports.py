@@ -74,6 +74,9 @@ def clashes(a_ip: str, b_ip: str) -> bool:
     return a_ip in ("", "0.0.0.0") or b_ip in ("", "0.0.0.0") or a_ip == b_ip
 
 
+# No socket is bound on the host port: with DNAT and no userland proxy, a host process listening on the
+# same port is shadowed for outside traffic (as with dockerd --userland-proxy=false). Clashes are only
+# checked against other containers' bindings.
 def assign(bindings: list[PortBinding], taken: list[tuple[str, str, int]]) -> list[PortBinding]:
     """Fill in host ports for 0s and refuse a binding that clashes with ``taken`` (proto, ip, port)."""
     used = list(taken)
