@@ -6,6 +6,9 @@ Each run is what `docker run --rm busybox true` asks of the runtime: create, att
 read to the end, the exit code, delete. The same busybox bundle run by ``runc run`` (foreground,
 which creates, starts, waits and deletes in one process) is the floor. Everything lives in a temp
 dir and one network namespace, both removed at the end. Prints medians and 90th percentiles in ms.
+
+Last, the shim's log writer alone: 64 KiB reads (what the shim reads from a pipe) of short lines,
+the worst case for cutting records, written to a log file in the temp dir.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from muslin.engine.runtime import ContainerSpec, ImageStore, Runtime  # noqa: E402
+from muslin.engine.runtime.shim import Log  # noqa: E402
 from muslin.kernel import netns  # noqa: E402
 
 PHASES = ("create", "attach", "wait", "start", "exit", "delete", "total")
@@ -97,6 +101,21 @@ def runc_start_paths(rt: Runtime, netns_path: str, base: Path) -> tuple[float, f
     return times[0], times[1], times[2]
 
 
+def log_reads(base: Path, reads: int = 64) -> list[float]:
+    """ms per 64 KiB read of 6-byte lines turned into json-file records and written."""
+    chunk = b"12345\n" * (65536 // 6)
+    log = Log(str(base / "bench.log"))
+    times = []
+    try:
+        for _ in range(reads):
+            began = time.perf_counter()
+            log.add("stdout", chunk)
+            times.append(1000 * (time.perf_counter() - began))
+    finally:
+        os.close(log.fd)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -130,6 +149,7 @@ def main() -> None:
         print("  " + summary("runc run", floor))
         ratio = statistics.median(samples["total"]) / statistics.median(floor)
         print(f"  runtime total / runc alone: {ratio:.2f}")
+        print("  " + summary("log, 64 KiB of lines", log_reads(base)))
     finally:
         for state in rt.list():
             rt.delete(state.id, force=True)

@@ -363,3 +363,82 @@ def test_containers_run_side_by_side(runtime: Runtime, netns_path: str) -> None:
         return await asyncio.gather(*(run_attached(runtime, s) for s in specs))
 
     assert asyncio.run(main()) == [(f"{i}\n".encode(), b"", i) for i in range(6)]
+
+
+def test_tty_input_larger_than_the_pty_buffer_goes_through(runtime: Runtime, netns_path: str) -> None:
+    # The pty master is both read (output) and written (stdin): a write that blocks must not break either.
+    script = "head -c 200000 >/dev/null; echo got-typed; stty raw -echo; echo raw; head -c 300000 | wc -c"
+    s = spec(netns_path, "sh", "-c", script, tty=True, open_stdin=True)
+
+    async def main() -> None:
+        runtime.create(s)
+        stream = await runtime.attach(s.id, stdin=True)
+        waiter = await runtime.exit_waiter(s.id, next_run=True)
+        stream.write((b"x" * 99 + b"\n") * 2000)  # typed ahead of the start: far more than a pty holds
+        await asyncio.to_thread(runtime.start, s.id)
+        assert b"got-typed" in await read_until(stream, b"raw\n")
+        stream.write(b"y" * 300000)  # pasted into the running session
+        await stream.drain()
+        assert b"300000" in await read_until(stream, b"300000")
+        await collect(stream)
+        assert await asyncio.wait_for(waiter.wait(), 10) == 0
+
+    asyncio.run(main())
+    state = runtime.state(s.id)
+    assert (state.status, state.exit_code) == ("exited", 0) and state.started_at > 0
+
+
+def test_stdin_is_buffered_only_so_far_then_the_sender_waits(runtime: Runtime, netns_path: str) -> None:
+    s = spec(netns_path, "sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.05; done; wc -c", open_stdin=True)
+    size = 8 * 1024 * 1024
+
+    async def main() -> bytes:
+        runtime.create(s)
+        stream = await runtime.attach(s.id, stdin=True, stdin_once=True)
+        await asyncio.to_thread(runtime.start, s.id)
+        stream.write(b"z" * size)  # the container reads none of it yet
+        drained = asyncio.ensure_future(stream.drain())
+        done, _ = await asyncio.wait({drained}, timeout=1.0)
+        assert not done, "the shim took all the stdin a stalled process was sent"
+        go = runtime.exec_create(s.id, ["touch", "/tmp/go"])
+        await runtime.exec_start(go, detach=True)
+        await asyncio.wait_for(drained, 10)
+        stream.close_stdin()
+        out, _ = await collect(stream)
+        return out
+
+    assert asyncio.run(main()).strip() == str(size).encode()  # paused and resumed, nothing lost
+
+
+def test_a_runc_that_cannot_be_run_fails_the_start_or_exec_cleanly(runtime: Runtime, netns_path: str,
+                                                                    tmp_path) -> None:
+    real, link = runtime.runc, tmp_path / "runc"
+    runtime.runc = str(link)  # shims get this path; nothing is there yet
+    try:
+        s = spec(netns_path, "sleep", "30")
+        runtime.create(s)
+        with pytest.raises(StartFailed) as failed:
+            runtime.start(s.id)
+        assert "running runc" in failed.value.message and failed.value.exit_code == 128
+        state = runtime.state(s.id)
+        assert (state.status, state.exit_code, state.running) == ("created", 128, False)
+        link.symlink_to(real)
+        assert runtime.start(s.id) > 0  # the failed run's shim ended: a fresh one starts it
+        assert runtime.state(s.id).running
+
+        async def execs() -> None:
+            link.unlink()
+            failing = runtime.exec_create(s.id, ["true"])
+            with pytest.raises(StartFailed, match="running runc"):
+                await runtime.exec_start(failing)
+            info = runtime.exec_inspect(failing)
+            assert (info.running, info.exit_code) == (False, 126)
+            assert [n for n in os.listdir(runtime.state_root / s.id) if n.startswith("exec-")] == []
+            link.symlink_to(real)
+            stream = await runtime.exec_start(runtime.exec_create(s.id, ["echo", "still"]))
+            assert await collect(stream) == (b"still\n", b"")
+
+        asyncio.run(execs())
+    finally:
+        if not link.is_symlink():
+            link.symlink_to(real)

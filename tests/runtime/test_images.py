@@ -189,6 +189,27 @@ def test_load_reads_docker_save_archives_and_checks_layer_digests(store: ImageSt
     assert [i.repo_tags for i in store.list()] == [["app:1", "app:latest"]] and len(layer_dirs(store)) == 2
 
 
+def test_a_partly_failed_load_keeps_the_images_it_committed(store: ImageStore) -> None:
+    good = tar_of([("good", b"1")])
+    archive = save_archive([(["first:1"], [good], {})])
+    forged_entry = save_archive([(["forged:1"], [tar_of([("evil", b"1")])], {})], claimed=[tar_of([("x", b"1")])])
+    with tarfile.open(fileobj=io.BytesIO(archive)) as a, tarfile.open(fileobj=io.BytesIO(forged_entry)) as b:
+        members = {m.name: a.extractfile(m).read() for m in a if m.isfile()}
+        forged = {m.name: b.extractfile(m).read() for m in b if m.isfile()}
+    manifest = json.loads(members.pop("manifest.json")) + json.loads(forged.pop("manifest.json"))
+    both = tar_of([(name, data) for name, data in {**members, **forged}.items()]
+                  + [("manifest.json", json.dumps(manifest).encode())])
+    with pytest.raises(InvalidArgument, match="has diff id"):
+        store.load(io.BytesIO(both))
+    # The first image was committed before the second failed: it stays whole, its layer with it.
+    image = store.get("first:1")
+    (fs,) = store.lower_dirs(image)
+    assert (Path(fs) / "good").read_bytes() == b"1"
+    assert len(layer_dirs(store)) == 1
+    with pytest.raises(NoSuchImage):
+        store.get("forged:1")
+
+
 def test_loaded_layers_stack_in_a_container(tmp_path: Path, store: ImageStore, make_netns) -> None:
     from muslin.kernel import netns
 

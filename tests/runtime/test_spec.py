@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,36 @@ def test_the_shims_log_is_docker_json_file_by_line(tmp_path: Path) -> None:
     assert len(entries[4].data) == shim.LOG_LINE_MAX and entries[5].data == b"x" * 10 + b"unterminated"
     assert [e.data for e in logs.read(str(path), logs.LogFilter(tail=1, stdout=False))] == [b"err\n"]
     assert logs.read(str(path), logs.LogFilter(tail=0)) == []
+
+
+def test_the_shims_log_cuts_reads_at_line_ends_and_long_lines_at_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    log = shim.Log(str(path))
+    lines = [f"{i}\n".encode() for i in range(10000)]
+    limit = shim.LOG_LINE_MAX
+    output = b"".join(lines) + b"y" * (limit - 1) + b"\n" + b"z" * limit + b"\n"
+    for at in range(0, len(output), 65536):  # as the shim reads a pipe
+        log.add("stdout", output[at : at + 65536])
+    log.flush()
+    assert [e.data for e in logs.read(str(path), logs.LogFilter())] == lines + [
+        b"y" * (limit - 1) + b"\n", b"z" * limit, b"\n"]
+
+
+@pytest.mark.parametrize("case, left", [("empty", None), ("written", b"trouble\n"), ("replaced", b"")])
+def test_a_shim_removes_only_its_own_empty_err_file(tmp_path: Path, case: str, left: bytes | None) -> None:
+    # "replaced": a newer shim of the same state directory has made its own shim.err meanwhile.
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(shim.__file__).parent)!r})
+import shim
+os.dup2(os.open(shim.ERR_NAME, os.O_WRONLY | os.O_CREAT, 0o600), 2)
+if {case!r} == "written":
+    os.write(2, b"trouble\\n")
+if {case!r} == "replaced":
+    os.unlink(shim.ERR_NAME)
+    open(shim.ERR_NAME, "w").close()
+shim.remove_empty_err()
+"""
+    subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, check=True, timeout=30)
+    err = tmp_path / shim.ERR_NAME
+    assert (err.read_bytes() if err.exists() else None) == left

@@ -19,7 +19,11 @@ SUN_PATH_MAX = 107
 
 
 class ShimGone(Exception):
-    """No shim listens (it never ran, or has finished)."""
+    """No shim listens (it never ran, or has finished), or it hung up before answering."""
+
+
+class NotListening(ShimGone):
+    """Nothing listens on the socket: there is no shim, or it has finished (never that it hung up)."""
 
 
 class ShimError(EngineError):
@@ -41,14 +45,17 @@ def connect(state_dir: str, timeout: float | None = 10.0) -> socket.socket:
                 os.close(fd)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
         sock.close()
-        raise ShimGone(str(exc)) from exc
+        raise NotListening(str(exc)) from exc
     return sock
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
-        chunk = sock.recv(n - len(data))
+        try:
+            chunk = sock.recv(n - len(data))
+        except ConnectionResetError:  # accepted just before the shim closed its socket
+            chunk = b""
         if not chunk:
             raise ShimGone("the shim closed the connection")
         data += chunk
@@ -79,7 +86,6 @@ class Stream:
         self._reader = reader
         self._writer = writer
         self.exit_code: int | None = None
-        self.reply: dict = {}
 
     @classmethod
     async def open(cls, state_dir: str, req: dict) -> "Stream":
@@ -96,7 +102,6 @@ class Stream:
         if first.kind == shim.ERROR:
             stream.close()
             raise ShimError(json.loads(first.payload)["message"])
-        stream.reply = json.loads(first.payload) if first.kind == shim.REPLY else {}
         return stream
 
     async def _frame(self) -> Frame | None:
@@ -137,9 +142,3 @@ class Stream:
 
     def close(self) -> None:
         self._writer.close()
-
-    async def wait_closed(self) -> None:
-        try:
-            await self._writer.wait_closed()
-        except ConnectionError:
-            pass

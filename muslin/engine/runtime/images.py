@@ -329,6 +329,7 @@ class ImageStore:
                     if got != expected:
                         raise InvalidArgument(f"layer {name} has diff id {got}, the config says {expected}")
                 image_id = self._add(config_bytes, tags)
+                made.clear()  # committed: these layers are the image's now, whatever comes next
                 loaded.extend(tags or [image_id])
         except BaseException:
             for path in made:

@@ -92,11 +92,13 @@ async def follow(path: str, flt: LogFilter, running: Callable[[], bool]) -> Asyn
         except FileNotFoundError:  # the container was removed
             return
         if size > offset:
-            entries, offset = _entries(path, offset)
+            entries, end = _entries(path, offset)
             for entry in entries:
                 if flt.wants(entry):
                     yield entry
-            continue
+            if end > offset:  # more may have come meanwhile; an unfinished last line waits a poll
+                offset = end
+                continue
         if not alive:
             return
         await asyncio.sleep(FOLLOW_POLL_SECONDS)

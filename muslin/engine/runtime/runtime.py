@@ -236,20 +236,30 @@ class Runtime:
             return 0
         return pid if _shim_alive(pid, self._state_dir(cid)) else 0
 
-    def _ensure_shim(self, cid: str) -> str:
-        """A shim for this container that has not yet finished its run; returns its phase."""
+    def _ensure_shim(self, cid: str) -> None:
+        """Make sure a shim for this container listens that has not yet finished its run."""
         meta = self._meta(cid)
         state_dir = self._state_dir(cid)
         with self._lock(cid):
             try:
-                return client.request(str(state_dir), {"op": "status"})["phase"]
+                client.request(str(state_dir), {"op": "status"})
+                return
             except (client.ShimGone, OSError):
                 pass
+            # A shim that stopped listening may still be finishing its run in this state directory: it
+            # `runc delete`s the container (until then a new `runc run` finds the id taken) and removes
+            # shim.pid and runc's files there, which would by then be the new shim's.
             old = self._shim_pid(cid)
             if old and not _wait_pid_gone(old, SHIM_EXIT_SECONDS):
                 raise EngineError(f"the shim of container {cid} does not finish")
             self._spawn_shim(cid, meta)
-            return "ready"
+
+    def _end_shim(self, cid: str, grace: float) -> None:
+        """Give the shim of ``cid`` (if any) ``grace`` seconds to finish, then SIGKILL it."""
+        pid = self._shim_pid(cid)
+        if pid and not _wait_pid_gone(pid, grace):
+            os.kill(pid, signal.SIGKILL)
+            _wait_pid_gone(pid, SHIM_EXIT_SECONDS)
 
     def _spawn_shim(self, cid: str, meta: dict) -> None:
         state_dir = self._state_dir(cid)
@@ -317,15 +327,19 @@ class Runtime:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, cid: str) -> int:
-        """Run the container (``runc run -d`` in its shim); returns its pid."""
-        state = self.state(cid)
-        if state.running:
-            raise NotModified(f"container {cid} is already started")
-        phase = self._ensure_shim(cid)
-        if phase == "running":
-            raise NotModified(f"container {cid} is already started")
+        """Run the container (``runc run -d`` in its shim); returns its pid.
+
+        The shim is asked first: after an attach or a next-exit wait (``docker run``) one is waiting,
+        and a running one refuses. Only when none listens is one spawned.
+        """
+        self._meta(cid)
+        state_dir = str(self._state_dir(cid))
         try:
-            reply = client.request(str(self._state_dir(cid)), {"op": "start"}, timeout=60.0)
+            try:
+                reply = client.request(state_dir, {"op": "start"}, timeout=60.0)
+            except client.NotListening:
+                self._ensure_shim(cid)
+                reply = client.request(state_dir, {"op": "start"}, timeout=60.0)
         except client.ShimGone as exc:
             raise EngineError(f"the shim of container {cid} went away: {exc}") from exc
         except client.ShimError as exc:
@@ -435,13 +449,7 @@ class Runtime:
 
     async def restart(self, cid: str, timeout: float = 10.0) -> int:
         await self.stop(cid, timeout)
-        await asyncio.to_thread(self._wait_shim_gone, cid)
-        return await asyncio.to_thread(self.start, cid)
-
-    def _wait_shim_gone(self, cid: str) -> None:
-        pid = self._shim_pid(cid)
-        if pid and not _wait_pid_gone(pid, SHIM_EXIT_SECONDS):
-            raise EngineError(f"the shim of container {cid} does not finish")
+        return await asyncio.to_thread(self.start, cid)  # which waits for the stopped run's shim to finish
 
     def delete(self, cid: str, force: bool = False) -> None:
         """Remove the container and everything it had: shim, runc state, files. ``force`` kills it first."""
@@ -457,10 +465,7 @@ class Runtime:
             else:
                 with contextlib.suppress(client.ShimGone, client.ShimError, OSError):
                     client.request(state_dir, {"op": "shutdown"})
-            pid = self._shim_pid(cid)
-            if pid and not _wait_pid_gone(pid, SHIM_EXIT_SECONDS):
-                os.kill(pid, signal.SIGKILL)
-                _wait_pid_gone(pid, SHIM_EXIT_SECONDS)
+            self._end_shim(cid, SHIM_EXIT_SECONDS)
             self._delete_runc_leftover(cid)
             shutil.rmtree(self._state_dir(cid), ignore_errors=True)
             shutil.rmtree(self._dir(cid), ignore_errors=True)
@@ -526,10 +531,8 @@ class Runtime:
         known = {p.name for p in (self.root / "containers").iterdir()}
         for orphan in self.state_root.iterdir():  # a delete cut short: shim state without a container
             if orphan.name != "runc" and orphan.name not in known:
-                pid = self._shim_pid(orphan.name) if ID_PATTERN.fullmatch(orphan.name) else 0
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-                    _wait_pid_gone(pid, SHIM_EXIT_SECONDS)
+                if ID_PATTERN.fullmatch(orphan.name):
+                    self._end_shim(orphan.name, 0)
                 self._delete_runc_leftover(orphan.name)
                 shutil.rmtree(orphan, ignore_errors=True)
         for state in self.list():

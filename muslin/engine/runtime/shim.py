@@ -19,7 +19,8 @@ Protocol on ``shim.sock``: the client sends one JSON line ``{"op": ...}``; the s
 ERROR (JSON). Ops: ``attach`` (streams, stdin, stdin_once), ``wait``, ``start``, ``exec`` (exec_id,
 process, tty, stdin, detach), ``kill`` (signal, exec_id?), ``resize`` (height, width, exec_id?),
 ``status`` and ``shutdown`` (before start only). Bytes the client sends after the line are the
-process's stdin; the client's EOF on them detaches (closing the process's stdin with ``stdin_once``).
+process's stdin, read no faster than the process takes them once a buffer is full; the client's EOF
+on them detaches (closing the process's stdin with ``stdin_once``).
 """
 
 from __future__ import annotations
@@ -36,17 +37,21 @@ import struct
 import sys
 import termios
 import time
+import traceback
+from collections.abc import Callable
 
 FRAME = struct.Struct(">BI")
 STDOUT, STDERR, EXIT, REPLY, ERROR = 1, 2, 3, 4, 5
 SOCKET_NAME = "shim.sock"
 CONFIG_NAME = "shim.json"
 PID_NAME = "shim.pid"
+ERR_NAME = "shim.err"
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NAME = 15
 LOG_LINE_MAX = 16 * 1024  # as Docker's json-file: longer lines are split into partial records
 REQUEST_MAX = 1024 * 1024  # an exec's process spec is the largest request
 CLIENT_BUFFER_MAX = 64 * 1024 * 1024  # a client that stops reading is dropped past this
+STDIN_BUFFER_MAX = 1024 * 1024  # stdin queued for a process that does not read: its senders pause past this
 DRAIN_SECONDS = 2.0
 FLUSH_SECONDS = 5.0
 
@@ -97,38 +102,44 @@ class Log:
         self.partial = {"stdout": b"", "stderr": b""}
 
     def add(self, stream: str, data: bytes) -> None:
-        now = rfc3339(time.time_ns())
+        tail = self._tail(stream, rfc3339(time.time_ns()))
         buf = self.partial[stream] + data
         records = []
+        start = 0  # walked, not re-sliced: a 64 KiB read of short lines is one pass
         while True:
-            cut = buf.find(b"\n")
-            if cut < 0 or cut >= LOG_LINE_MAX:
-                if len(buf) < LOG_LINE_MAX:
+            cut = buf.find(b"\n", start, start + LOG_LINE_MAX)
+            if cut < 0:
+                if len(buf) - start < LOG_LINE_MAX:
                     break
-                cut = LOG_LINE_MAX - 1
-            records.append(self._record(stream, buf[: cut + 1], now))
-            buf = buf[cut + 1 :]
-        self.partial[stream] = buf
+                cut = start + LOG_LINE_MAX - 1
+            records.append(self._record(buf[start : cut + 1], tail))
+            start = cut + 1
+        self.partial[stream] = buf[start:]
         self._write(records)
 
     def flush(self) -> None:
         now = rfc3339(time.time_ns())
-        records = [self._record(s, b, now) for s, b in self.partial.items() if b]
+        records = [self._record(b, self._tail(s, now)) for s, b in self.partial.items() if b]
         self.partial = {"stdout": b"", "stderr": b""}
         self._write(records)
 
-    def _write(self, records: list[bytes]) -> None:
+    def _write(self, records: list[str]) -> None:
         if not records:
             return
         try:
-            os.write(self.fd, b"".join(records))
+            os.write(self.fd, "".join(records).encode())
         except OSError as exc:  # a full disk loses log lines, never the container's output to attachers
             print(f"writing the log: {exc}", file=sys.stderr)
 
+    # What json.dumps({"log": ..., "stream": ..., "time": ...}) gives, with the part after the line's
+    # text made once per read rather than a dict encoded per line.
     @staticmethod
-    def _record(stream: str, line: bytes, when: str) -> bytes:
-        text = line.decode("utf-8", "surrogateescape")
-        return json.dumps({"log": text, "stream": stream, "time": when}).encode() + b"\n"
+    def _tail(stream: str, when: str) -> str:
+        return ', "stream": ' + json.dumps(stream) + ', "time": ' + json.dumps(when) + "}\n"
+
+    @staticmethod
+    def _record(line: bytes, tail: str) -> str:
+        return '{"log": ' + json.dumps(line.decode("utf-8", "surrogateescape")) + tail
 
 
 class Client:
@@ -140,7 +151,8 @@ class Client:
         self.inbuf = b""
         self.outbuf = bytearray()
         self.request: dict | None = None
-        self.reading = True
+        self.reading = True  # until the client's EOF
+        self.paused = False  # while the stdin it feeds is full
         self.closing = False
         self.closed = False
         self.events = selectors.EVENT_READ
@@ -174,7 +186,8 @@ class Client:
 
     def watch(self) -> None:
         """Poll for what this client still needs: its input while it sends, writability while queued."""
-        events = (selectors.EVENT_READ if self.reading else 0) | (selectors.EVENT_WRITE if self.outbuf else 0)
+        reading = self.reading and not self.paused
+        events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if self.outbuf else 0)
         if events == self.events:
             return
         if not events:
@@ -188,6 +201,11 @@ class Client:
     def stop_reading(self) -> None:
         self.reading = False
         self.watch()
+
+    def pause(self, paused: bool) -> None:
+        if not self.closed:
+            self.paused = paused
+            self.watch()
 
     def finish(self) -> None:
         """Close once everything queued has been sent."""
@@ -243,12 +261,16 @@ class Stdin:
         self.eof = False
         self.closed = False
         self.watching = False
+        self.paused: set[Client] = set()  # senders not read from until the buffer drains
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, sender: Client) -> None:
         if self.closed or self.eof:
             return
         self.buf += data
         self.flush()
+        if len(self.buf) > STDIN_BUFFER_MAX and not self.closed:
+            self.paused.add(sender)
+            sender.pause(True)
 
     def flush(self) -> None:
         if self.fd is None:
@@ -265,13 +287,20 @@ class Stdin:
         if self.closed:
             return
         if self.buf and not self.watching:
-            self.shim.sel.register(self.fd, selectors.EVENT_WRITE, self)
+            self.shim.watch(self.fd, selectors.EVENT_WRITE, self.flush)
             self.watching = True
         elif not self.buf and self.watching:
-            self.shim.sel.unregister(self.fd)
+            self.shim.watch(self.fd, selectors.EVENT_WRITE, None)
             self.watching = False
+        if self.paused and len(self.buf) <= STDIN_BUFFER_MAX // 2:
+            self.resume_senders()
         if not self.buf and self.eof:
             self.close()
+
+    def resume_senders(self) -> None:
+        for sender in self.paused:
+            sender.pause(False)
+        self.paused.clear()
 
     def close_when_drained(self) -> None:
         self.eof = True
@@ -281,8 +310,10 @@ class Stdin:
         if self.closed:
             return
         self.closed = True
+        self.buf.clear()
+        self.resume_senders()  # what they send now is dropped, but their EOF must still be seen
         if self.watching:
-            self.shim.sel.unregister(self.fd)
+            self.shim.watch(self.fd, selectors.EVENT_WRITE, None)
         if self.owned:
             os.close(self.fd)
 
@@ -353,7 +384,7 @@ class Process:
                 self.stdin.flush()
             self.close_console()
         for out in self.outputs:
-            self.shim.sel.register(out.fd, selectors.EVENT_READ, out)
+            self.shim.watch(out.fd, selectors.EVENT_READ, out.read)
 
     def close_console(self) -> None:
         if self.console is not None:
@@ -367,6 +398,7 @@ class Process:
             os.close(fd)
         self.child_fds = []
         for out in self.outputs:
+            self.shim.watch(out.fd, selectors.EVENT_READ, None)
             os.close(out.fd)
         self.outputs = []
         if self.stdin is not None:
@@ -377,7 +409,7 @@ class Process:
         raise NotImplementedError
 
     def on_eof(self, out: Output) -> None:
-        self.shim.sel.unregister(out.fd)
+        self.shim.watch(out.fd, selectors.EVENT_READ, None)
         self.outputs.remove(out)
         if out.fd == self.master:
             if self.stdin is not None:
@@ -431,10 +463,32 @@ class Exec(Process):
             self.client.send(frame(STDOUT if stream == "stdout" else STDERR, data))
 
 
+class FdWatch:
+    """What the loop does when one fd is ready: a pty master is both an output read and a stdin written,
+    and a selector takes each fd once, so the two interests share one registration."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.handlers: dict[int, Callable[[], None]] = {}  # selector event -> what to call
+
+    @property
+    def events(self) -> int:
+        mask = 0
+        for event in self.handlers:
+            mask |= event
+        return mask
+
+    def ready(self, events: int) -> None:
+        for event, handler in list(self.handlers.items()):
+            if events & event and self.handlers.get(event) is handler:  # an earlier handler may drop it
+                handler()
+
+
 class Shim:
     def __init__(self, config: dict) -> None:
         self.config = config
         self.sel = selectors.DefaultSelector()
+        self.fd_watches: dict[int, FdWatch] = {}
         self.log = Log(config["log"])
         self.runc = [config["runc"], "--root", config["runc_root"]]
         self.run_dir = config["run_dir"]
@@ -464,6 +518,34 @@ class Shim:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.sel.register(wake_r, selectors.EVENT_READ, "sigchld")
         self.wake_r = wake_r
+
+    def watch(self, fd: int, event: int, handler: Callable[[], None] | None) -> None:
+        """Call ``handler`` when ``fd`` is ready for ``event`` (read or write); None stops that."""
+        entry = self.fd_watches.get(fd)
+        if entry is None:
+            if handler is None:
+                return
+            entry = self.fd_watches[fd] = FdWatch(fd)
+        before = entry.events
+        if handler is None:
+            entry.handlers.pop(event, None)
+        else:
+            entry.handlers[event] = handler
+        after = entry.events
+        if not after:  # an emptied watch the selector still hands out this round calls nothing
+            del self.fd_watches[fd]
+            self.sel.unregister(fd)
+        elif not before:
+            self.sel.register(fd, after, entry)
+        elif after != before:
+            self.sel.modify(fd, after, entry)
+
+    def unwatch(self, entry: FdWatch) -> None:
+        """Stop polling an fd altogether (one of its handlers failed)."""
+        entry.handlers.clear()  # the selector may still hand it out in the current round
+        if self.fd_watches.get(entry.fd) is entry:
+            del self.fd_watches[entry.fd]
+            self.sel.unregister(entry.fd)
 
     # -- runc ---------------------------------------------------------------------------------
     def spawn_runc(self, args: list[str], stdio: list[int], on_exit) -> str:
@@ -546,14 +628,7 @@ class Shim:
         def started(status: int, log_path: str, spawn: int) -> None:
             if status != 0:
                 message = self.runc_error(log_path)
-                self.init.discard()
-                write_json_atomic(os.path.join(self.run_dir, "exit.json"),
-                                  {"exit_code": start_failure_code(message, 128), "error": message,
-                                   "finished_at": time.time_ns()})
-                client.send(jframe(ERROR, {"message": message}))
-                client.finish()
-                self.phase = "exited"
-                self.shutdown()
+                self.start_failed(client, message, start_failure_code(message, 128))
                 return
             os.unlink(log_path)
             with open("init.pid") as f:
@@ -570,7 +645,21 @@ class Shim:
             client.finish()
             self.watch_pid(self.init.pid, spawn, self.init_exited)
 
-        self.spawn_runc(args, self.init.stdio, started)
+        try:
+            self.spawn_runc(args, self.init.stdio, started)
+        except OSError as exc:  # no runc, or no process to run it in
+            self.start_failed(client, f"running runc: {exc}", 128)
+
+    def start_failed(self, client: Client, message: str, exit_code: int) -> None:
+        """Nothing runs: record why and end this shim (the next start gets a fresh one)."""
+        self.stop_listening()  # before the answer: a start sent after it must find no shim, not this one
+        self.init.discard()
+        write_json_atomic(os.path.join(self.run_dir, "exit.json"),
+                          {"exit_code": exit_code, "error": message, "finished_at": time.time_ns()})
+        client.send(jframe(ERROR, {"message": message}))
+        client.finish()
+        self.phase = "exited"
+        self.shutdown()
 
     def init_exited(self, status: int) -> None:
         code = exit_code_of(status)
@@ -606,6 +695,7 @@ class Shim:
         if self.phase == "exited" and self.init.pid:
             self.run_runc_blocking(["delete", "--force", self.config["id"]])
         self.init.discard()
+        remove_empty_err()  # before shim.pid goes: from then on a new shim may own this directory
         for name in ("init.pid", PID_NAME):
             if os.path.exists(name):
                 os.unlink(name)
@@ -619,8 +709,13 @@ class Shim:
         argv = [*self.runc, *args]
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         actions = [(os.POSIX_SPAWN_DUP2, null, n) for n in range(3)]
-        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=actions)
-        os.close(null)
+        try:
+            pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=actions)
+        except OSError as exc:  # muslind's recovery deletes what runc left
+            print(f"running runc {args[0]}: {exc}", file=sys.stderr)
+            return
+        finally:
+            os.close(null)
         os.waitpid(pid, 0)
 
     def stop_listening(self) -> None:
@@ -653,12 +748,7 @@ class Shim:
             if status != 0:
                 message = self.runc_error(log_path)
                 os.unlink(log_path)
-                exe.discard()
-                self.execs.pop(name, None)
-                self.remove_exec_files(name)
-                self.record_exec(name, {"exit_code": start_failure_code(message, 126), "error": message, "pid": 0})
-                client.send(jframe(ERROR, {"message": message}))
-                client.finish()
+                self.exec_failed(client, exe, message, start_failure_code(message, 126))
                 return
             os.unlink(log_path)
             with open(f"exec-{name}.pid") as f:
@@ -674,7 +764,18 @@ class Shim:
                 client.finish()
             self.watch_pid(exe.pid, spawn, lambda st: self.exec_exited(exe, st))
 
-        self.spawn_runc(args, exe.stdio, started)
+        try:
+            self.spawn_runc(args, exe.stdio, started)
+        except OSError as exc:
+            self.exec_failed(client, exe, f"running runc: {exc}", 126)
+
+    def exec_failed(self, client: Client, exe: Exec, message: str, exit_code: int) -> None:
+        exe.discard()
+        self.execs.pop(exe.name, None)
+        self.remove_exec_files(exe.name)
+        self.record_exec(exe.name, {"exit_code": exit_code, "error": message, "pid": 0})
+        client.send(jframe(ERROR, {"message": message}))
+        client.finish()
 
     def exec_exited(self, exe: Exec, status: int) -> None:
         exe.status = status
@@ -756,7 +857,7 @@ class Shim:
         target = self.stdin_target(client)
         if data:
             if target is not None:
-                target.write(data)
+                target.write(data, client)
             return
         # EOF: the client half-closed (done sending stdin) or went away; sending will tell which.
         client.stop_reading()
@@ -824,13 +925,11 @@ class Shim:
             try:
                 self.handle(key.data, events)
             except Exception:  # one bad connection or stream must not take the container's shim down
-                import traceback
-
                 traceback.print_exc()
                 if isinstance(key.data, Client):
                     key.data.close()
-                elif isinstance(key.data, Output) and key.data.fd in self.sel.get_map():
-                    self.sel.unregister(key.data.fd)
+                elif isinstance(key.data, FdWatch):
+                    self.unwatch(key.data)
             if self.done:
                 return
 
@@ -849,10 +948,8 @@ class Shim:
                 data.flush()
             if events & selectors.EVENT_READ and not data.closed:
                 self.readable(data)
-        elif isinstance(data, Output):
-            data.read()
-        elif isinstance(data, Stdin):
-            data.flush()
+        elif isinstance(data, FdWatch):
+            data.ready(events)
 
     def run(self) -> None:
         while not self.done:
@@ -867,7 +964,7 @@ def run_shim(state_dir: str) -> None:
     libc.prctl(PR_SET_NAME, b"muslin-shim", 0, 0, 0)  # what ps -o comm and top show
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    err = os.open("shim.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    err = os.open(ERR_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     os.dup2(err, 2)
     os.close(err)
     with open(CONFIG_NAME) as f:
@@ -880,9 +977,21 @@ def run_shim(state_dir: str) -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    shim.run()
-    if os.path.getsize("shim.err") == 0:
-        os.unlink("shim.err")
+    try:
+        shim.run()
+    except BaseException:  # muslind stopped listening at `ready`: shim.err is where this can be read
+        traceback.print_exc()
+        sys.stderr.flush()
+
+
+def remove_empty_err() -> None:
+    """Remove shim.err if it is ours (fd 2) and nothing was written to it."""
+    try:
+        ours, there = os.fstat(2), os.stat(ERR_NAME)
+    except OSError:
+        return
+    if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino) and ours.st_size == 0:
+        os.unlink(ERR_NAME)
 
 
 def serve_spawner() -> None:
