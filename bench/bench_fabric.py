@@ -1,7 +1,7 @@
 """Fabric benchmark: container-to-container TCP throughput across two simulated hosts, per backend,
 against the same path built by hand in the kernel, in the same run; and lease-to-route convergence.
 
-    .venv/bin/python bench/bench_fabric.py [--seconds 4] [--trials 20]
+    .venv/bin/python bench/bench_fabric.py [--seconds 4] [--trials 20] [--only throughput|convergence|udp]
 
 Every iperf3 run is bounded (-t seconds, and a subprocess timeout); everything runs in namespaces this
 script creates and removes. Prints one line per measurement and the ratios the issue sets goals for.
@@ -197,6 +197,10 @@ def throughput(rig: Rig, seconds: int, rounds: int) -> None:
         print(f"{backend}: best {max(ours):.2f} vs {max(hand):.2f} Gbit/s; ratio of bests {max(ours) / max(hand):.3f}, "
               f"of medians {statistics.median(ours) / statistics.median(hand):.3f} (goal vs {goal} >= 0.95)",
               flush=True)
+    udp_throughput(rig, seconds, rounds)
+
+
+def udp_throughput(rig: Rig, seconds: int, rounds: int) -> None:
     udp = [agent_pair(rig, "udp", seconds) for _ in range(rounds)]
     print(f"udp: best {max(udp):.2f} Gbit/s, median {statistics.median(udp):.2f} "
           "(goal >= 1.0; flanneld's udp measured ~0.33 here)", flush=True)
@@ -208,7 +212,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternating hand-made/agent rounds per backend (the machine is shared: noise)")
-    parser.add_argument("--only", choices=("throughput", "convergence"), default=None)
+    parser.add_argument("--only", choices=("throughput", "convergence", "udp"), default=None)
     args = parser.parse_args()
     prefix = f"bf{uuid.uuid4().hex[:5]}"
     workdir = tempfile.mkdtemp(prefix=f"muslin-{prefix}-")
@@ -216,9 +220,11 @@ def main() -> int:
     rig = Rig(underlay, workdir)
     try:
         rig.etcd.start()
-        if args.only != "convergence":
+        if args.only == "udp":
+            udp_throughput(rig, args.seconds, args.rounds)
+        if args.only in (None, "throughput"):
             throughput(rig, args.seconds, args.rounds)
-        if args.only != "throughput":
+        if args.only in (None, "convergence"):
             ms = convergence(rig, args.trials)
             print(f"convergence lease->route over {len(ms)} trials: median {statistics.median(ms):.1f} ms, "
                   f"max {max(ms):.1f} ms (goal: median <= 50 ms)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -23,7 +23,7 @@ from muslin.fabric import files, firewall
 from muslin.fabric.backends import make_backend
 from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
 from muslin.fabric.config import ConfigError, NetworkConfig, parse_config
-from muslin.fabric.etcd import (Endpoint, KeyValueStore, StoreUnavailable, TlsFiles, WatchResync,
+from muslin.fabric.etcd import (Credentials, Endpoint, KeyValueStore, StoreError, TlsFiles, WatchResync,
                                 find_config_store)
 from muslin.fabric.subnets import DEFAULT_LEASE_TTL, Lease, LeaseAttrs, LeaseEvent, NetworkExhausted, SubnetManager
 from muslin.kernel import overlay
@@ -48,6 +48,7 @@ class AgentOptions:
     prefix: str = "/coreos.com/network"
     etcd_api: str = "auto"
     tls: TlsFiles = field(default_factory=TlsFiles)
+    auth: Credentials = field(default_factory=Credentials)
     ifaces: list[str] = field(default_factory=list)
     iface_regexes: list[str] = field(default_factory=list)
     public_ip: IPv4Address | None = None
@@ -100,6 +101,9 @@ def find_external_interface(ipr: IPRoute, ifaces: list[str], public_ip: IPv4Addr
     if iface_regexes and not candidates:
         raise AgentError(f"no interface matches --iface-regex {', '.join(iface_regexes)}; no lease was taken")
     if not candidates:
+        # The route the kernel picks for an address no more specific route covers is the default route;
+        # asking for one (rather than listing routes for 0.0.0.0/0) also honours policy rules and metrics.
+        # Not 255.255.255.255: the limited broadcast address is answered from the local table instead.
         gateway, oif = overlay.route_source(ipr, IPv4Address("255.255.255.254"))
         mine = [a.ip for i, a in addresses if i == oif]
         if oif is None or not mine:
@@ -131,9 +135,11 @@ class Agent:
         self.ext: ExternalInterface | None = None
         self.lease: Lease | None = None
         self.local: LocalNetwork | None = None
-        self.peers: dict[IPv4Network, Lease] = {}
+        self.peers: dict[IPv4Network, Lease] = {}  # changed only between awaits, so no lock guards it
         self.revision = 0
-        self._lock = asyncio.Lock()
+        # Held by whatever reads or changes our lease and what hangs off it (take, renew, install, register):
+        # the watch, renew and reconcile tasks would otherwise interleave at every await.
+        self._lease_lock = asyncio.Lock()
 
     async def _kernel(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -146,9 +152,9 @@ class Agent:
         while not stop.is_set():
             try:
                 store, entry = await find_config_store(self.options.endpoints, self.options.tls,
-                                                       self.options.etcd_api, key)
-            except StoreUnavailable as exc:
-                log.error("cannot reach etcd: %s; retrying", exc)
+                                                       self.options.etcd_api, key, self.options.auth)
+            except StoreError as exc:
+                log.error("cannot read the network config: %s; retrying", exc)
                 await _sleep_or_stop(stop, RETRY_SECONDS)
                 continue
             if entry is None:
@@ -190,6 +196,13 @@ class Agent:
         log.info("lease %s on %s (%s, MTU %d); wrote %s", self.lease.subnet, self.lease.attrs.public_ip,
                  self.local.device, self.local.mtu, self.options.subnet_file)
 
+    def _set_peers(self, leases: list[Lease], revision: int) -> None:
+        """Every listed lease but ours is a peer (unless events newer than the listing were applied)."""
+        assert self.lease
+        if revision >= self.revision:
+            self.peers = {p.subnet: p for p in leases if p.subnet != self.lease.subnet}
+            self.revision = revision
+
     def _firewall_spec(self) -> firewall.FirewallSpec:
         assert self.config and self.lease
         return firewall.FirewallSpec(self.config.network, self.lease.subnet, self.options.ip_masq,
@@ -212,7 +225,7 @@ class Agent:
                 return
             except NetworkExhausted as exc:
                 raise AgentError(str(exc)) from exc
-            except StoreUnavailable as exc:
+            except StoreError as exc:
                 log.error("cannot lease a subnet: %s; retrying", exc)
             await _sleep_or_stop(stop, RETRY_SECONDS)
             if stop.is_set():
@@ -223,52 +236,68 @@ class Agent:
     async def _resync(self) -> None:
         """Re-list the lease table and make the kernel match it."""
         assert self.manager and self.lease
+        lease = self.lease
         leases, revision = await self.manager.list_leases()
-        async with self._lock:
-            if revision >= self.revision:
-                self.peers = {l.subnet: l for l in leases if l.subnet != self.lease.subnet}
-                self.revision = revision
-            ours = any(l.subnet == self.lease.subnet and l.attrs.public_ip == self.lease.attrs.public_ip
-                       for l in leases)
-        if not ours:
-            await self._retake_lease("our lease is gone from etcd")
+        self._set_peers(leases, revision)
+        if not any(p.subnet == lease.subnet and p.attrs.public_ip == lease.attrs.public_ip for p in leases):
+            await self._retake_lease("our lease is gone from etcd", lease)
         await self._reconcile_kernel()
 
     async def _reconcile_kernel(self) -> None:
-        assert self.backend and self.lease and self.manager
-        attrs: LeaseAttrs = await self._kernel(self.backend.lease_attrs)
-        if attrs != self.lease.attrs:
-            # The device was recreated (new VtepMAC) or the address changed: publish what peers need now.
-            log.warning("lease attributes changed (%s); republishing", attrs.to_json())
-            self.lease = await self.manager.renew(Lease(self.lease.subnet, attrs, self.lease.expires))
-            await self._install_lease()
-        async with self._lock:
-            peers = list(self.peers.values())
-        await self._kernel(self.backend.register_network, self.lease)
-        await self._kernel(self.backend.reconcile, peers)
-        await self._kernel(firewall.apply, self._firewall_spec())
+        assert self.backend and self.manager
+        lost = False
+        async with self._lease_lock:
+            lease = self.lease
+            assert lease
+            attrs: LeaseAttrs = await self._kernel(self.backend.lease_attrs)
+            if attrs == lease.attrs:
+                await self._kernel(self.backend.register_network, lease)
+            else:
+                # The device was recreated (new VtepMAC) or the address changed: publish what peers need now.
+                log.warning("lease attributes changed (%s); republishing", attrs.to_json())
+                renewed = await self.manager.renew(lease, attrs)
+                lost = renewed is None
+                if renewed is not None:
+                    self.lease = renewed
+                    await self._install_lease()  # registers the network with the new lease
+            if not lost:
+                await self._kernel(self.backend.reconcile, list(self.peers.values()))
+                await self._kernel(firewall.apply, self._firewall_spec())
+                return
+        # Not ours any more (the lock is released first: retaking takes it).
+        await self._retake_lease("our lease changed before we could republish it", lease)
 
-    async def _retake_lease(self, why: str) -> None:
-        assert self.lease
-        old = self.lease.subnet
-        log.warning("%s: taking lease %s back (or a new one)", why, old)
-        await self._take_lease(old)
-        if self.lease.subnet != old:
+    async def _retake_lease(self, why: str, stale: Lease) -> None:
+        """Take our lease back, or a new one, unless another task already replaced the stale lease."""
+        assert self.manager and self.backend
+        async with self._lease_lock:
+            if self.lease is not stale:
+                return
+            old = stale.subnet
+            log.warning("%s: taking lease %s back (or a new one)", why, old)
+            await self._take_lease(old)
+            assert self.lease
+            if self.lease.subnet == old:
+                return
             log.warning("subnet changed from %s to %s; containers must be restarted on the new one",
                         old, self.lease.subnet)
+            # Whoever holds our old subnet now (and any peer we knew at our new one) must be seen at once,
+            # not at the next full re-list: list again and reconcile against the fresh table.
+            leases, revision = await self.manager.list_leases()
+            self._set_peers(leases, max(revision, self.revision))
+            await self._kernel(self.backend.reconcile, list(self.peers.values()))
 
     async def _apply_event(self, event: LeaseEvent) -> None:
         assert self.backend and self.lease
         if event.subnet == self.lease.subnet:
             if event.kind == "removed":
-                await self._retake_lease("our lease was deleted or expired")
+                await self._retake_lease("our lease was deleted or expired", self.lease)
             elif event.lease and event.lease.attrs.public_ip != self.lease.attrs.public_ip:
-                await self._retake_lease(f"our subnet is now claimed by {event.lease.attrs.public_ip}")
+                await self._retake_lease(f"our subnet is now claimed by {event.lease.attrs.public_ip}", self.lease)
             return
-        async with self._lock:
-            old = self.peers.pop(event.subnet, None)
-            if event.lease is not None:
-                self.peers[event.subnet] = event.lease
+        old = self.peers.pop(event.subnet, None)
+        if event.lease is not None:
+            self.peers[event.subnet] = event.lease
         if event.kind == "removed":
             if old is not None:
                 log.info("peer %s (%s) left", event.subnet, old.attrs.public_ip)
@@ -286,6 +315,9 @@ class Agent:
         while True:
             try:
                 async for event in self.manager.watch(self.revision + 1):
+                    # Recorded before the event is applied: if applying fails, the reconcile that follows
+                    # re-lists the whole table, so the event is not lost; resuming the watch at it again
+                    # would instead replay a failing event forever.
                     self.revision = max(self.revision, event.revision)
                     await self._apply_event(event)
             except asyncio.CancelledError:
@@ -331,13 +363,16 @@ class Agent:
         delay = self.renew_delay()
         while True:
             await asyncio.sleep(delay)
-            assert self.lease
             try:
-                if await self.manager.still_ours(self.lease):
-                    self.lease = await self.manager.renew(self.lease)
-                    log.info("renewed lease %s", self.lease.subnet)
-                else:
-                    await self._retake_lease("our lease vanished before renewal")
+                async with self._lease_lock:
+                    lease = self.lease
+                    assert lease
+                    renewed = await self.manager.renew(lease)  # only if etcd still names us
+                    if renewed is not None:
+                        self.lease = renewed
+                        log.info("renewed lease %s", renewed.subnet)
+                if renewed is None:
+                    await self._retake_lease("our lease vanished or was claimed before renewal", lease)
                 delay = self.renew_delay()
             except asyncio.CancelledError:
                 raise
@@ -393,22 +428,25 @@ class Agent:
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        """Undo what dies with the agent; every step runs even when an earlier one failed."""
         if self.lease is not None:
-            try:
-                await self._kernel(firewall.remove)
-            except Exception as exc:
-                log.error("removing firewall rules failed: %s", exc)
+            await _step("removing firewall rules", self._kernel(firewall.remove))
         if self.backend is not None:
-            await self._kernel(self.backend.close)
+            await _step("closing the backend", self._kernel(self.backend.close))
         if self.ipr is not None:
-            await self._kernel(self.ipr.close)
-        if self.store is not None:
-            try:
-                await self.store.close()
-            except Exception:  # closing a channel to a dead member may fail; we are leaving anyway
-                pass
+            await _step("closing the netlink socket", self._kernel(self.ipr.close))
+        if self.store is not None:  # closing a channel to a dead member may fail; we are leaving anyway
+            await _step("closing the etcd client", self.store.close())
         self._pool.shutdown(wait=True)
         log.info("stopped; lease %s kept for the next start", self.lease.subnet if self.lease else None)
+
+
+async def _step(what: str, action: Awaitable[object]) -> None:
+    """One shutdown step: a failure is logged, and the next step runs."""
+    try:
+        await action
+    except Exception as exc:
+        log.error("%s failed: %s", what, exc)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -3,7 +3,7 @@
 Sources, weakest first: defaults; ``FLANNELD_<FLAG>`` variables (flanneld's own); the seed's
 /etc/sysconfig/flanneld variables FLANNEL_ETCD_ENDPOINTS, FLANNEL_ETCD_PREFIX and FLANNEL_OPTIONS (as
 flanneld-start passes them); the command line. Go-style single-dash flags are accepted, and glog's
-logging flags (--logtostderr, --log_dir, -v) are accepted and ignored.
+logging flags (-logtostderr, --log_dir=..., -v 2) are accepted, with or without a value, and ignored.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address
 
 from muslin.fabric.agent import Agent, AgentError, AgentOptions
-from muslin.fabric.etcd import API_CHOICES, TlsFiles, parse_endpoints
+from muslin.fabric.etcd import API_CHOICES, Credentials, TlsFiles, parse_endpoints
 from muslin.fabric.files import DEFAULT_SUBNET_FILE
 from muslin.fabric.subnets import DEFAULT_LEASE_TTL
 
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd-cafile", default="")
     p.add_argument("--etcd-certfile", default="")
     p.add_argument("--etcd-keyfile", default="")
+    p.add_argument("--etcd-username", default="", help="etcd user (v3: etcd auth; v2: HTTP basic auth)")
+    p.add_argument("--etcd-password", default="", help="or FLANNELD_ETCD_PASSWORD, which stays out of ps")
     p.add_argument("--iface", action="append", default=None, help="interface name or address (repeatable)")
     p.add_argument("--iface-regex", action="append", default=None,
                    help="regex on interface addresses, then names (repeatable; used when --iface is not given)")
@@ -64,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--healthz-port", type=int, default=0, help="0 disables /healthz")
     p.add_argument("--version", action="store_true")
     for name in GLOG_FLAGS:
-        p.add_argument(f"--{name}", help=argparse.SUPPRESS)
+        # glog's bools stand alone (-logtostderr) or take =value; -v also comes as "-v 2" (one dash).
+        names = ["-v", "--v"] if name == "v" else [f"--{name}"]
+        p.add_argument(*names, nargs="?", const="true", help=argparse.SUPPRESS)
     return p
 
 
@@ -104,10 +108,14 @@ def apply_env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) 
 
 
 def options_from(args: argparse.Namespace) -> AgentOptions:
+    """The agent's options; ValueError says which flag is wrong."""
     public_ip = IPv4Address(args.public_ip) if args.public_ip else None
+    if bool(args.etcd_username) != bool(args.etcd_password):
+        raise ValueError("--etcd-username and --etcd-password must be given together")
     return AgentOptions(
         endpoints=parse_endpoints(args.etcd_endpoints), prefix=args.etcd_prefix, etcd_api=args.etcd_api,
         tls=TlsFiles(args.etcd_cafile or None, args.etcd_certfile or None, args.etcd_keyfile or None),
+        auth=Credentials(args.etcd_username, args.etcd_password),
         ifaces=[i for spec in args.iface for i in spec.split(",") if i], iface_regexes=list(args.iface_regex),
         public_ip=public_ip,
         subnet_file=args.subnet_file, docker_opts_file=args.docker_opts_file or None,

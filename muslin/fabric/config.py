@@ -8,7 +8,7 @@ names the key and says that nothing was set up.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -30,7 +30,6 @@ class BackendConfig:
     mtu: int | None = None  # None: derived from the external interface
     direct_routing: bool = False
     explicit: bool = False  # whether the config named a backend (flanneld's default differs: see cli)
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -48,11 +47,10 @@ class NetworkConfig:
     def subnet_at(self, address: IPv4Address) -> IPv4Network:
         return IPv4Network((address, self.subnet_len))
 
-    def candidate_subnets(self) -> list[IPv4Network]:
-        """Every subnet between SubnetMin and SubnetMax inclusive, in address order."""
-        step = self.subnet_size
-        return [self.subnet_at(IPv4Address(a))
-                for a in range(int(self.subnet_min), int(self.subnet_max) + 1, step)]
+    @property
+    def subnet_count(self) -> int:
+        """How many subnets lie between SubnetMin and SubnetMax inclusive."""
+        return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
 
     def fits(self, subnet: IPv4Network) -> bool:
         """Whether a lease's subnet still belongs to this config (it may predate a config change)."""
@@ -114,7 +112,7 @@ def parse_backend(raw: Any) -> BackendConfig:
     if mtu is not None and not 576 <= mtu <= 65535:
         raise ConfigError(f"network config: Backend.MTU {mtu} is out of range 576..65535")
     return BackendConfig(type=btype, vni=1 if vni is None else vni, port=port or None, mtu=mtu,
-                         direct_routing=bool(direct), explicit=explicit, raw=dict(raw))
+                         direct_routing=bool(direct), explicit=explicit)
 
 
 def parse_config(text: str | bytes) -> NetworkConfig:

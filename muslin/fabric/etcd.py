@@ -11,12 +11,13 @@ next, and only when every member failed does the caller see StoreUnavailable.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 import aetcd
@@ -31,8 +32,16 @@ T = TypeVar("T")
 CALL_TIMEOUT = 5.0
 
 
-class StoreUnavailable(RuntimeError):
+class StoreError(RuntimeError):
+    """etcd could not serve a request; the message says why."""
+
+
+class StoreUnavailable(StoreError):
     """No endpoint answered."""
+
+
+class StoreRefused(StoreError):
+    """etcd answered but refused the request (bad credentials, no permission, invalid request)."""
 
 
 class WatchResync(RuntimeError):
@@ -54,6 +63,17 @@ class Event:
     value: bytes | None
     revision: int
     expires: bool
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """etcd user and password (``--etcd-username``/``--etcd-password``); empty: no authentication."""
+
+    username: str = ""
+    password: str = field(default="", repr=False)  # kept out of logs
+
+    def __bool__(self) -> bool:
+        return bool(self.username)
 
 
 @dataclass(frozen=True)
@@ -79,7 +99,9 @@ class KeyValueStore(Protocol):
         """Atomically create key; False if it already exists."""
         ...
 
-    async def put(self, key: str, value: bytes, ttl: int | None) -> None: ...
+    async def put(self, key: str, value: bytes, ttl: int | None, prev_revision: int | None = None) -> bool:
+        """Write key; with prev_revision only if the key is still at that revision (else False)."""
+        ...
 
     async def delete(self, key: str) -> None: ...
 
@@ -129,7 +151,7 @@ class _Rotation:
         failed = self.current
         self.index = (self.index + 1) % len(self.endpoints)
         if len(self.endpoints) > 1:
-            log.warning("etcd endpoint %s failed (%s); trying %s", failed, error or type(error).__name__,
+            log.warning("etcd endpoint %s failed (%s); trying %s", failed, str(error) or type(error).__name__,
                         self.current)
 
 
@@ -142,19 +164,32 @@ _V3_CONNECTION_ERRORS = (aetcd.exceptions.ConnectionFailedError, aetcd.exception
 class _TlsClient(aetcd.Client):
     """aetcd opens only plaintext channels; this one opens a TLS channel with client certificates."""
 
-    def __init__(self, host: str, port: int, credentials: grpc.ChannelCredentials, timeout: float) -> None:
-        super().__init__(host=host, port=port, timeout=timeout)
+    def __init__(self, host: str, port: int, credentials: grpc.ChannelCredentials, timeout: float,
+                 auth: Credentials) -> None:
+        super().__init__(host=host, port=port, timeout=timeout, username=auth.username or None,
+                         password=auth.password if auth else None)
         self._credentials = credentials
 
     async def connect(self) -> None:
         if self._connected.is_set():
             return
         self.channel = rpc.secure_channel(f"{self._host}:{self._port}", self._credentials)
+        if self._username is not None:
+            # The token goes along with every call as metadata, as aetcd does on plaintext channels.
+            try:
+                reply = await rpc.AuthStub(self.channel).Authenticate(
+                    rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED):
+                    raise aetcd.exceptions.UnauthenticatedError(exc.details()) from exc  # a refusal, not an outage
+                raise
+            self.metadata = (("token", reply.token),)
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
         self.leasestub = rpc.LeaseStub(self.channel)
         self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout)
+        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                              metadata=self.metadata)
         self._connected.set()
 
 
@@ -168,9 +203,11 @@ def _read(path: str | None) -> bytes | None:
 class EtcdV3Store:
     api = "v3"
 
-    def __init__(self, endpoints: list[Endpoint], tls: TlsFiles | None = None) -> None:
+    def __init__(self, endpoints: list[Endpoint], tls: TlsFiles | None = None,
+                 auth: Credentials | None = None) -> None:
         self._rotation = _Rotation(endpoints)
         self._tls = tls or TlsFiles()
+        self._auth = auth or Credentials()
         self._credentials: grpc.ChannelCredentials | None = None
         if any(e.scheme == "https" for e in endpoints) or self._tls:
             self._credentials = grpc.ssl_channel_credentials(
@@ -182,9 +219,11 @@ class EtcdV3Store:
         if self._client is None:
             ep = self._rotation.current
             if ep.scheme == "https" and self._credentials is not None:
-                self._client = _TlsClient(ep.host, ep.port, self._credentials, CALL_TIMEOUT)
+                self._client = _TlsClient(ep.host, ep.port, self._credentials, CALL_TIMEOUT, self._auth)
             else:
-                self._client = aetcd.Client(host=ep.host, port=ep.port, timeout=CALL_TIMEOUT)
+                self._client = aetcd.Client(host=ep.host, port=ep.port, timeout=CALL_TIMEOUT,
+                                            username=self._auth.username or None,
+                                            password=self._auth.password if self._auth else None)
         return self._client
 
     async def _drop_client(self, error: BaseException) -> None:
@@ -205,6 +244,11 @@ class EtcdV3Store:
             except _V3_CONNECTION_ERRORS as exc:
                 last = exc
                 await self._drop_client(exc)
+            except aetcd.exceptions.ClientError as exc:  # answered, but refused: another member would too
+                endpoint = self._rotation.current
+                await self._drop_client(exc)
+                raise StoreRefused(f"etcd at {endpoint} refused the request: {str(exc) or type(exc).__name__}"
+                                   ) from exc
         raise StoreUnavailable(f"no etcd endpoint answered ({', '.join(map(str, self._rotation.endpoints))}):"
                                f" {last}")
 
@@ -235,19 +279,32 @@ class EtcdV3Store:
             return bool(ok)
         return await self._call(op)
 
-    async def put(self, key: str, value: bytes, ttl: int | None) -> None:
-        async def op(c: aetcd.Client) -> None:
+    async def put(self, key: str, value: bytes, ttl: int | None, prev_revision: int | None = None) -> bool:
+        async def op(c: aetcd.Client) -> bool:
             # Like flanneld on v3, every renewal is a fresh etcd lease; the old one is revoked after the
             # key moved, so it cannot take the key with it.
             previous = await c.get(key.encode())
+            if prev_revision is not None and (previous is None or previous.mod_revision != prev_revision):
+                return False
             lease_id = await self._grant(c, ttl)
-            await c.put(key.encode(), value, lease=lease_id or None)
+            if prev_revision is None:
+                await c.put(key.encode(), value, lease=lease_id or None)
+            else:
+                # The read above is only a shortcut: the transaction is what makes the write conditional.
+                ok, _ = await c.transaction(
+                    compare=[c.transactions.mod(key.encode()) == prev_revision],
+                    success=[c.transactions.put(key.encode(), value, lease=lease_id or None)], failure=[])
+                if not ok:
+                    if lease_id:
+                        await c.revoke_lease(lease_id)
+                    return False
             if previous is not None and previous.lease and previous.lease != lease_id:
                 try:
                     await c.revoke_lease(previous.lease)
                 except aetcd.exceptions.ClientError:
                     pass  # already expired
-        await self._call(op)
+            return True
+        return await self._call(op)
 
     async def delete(self, key: str) -> None:
         await self._call(lambda c: c.delete(key.encode()))
@@ -284,7 +341,9 @@ class EtcdV3Store:
 
 # ---------------------------------------------------------------------------------------------- v2
 
-class _V2Error(Exception):
+class _V2Error(StoreRefused):
+    """An etcd v2 error answer; the store handles the codes it expects, callers see the rest as refusals."""
+
     def __init__(self, status: int, body: dict) -> None:
         super().__init__(f"etcd v2 error {body.get('errorCode')}: {body.get('message')} ({body.get('cause')})")
         self.status = status
@@ -293,6 +352,7 @@ class _V2Error(Exception):
 
 
 _V2_KEY_NOT_FOUND = 100
+_V2_TEST_FAILED = 101
 _V2_KEY_EXISTS = 105
 _V2_EVENT_INDEX_CLEARED = 401
 _V2_CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, h11.ProtocolError, asyncio.IncompleteReadError)
@@ -310,8 +370,13 @@ class EtcdV2Store:
 
     api = "v2"
 
-    def __init__(self, endpoints: list[Endpoint], tls: TlsFiles | None = None) -> None:
+    def __init__(self, endpoints: list[Endpoint], tls: TlsFiles | None = None,
+                 auth: Credentials | None = None) -> None:
         self._rotation = _Rotation(endpoints)
+        self._authorization: str | None = None
+        if auth:
+            token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+            self._authorization = f"Basic {token}"
         tls = tls or TlsFiles()
         self._ssl: ssl.SSLContext | None = None
         if any(e.scheme == "https" for e in endpoints):
@@ -332,6 +397,8 @@ class EtcdV2Store:
                        ("Content-Length", str(len(body)))]
             if form is not None:
                 headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+            if self._authorization is not None:
+                headers.append(("Authorization", self._authorization))
             writer.write(conn.send(h11.Request(method=method, target=target, headers=headers))
                          + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
             await writer.drain()
@@ -370,6 +437,10 @@ class EtcdV2Store:
                 last = exc
                 self._rotation.advance(exc)
                 continue
+            if resp.status in (401, 403):
+                raise StoreRefused(f"etcd at {self._rotation.current} refused the request (HTTP {resp.status}"
+                                   f"{': ' + str(resp.body.get('message')) if resp.body.get('message') else ''});"
+                                   " check --etcd-username/--etcd-password")
             if resp.status >= 400 and "errorCode" in resp.body:
                 raise _V2Error(resp.status, resp.body)
             if resp.status == 404:
@@ -425,11 +496,18 @@ class EtcdV2Store:
             raise
         return True
 
-    async def put(self, key: str, value: bytes, ttl: int | None) -> None:
+    async def put(self, key: str, value: bytes, ttl: int | None, prev_revision: int | None = None) -> bool:
         form = {"value": value.decode()}
         if ttl:
             form["ttl"] = str(ttl)
-        await self._request("PUT", key, None, form)
+        query = {"prevIndex": str(prev_revision)} if prev_revision is not None else None
+        try:
+            await self._request("PUT", key, query, form)
+        except _V2Error as exc:
+            if prev_revision is not None and exc.code in (_V2_KEY_NOT_FOUND, _V2_TEST_FAILED):
+                return False
+            raise
+        return True
 
     async def delete(self, key: str) -> None:
         try:
@@ -452,6 +530,8 @@ class EtcdV2Store:
                 raise
             node = resp.body.get("node", {})
             if not node or node.get("dir"):
+                # A change to a directory is no lease event, but the next poll must start past it: waiting
+                # again at the same index would return this very answer forever.
                 index = max(index, int(node.get("modifiedIndex", index - 1)) + 1)
                 continue
             action = resp.body.get("action", "")
@@ -471,8 +551,8 @@ class EtcdV2Store:
 API_CHOICES = ("auto", "v3", "v2")
 
 
-async def find_config_store(endpoints: list[Endpoint], tls: TlsFiles | None, api: str,
-                            config_key: str) -> tuple[KeyValueStore, Entry | None]:
+async def find_config_store(endpoints: list[Endpoint], tls: TlsFiles | None, api: str, config_key: str,
+                            auth: Credentials | None = None) -> tuple[KeyValueStore, Entry | None]:
     """The store to use and the config found in it (None: not there yet; the caller waits and asks again).
 
     With api="auto" the v3 keyspace is asked first (flanneld >= 0.18), then v2 (the seed's
@@ -481,7 +561,7 @@ async def find_config_store(endpoints: list[Endpoint], tls: TlsFiles | None, api
     if api not in API_CHOICES:
         raise ValueError(f"etcd API {api!r} is not one of {', '.join(API_CHOICES)}")
     if api in ("v3", "auto"):
-        v3 = EtcdV3Store(endpoints, tls)
+        v3 = EtcdV3Store(endpoints, tls, auth)
         try:
             entry = await v3.get(config_key)
         except BaseException:
@@ -490,7 +570,7 @@ async def find_config_store(endpoints: list[Endpoint], tls: TlsFiles | None, api
         if entry is not None or api == "v3":
             return v3, entry
         await v3.close()
-    v2 = EtcdV2Store(endpoints, tls)
+    v2 = EtcdV2Store(endpoints, tls, auth)
     try:
         entry = await v2.get(config_key)
     except StoreUnavailable:
@@ -499,4 +579,4 @@ async def find_config_store(endpoints: list[Endpoint], tls: TlsFiles | None, api
         entry = None  # etcd without --enable-v2 answers 404 pages, not v2 errors
     if entry is not None or api == "v2":
         return v2, entry
-    return EtcdV3Store(endpoints, tls), None
+    return EtcdV3Store(endpoints, tls, auth), None

@@ -68,9 +68,10 @@ def docker_opts_path_for(subnet_file: str) -> str:
 
 
 def write_subnet_files(env: SubnetEnv, subnet_file: str, docker_opts_file: str | None) -> None:
-    write_atomically(subnet_file, env.render())
+    # The subnet file last: whoever waits for it (a unit's ExecStartPost, muslind) finds both files there.
     if docker_opts_file:
         write_atomically(docker_opts_file, env.render_docker_options())
+    write_atomically(subnet_file, env.render())
 
 
 def read_subnet_env(path: str) -> dict[str, str]:

@@ -50,7 +50,7 @@ class _Part:
     table: str
     chain: str
     jump: str
-    position: str  # where the jump goes: first, as flannel inserts it
+    builtin_chain: str  # holds the jump to our chain, inserted at its top as flannel does
 
 
 def _parts() -> tuple[_Part, _Part]:
@@ -86,9 +86,10 @@ def sync_batch(spec: FirewallSpec, nat: iptables.Ruleset, filter_: iptables.Rule
         if in_place:
             continue
         batch.add(part.table, f":{part.chain} - [0:0]")
-        batch.extend(part.table, wanted)
+        for rule in wanted:
+            batch.add(part.table, rule)
         if not current.has(part.jump):
-            batch.add(part.table, f"-I {part.position} 1 -j {part.chain}")
+            batch.add(part.table, f"-I {part.builtin_chain} 1 -j {part.chain}")
     return batch
 
 

@@ -7,6 +7,7 @@ module knows etcd and addresses, nothing of devices.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -88,18 +89,22 @@ def subnet_from_key(key: str) -> IPv4Network | None:
 def choose_subnet(config: NetworkConfig, taken: set[IPv4Network], rng: random.Random | None = None,
                   ) -> IPv4Network:
     """A free subnet, at random among the first CANDIDATE_WINDOW free ones (spreads concurrent starts)."""
-    free: list[IPv4Network] = []
-    for candidate in config.candidate_subnets():
-        if not any(candidate.overlaps(t) for t in taken):
-            free.append(candidate)
-            if len(free) == CANDIDATE_WINDOW:
-                break
+    # Candidates stay integers (a /8 network with SubnetLen 24 has 65536): only the chosen one becomes an
+    # IPv4Network. A taken subnet of another length (an old config's) blocks every candidate it overlaps.
+    size = config.subnet_size
+    same_length = {int(t.network_address) for t in taken if t.prefixlen == config.subnet_len}
+    spans = [(int(t.network_address), int(t.broadcast_address)) for t in taken if t.prefixlen != config.subnet_len]
+    first, last = int(config.subnet_min), int(config.subnet_max)
+    free = list(itertools.islice(
+        (start for start in range(first, last + 1, size)
+         if start not in same_length and not any(lo < start + size and start <= hi for lo, hi in spans)),
+        CANDIDATE_WINDOW))
     if not free:
         raise NetworkExhausted(
-            f"network {config.network} is exhausted: all {len(config.candidate_subnets())} /{config.subnet_len}"
+            f"network {config.network} is exhausted: all {config.subnet_count} /{config.subnet_len}"
             f" subnets between SubnetMin {config.subnet_min} and SubnetMax {config.subnet_max} are leased;"
             " no lease was taken and nothing was set up")
-    return (rng or random).choice(free)
+    return config.subnet_at(IPv4Address((rng or random).choice(free)))
 
 
 LeaseEventKind = Literal["added", "removed"]
@@ -151,13 +156,19 @@ class SubnetManager:
         for _ in range(CREATE_ATTEMPTS):
             leases, _ = await self.list_leases()
             mine = [lease for lease in leases if lease.attrs.public_ip == attrs.public_ip]
+            kept = [lease for lease in mine if config.fits(lease.subnet)]
             for lease in mine:
-                if config.fits(lease.subnet):
-                    log.info("reusing the lease on %s held by %s", lease.subnet, attrs.public_ip)
-                    return await self._write(lease.subnet, attrs, keep_reservation=not lease.expires)
-                if lease.expires:
+                if lease.expires and not config.fits(lease.subnet):
                     log.info("dropping our lease %s: it no longer fits network %s", lease.subnet, config.network)
                     await self.store.delete(self.key_for(lease.subnet))
+            if kept:
+                # Conditional on the revision listed: a node that claimed the key since keeps it.
+                reused = await self._write(kept[0].subnet, attrs, not kept[0].expires, kept[0].revision)
+                if reused is not None:
+                    log.info("reusing the lease on %s held by %s", reused.subnet, attrs.public_ip)
+                    return reused
+                log.info("lease %s changed while we reused it; listing again", kept[0].subnet)
+                continue
             taken = {lease.subnet for lease in leases}
             if previous is not None and config.fits(previous) and previous not in taken:
                 if await self._create(previous, attrs):
@@ -175,23 +186,27 @@ class SubnetManager:
     async def _create(self, subnet: IPv4Network, attrs: LeaseAttrs) -> bool:
         return await self.store.create(self.key_for(subnet), attrs.to_json().encode(), self.lease_ttl)
 
-    async def _write(self, subnet: IPv4Network, attrs: LeaseAttrs, keep_reservation: bool) -> Lease:
+    async def _write(self, subnet: IPv4Network, attrs: LeaseAttrs, keep_reservation: bool,
+                     revision: int) -> Lease | None:
+        """Rewrite the key if it is still at revision; None if it changed meanwhile."""
         ttl = None if keep_reservation else self.lease_ttl
-        await self.store.put(self.key_for(subnet), attrs.to_json().encode(), ttl)
+        if not await self.store.put(self.key_for(subnet), attrs.to_json().encode(), ttl, prev_revision=revision):
+            return None
         return Lease(subnet, attrs, expires=not keep_reservation)
 
-    async def renew(self, lease: Lease) -> Lease:
-        """Extend the lease by a full TTL (a reservation is rewritten as is, without TTL)."""
-        return await self._write(lease.subnet, lease.attrs, keep_reservation=not lease.expires)
-
-    async def still_ours(self, lease: Lease) -> bool:
+    async def renew(self, lease: Lease, attrs: LeaseAttrs | None = None) -> Lease | None:
+        """Extend our lease by a full TTL (a reservation is rewritten as is, without TTL), publishing attrs
+        if given; None, and nothing written, if the key is gone or no longer names our PublicIP."""
         entry = await self.store.get(self.key_for(lease.subnet))
         if entry is None:
-            return False
+            return None
         try:
-            return LeaseAttrs.from_json(entry.value).public_ip == lease.attrs.public_ip
+            if LeaseAttrs.from_json(entry.value).public_ip != lease.attrs.public_ip:
+                return None
         except ValueError:
-            return False
+            return None
+        # The key's expiry, not our memory of it, says whether it is a reservation.
+        return await self._write(lease.subnet, attrs or lease.attrs, not entry.expires, entry.revision)
 
     async def watch(self, start_revision: int) -> AsyncIterator[LeaseEvent]:
         async for event in self.store.watch(self.subnets_prefix, start_revision):

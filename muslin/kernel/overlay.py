@@ -82,16 +82,6 @@ def ensure_mtu(ipr: IPRoute, index: int, mtu: int) -> None:
         ipr.link("set", index=index, mtu=mtu)
 
 
-def delete_link(ipr: IPRoute, name: str) -> None:
-    link = find_link(ipr, name)
-    if link is not None:
-        try:
-            ipr.link("del", index=link.index)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise
-
-
 def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: IPv4Address, underlay_index: int, port: int,
                  mtu: int) -> LinkInfo:
     """A vxlan device as flannel makes it (nolearning: the agent programs every peer), up with this MTU.

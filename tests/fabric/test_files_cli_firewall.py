@@ -117,3 +117,19 @@ def test_firewall_teardown_removes_jumps_and_chains() -> None:
     assert firewall.teardown_batch(nat, filter_).render() == (
         "*nat\n-D POSTROUTING -j MUSLIN-FLANNEL-POSTRTG\n-F MUSLIN-FLANNEL-POSTRTG\n-X MUSLIN-FLANNEL-POSTRTG\n"
         "COMMIT\n")
+
+
+def test_glog_flags_are_accepted_with_or_without_values() -> None:
+    args = cli.parse(["-logtostderr", "-v", "2", "--log_dir=/var/log/", "-alsologtostderr=false", "-iface=eth0"], {})
+    assert (args.logtostderr, args.v, args.log_dir, args.alsologtostderr) == ("true", "2", "/var/log/", "false")
+    assert cli.options_from(args).ifaces == ["eth0"]
+    assert cli.parse(["-v=3"], {}).v == "3"
+
+
+def test_etcd_credentials_from_flags_and_environment() -> None:
+    options = cli.options_from(cli.parse(["-etcd-username=flannel"], {"FLANNELD_ETCD_PASSWORD": "s3cret"}))
+    assert (options.auth.username, options.auth.password) == ("flannel", "s3cret")
+    assert "s3cret" not in repr(options)
+    assert not cli.options_from(cli.parse([], {})).auth
+    with pytest.raises(ValueError, match="--etcd-username and --etcd-password must be given together"):
+        cli.options_from(cli.parse(["--etcd-username=flannel"], {}))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import urllib.request
 from ipaddress import IPv4Address, IPv4Interface
@@ -16,7 +18,7 @@ import pytest
 from muslin.kernel import netns
 from muslin.lab.etcd import TlsConfig
 from muslin.lab.topology import Underlay
-from tests.fabric.rig import PREFIX, in_ns, ping, tcp_roundtrip, wait_for
+from tests.fabric.rig import PREFIX, REPO, in_ns, ping, tcp_roundtrip, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -139,3 +141,90 @@ def test_etcd_over_tls_with_client_certificates_and_healthz(make_rig, api: str) 
     with netns.entered(rig.hosts[0].name):
         with urllib.request.urlopen("http://192.168.255.154:8471/healthz", timeout=5) as resp:
             assert resp.status == 200 and resp.read() == b"ok\n"
+
+
+def test_etcd_v3_with_user_and_password(make_rig) -> None:
+    rig = make_rig(1)
+    rig.put_config({"Network": NETWORK, "Backend": {"Type": "host-gw"}})
+    rig.etcdctl("user", "add", "root:rootpw", "--interactive=false")
+    rig.etcdctl("auth", "enable")
+    # Without credentials, then with a wrong password: a logged refusal and a retry, no traceback.
+    rig.start_agent(0, "--etcd-api=v3")
+    wait_for(lambda: "refused the request" in rig.log(0), 15, "the refusal without credentials")
+    rig.stop_agent(0)
+    rig.start_agent(0, "--etcd-api=v3", "--etcd-username=root", "--etcd-password=wrong")
+    wait_for(lambda: rig.log(0).count("refused the request") >= 2, 15, "the refusal of a wrong password")
+    rig.stop_agent(0)
+    assert "Traceback" not in rig.log(0)
+    with pytest.raises(FileNotFoundError):
+        open(rig.subnet_file(0))
+    rig.start_agent(0, "--etcd-api=v3", "--etcd-username=root", "--etcd-password=rootpw")
+    subnet = IPv4Interface(rig.wait_subnet_file(0)["FLANNEL_SUBNET"]).network
+    key = f"{PREFIX}/subnets/{subnet.network_address}-24"
+    stored = rig.etcdctl("--user=root:rootpw", "get", "--print-value-only", key)
+    assert json.loads(stored)["PublicIP"] == "192.168.255.154"
+    # The watch runs authenticated too: a peer's lease becomes a route.
+    peer = json.dumps({"PublicIP": "192.168.255.155", "PublicIPv6": None, "BackendType": "host-gw"})
+    rig.etcdctl("--user=root:rootpw", "put", f"{PREFIX}/subnets/172.21.99.0-24", peer)
+    wait_for(lambda: "172.21.99.0/24 via 192.168.255.155" in in_ns(rig.hosts[0].name, "ip", "route").stdout, 10,
+             "route to the peer")
+
+
+def v2_auth(rig, method: str, path: str, body: dict, user: str | None = None) -> None:
+    """etcd's v2 auth API (etcdctl's v2 user commands prompt on a terminal)."""
+    request = urllib.request.Request(f"{rig.etcd.endpoints[0]}/v2/auth/{path}", json.dumps(body).encode(),
+                                     method=method, headers={"Content-Type": "application/json"})
+    if user is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+    with netns.entered(rig.hosts[0].name):
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert resp.status in (200, 201), resp.status
+
+
+def test_etcd_v2_with_basic_auth(make_rig) -> None:
+    rig = make_rig(1)
+    rig.put_config({"Network": NETWORK, "Backend": {"Type": "host-gw"}}, api="2")
+    v2_auth(rig, "PUT", "users/root", {"user": "root", "password": "rootpw"})
+    v2_auth(rig, "PUT", "enable", {})
+    # Anonymous requests lose the guest role's default access to every key.
+    v2_auth(rig, "PUT", "roles/guest", {"role": "guest", "revoke": {"kv": {"read": ["/*"], "write": ["/*"]}}},
+            user="root:rootpw")
+    rig.start_agent(0, "--etcd-api=v2", "--etcd-username=root", "--etcd-password=wrong")
+    wait_for(lambda: "refused the request (HTTP 401" in rig.log(0), 15, "the refusal of a wrong password")
+    rig.stop_agent(0)
+    assert "Traceback" not in rig.log(0)
+    rig.start_agent(0, "--etcd-api=v2", "--etcd-username=root", "--etcd-password=rootpw")
+    rig.wait_subnet_file(0)
+    assert "network config read from the etcd v2 keyspace" in rig.log(0)
+
+
+CONDITIONAL_PUT = """
+import asyncio, sys
+from muslin.fabric.etcd import Endpoint, EtcdV2Store, EtcdV3Store
+
+async def main(api, url):
+    store = (EtcdV3Store if api == "3" else EtcdV2Store)([Endpoint.parse(url)])
+    key = "/atomic.io/network/subnets/172.21.9.0-24"
+    assert await store.create(key, b"ours", 60)
+    first = await store.get(key)
+    assert await store.put(key, b"renewed", 60, prev_revision=first.revision)
+    renewed = await store.get(key)
+    assert renewed.value == b"renewed" and renewed.expires and renewed.revision > first.revision
+    assert not await store.put(key, b"stale", 60, prev_revision=first.revision)
+    assert (await store.get(key)).value == b"renewed"
+    await store.delete(key)
+    assert not await store.put(key, b"gone", 60, prev_revision=renewed.revision)
+    assert await store.get(key) is None
+    await store.close()
+    print("conditional put ok")
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("api", ["3", "2"])
+def test_conditional_put_against_real_etcd(make_rig, api: str) -> None:
+    rig = make_rig(1)
+    proc = in_ns(rig.hosts[0].name, sys.executable, "-c", CONDITIONAL_PUT, api, rig.etcd.endpoints[0],
+                 env={"PYTHONPATH": REPO})
+    assert proc.returncode == 0 and "conditional put ok" in proc.stdout, proc.stderr

@@ -275,3 +275,23 @@ def test_exhausted_network_is_a_clear_error(make_rig) -> None:
     assert rig.agents[1].wait(20) == 1
     assert "network 10.9.0.0/16 is exhausted" in rig.log(1) and "no lease was taken" in rig.log(1)
     assert len(rig.leases()) == 1
+
+
+def test_node_whose_subnet_is_claimed_moves_and_routes_to_the_claimer_at_once(make_rig) -> None:
+    rig = make_rig(2)
+    rig.put_config({"Network": NETWORK, "Backend": {"Type": "host-gw"}})
+    # Reconcile every 5 s, so the full re-list (every 12th round) is a minute away: only the move itself
+    # can put the claimer into the peer table within the wait below.
+    env = start_nodes(rig, "host-gw", 1, "--iptables-resync=5", forward_drop=False)[0]
+    old = IPv4Interface(env["FLANNEL_SUBNET"]).network
+    claim = json.dumps({"PublicIP": "192.168.255.155", "PublicIPv6": None, "BackendType": "host-gw"})
+    rig.etcdctl("put", f"{PREFIX}/subnets/{old.network_address}-24", claim)
+    wait_for(lambda: IPv4Interface(rig.wait_subnet_file(0)["FLANNEL_SUBNET"]).network != old, 10,
+             "node 1 to move to a new subnet")
+    new = IPv4Interface(rig.wait_subnet_file(0)["FLANNEL_SUBNET"]).network
+    wait_for(lambda: f"{old} via 192.168.255.155 dev eth0" in kernel(rig, 0, "ip route"), 4,
+             "a route to the claimer of our old subnet")
+    leases = rig.leases()
+    assert leases[f"{old.network_address}-24"]["PublicIP"] == "192.168.255.155"  # the claim was not overwritten
+    assert leases[f"{new.network_address}-24"]["PublicIP"] == "192.168.255.154"
+    assert f"{new} via" not in kernel(rig, 0, "ip route")

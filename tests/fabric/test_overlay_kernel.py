@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from muslin.kernel import netns, overlay
+from muslin.kernel import links, netns, overlay
 from tests.fabric.rig import in_ns
 
 pytestmark = pytest.mark.root
@@ -35,8 +35,8 @@ def test_vxlan_device_is_kept_when_it_matches_and_replaced_when_not(underlay_ns)
     other = overlay.ensure_vxlan(ipr, "flannel.1", 1, IPv4Address("192.0.2.1"), eth0, 4789, 1400)
     assert other.index != first.index and other.mtu == 1400
     assert "dstport 4789 nolearning" in in_ns(ns, "ip", "-d", "link", "show", "flannel.1").stdout
-    overlay.delete_link(ipr, "flannel.1")
-    overlay.delete_link(ipr, "flannel.1")
+    assert links.delete_link(ipr, "flannel.1")
+    assert not links.delete_link(ipr, "flannel.1")
     assert overlay.find_link(ipr, "flannel.1") is None
 
 

@@ -5,63 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
 from muslin.fabric.config import parse_config
-from muslin.fabric.etcd import Entry, Event
 from muslin.fabric.subnets import (LeaseAttrs, NetworkExhausted, SubnetManager, choose_subnet, subnet_from_key,
                                    subnet_key)
+from tests.fabric.memstore import MemoryStore
 
 PREFIX = "/atomic.io/network"
 CONFIG = parse_config('{"Network":"10.5.0.0/16"}')
-
-
-class MemoryStore:
-    """A dict with revisions: enough of KeyValueStore to exercise the manager's decisions."""
-
-    api = "memory"
-
-    def __init__(self) -> None:
-        self.data: dict[str, tuple[bytes, int, bool]] = {}
-        self.revision = 1
-        self.steal_next_create: str | None = None  # simulate another node winning a race
-
-    async def get(self, key: str) -> Entry | None:
-        if key not in self.data:
-            return None
-        value, rev, expires = self.data[key]
-        return Entry(key, value, rev, expires)
-
-    async def list(self, prefix: str) -> tuple[list[Entry], int]:
-        return [Entry(k, v, r, e) for k, (v, r, e) in self.data.items() if k.startswith(prefix)], self.revision
-
-    async def create(self, key: str, value: bytes, ttl: int | None) -> bool:
-        if self.steal_next_create is not None:
-            self.revision += 1
-            self.data[key] = (self.steal_next_create.encode(), self.revision, True)
-            self.steal_next_create = None
-        if key in self.data:
-            return False
-        await self.put(key, value, ttl)
-        return True
-
-    async def put(self, key: str, value: bytes, ttl: int | None) -> None:
-        self.revision += 1
-        self.data[key] = (value, self.revision, bool(ttl))
-
-    async def delete(self, key: str) -> None:
-        self.revision += 1
-        self.data.pop(key, None)
-
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
-        raise NotImplementedError
-        yield  # pragma: no cover
-
-    async def close(self) -> None:
-        return None
 
 
 def run(coro):
@@ -158,3 +112,47 @@ def test_reservation_is_used_by_its_owner_and_kept_without_ttl() -> None:
     assert store.data[key][2] is False  # still no TTL
     other = run(mgr.acquire(CONFIG, attrs("192.0.2.2")))
     assert other.subnet != lease.subnet
+
+
+def test_choose_subnet_skips_candidates_a_lease_of_another_length_overlaps() -> None:
+    # A /20 left by an earlier config with SubnetLen 20 covers 10.5.0.0-10.5.15.255.
+    taken = {IPv4Network("10.5.0.0/20")}
+    seen = {choose_subnet(CONFIG, taken, random.Random(seed)) for seed in range(50)}
+    assert all(s.network_address >= IPv4Address("10.5.16.0") and s.prefixlen == 24 for s in seen)
+
+
+def test_renew_rewrites_only_a_lease_that_still_names_us() -> None:
+    store = MemoryStore()
+    mgr = SubnetManager(store, PREFIX, lease_ttl=60)
+    lease = run(mgr.acquire(CONFIG, attrs("192.0.2.1")))
+    key = subnet_key(PREFIX, lease.subnet)
+    revision = store.data[key][1]
+    renewed = run(mgr.renew(lease, attrs("192.0.2.1", backend_type="host-gw")))
+    assert renewed is not None and renewed.attrs.backend_type == "host-gw"
+    assert store.data[key][1] > revision
+    # Another node claimed the key: renewing leaves its claim alone.
+    run(store.put(key, attrs("192.0.2.9").to_json().encode(), 60))
+    assert run(mgr.renew(lease)) is None
+    assert json.loads(store.data[key][0])["PublicIP"] == "192.0.2.9"
+    # Gone: nothing is written back.
+    run(store.delete(key))
+    assert run(mgr.renew(lease)) is None and key not in store.data
+
+
+def test_renew_loses_to_a_claim_between_its_read_and_its_write() -> None:
+    store = MemoryStore()
+    mgr = SubnetManager(store, PREFIX, lease_ttl=60)
+    lease = run(mgr.acquire(CONFIG, attrs("192.0.2.1")))
+    store.steal_next_put = attrs("192.0.2.9").to_json()
+    assert run(mgr.renew(lease)) is None
+    assert json.loads(store.data[subnet_key(PREFIX, lease.subnet)][0])["PublicIP"] == "192.0.2.9"
+
+
+def test_acquire_lists_again_when_our_lease_changes_while_it_is_reused() -> None:
+    store = MemoryStore()
+    mgr = SubnetManager(store, PREFIX, lease_ttl=60)
+    first = run(mgr.acquire(CONFIG, attrs("192.0.2.1")))
+    store.steal_next_put = attrs("192.0.2.9").to_json()  # the reuse's conditional write loses
+    again = run(mgr.acquire(CONFIG, attrs("192.0.2.1")))
+    assert again.subnet != first.subnet
+    assert json.loads(store.data[subnet_key(PREFIX, first.subnet)][0])["PublicIP"] == "192.0.2.9"

@@ -28,6 +28,8 @@ def test_udp_to_nowhere_gets_net_unreachable_from_that_address() -> None:
 
 
 def test_icmp_errors_and_later_fragments_get_no_answer() -> None:
-    assert net_unreachable(ip_packet(1, b"\x03\x00" + b"\x00" * 30)) is None
+    for error_type in (3, 4, 5, 11, 12):
+        assert net_unreachable(ip_packet(1, bytes([error_type, 0]) + b"\x00" * 30)) is None
     assert net_unreachable(ip_packet(17, b"\x00" * 16, frag=185)) is None
     assert net_unreachable(ip_packet(1, b"\x08\x00" + b"\x00" * 30)) is not None  # an echo request does
+    assert net_unreachable(ip_packet(1, b"\x0e\x00" + b"\x00" * 30)) is not None  # a timestamp reply too

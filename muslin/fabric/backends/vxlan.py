@@ -13,8 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from muslin.fabric.backends.base import Backend, LocalNetwork
-from muslin.fabric.config import VXLAN_DEFAULT_PORT
+from pyroute2 import IPRoute
+
+from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
+from muslin.fabric.config import VXLAN_DEFAULT_PORT, NetworkConfig
 from muslin.fabric.subnets import Lease, LeaseAttrs
 from muslin.kernel import overlay
 
@@ -33,8 +35,23 @@ class _PeerState:
     vtep: tuple[str, IPv4Address] | None  # (VtepMAC, PublicIP) unless routed directly
 
 
+def _vtep_mac(lease: Lease) -> str | None:
+    """The lease's VtepMAC, lower-case; flanneld writes "VtepMAC", Go's decoder accepts any case."""
+    data = lease.attrs.backend_data or {}
+    mac = next((v for k, v in data.items() if k.lower() == "vtepmac"), None)
+    return mac.lower() if isinstance(mac, str) else None
+
+
 class VxlanBackend(Backend):
     type = "vxlan"
+
+    def __init__(self, config: NetworkConfig, ext: ExternalInterface, ipr: IPRoute) -> None:
+        super().__init__(config, ext, ipr)
+        # The device as lease_attrs last ensured it. The agent starts every round with lease_attrs, so the
+        # rest of the round uses this instead of checking the device again; a device deleted meanwhile
+        # makes a netlink call fail, and the agent's retry starts a new round that recreates it.
+        self._link: overlay.LinkInfo | None = None
+        self._peers: dict[IPv4Network, Lease] = {}  # what add_peer/reconcile programmed
 
     @property
     def device_name(self) -> str:
@@ -45,15 +62,19 @@ class VxlanBackend(Backend):
         return self.config.backend.mtu or self.ext.mtu - VXLAN_OVERHEAD
 
     def _ensure_device(self) -> overlay.LinkInfo:
-        return overlay.ensure_vxlan(self.ipr, self.device_name, self.config.backend.vni, self.ext.address,
-                                    self.ext.index, self.config.backend.port or VXLAN_DEFAULT_PORT, self.mtu)
+        self._link = overlay.ensure_vxlan(self.ipr, self.device_name, self.config.backend.vni, self.ext.address,
+                                          self.ext.index, self.config.backend.port or VXLAN_DEFAULT_PORT, self.mtu)
+        return self._link
+
+    def _device(self) -> overlay.LinkInfo:
+        return self._link or self._ensure_device()
 
     def lease_attrs(self) -> LeaseAttrs:
         link = self._ensure_device()
         return LeaseAttrs(self.ext.public_ip, "vxlan", {"VNI": self.config.backend.vni, "VtepMAC": link.mac})
 
     def register_network(self, lease: Lease) -> LocalNetwork:
-        link = self._ensure_device()
+        link = self._device()
         overlay.ensure_only_address(self.ipr, link.index, IPv4Interface(f"{lease.subnet.network_address}/32"))
         return LocalNetwork(self.device_name, self.mtu)
 
@@ -63,16 +84,15 @@ class VxlanBackend(Backend):
                            "peer %s (%s) runs backend %s, not vxlan: not reachable from this node",
                            lease.subnet, lease.attrs.public_ip, lease.attrs.backend_type or "udp")
             return None
-        data = lease.attrs.backend_data or {}
-        mac = data.get("VtepMAC") or data.get("vtepmac")
-        if not isinstance(mac, str):
+        mac = _vtep_mac(lease)
+        if mac is None:
             self.warn_once((lease.subnet, lease.attrs.to_json()), logging.WARNING,
                            "peer %s has no VtepMAC in its lease; skipped", lease.subnet)
             return None
         if self.config.backend.direct_routing and self._on_our_l2(lease.attrs.public_ip):
             return _PeerState(lease.subnet, lease.attrs.public_ip, self.ext.index, False, None)
         gateway = lease.subnet.network_address
-        return _PeerState(lease.subnet, gateway, device_index, True, (mac.lower(), lease.attrs.public_ip))
+        return _PeerState(lease.subnet, gateway, device_index, True, (mac, lease.attrs.public_ip))
 
     def _on_our_l2(self, address: IPv4Address) -> bool:
         gateway, oif = overlay.route_source(self.ipr, address)
@@ -86,24 +106,31 @@ class VxlanBackend(Backend):
         overlay.ensure_route(self.ipr, state.subnet, state.oif, state.gateway, onlink=state.onlink)
 
     def add_peer(self, lease: Lease) -> None:
-        link = self._ensure_device()
+        link = self._device()
+        self._peers[lease.subnet] = lease
         state = self._state_for(lease, link.index)
         if state is not None:
             self._program(state, link.index)
 
     def remove_peer(self, lease: Lease) -> None:
-        link = overlay.find_link(self.ipr, self.device_name)
+        self._peers.pop(lease.subnet, None)
         overlay.remove_route(self.ipr, lease.subnet)
+        link = self._link or overlay.find_link(self.ipr, self.device_name)
         if link is None:
             return
         overlay.remove_neighbour(self.ipr, link.index, lease.subnet.network_address)
-        data = lease.attrs.backend_data or {}
-        if isinstance(data.get("VtepMAC"), str):
-            overlay.remove_fdb(self.ipr, link.index, data["VtepMAC"].lower(), lease.attrs.public_ip)
+        mac = _vtep_mac(lease)
+        # One node may hold several leases (e.g. while its old one has not expired), all behind one VTEP:
+        # its fdb entry stays while any of them is still a peer.
+        shared = any(_vtep_mac(p) == mac and p.attrs.public_ip == lease.attrs.public_ip
+                     for p in self._peers.values())
+        if mac is not None and not shared:
+            overlay.remove_fdb(self.ipr, link.index, mac, lease.attrs.public_ip)
 
     def reconcile(self, peers: Iterable[Lease]) -> None:
-        link = self._ensure_device()
-        states = [s for s in (self._state_for(p, link.index) for p in peers) if s is not None]
+        link = self._device()
+        self._peers = {p.subnet: p for p in peers}
+        states = [s for s in (self._state_for(p, link.index) for p in self._peers.values()) if s is not None]
         wanted_routes = {s.subnet for s in states}
         for route in overlay.routes_within(self.ipr, self.config.network):
             if route.oif in (link.index, self.ext.index) and route.dst not in wanted_routes:
