@@ -211,7 +211,8 @@ class Lab:
                 env = {**self.env(n), **read_shell_vars(sysconfig)}
                 self.spawn(n, "muslin-flanneld", [bin_path("muslin-flanneld")], env=env)
             for n in nodes:
-                wait_for(lambda n=n: n.path("/run/flannel/docker").exists(), 20,
+                # Both files: the agent writes one after the other, each atomically.
+                wait_for(lambda n=n: all(n.path(f).exists() for f in ("/run/flannel/docker", "/run/flannel/subnet.env")), 20,
                          f"muslin-flanneld on {n.name} wrote no subnet file; see {n.path('/var/log/muslin-flanneld.log')}")
                 self.out(f"[root@{n.name} ~]# cat /run/flannel/subnet.env")
                 self.out(n.path("/run/flannel/subnet.env").read_text().rstrip())

@@ -40,3 +40,15 @@ def make_rig() -> Iterator[Callable[..., Rig]]:
         topology.teardown(rig.underlay.prefix)
         shutil.rmtree(rig.workdir, ignore_errors=True)
         assert topology.names(rig.underlay.prefix) == [], "underlay namespaces left behind"
+
+
+@pytest.fixture
+def underlay(host_ns: str):
+    """host_ns with eth0 at 192.0.2.1/24 (a veth whose peer stays there too), and an IPRoute in it."""
+    with netns.iproute(host_ns) as ipr:
+        ipr.link("add", ifname="eth0", kind="veth", peer="eth0p")
+        index = ipr.link_lookup(ifname="eth0")[0]
+        ipr.addr("add", index=index, address="192.0.2.1", prefixlen=24)
+        ipr.link("set", index=index, state="up")
+        ipr.link("set", index=ipr.link_lookup(ifname="eth0p")[0], state="up")
+        yield host_ns, ipr, index

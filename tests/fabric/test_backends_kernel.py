@@ -27,18 +27,6 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-@pytest.fixture
-def underlay(host_ns: str):
-    """host_ns with eth0 at 192.0.2.1/24, and an IPRoute handle in it."""
-    with netns.iproute(host_ns) as ipr:
-        ipr.link("add", ifname="eth0", kind="veth", peer="eth0p")
-        index = ipr.link_lookup(ifname="eth0")[0]
-        ipr.addr("add", index=index, address="192.0.2.1", prefixlen=24)
-        ipr.link("set", index=index, state="up")
-        ipr.link("set", index=ipr.link_lookup(ifname="eth0p")[0], state="up")
-        yield host_ns, ipr, index
-
-
 def test_failed_bind_closes_the_tun_fd_and_socket(underlay) -> None:
     ns, ipr, eth0 = underlay
     # 192.0.2.99 is on no interface: bind fails with EADDRNOTAVAIL after flannel0 was opened.

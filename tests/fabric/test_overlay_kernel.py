@@ -16,19 +16,8 @@ PEER = IPv4Network("10.5.74.0/24")
 MAC = "aa:bb:cc:dd:ee:01"
 
 
-@pytest.fixture
-def underlay_ns(host_ns: str):
-    with netns.iproute(host_ns) as ipr:
-        ipr.link("add", ifname="eth0", kind="veth", peer="eth0p")
-        index = ipr.link_lookup(ifname="eth0")[0]
-        ipr.addr("add", index=index, address="192.0.2.1", prefixlen=24)
-        ipr.link("set", index=index, state="up")
-        ipr.link("set", index=ipr.link_lookup(ifname="eth0p")[0], state="up")
-        yield host_ns, ipr, index
-
-
-def test_vxlan_device_is_kept_when_it_matches_and_replaced_when_not(underlay_ns) -> None:
-    ns, ipr, eth0 = underlay_ns
+def test_vxlan_device_is_kept_when_it_matches_and_replaced_when_not(underlay) -> None:
+    ns, ipr, eth0 = underlay
     first = overlay.ensure_vxlan(ipr, "flannel.1", 1, IPv4Address("192.0.2.1"), eth0, 8472, 1450)
     again = overlay.ensure_vxlan(ipr, "flannel.1", 1, IPv4Address("192.0.2.1"), eth0, 8472, 1450)
     assert (first.index, first.mac, first.mtu) == (again.index, again.mac, 1450)
@@ -40,8 +29,8 @@ def test_vxlan_device_is_kept_when_it_matches_and_replaced_when_not(underlay_ns)
     assert overlay.find_link(ipr, "flannel.1") is None
 
 
-def test_peer_state_is_idempotent_and_removal_tolerant(underlay_ns) -> None:
-    ns, ipr, eth0 = underlay_ns
+def test_peer_state_is_idempotent_and_removal_tolerant(underlay) -> None:
+    ns, ipr, eth0 = underlay
     dev = overlay.ensure_vxlan(ipr, "flannel.1", 1, IPv4Address("192.0.2.1"), eth0, 8472, 1450).index
     for _ in range(2):
         overlay.ensure_only_address(ipr, dev, IPv4Interface("10.5.1.0/32"))
@@ -65,8 +54,8 @@ def test_peer_state_is_idempotent_and_removal_tolerant(underlay_ns) -> None:
     assert overlay.permanent_neighbours(ipr, dev) == {} and overlay.fdb_entries(ipr, dev) == set()
 
 
-def test_route_source_tells_on_link_from_routed(underlay_ns) -> None:
-    _, ipr, eth0 = underlay_ns
+def test_route_source_tells_on_link_from_routed(underlay) -> None:
+    _, ipr, eth0 = underlay
     assert overlay.route_source(ipr, IPv4Address("192.0.2.7")) == (None, eth0)
     assert overlay.route_source(ipr, IPv4Address("198.51.100.1")) == (None, None)  # unreachable
     overlay.ensure_route(ipr, IPv4Network("198.51.100.0/24"), eth0, IPv4Address("192.0.2.254"))
