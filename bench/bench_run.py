@@ -17,6 +17,7 @@ from pathlib import Path
 from common import docker, muslind, reference_dockerd, report, timed
 
 from muslin.engine.config import DaemonConfig
+from muslin.engine.containers import SANDBOX_SYSCTLS
 from muslin.engine.firewall import IptablesFirewall
 from muslin.engine.networks import NetworkService
 from muslin.engine.store import Store
@@ -41,7 +42,7 @@ def attach_detach(rounds: int) -> tuple[list[float], list[float]]:
             service = NetworkService(store, DaemonConfig(root / "data", root / "run"), IptablesFirewall())
             service.start()
             net = service.get("bridge")
-            netns.create(sandbox)
+            netns.create(sandbox, SANDBOX_SYSCTLS)  # as the engine makes a container's sandbox
             for i in range(rounds):
                 t0 = time.perf_counter()
                 ep = service.allocate_endpoint(net, f"c{i}", f"c{i}", "eth0")

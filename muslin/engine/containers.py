@@ -35,6 +35,9 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+# IPv4-only networks give containers no IPv6 (as Docker 26+): no link-local address on eth0, and no
+# IPv6 autoconfiguration work in the kernel for each veth.
+SANDBOX_SYSCTLS = {"net/ipv6/conf/default/disable_ipv6": "1"}
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 ADJECTIVES = ["admiring", "brave", "clever", "dreamy", "eager", "fervent", "gallant", "happy", "jolly",
               "keen", "loving", "modest", "nifty", "optimistic", "peaceful", "quirky", "relaxed", "serene",
@@ -196,7 +199,7 @@ class ContainerService:
             c.sandbox = joined.sandbox
             hostname = joined.config.get("Hostname") or joined.id[:12]
         elif c.owns_sandbox:
-            c.sandbox = netns.create(str(self.sandbox_root / cid[:12]))
+            c.sandbox = netns.create(str(self.sandbox_root / cid[:12]), SANDBOX_SYSCTLS)
         try:
             spec = ContainerSpec(
                 id=cid, image=image.id, args=self._argv(body, image.config), env=list(body.get("Env") or []),
@@ -320,7 +323,7 @@ class ContainerService:
             if not self.state(owner).running:
                 raise Conflict(f"cannot join network namespace of a non running container: {owner.id}")
         if c.owns_sandbox and c.sandbox:
-            netns.create(c.sandbox)  # gone after a reboot (it lives on a tmpfs); a no-op otherwise
+            netns.create(c.sandbox, SANDBOX_SYSCTLS)  # gone after a reboot (on a tmpfs); a no-op otherwise
         self.release_networking(c)  # what an exit not yet handled still holds
         wired: list[tuple[Network, Endpoint]] = []
         published: list[PortSpec] = []

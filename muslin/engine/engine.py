@@ -58,4 +58,5 @@ class Engine:
     def close(self) -> None:
         self._worker.shutdown(wait=True)  # let queued state changes finish before their parts go
         self.runtime.close()
+        self.networks.bridge.close()
         self.store.close()

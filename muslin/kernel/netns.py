@@ -72,8 +72,11 @@ def _is_nsfs(path: str) -> bool:
         os.close(fd)
 
 
-def create(name_or_path: str) -> str:
-    """Create a new network namespace pinned at the path; returns the path. Idempotent."""
+def create(name_or_path: str, sysctls: dict[str, str] | None = None) -> str:
+    """Create a new network namespace pinned at the path; returns the path. Idempotent.
+
+    ``sysctls`` (``net/ipv6/conf/default/disable_ipv6``: ``1``, ...) are set inside it before anyone
+    can use it."""
     path = path_for(name_or_path)
     if _is_nsfs(path):
         return path
@@ -87,6 +90,9 @@ def create(name_or_path: str) -> str:
         # unshare() moves this thread only; it is a throwaway thread, so nothing needs restoring.
         try:
             _check(_libc.unshare(CLONE_NEWNET), "unshare")
+            for key, value in (sysctls or {}).items():
+                with open(f"/proc/sys/{key}", "w") as f:  # /proc/sys/net follows this thread's namespace
+                    f.write(value)
             _mount_bind(f"/proc/self/task/{threading.get_native_id()}/ns/net", path)
         except BaseException as exc:  # reported to the caller below
             error.append(exc)

@@ -109,6 +109,7 @@ def test_network_modes_of_the_article(daemon) -> None:
                   "192.168.100.1", "-o", "com.docker.network.bridge.name=docker1", "mybr0")
     out = daemon.docker("run", "--rm", "--network", "mybr0", "busybox", "ifconfig").stdout
     assert "inet addr:192.168.100.2" in out and "HWaddr 02:42:C0:A8:64:02" in out and "\nlo " in out
+    assert "inet6" not in out.split("\nlo ")[0]  # an IPv4-only network gives eth0 no IPv6, as Docker 26+
     host = daemon.docker("run", "--rm", "--network", "host", "busybox", "ifconfig").stdout
     assert "muslin0" in host and "docker1" in host
     none = daemon.docker("run", "--rm", "--network", "none", "busybox", "ifconfig").stdout
