@@ -158,9 +158,11 @@ def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: in
                   peer_mac: str, master_index: int) -> int:
     """Create a veth pair whose peer is born inside the target namespace (no link move), host end on
     the bridge and up. Returns the host end's index."""
-    ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, master=master_index, state="up",
-             peer={"ifname": peer_ifname, "net_ns_fd": netns_fd, "address": peer_mac, "mtu": mtu})
-    index = index_of(ipr, host_ifname)
+    reply = ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, master=master_index, state="up",
+                     peer={"ifname": peer_ifname, "net_ns_fd": netns_fd, "address": peer_mac, "mtu": mtu})
+    # A handle opened with echo gets the new link back; otherwise look it up.
+    echoed = [m["index"] for m in reply or [] if m.get("event") == "RTM_NEWLINK" and m.get("index")]
+    index = echoed[0] if echoed else index_of(ipr, host_ifname)
     assert index is not None
     return index
 

@@ -162,11 +162,12 @@ def udp_socket_in(name_or_path: str, address: str, port: int) -> socket.socket:
     return sock
 
 
-def iproute(name_or_path: str | None = None) -> IPRoute:
-    """An IPRoute handle into the namespace, without a helper process."""
+def iproute(name_or_path: str | None = None, echo: bool = False) -> IPRoute:
+    """An IPRoute handle into the namespace, without a helper process. ``echo``: the kernel answers
+    each change with the object it made (a new link's index, without a second lookup)."""
     if name_or_path is None:
-        return IPRoute()
-    return IPRoute(fileno=socket_in(name_or_path).detach())
+        return IPRoute(nlm_echo=echo)
+    return IPRoute(fileno=socket_in(name_or_path).detach(), nlm_echo=echo)
 
 
 def current_inode() -> int:

@@ -54,7 +54,7 @@ class BridgeDriver:
         """One netlink handle into the daemon's namespace, kept open: opening one costs ~0.6 ms, a
         tenth of a container's whole attach. Used from the engine's worker thread only."""
         if self._ipr is None:
-            self._ipr = netns.iproute()
+            self._ipr = netns.iproute(echo=True)
         return self._ipr
 
     def close(self) -> None:
