@@ -34,7 +34,7 @@ def endpoint_json(ep: Endpoint) -> dict[str, Any]:
     }
 
 
-def network_json(net: Network, endpoints: list[Endpoint] | None) -> dict[str, Any]:
+def network_json(net: Network, endpoints: list[Endpoint]) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "Name": net.name,
         "Id": net.id,
@@ -50,8 +50,7 @@ def network_json(net: Network, endpoints: list[Endpoint] | None) -> dict[str, An
         "ConfigFrom": {"Network": ""},
         "ConfigOnly": False,
     }
-    if endpoints is not None:
-        doc["Containers"] = {ep.container_id: endpoint_json(ep) for ep in endpoints}
+    doc["Containers"] = {ep.container_id: endpoint_json(ep) for ep in endpoints}
     doc["Options"] = dict(net.options)
     doc["Labels"] = dict(net.labels)
     return doc
@@ -86,7 +85,8 @@ def routes(router: Router, engine: Engine) -> None:
         out = []
         for net in nets.list():
             if _matches(net, filters):
-                out.append(network_json(net, nets.endpoints(net)))
+                # Since API 1.28 the list leaves Containers empty (inspect has them), as dockerd does.
+                out.append(network_json(net, []))
         return json_response(out)
 
     async def inspect_network(req: Request) -> Response:

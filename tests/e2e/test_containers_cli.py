@@ -218,7 +218,7 @@ def test_sdk_runs_containers(daemon) -> None:
         assert ct.ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8085"}]}
         code, output = ct.exec_run(["sh", "-c", "echo from-exec; exit 3"])
         assert (code, output) == (3, b"from-exec\n")
-        client.networks.get("bridge").reload()
+        assert [c.name for c in client.networks.get("bridge").containers] == ["sdkct"]
         ct.remove(force=True)
     finally:
         client.close()
