@@ -130,10 +130,10 @@ class ContainerViews:
             return {}
 
     def inspect(self, c: Container) -> dict[str, Any]:
-        st = self.engine.runtime.state(c.id)
+        rt = self.engine.runtime
+        st = rt.state(c.id)
         networks = self.networks_of(c)
         primary = networks.get("bridge") if c.network_mode == "bridge" else None
-        run_dir = self.engine.runtime.root / "containers" / c.id
         sandbox_id = c.id if c.sandbox else ""
         args = st.process.args
         config = dict(c.config)
@@ -153,10 +153,10 @@ class ContainerViews:
                 "Error": st.error, "StartedAt": rfc3339_ns(st.started_at), "FinishedAt": rfc3339_ns(st.finished_at),
             },
             "Image": c.image_id,
-            "ResolvConfPath": str(run_dir / "resolv.conf"),
-            "HostnamePath": str(run_dir / "hostname"),
-            "HostsPath": str(run_dir / "hosts"),
-            "LogPath": self.engine.runtime.log_path(c.id),
+            "ResolvConfPath": str(rt.etc_path(c.id, "resolv.conf")),
+            "HostnamePath": str(rt.etc_path(c.id, "hostname")),
+            "HostsPath": str(rt.etc_path(c.id, "hosts")),
+            "LogPath": rt.log_path(c.id),
             "Name": "/" + c.name,
             "RestartCount": c.restart_count,
             "Driver": "overlay",
@@ -229,9 +229,11 @@ def _matches(c: Container, st: State, views: ContainerViews, filters: dict[str, 
             return False
         if key == "exited" and (st.status != "exited" or str(st.exit_code) not in values):
             return False
-        if key == "network" and not any(n in views.networks_of(c) or any(
-                net.get("NetworkID", "").startswith(n) for net in views.networks_of(c).values()) for n in values):
-            return False
+        if key == "network":
+            joined = views.networks_of(c)
+            ids = [net["NetworkID"] for net in joined.values()]
+            if not any(n in joined or any(i.startswith(n) for i in ids) for n in values):
+                return False
         if key == "label" and not labels_match(c.config.get("Labels") or {}, values):
             return False
         if key == "ancestor" and c.image not in values and c.image_id not in values:

@@ -18,6 +18,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from muslin.kernel import netns
@@ -117,12 +118,13 @@ def console_size_of(value: Any) -> tuple[int, int] | None:
 
 class ContainerService:
     def __init__(self, store: Store, config: DaemonConfig, networks: NetworkService, images: ImageStore,
-                 runtime: Runtime) -> None:
+                 runtime: Runtime, engine_call: Callable[..., Awaitable[Any]]) -> None:
         self.store = store
         self.config = config
         self.networks = networks
         self.images = images
         self.runtime = runtime
+        self.engine_call = engine_call  # runs a function on the engine's worker thread (state changes)
         self.sandbox_root = config.exec_root / "netns"
         self._exit_waiters: dict[str, list[asyncio.Future[int]]] = {}
         self._removal_waiters: dict[str, list[asyncio.Future[int]]] = {}
@@ -273,8 +275,9 @@ class ContainerService:
         """/etc/hosts and /etc/resolv.conf as of this start (networks may have changed since create).
         A container in another's namespace sees that one's files, as in Docker: its names, its DNS."""
         if c.joined_container:
-            owner = self.runtime.root / "containers" / c.joined_container
-            return (owner / "hosts").read_text(), (owner / "resolv.conf").read_text()
+            owner = c.joined_container
+            return (self.runtime.etc_path(owner, "hosts").read_text(),
+                    self.runtime.etc_path(owner, "resolv.conf").read_text())
         hostname = c.config.get("Hostname") or c.id[:12]
         return (self._hosts_file(c, hostname, endpoints),
                 self._resolv_conf(c.host_config, self._uses_embedded_dns(c)))
@@ -494,8 +497,6 @@ class ContainerService:
             for fut in self._exit_waiters.pop(cid, []):
                 if not fut.done():
                     fut.set_result(code)
-
-    engine_call: Any = None  # set by the Engine: runs a function on the engine's worker thread
 
     def _after_exit(self, cid: str) -> None:
         try:

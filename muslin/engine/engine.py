@@ -36,8 +36,7 @@ class Engine:
         self.networks = NetworkService(self.store, config, self.firewall)
         self.images = ImageStore(config.data_root / "images")
         self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
-        self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime)
-        self.containers.engine_call = self.call
+        self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.call)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
     async def start(self) -> None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Interface, IPv4Network
 
-from muslin.kernel import links, netns
+from muslin.kernel import links
 
 from . import ipam
 from .config import DaemonConfig
@@ -122,10 +122,10 @@ class NetworkService:
         store does not know (a create whose rollback failed, or state from an older data root). Bridges
         with a user-chosen name are never removed: they may not be ours."""
         nets = self.store.networks()
-        with netns.iproute() as ipr:
-            links.reap_retired(ipr)
-            known = {n.resolved.get("bridge") for n in nets}
-            orphans = [name for name in links.bridge_names(ipr) if AUTO_BRIDGE.fullmatch(name) and name not in known]
+        ipr = self.bridge.host
+        links.reap_retired(ipr)
+        known = {n.resolved.get("bridge") for n in nets}
+        orphans = [name for name in links.bridge_names(ipr) if AUTO_BRIDGE.fullmatch(name) and name not in known]
         for name in orphans:
             log.warning("removing orphan bridge %s (no network of ours owns it)", name)
             self.bridge.remove_orphan(name)
@@ -182,9 +182,9 @@ class NetworkService:
         return net
 
     def _namespace_subnets(self) -> list[IPv4Network]:
-        with netns.iproute() as ipr:
-            routes = [IPv4Network(f"{d}/{p}", strict=False) for d, p in links.ipv4_routes(ipr)]
-            addrs = [a.network for a in links.interface_addresses(ipr) if not a.ip.is_loopback]
+        ipr = self.bridge.host
+        routes = [IPv4Network(f"{d}/{p}", strict=False) for d, p in links.ipv4_routes(ipr)]
+        addrs = [a.network for a in links.interface_addresses(ipr) if not a.ip.is_loopback]
         return routes + addrs
 
     def delete(self, ref: str) -> None:

@@ -178,6 +178,10 @@ class Runtime:
             raise NoSuchContainer(cid)
         return meta
 
+    def etc_path(self, cid: str, name: str) -> Path:
+        """The file bind-mounted at /etc/<name> (hosts, hostname, resolv.conf) of the container."""
+        return self._dir(cid) / name
+
     def log_path(self, cid: str) -> str:
         self._meta(cid)
         return str(self._dir(cid) / LOG_NAME)
