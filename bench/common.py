@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from muslin.kernel import netns
+from muslin.lab.lab import unmount_under
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference-dockerd.sh"
 REFERENCE_SOCK = "/tmp/ref-docker/docker.sock"
@@ -43,10 +44,7 @@ def muslind(*args: str) -> Iterator[str]:
             docker(host, "rm", "-f", *ids)
         proc.terminate()
         proc.wait(10)
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f if line.split()[4].startswith(str(root))]
-        for point in sorted(points, key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True)
+        unmount_under(root)
         netns.remove(name)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from muslin.kernel import netns
+from muslin.lab.lab import unmount_under
 
 from ..conftest import unique
 
@@ -79,13 +80,6 @@ class Daemon:
         return (self.root / "muslind.log").read_text()
 
 
-def _unmount_under(root: Path) -> None:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in sorted((p for p in points if p.startswith(str(root))), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
-
-
 @pytest.fixture
 def daemon_factory() -> Iterator:
     made: list[Daemon] = []
@@ -108,7 +102,7 @@ def daemon_factory() -> Iterator:
                     d.docker("rm", "-f", *ids, check=False)
         finally:
             d.stop()
-            _unmount_under(d.root)
+            unmount_under(d.root)
             netns.remove(d.ns)
             shutil.rmtree(d.root, ignore_errors=True)
 
