@@ -58,4 +58,6 @@ class Engine:
         self._worker.shutdown(wait=True)  # let queued state changes finish before their parts go
         self.runtime.close()
         self.networks.bridge.close()
+        if self.firewall:
+            self.firewall.close()
         self.store.close()

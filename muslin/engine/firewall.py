@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
-from muslin.kernel import iptables
+from muslin.kernel import iptables, nfhandles
 
 # (table, chain, rule spec without "-A CHAIN", position): position "first" inserts at the top of the
 # chain, "append" adds at the end. Isolation and FORWARD jumps must precede anything a user appended.
@@ -111,10 +111,21 @@ class Firewall(Protocol):
     def add_port_forwards(self, ports: list[PortSpec]) -> None: ...
     def remove_port_forwards(self, ports: list[PortSpec]) -> None: ...
     def remove_rules_naming(self, ifname: str) -> None: ...
+    def close(self) -> None: ...
 
 
 class IptablesFirewall:
-    """Applies rule lists as diffs against what the kernel holds, one transaction per call."""
+    """Applies rule lists as diffs against what the kernel holds, one transaction per call.
+
+    Additions go through iptables-restore; deletions by nf_tables handle (``nfhandles``), which spares
+    every removal an RCU grace period. Used from the engine's worker thread only.
+    """
+
+    def __init__(self) -> None:
+        self._deleter = nfhandles.HandleDeleter()
+
+    def close(self) -> None:
+        self._deleter.close()
 
     def setup_network(self, spec: BridgeSpec) -> None:
         self._add(base_rules() + bridge_rules(spec))
@@ -130,13 +141,13 @@ class IptablesFirewall:
 
     def remove_rules_naming(self, ifname: str) -> None:
         """Delete every rule that matches on this interface (-i/-o), in our chains and the built-in ones."""
-        batch = iptables.Batch()
+        naming = []
         for table, current in iptables.read_all().items():
             for rule in current.rules:
                 words = rule.split()
                 if any(words[i] in ("-i", "-o") and words[i + 1] == ifname for i in range(len(words) - 1)):
-                    batch.add(table, "-D" + rule[2:])
-        batch.apply()
+                    naming.append((table, rule))
+        self._deleter.delete(nfhandles.by_table(naming))
 
     def _add(self, rules: list[Rule]) -> None:
         batch = iptables.Batch()
@@ -154,11 +165,4 @@ class IptablesFirewall:
         batch.apply()
 
     def _remove(self, rules: list[Rule]) -> None:
-        batch = iptables.Batch()
-        state = iptables.read_all()
-        for table in {r[0] for r in rules}:
-            current = state.get(table, iptables.Ruleset())
-            for t, chain, spec, _ in rules:
-                if t == table and current.has(f"-A {chain} {spec}"):
-                    batch.add(table, f"-D {chain} {spec}")
-        batch.apply()
+        self._deleter.delete(nfhandles.by_table((table, f"-A {chain} {spec}") for table, chain, spec, _ in rules))
