@@ -2,7 +2,7 @@
 
 A network's (or a port's) rules are a pure function of the model: ``bridge_rules`` and ``port_rules``
 return the lines Docker's bridge driver would program, in chains of our own (MUSLIN, MUSLIN-USER,
-MUSLIN-ISOLATION-STAGE-1/2). Setting up adds the missing lines, tearing down deletes the present ones, and
+MUSLIN-FORWARD, MUSLIN-ISOLATION-STAGE-1/2). Setting up adds the missing lines, tearing down deletes the present ones, and
 both happen in one iptables-restore transaction, so they are idempotent and a reconcile after a crash is
 the same call as the first setup.
 """
@@ -21,7 +21,7 @@ Rule = tuple[str, str, str, str]
 
 OWN_CHAINS: dict[str, list[str]] = {
     "nat": ["MUSLIN"],
-    "filter": ["MUSLIN", "MUSLIN-USER", "MUSLIN-ISOLATION-STAGE-1", "MUSLIN-ISOLATION-STAGE-2"],
+    "filter": ["MUSLIN", "MUSLIN-USER", "MUSLIN-FORWARD", "MUSLIN-ISOLATION-STAGE-1", "MUSLIN-ISOLATION-STAGE-2"],
 }
 
 
@@ -51,8 +51,11 @@ def base_rules() -> list[Rule]:
         # Unlike Docker, 127.0.0.0/8 is not excluded: published ports answer on 127.0.0.1 through
         # route_localnet + MASQUERADE instead of a userland proxy per port (see bridge_rules).
         ("nat", "OUTPUT", "-m addrtype --dst-type LOCAL -j MUSLIN", "append"),
-        ("filter", "FORWARD", "-j MUSLIN-ISOLATION-STAGE-1", "first"),
+        # Both jumps go to the top of FORWARD (MUSLIN-USER first, as DOCKER-USER), so a host chain that
+        # ends in a catch-all REJECT cannot shadow the networks' rules; Docker 28 has DOCKER-FORWARD for this.
+        ("filter", "FORWARD", "-j MUSLIN-FORWARD", "first"),
         ("filter", "FORWARD", "-j MUSLIN-USER", "first"),
+        ("filter", "MUSLIN-FORWARD", "-j MUSLIN-ISOLATION-STAGE-1", "first"),
         ("filter", "MUSLIN-USER", "-j RETURN", "append"),
         ("filter", "MUSLIN-ISOLATION-STAGE-1", "-j RETURN", "append"),
         ("filter", "MUSLIN-ISOLATION-STAGE-2", "-j RETURN", "append"),
@@ -70,12 +73,11 @@ def bridge_rules(spec: BridgeSpec) -> list[Rule]:
     else:
         # No "-i <bridge> -j RETURN" in nat MUSLIN (Docker has it only with its userland proxy): without a
         # proxy, containers reach published ports, their own included, through the same DNAT rules.
-        # Per-network FORWARD rules are appended, after the MUSLIN-USER and isolation jumps that must
-        # come first; a host whose FORWARD chain ends in a catch-all REJECT needs them ahead of it.
+        # Per-network forwarding rules are appended to MUSLIN-FORWARD, after its isolation jump.
         rules = [
-            ("filter", "FORWARD", f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "append"),
-            ("filter", "FORWARD", f"-o {br} -j MUSLIN", "append"),
-            ("filter", "FORWARD", f"-i {br} ! -o {br} -j ACCEPT", "append"),
+            ("filter", "MUSLIN-FORWARD", f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "append"),
+            ("filter", "MUSLIN-FORWARD", f"-o {br} -j MUSLIN", "append"),
+            ("filter", "MUSLIN-FORWARD", f"-i {br} ! -o {br} -j ACCEPT", "append"),
             ("filter", "MUSLIN-ISOLATION-STAGE-1", f"-i {br} ! -o {br} -j MUSLIN-ISOLATION-STAGE-2", "first"),
             ("filter", "MUSLIN-ISOLATION-STAGE-2", f"-o {br} -j DROP", "first"),
         ]
@@ -85,7 +87,7 @@ def bridge_rules(spec: BridgeSpec) -> list[Rule]:
         # to be rewritten to the bridge address or the container's reply would go nowhere.
         rules.append(("nat", "POSTROUTING", f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE", "append"))
     verdict = "ACCEPT" if spec.icc else "DROP"
-    rules.append(("filter", "FORWARD", f"-i {br} -o {br} -j {verdict}", "append"))
+    rules.append(("filter", "MUSLIN-FORWARD", f"-i {br} -o {br} -j {verdict}", "append"))
     return rules
 
 

@@ -104,6 +104,23 @@ def test_published_port_dnat_hairpin_localhost_and_egress(daemon, make_netns) ->
     assert daemon.docker("ps", "-aq").stdout.strip() == ""
 
 
+def test_a_host_forward_chain_ending_in_reject_does_not_shadow_new_networks(daemon, make_netns) -> None:
+    """The host's own FORWARD rules (here a catch-all REJECT, added after muslind started) come after
+    the jumps into MUSLIN-USER and MUSLIN-FORWARD, so networks created later still forward."""
+    outside = _link_outside(daemon, make_netns)
+    daemon.sh("iptables", "-A", "FORWARD", "-j", "REJECT")
+    daemon.docker("network", "create", "--subnet", "10.78.0.0/24", "late")
+    forward = [r for r in daemon.sh("iptables", "-S", "FORWARD").splitlines() if r.startswith("-A")]
+    assert forward == ["-A FORWARD -j MUSLIN-USER", "-A FORWARD -j MUSLIN-FORWARD", "-A FORWARD -j REJECT --reject-with icmp-port-unreachable"]
+    server, seen = _serve_peer_address(outside, 9001)
+    out = daemon.docker("run", "--rm", "--network", "late", "busybox",
+                        "timeout", "5", "wget", "-qO-", "http://10.99.0.2:9001/", check=False)
+    server.join(10)
+    assert seen == ["10.99.0.1"], out.stderr
+    daemon.docker("network", "rm", "late")
+    assert "10.78.0" not in daemon.sh("iptables-save")
+
+
 def test_network_modes_of_the_article(daemon) -> None:
     daemon.docker("network", "create", "-d", "bridge", "--subnet", "192.168.100.0/24", "--gateway",
                   "192.168.100.1", "-o", "com.docker.network.bridge.name=docker1", "mybr0")

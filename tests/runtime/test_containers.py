@@ -337,6 +337,30 @@ def test_delete_refuses_running_and_force_kills(runtime: Runtime, netns_path: st
     asyncio.run(main())
 
 
+def test_a_wait_racing_a_delete_leaves_no_shim(runtime: Runtime, netns_path: str) -> None:
+    """`docker run`'s next-exit wait spawns a shim off the engine's worker; a delete of the same container
+    at the same moment must either stop that shim or make the wait fail, never leave a shim behind
+    (the runtime fixture checks that no process outlives its container)."""
+    async def one_round() -> None:
+        s = spec(netns_path, "true")
+        runtime.create(s)
+        waited, deleted = await asyncio.gather(runtime.exit_waiter(s.id, next_run=True),
+                                               asyncio.to_thread(runtime.delete, s.id), return_exceptions=True)
+        assert deleted is None
+        if isinstance(waited, BaseException):
+            assert isinstance(waited, NoSuchContainer), waited
+        else:
+            waited.cancel()
+        with pytest.raises(NoSuchContainer):
+            runtime.state(s.id)
+
+    async def main() -> None:
+        for _ in range(12):
+            await one_round()
+
+    asyncio.run(main())
+
+
 def test_containers_are_listed(runtime: Runtime, netns_path: str) -> None:
     a, b = spec(netns_path, "true"), spec(netns_path, "true")
     runtime.create(a)

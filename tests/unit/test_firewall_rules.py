@@ -11,7 +11,7 @@ def test_bridge_rules_mirror_docker() -> None:
     rules = specs(bridge_rules(BridgeSpec("docker1", IPv4Network("192.168.100.0/24"), True, True, False)))
     assert ("nat", "POSTROUTING", "-s 192.168.100.0/24 ! -o docker1 -j MASQUERADE") in rules
     assert ("filter", "MUSLIN-ISOLATION-STAGE-2", "-o docker1 -j DROP") in rules
-    assert ("filter", "FORWARD", "-i docker1 -o docker1 -j ACCEPT") in rules
+    assert ("filter", "MUSLIN-FORWARD", "-i docker1 -o docker1 -j ACCEPT") in rules
 
 
 def test_no_masquerade_when_off_and_internal_has_no_way_out() -> None:

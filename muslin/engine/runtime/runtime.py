@@ -242,9 +242,12 @@ class Runtime:
 
     def _ensure_shim(self, cid: str) -> None:
         """Make sure a shim for this container listens that has not yet finished its run."""
-        meta = self._meta(cid)
         state_dir = self._state_dir(cid)
         with self._lock(cid):
+            # Read under the lock: callers off the engine's worker (a next-exit wait, an attach) may race
+            # a delete, which holds the lock while it removes the container; a shim spawned after that
+            # would outlive it.
+            meta = self._meta(cid)
             try:
                 client.request(str(state_dir), {"op": "status"})
                 return
