@@ -95,7 +95,7 @@ def test_internal_and_icc_options_program_isolation(daemon) -> None:
     rules = daemon.sh("iptables", "-S")
     assert "-A MUSLIN-ISOLATION-STAGE-1 ! -s 10.40.0.0/24 -o brint -j DROP" in rules
     assert "-A MUSLIN-ISOLATION-STAGE-1 ! -d 10.40.0.0/24 -i brint -j DROP" in rules
-    assert "-A FORWARD -i brint -o brint -j DROP" in rules
+    assert "-A MUSLIN-FORWARD -i brint -o brint -j DROP" in rules
     assert "10.40.0.0/24" not in daemon.sh("iptables", "-t", "nat", "-S")
     (net,) = json.loads(daemon.docker("network", "inspect", "isolated").stdout)
     assert net["Internal"] is True and net["Labels"] == {"env": "test"}

@@ -19,7 +19,7 @@ def test_no_masquerade_when_off_and_internal_has_no_way_out() -> None:
     assert not any("-s 10.0.0.0/24 ! -o b -j MASQUERADE" in s for _, _, s in off)
     internal = specs(bridge_rules(BridgeSpec("b", IPv4Network("10.0.0.0/24"), True, False, True)))
     assert ("filter", "MUSLIN-ISOLATION-STAGE-1", "! -d 10.0.0.0/24 -i b -j DROP") in internal
-    assert ("filter", "FORWARD", "-i b -o b -j DROP") in internal
+    assert ("filter", "MUSLIN-FORWARD", "-i b -o b -j DROP") in internal
     assert not any(t == "nat" for t, _, _ in internal)
 
 
