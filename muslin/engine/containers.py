@@ -464,6 +464,10 @@ class ContainerService:
                          host_port=b["host_port"], container_ip=primary.address.ip,
                          container_port=b["container_port"]) for b in c.published]
 
+    def published_port_specs(self) -> list[PortSpec]:
+        """What the firewall must hold for every published port of a container with its endpoints."""
+        return [spec for c in self.all() for spec in self._port_specs(c)]
+
     def _unpublish(self, c: Container, specs: list[PortSpec]) -> None:
         if specs and self.networks.bridge.firewall:
             self.networks.bridge.firewall.remove_port_forwards(specs)

@@ -18,6 +18,7 @@ from typing import TypeVar
 from .config import DaemonConfig
 from .containers import ContainerService
 from .firewall import IptablesFirewall
+from .guard import FirewallGuard
 from .networks import NetworkService
 from .runtime import ImageStore, Runtime
 from .store import Store
@@ -38,16 +39,24 @@ class Engine:
         self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
         self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.call)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.guard = FirewallGuard(lambda: self.call(self.restore_firewall)) if self.firewall else None
 
     async def start(self) -> None:
         self.containers.loop = asyncio.get_running_loop()
         await self.call(self._start)
         await self.containers.follow_running()
+        if self.guard:
+            self.guard.start()
 
     def _start(self) -> None:
         self.images.ensure_busybox()
         self.networks.start()
         self.containers.recover()
+
+    def restore_firewall(self) -> int:
+        """Put back any missing rule of the networks and published ports; how many that was."""
+        assert self.firewall is not None
+        return self.firewall.ensure(self.networks.firewall_specs(), self.containers.published_port_specs())
 
     async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Run a state-changing engine call on the engine's worker thread."""
@@ -55,6 +64,8 @@ class Engine:
         return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
+        if self.guard:
+            self.guard.close()
         self._worker.shutdown(wait=True)  # let queued state changes finish before their parts go
         self.runtime.close()
         self.networks.bridge.close()

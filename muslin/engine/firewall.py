@@ -113,6 +113,7 @@ class Firewall(Protocol):
     def add_port_forwards(self, ports: list[PortSpec]) -> None: ...
     def remove_port_forwards(self, ports: list[PortSpec]) -> None: ...
     def remove_rules_naming(self, ifname: str) -> None: ...
+    def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int: ...
     def close(self) -> None: ...
 
 
@@ -141,6 +142,12 @@ class IptablesFirewall:
     def remove_port_forwards(self, ports: list[PortSpec]) -> None:
         self._remove([r for p in ports for r in port_rules(p)])
 
+    def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int:
+        """Put back whatever rule of these networks and ports is missing, in one transaction; returns how
+        many were. Nothing is missing: nothing is committed."""
+        return self._add(base_rules() + [r for spec in networks for r in bridge_rules(spec)]
+                         + [r for p in ports for r in port_rules(p)])
+
     def remove_rules_naming(self, ifname: str) -> None:
         """Delete every rule that matches on this interface (-i/-o), in our chains and the built-in ones."""
         naming = []
@@ -151,7 +158,8 @@ class IptablesFirewall:
                     naming.append((table, rule))
         self._deleter.delete(nfhandles.by_table(naming))
 
-    def _add(self, rules: list[Rule]) -> None:
+    def _add(self, rules: list[Rule]) -> int:
+        added = 0
         batch = iptables.Batch()
         state = iptables.read_all()
         for table in {r[0] for r in rules}:
@@ -164,7 +172,9 @@ class IptablesFirewall:
                     continue
                 current.add(f"-A {chain} {spec}")  # a rule listed twice is added once
                 batch.add(table, f"-I {chain} 1 {spec}" if position == "first" else f"-A {chain} {spec}")
+                added += 1
         batch.apply()
+        return added
 
     def _remove(self, rules: list[Rule]) -> None:
         self._deleter.delete(nfhandles.by_table((table, f"-A {chain} {spec}") for table, chain, spec, _ in rules))

@@ -24,7 +24,7 @@ from .drivers.base import NetworkDriver
 from .drivers.bridge import OPT_BIND, OPT_DEFAULT, OPT_ICC, OPT_MASQ, OPT_MTU, OPT_NAME, BridgeDriver
 from .drivers.passthrough import PassthroughDriver
 from .errors import Conflict, Forbidden, InvalidArgument, NotFound
-from .firewall import Firewall
+from .firewall import BridgeSpec, Firewall
 from .model import Endpoint, IPAMPool, Network, new_id, now_rfc3339
 from .store import Store
 
@@ -180,6 +180,10 @@ class NetworkService:
             raise
         log.info("created network %s (%s, %s, %s)", name, net.id[:12], driver, pool.subnet)
         return net
+
+    def firewall_specs(self) -> list[BridgeSpec]:
+        """What the firewall must hold for every bridge network of the store."""
+        return [self.bridge.firewall_spec(n) for n in self.store.networks() if n.driver == "bridge" and n.resolved]
 
     def _namespace_subnets(self) -> list[IPv4Network]:
         ipr = self.bridge.host

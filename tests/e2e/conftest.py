@@ -68,10 +68,10 @@ class Daemon:
             raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
         return proc
 
-    def sh(self, *cmd: str, check: bool = True) -> str:
+    def sh(self, *cmd: str, check: bool = True, input_: str | None = None) -> str:
         """Run a command inside the daemon's network namespace (to check kernel state)."""
         proc = subprocess.run(["nsenter", f"--net={netns.path_for(self.ns)}", *cmd],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, input=input_)
         if check and proc.returncode != 0:
             raise AssertionError(f"{cmd} failed: {proc.stderr}")
         return proc.stdout

@@ -121,6 +121,34 @@ def test_a_host_forward_chain_ending_in_reject_does_not_shadow_new_networks(daem
     assert "10.78.0" not in daemon.sh("iptables-save")
 
 
+def test_rules_wiped_by_a_firewall_reload_come_back(daemon) -> None:
+    """A reload that replaces the whole ruleset (as firewalld or iptables-restore of a saved file do)
+    takes every network's and port's rules away; muslind notices and puts them back."""
+    daemon.docker("network", "create", "--subnet", "10.79.0.0/24", "reloaded")
+    daemon.docker("run", "-d", "--name", "web3", "--network", "reloaded", "-p", "8083:80", "busybox", "sh", "-c", HTTPD)
+    wanted = daemon.sh("iptables-save")
+    assert "--dport 8083 -j DNAT --to-destination 10.79.0.2:80" in wanted
+    daemon.sh("iptables-restore", input_="*filter\nCOMMIT\n*nat\nCOMMIT\n")
+    assert "MUSLIN" not in daemon.sh("iptables-save")
+    deadline = time.monotonic() + 10
+    while _rules_of(daemon.sh("iptables-save")) != _rules_of(wanted) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _rules_of(daemon.sh("iptables-save")) == _rules_of(wanted)
+    assert "put back" in daemon.log() and "firewall rules" in daemon.log()
+    deadline = time.monotonic() + 10
+    while "hello world" not in _wget(daemon, "http://127.0.0.1:8083/") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "hello world" in _wget(daemon, "http://127.0.0.1:8083/")
+    daemon.docker("rm", "-f", "web3")
+    daemon.docker("network", "rm", "reloaded")
+    assert "10.79.0" not in daemon.sh("iptables-save")
+
+
+def _rules_of(saved: str) -> list[str]:
+    """The rules and chains of an iptables-save text, without its comments and counters."""
+    return sorted(line for line in saved.splitlines() if line.startswith(("-A", ":MUSLIN")))
+
+
 def test_network_modes_of_the_article(daemon) -> None:
     daemon.docker("network", "create", "-d", "bridge", "--subnet", "192.168.100.0/24", "--gateway",
                   "192.168.100.1", "-o", "com.docker.network.bridge.name=docker1", "mybr0")

@@ -1,0 +1,70 @@
+"""Keeping muslind's firewall rules in place when someone else removes them.
+
+A firewall reload (firewalld, ``iptables-restore`` of a saved file, ``iptables -F``) wipes the rules of
+every network and published port, and Docker leaves them wiped until it restarts (moby #35043). muslind
+listens for nf_tables changes in its namespace and, once they settle, puts back whatever is missing.
+Its own changes are announced too; the check after them finds nothing missing and commits nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from muslin.kernel import nfwatch
+
+log = logging.getLogger(__name__)
+
+QUIET_SECONDS = 0.2  # a burst of changes (a reload is several transactions) is checked once
+LONGEST_SECONDS = 2.0  # ... unless it never ends: a chatty ruleset is still checked this often
+
+
+class FirewallGuard:
+    def __init__(self, restore: Callable[[], Awaitable[int]]) -> None:
+        """``restore`` puts back what is missing and returns how many rules that was."""
+        self._restore = restore
+        self._changes: nfwatch.RulesetChanges | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._first = self._last = 0.0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._changes = nfwatch.RulesetChanges()
+        self._loop.add_reader(self._changes.fileno(), self._readable)
+
+    def close(self) -> None:
+        if self._changes is not None and self._loop is not None:
+            self._loop.remove_reader(self._changes.fileno())
+            self._changes.close()
+            self._changes = None
+        if self._task is not None:
+            self._task.cancel()
+
+    def _readable(self) -> None:
+        assert self._changes is not None and self._loop is not None
+        if not self._changes.drain():
+            return
+        self._last = self._loop.time()
+        if self._task is None or self._task.done():
+            self._first = self._last
+            self._task = self._loop.create_task(self._check_when_settled())
+
+    async def _check_when_settled(self) -> None:
+        assert self._loop is not None
+        while True:
+            while (delay := min(self._last + QUIET_SECONDS, self._first + LONGEST_SECONDS) - self._loop.time()) > 0:
+                await asyncio.sleep(delay)
+            started = self._loop.time()
+            try:
+                restored = await self._restore()
+            except Exception:
+                log.exception("could not check the firewall rules")
+                restored = 0
+            if restored:
+                log.warning("put back %d firewall rules that were removed behind muslind's back "
+                            "(a firewall reload?)", restored)
+            if self._last < started:
+                return
+            self._first = self._loop.time()  # more changes came in meanwhile: look once more

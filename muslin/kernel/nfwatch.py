@@ -1,0 +1,49 @@
+"""Notice changes to the nf_tables ruleset of the current network namespace.
+
+Every committed nf_tables transaction (iptables-nft, nft, firewalld, a reload that flushes everything) is
+announced to the NFNLGRP_NFTABLES multicast group. The watcher only needs to know *that* something
+changed, never what, so it is a bare netlink socket that is drained without parsing; the caller then
+diffs what it wants against what the kernel holds. iptables-legacy announces nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+
+
+class RulesetChanges:
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        try:
+            self._sock.bind((0, 0))
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+            self._sock.setblocking(False)
+        except OSError:
+            self._sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def drain(self) -> int:
+        """Read every pending notification; returns how many there were. An overrun (ENOBUFS) counts as
+        one: changes were missed, which is all a caller needs to know."""
+        count = 0
+        while True:
+            try:
+                self._sock.recv(65536)
+            except BlockingIOError:
+                return count
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:  # ENOBUFS: the kernel dropped notifications for us
+                    raise
+            count += 1
+
+    def close(self) -> None:
+        self._sock.close()
