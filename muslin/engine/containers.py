@@ -140,13 +140,11 @@ class ContainerService:
 
     def get(self, ref: str) -> Container:
         ref = ref.lstrip("/")
-        items = self.all()
-        for c in items:
-            if c.id == ref or c.name == ref:
-                return c
-        matches = [c for c in items if ref and c.id.startswith(ref)]
+        matches = self.store.find_containers(ref)
         if len(matches) == 1:
-            return matches[0]
+            return Container.from_doc(matches[0])
+        if len(matches) > 1:
+            raise EngineError(f"multiple IDs found with provided prefix: {ref}")  # as dockerd, a 500
         raise NotFound(f"No such container: {ref}")
 
     def state(self, c: Container) -> State:
@@ -411,15 +409,16 @@ class ContainerService:
     def resolve(self, cid: str, name: str) -> list[IPv4Address] | None:
         """Addresses of ``name`` as container ``cid`` sees it: containers (by name, alias or short id)
         on the user-defined networks it shares with them. None: not a name of ours."""
-        mine = {ep.network_id for ep in self.store.endpoints(container_id=cid)}
+        # Endpoints carry their container's name and aliases (rename updates them), so a query reads
+        # only the endpoints of the networks the asker is on: it runs on the event loop.
         found: list[IPv4Address] = []
-        for c in self.all():
-            for att in c.attachments:
-                if att.network_id not in mine or self.networks.get(att.network_id).predefined:
-                    continue
-                if name in (c.name.lower(), c.id[:12], *(a.lower() for a in att.aliases)):
-                    found += [ep.address.ip for ep in self.store.endpoints(network_id=att.network_id, container_id=c.id)
-                              if ep.address is not None]
+        for mine in self.store.endpoints(container_id=cid):
+            if self.networks.get(mine.network_id).predefined:
+                continue
+            for ep in self.store.endpoints(network_id=mine.network_id):
+                if ep.address is not None and name in (ep.container_name.lower(), ep.container_id[:12],
+                                                       *(a.lower() for a in ep.aliases)):
+                    found.append(ep.address.ip)
         return found or None
 
     def _follow(self, cid: str, watch: ExitWaiter) -> None:

@@ -55,14 +55,7 @@ class NetworkService:
         return self.store.networks()
 
     def get(self, ref: str) -> Network:
-        nets = self.store.networks()
-        for net in nets:
-            if net.id == ref:
-                return net
-        for net in nets:
-            if net.name == ref:
-                return net
-        matches = [n for n in nets if ref and n.id.startswith(ref)]
+        matches = self.store.find_networks(ref)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

@@ -103,7 +103,23 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    def _find(self, table: str, ref: str) -> list[str]:
+        """Docs of the rows ``ref`` names, as Docker resolves a reference: the full id, else the name,
+        else an id prefix (more than one row back: the prefix is ambiguous). Indexed, no full decode."""
+        if not ref:
+            return []
+        for sql, args in ((f"SELECT doc FROM {table} WHERE id = ?", (ref,)),
+                          (f"SELECT doc FROM {table} WHERE name = ?", (ref,)),
+                          (f"SELECT doc FROM {table} WHERE substr(id, 1, ?) = ?", (len(ref), ref))):
+            rows = self._rows(sql, *args)
+            if rows:
+                return [d for (d,) in rows]
+        return []
+
     # networks
+    def find_networks(self, ref: str) -> list[Network]:
+        return [_network_from_doc(d) for d in self._find("networks", ref)]
+
     def networks(self) -> list[Network]:
         return [_network_from_doc(d) for (d,) in self._rows("SELECT doc FROM networks ORDER BY name")]
 
@@ -149,6 +165,9 @@ class Store:
         db.execute("DELETE FROM addresses WHERE network_id = ? AND owner = ?", (network_id, owner))
 
     # containers (documents owned by the container service)
+    def find_containers(self, ref: str) -> list[dict]:
+        return [json.loads(d) for d in self._find("containers", ref)]
+
     def containers(self) -> list[dict]:
         return [json.loads(d) for (d,) in self._rows("SELECT doc FROM containers ORDER BY rowid")]
 
