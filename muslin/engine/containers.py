@@ -29,7 +29,7 @@ from .config import DaemonConfig
 from .errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound, NotModified
 from .firewall import PortSpec
 from .model import Endpoint, Network, new_id, now_rfc3339
-from .networks import NetworkService
+from .networks import ENDPOINT_DRIVERS, NetworkService
 from .runtime import ContainerSpec, ImageStore, NoSuchContainer, Runtime, StartFailed, State
 from .runtime.runtime import ExitWaiter
 from .store import Store
@@ -259,7 +259,7 @@ class ContainerService:
                 continue
             wanted.append((self.networks.get(key), cfg or {}))
         for net, cfg in wanted:
-            if net.driver != "bridge":
+            if net.driver not in ENDPOINT_DRIVERS:
                 raise InvalidArgument(f"container cannot be connected to network {net.name} ({net.driver}) together with others")
             ipam_cfg = cfg.get("IPAMConfig") or {}
             attachments.append(NetworkAttachment(network_id=net.id, ip=ipam_cfg.get("IPv4Address") or "",
@@ -336,7 +336,7 @@ class ContainerService:
                 assert c.sandbox is not None
                 self.networks.wire_endpoint(net, ep, c.sandbox)
                 wired.append((net, ep))
-            if c.bindings and wired:
+            if c.bindings and wired and wired[0][0].driver == "bridge":  # other drivers have no NAT
                 published = self._publish(c, wired[0][0], wired[0][1])
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
             self._bind_dns(c)
@@ -369,10 +369,12 @@ class ContainerService:
         watch = await self.runtime.exit_waiter(c.id, next_run=True)
         try:
             await self.engine_call(self.start, c.id)
-        except StartFailed as exc:
-            # Docker reports the failed start, and a --rm container goes away with the failure's code.
+        except Exception as exc:
+            # Docker reports the failed start (the process's or the network's), and a --rm container goes
+            # away with it: a client waiting for condition=removed must not wait forever.
             watch.cancel()
-            self._last_exit[c.id] = exc.exit_code
+            if isinstance(exc, StartFailed):
+                self._last_exit[c.id] = exc.exit_code
             if c.host_config.get("AutoRemove"):
                 await self.engine_call(self._remove, self.get(c.id))
             raise
@@ -459,6 +461,8 @@ class ContainerService:
         if primary is None or primary.address is None:
             return []
         net = self.networks.get(primary.network_id)
+        if net.driver != "bridge":
+            return []
         return [PortSpec(bridge=net.resolved["bridge"], proto=b["proto"], host_ip=b["host_ip"],
                          host_port=b["host_port"], container_ip=primary.address.ip,
                          container_port=b["container_port"]) for b in c.published]
@@ -580,7 +584,7 @@ class ContainerService:
         if c.network_mode == "none":
             raise Forbidden("container cannot be disconnected from host network or connected to host network" if net.driver == "host"
                              else "container cannot be connected to multiple networks with one of the networks in private (none) mode")
-        if net.driver != "bridge":
+        if net.driver not in ENDPOINT_DRIVERS:
             raise Forbidden(f"container cannot be connected to {net.driver} network {net.name}")
         if any(a.network_id == net.id for a in c.attachments):
             raise Forbidden(f"endpoint with name {c.name} already exists in network {net.name}")

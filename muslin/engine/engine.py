@@ -68,7 +68,7 @@ class Engine:
             self.guard.close()
         self._worker.shutdown(wait=True)  # let queued state changes finish before their parts go
         self.runtime.close()
-        self.networks.bridge.close()
+        self.networks.close()
         if self.firewall:
             self.firewall.close()
         self.store.close()

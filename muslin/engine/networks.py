@@ -20,8 +20,10 @@ from muslin.kernel import links
 
 from . import ipam
 from .config import DaemonConfig
-from .drivers.base import NetworkDriver
+from .drivers import macvlan
+from .drivers.base import HostNetlink, NetworkDriver
 from .drivers.bridge import OPT_BIND, OPT_DEFAULT, OPT_ICC, OPT_MASQ, OPT_MTU, OPT_NAME, BridgeDriver
+from .drivers.macvlan import MacvlanDriver
 from .drivers.passthrough import PassthroughDriver
 from .errors import Conflict, Forbidden, InvalidArgument, NotFound
 from .firewall import BridgeSpec, Firewall
@@ -33,19 +35,27 @@ log = logging.getLogger(__name__)
 PREDEFINED = {"bridge": "bridge", "host": "host", "none": "null"}
 AUTO_BRIDGE = re.compile(r"br-[0-9a-f]{12}")  # the bridge names muslind makes up
 # Drivers Docker knows that muslind does not implement yet: refused with a clear message, not "not found".
-PLANNED_DRIVERS = {"macvlan", "ipvlan", "overlay"}
+PLANNED_DRIVERS = {"ipvlan", "overlay"}
+# Drivers whose networks give containers endpoints of their own (host and null give none).
+ENDPOINT_DRIVERS = {"bridge", "macvlan"}
 
 
 class NetworkService:
     def __init__(self, store: Store, config: DaemonConfig, firewall: Firewall | None) -> None:
         self.store = store
         self.config = config
-        self.bridge = BridgeDriver(config, firewall)
+        self._host = HostNetlink()
+        self.bridge = BridgeDriver(config, firewall, self._host)
+        self.macvlan = MacvlanDriver(self._host)
         self.drivers: dict[str, NetworkDriver] = {
             "bridge": self.bridge,
+            "macvlan": self.macvlan,
             "host": PassthroughDriver("host"),
             "null": PassthroughDriver("null"),
         }
+
+    def close(self) -> None:
+        self._host.close()
 
     def driver_names(self) -> list[str]:
         return sorted(self.drivers)
@@ -111,20 +121,30 @@ class NetworkService:
                 self.store.put_network(db, wanted)
 
     def reconcile(self) -> None:
-        """Program every network of the store, and remove bridges named as muslind names them that the
-        store does not know (a create whose rollback failed, or state from an older data root). Bridges
-        with a user-chosen name are never removed: they may not be ours."""
+        """Program every network of the store, and remove links named as muslind names them that the
+        store does not know (a create whose rollback failed, or state from an older data root). Links
+        with a user-chosen name are never removed: they may not be ours. A network that cannot be
+        programmed (its macvlan parent is gone, say) is logged and skipped, not fatal to the daemon."""
         nets = self.store.networks()
-        ipr = self.bridge.host
+        ipr = self._host.get()
         links.reap_retired(ipr)
-        known = {n.resolved.get("bridge") for n in nets}
-        orphans = [name for name in links.bridge_names(ipr) if AUTO_BRIDGE.fullmatch(name) and name not in known]
-        for name in orphans:
-            log.warning("removing orphan bridge %s (no network of ours owns it)", name)
-            self.bridge.remove_orphan(name)
+        bridges = {n.resolved.get("bridge") for n in nets}
+        for name in links.bridge_names(ipr):
+            if AUTO_BRIDGE.fullmatch(name) and name not in bridges:
+                log.warning("removing orphan bridge %s (no network of ours owns it)", name)
+                self.bridge.remove_orphan(name)
+        parents = {n.resolved.get("parent") for n in nets if n.resolved.get("created_parent")}
+        peers = {macvlan.DUMMY_PEER_PREFIX + n.id[:11] for n in nets if n.resolved.get("created_parent") == "dummy"}
+        for name in links.link_names(ipr):
+            if macvlan.OWN_PARENT.fullmatch(name) and name not in parents | peers:
+                log.warning("removing orphan macvlan parent %s (no network of ours owns it)", name)
+                self.macvlan.remove_orphan(name)
         for net in nets:
             if net.resolved:
-                self.drivers[net.driver].create_network(net)
+                try:
+                    self.drivers[net.driver].create_network(net)
+                except Exception as exc:
+                    log.error("network %s (%s) could not be programmed: %s", net.name, net.driver, exc)
 
     def create(self, name: str, driver: str = "bridge", ipam_configs: Iterable[dict] = (),
                internal: bool = False, attachable: bool = False, ingress: bool = False,
@@ -179,7 +199,7 @@ class NetworkService:
         return [self.bridge.firewall_spec(n) for n in self.store.networks() if n.driver == "bridge" and n.resolved]
 
     def _namespace_subnets(self) -> list[IPv4Network]:
-        ipr = self.bridge.host
+        ipr = self._host.get()
         routes = [IPv4Network(f"{d}/{p}", strict=False) for d, p in links.ipv4_routes(ipr)]
         addrs = [a.network for a in links.interface_addresses(ipr) if not a.ip.is_loopback]
         return routes + addrs
@@ -208,7 +228,7 @@ class NetworkService:
     def allocate_endpoint(self, net: Network, container_id: str, container_name: str, ifname: str,
                           ip: str = "", mac: str = "", aliases: list[str] | None = None) -> Endpoint:
         """Reserve an address and record the endpoint (not yet wired)."""
-        if net.driver != "bridge":
+        if net.driver not in ENDPOINT_DRIVERS:
             raise InvalidArgument(f"network {net.name} ({net.driver}) takes no endpoints")
         if self.store.endpoints(network_id=net.id, container_id=container_id):
             raise Forbidden(f"endpoint with name {container_name} already exists in network {net.name}")

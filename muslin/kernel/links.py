@@ -83,9 +83,14 @@ def retire_link(ipr: IPRoute, name: str) -> bool:
     index = index_of(ipr, name)
     if index is None:
         return False
-    ipr.link("set", index=index, state="down")
-    ipr.flush_addr(index=index)
-    ipr.link("set", index=index, ifname=RETIRED_PREFIX + os.urandom(4).hex())
+    try:
+        ipr.link("set", index=index, state="down")
+        ipr.flush_addr(index=index)
+        ipr.link("set", index=index, ifname=RETIRED_PREFIX + os.urandom(4).hex())
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:  # gone meanwhile (a veth whose peer was just deleted)
+            return False
+        raise
     _reaper.submit(_delete_index, index)
     return True
 
@@ -139,6 +144,10 @@ def ipv4_routes(ipr: IPRoute) -> list[tuple[str, int]]:
     return out
 
 
+def link_names(ipr: IPRoute) -> list[str]:
+    return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+
+
 def bridge_names(ipr: IPRoute) -> list[str]:
     out = []
     for link in ipr.get_links():
@@ -165,6 +174,46 @@ def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: in
     index = echoed[0] if echoed else index_of(ipr, host_ifname)
     assert index is not None
     return index
+
+
+def _ensure_link(ipr: IPRoute, name: str, kind: str, **attrs: object) -> int:
+    """A link of this kind and name, created if missing, and up. EOPNOTSUPP when the kernel lacks the kind."""
+    index = index_of(ipr, name)
+    if index is None:
+        try:
+            ipr.link("add", ifname=name, kind=kind, **attrs)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        index = index_of(ipr, name)
+        assert index is not None
+    elif link_kind(ipr, index) != kind:
+        raise FileExistsError(f"{name} exists and is not a {kind} link")
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+def ensure_vlan(ipr: IPRoute, name: str, base_index: int, vlan_id: int) -> int:
+    return _ensure_link(ipr, name, "vlan", link=base_index, vlan_id=vlan_id)
+
+
+def ensure_dummy(ipr: IPRoute, name: str) -> int:
+    return _ensure_link(ipr, name, "dummy")
+
+
+def ensure_veth_pair(ipr: IPRoute, name: str, peer: str) -> int:
+    """Both ends in this namespace and up; returns ``name``'s index."""
+    index = _ensure_link(ipr, name, "veth", peer=peer)
+    peer_index = index_of(ipr, peer)
+    if peer_index is not None:
+        ipr.link("set", index=peer_index, state="up")
+    return index
+
+
+def add_macvlan_into(ipr: IPRoute, ifname: str, parent_index: int, netns_fd: int, mode: str, mac: str) -> None:
+    """A macvlan of the parent, born inside the target namespace under its final name."""
+    ipr.link("add", ifname=ifname, kind="macvlan", link=parent_index, macvlan_mode=mode, address=mac,
+             net_ns_fd=netns_fd)
 
 
 def configure_container_link(ipr: IPRoute, ifname: str, address: IPv4Interface,

@@ -26,7 +26,7 @@ def test_predefined_networks_and_inspect(daemon) -> None:
     assert bridge["Options"]["com.docker.network.bridge.name"] == "muslin0"
     assert bridge["Options"]["com.docker.network.driver.mtu"] == "1500"
     assert "inet 172.17.0.1/16" in daemon.sh("ip", "addr", "show", "muslin0")
-    assert "Network: bridge host null" in daemon.docker("info").stdout
+    assert "Network: bridge host macvlan null" in daemon.docker("info").stdout
 
 
 def test_article_mybr0_create_and_remove_leaves_nothing(daemon) -> None:

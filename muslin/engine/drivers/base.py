@@ -4,7 +4,29 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pyroute2 import IPRoute
+
+from muslin.kernel import netns
+
 from ..model import Endpoint, Network
+
+
+class HostNetlink:
+    """One netlink handle into the daemon's namespace, shared by the drivers and kept open: opening
+    one costs ~0.6 ms, a tenth of a container's whole attach. Used from the engine's worker thread only."""
+
+    def __init__(self) -> None:
+        self._ipr: IPRoute | None = None
+
+    def get(self) -> IPRoute:
+        if self._ipr is None:
+            self._ipr = netns.iproute(echo=True)
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
 
 
 class NetworkDriver(Protocol):

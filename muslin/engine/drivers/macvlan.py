@@ -1,0 +1,136 @@
+"""The macvlan driver: containers as hosts of their own on the parent interface's L2 segment.
+
+Each endpoint is a macvlan of the parent, born inside the container's namespace, with its own MAC (02:42
++ the IP, as on bridges). There is no NAT, no bridge and no iptables: traffic leaves on the parent as it
+is, which is how the article's §5.2.1 reaches containers on other hosts. As with any macvlan, the host
+itself cannot reach its own containers through the parent (the kernel does not loop macvlan traffic
+back to the lower device).
+
+``-o parent`` names the interface. ``name.N`` that does not exist is created as VLAN N of ``name`` and
+removed with the network. No parent: a dummy link ``dm-<id>`` of our own, so the containers of the
+network reach each other and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from muslin.kernel import links, netns
+
+from ..errors import Conflict, EngineError, InvalidArgument
+from ..model import Endpoint, Network
+from .base import HostNetlink
+
+OPT_PARENT = "parent"
+OPT_MODE = "macvlan_mode"
+MODES = ("bridge", "private", "vepa", "passthru")
+VLAN_NAME = re.compile(r"(?P<base>[^.]+)\.(?P<vid>[0-9]{1,4})")
+DUMMY_PREFIX = "dm-"
+DUMMY_PEER_PREFIX = "dmp-"
+OWN_PARENT = re.compile(r"dmp?-[0-9a-f]{11,12}")  # parents muslind makes up (reconcile removes orphans)
+
+
+def dummy_name(net: Network) -> str:
+    return DUMMY_PREFIX + net.id[:12]
+
+
+class MacvlanDriver:
+    name = "macvlan"
+
+    def __init__(self, host: HostNetlink) -> None:
+        self._host = host
+
+    @property
+    def host(self) -> IPRoute:
+        return self._host.get()
+
+    # -- network lifecycle -------------------------------------------------------------------
+    def prepare(self, net: Network, others: list[Network]) -> None:
+        opts = net.options
+        unknown = sorted(set(opts) - {OPT_PARENT, OPT_MODE})
+        if unknown:
+            raise InvalidArgument(f"unknown option {unknown[0]!r} for the macvlan driver (it knows {OPT_PARENT}, {OPT_MODE})")
+        mode = opts.get(OPT_MODE) or "bridge"
+        if mode not in MODES:
+            raise InvalidArgument(f"requested macvlan mode '{mode}' is not valid, 'bridge' mode is the macvlan driver default")
+        parent = opts.get(OPT_PARENT, "")
+        created = ""
+        if not parent:
+            parent, created = dummy_name(net), "dummy"
+        else:
+            for other in others:
+                if other.driver == self.name and other.resolved.get("parent") == parent:
+                    raise Conflict(f"network {DUMMY_PREFIX}{other.id[:12]} is already using parent interface {parent}")
+            if links.index_of(self.host, parent) is None:
+                vlan = VLAN_NAME.fullmatch(parent)
+                if vlan is None or len(parent) > 15:
+                    raise InvalidArgument(f"invalid subinterface vlan name {parent}, example formatting is eth0.10")
+                if not 1 <= int(vlan["vid"]) <= 4094:
+                    raise InvalidArgument(f"vlan id out of range: {vlan['vid']} (1-4094) in parent {parent}")
+                if links.index_of(self.host, vlan["base"]) is None:
+                    raise InvalidArgument(f"-o parent interface was not found on the host: {vlan['base']}")
+                created = "vlan"
+        net.resolved = {"parent": parent, "mode": mode, "created_parent": created}
+
+    def create_network(self, net: Network) -> None:
+        parent, created = net.resolved["parent"], net.resolved["created_parent"]
+        try:
+            if created == "vlan":
+                vlan = VLAN_NAME.fullmatch(parent)
+                assert vlan is not None
+                base = links.index_of(self.host, vlan["base"])
+                if base is None:
+                    raise EngineError(f"-o parent interface was not found on the host: {vlan['base']}")
+                try:
+                    links.ensure_vlan(self.host, parent, base, int(vlan["vid"]))
+                except NetlinkError as exc:
+                    raise EngineError(f"failed to create {parent} vlan link: {os.strerror(exc.code).lower()}") from None
+            elif created == "dummy":
+                try:
+                    links.ensure_dummy(self.host, parent)
+                except NetlinkError as exc:
+                    if exc.code != errno.EOPNOTSUPP:
+                        raise
+                    # A kernel without dummy links: one end of a veth pair whose other end stays up
+                    # unused is the same thing for macvlans, a lower device that goes nowhere.
+                    links.ensure_veth_pair(self.host, parent, DUMMY_PEER_PREFIX + net.id[:11])
+            elif links.index_of(self.host, parent) is None:
+                raise EngineError(f"-o parent interface was not found on the host: {parent}")
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.delete_network(net)
+            raise
+
+    def delete_network(self, net: Network) -> None:
+        if net.resolved.get("created_parent"):
+            links.retire_link(self.host, net.resolved["parent"])
+
+    def remove_orphan(self, name: str) -> None:
+        links.retire_link(self.host, name)
+
+    # -- endpoints -------------------------------------------------------------------------------
+    def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
+        assert ep.address is not None
+        parent = links.index_of(self.host, net.resolved["parent"])
+        if parent is None:
+            raise EngineError(f"parent interface {net.resolved['parent']} of network {net.name} is missing")
+        fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            links.add_macvlan_into(self.host, ep.ifname, parent, fd, net.resolved["mode"], ep.mac)
+        finally:
+            os.close(fd)
+        # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
+        with netns.iproute(sandbox) as ipr:
+            links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway)
+
+    def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
+        # The macvlan lives in the sandbox only: a sandbox that is gone took it along.
+        if sandbox and netns.exists(sandbox):
+            with netns.iproute(sandbox) as ipr:
+                links.delete_link(ipr, ep.ifname)
