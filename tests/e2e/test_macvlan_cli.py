@@ -63,6 +63,15 @@ def test_macvlan_containers_live_on_the_parents_segment(daemon, make_netns) -> N
     assert _in(lan, "busybox", "ping", "-c", "1", "-W", "2", "192.168.60.77", check=False).returncode == 0  # and back
     assert _rules(daemon) == rules_before  # no NAT, no filtering: traffic leaves as it is
 
+    # A container of the default bridge joins the segment as eth1, and leaves it.
+    daemon.docker("run", "-d", "--name", "b1", "busybox", "sleep", "300")
+    daemon.docker("network", "connect", "--ip", "192.168.60.88", "mv", "b1")
+    assert "inet 192.168.60.88/24" in daemon.docker("exec", "b1", "ip", "addr", "show", "eth1").stdout
+    assert _ping(daemon, "b1", "192.168.60.254")
+    daemon.docker("network", "disconnect", "mv", "b1")
+    assert daemon.docker("exec", "b1", "ip", "link", "show", "eth1", check=False).returncode != 0
+    daemon.docker("rm", "-f", "b1")
+
     refused = daemon.docker("network", "rm", "mv", check=False)
     assert refused.returncode != 0 and "has active endpoints" in refused.stderr
     daemon.docker("rm", "-f", "m1", "m2")
