@@ -1,5 +1,5 @@
-"""`docker run --rm busybox true` through the CLI (bridge and none), muslind vs the reference dockerd,
-and the network attach/detach of one endpoint alone (engine level, no CLI).
+"""`docker run --rm busybox true` through the CLI (bridge, none and macvlan), muslind vs the reference
+dockerd, and the network attach/detach of one endpoint alone (engine level, no CLI).
 
 Run: .venv/bin/python bench/bench_run.py [rounds]   (root; everything inside namespaces)
 """
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import docker, muslind, reference_dockerd, report, timed
+from common import REFERENCE_NS, add_lan_parent, docker, muslind, reference_dockerd, report, timed
 
 from muslin.engine.config import DaemonConfig
 from muslin.engine.containers import SANDBOX_SYSCTLS
@@ -64,21 +64,34 @@ def attach_detach(rounds: int) -> tuple[list[float], list[float]]:
     return attach, detach
 
 
+NETWORKS = ("bridge", "none", "mvbench")
+
+
+def time_runs(host: str, rounds: int) -> dict[str, list[float]]:
+    proc = docker(host, "network", "create", "-d", "macvlan", "--subnet", "192.168.90.0/24", "-o", "parent=eth0",
+                  "mvbench")
+    if proc.returncode:
+        raise RuntimeError(proc.stderr)
+    out = {}
+    for network in NETWORKS:
+        run(host, network)
+        out[network] = timed(lambda n=network: run(host, n), rounds)
+    docker(host, "network", "rm", "mvbench")
+    return out
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    ours: dict[str, list[float]] = {}
-    with muslind() as host:
-        for network in ("bridge", "none"):
-            run(host, network)
-            ours[network] = timed(lambda n=network: run(host, n), rounds)
-    ref: dict[str, list[float] | None] = {"bridge": None, "none": None}
+    with muslind(prepare=add_lan_parent) as host:
+        ours = time_runs(host, rounds)
+    ref: dict[str, list[float] | None] = dict.fromkeys(NETWORKS)
     with reference_dockerd() as ref_host:
         if ref_host:
-            for network in ("bridge", "none"):
-                run(ref_host, network)
-                ref[network] = timed(lambda n=network: run(ref_host, n), rounds)
+            add_lan_parent(REFERENCE_NS)  # removed with the namespace when the reference goes down
+            ref.update(time_runs(ref_host, rounds))
     report("run --rm busybox true (bridge)", ours["bridge"], ref["bridge"], goal=0.35)
     report("run --rm busybox true (none)", ours["none"], ref["none"])
+    report("run --rm busybox true (macvlan)", ours["mvbench"], ref["mvbench"])
     attach, detach = attach_detach(rounds * 5)
     print(f"{'network attach (veth+addr+route)':40s} median {statistics.median(attach) * 1000:6.2f} ms (goal <= 5)")
     print(f"{'network detach':40s} median {statistics.median(detach) * 1000:6.2f} ms (goal <= 25)")

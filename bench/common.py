@@ -18,13 +18,17 @@ from muslin.lab.lab import unmount_under
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference-dockerd.sh"
 REFERENCE_SOCK = "/tmp/ref-docker/docker.sock"
+REFERENCE_NS = "ref-dockerd"  # the namespace reference-dockerd.sh runs dockerd in (and removes on down)
 
 
 @contextmanager
-def muslind(*args: str) -> Iterator[str]:
-    """A muslind in a fresh namespace; yields its DOCKER_HOST and removes everything after."""
+def muslind(*args: str, prepare: Callable[[str], None] | None = None) -> Iterator[str]:
+    """A muslind in a fresh namespace; yields its DOCKER_HOST and removes everything after.
+    ``prepare(namespace)`` runs before the daemon starts (to give the host links of its own)."""
     name = f"mb-{os.getpid()}"
     netns.create(name)
+    if prepare:
+        prepare(name)
     root = Path(tempfile.mkdtemp(prefix="muslin-bench-"))
     sock = root / "docker.sock"
     proc = subprocess.Popen(["nsenter", f"--net={netns.path_for(name)}",
@@ -60,6 +64,15 @@ def reference_dockerd() -> Iterator[str | None]:
         yield f"unix://{REFERENCE_SOCK}" if up.returncode == 0 else None
     finally:
         subprocess.run(["bash", str(REFERENCE), "down"], capture_output=True, text=True)
+
+
+def add_lan_parent(ns: str) -> None:
+    """An ``eth0`` for macvlan networks inside the namespace: one end of a veth pair whose other end
+    (``lan0``) stays there too, both up, so the parent has a carrier."""
+    run = ["nsenter", f"--net={netns.path_for(ns)}", "ip", "link"]
+    subprocess.run([*run, "add", "eth0", "type", "veth", "peer", "name", "lan0"], check=True)
+    for ifname in ("eth0", "lan0"):
+        subprocess.run([*run, "set", ifname, "up"], check=True)
 
 
 def docker(host: str, *args: str) -> subprocess.CompletedProcess:
