@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from muslin.kernel import nfwatch
 
@@ -20,18 +21,28 @@ QUIET_SECONDS = 0.2  # a burst of changes (a reload is several transactions) is 
 LONGEST_SECONDS = 2.0  # ... unless it never ends: a chatty ruleset is still checked this often
 
 
+class ChangeSource(Protocol):
+    def fileno(self) -> int: ...
+    def drain(self) -> int: ...
+    def close(self) -> None: ...
+
+
 class FirewallGuard:
-    def __init__(self, restore: Callable[[], Awaitable[int]]) -> None:
+    def __init__(self, restore: Callable[[], Awaitable[int]],
+                 changes: Callable[[], ChangeSource] = nfwatch.RulesetChanges,
+                 quiet: float = QUIET_SECONDS, longest: float = LONGEST_SECONDS) -> None:
         """``restore`` puts back what is missing and returns how many rules that was."""
         self._restore = restore
-        self._changes: nfwatch.RulesetChanges | None = None
+        self._open_changes = changes
+        self._quiet, self._longest = quiet, longest
+        self._changes: ChangeSource | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._first = self._last = 0.0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._changes = nfwatch.RulesetChanges()
+        self._changes = self._open_changes()
         self._loop.add_reader(self._changes.fileno(), self._readable)
 
     def close(self) -> None:
@@ -54,7 +65,7 @@ class FirewallGuard:
     async def _check_when_settled(self) -> None:
         assert self._loop is not None
         while True:
-            while (delay := min(self._last + QUIET_SECONDS, self._first + LONGEST_SECONDS) - self._loop.time()) > 0:
+            while (delay := min(self._last + self._quiet, self._first + self._longest) - self._loop.time()) > 0:
                 await asyncio.sleep(delay)
             started = self._loop.time()
             try:
