@@ -131,7 +131,8 @@ class ContainerService:
         self._monitors: dict[str, asyncio.Task] = {}
         self._last_exit: dict[str, int] = {}
         self._dns: dict[str, dns.EmbeddedDNS] = {}
-        self._dns_sockets: dict[str, socket.socket] = {}  # bound at start, served once it returned
+        # The DNS sockets (UDP, TCP) of a container: bound at start, served once the start returned.
+        self._dns_sockets: dict[str, tuple[socket.socket, socket.socket]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- lookups -----------------------------------------------------------------------------------
@@ -342,8 +343,7 @@ class ContainerService:
             self._bind_dns(c)
             self.runtime.start(c.id)
         except BaseException:
-            sock = self._dns_sockets.pop(c.id, None)
-            if sock is not None:
+            for sock in self._dns_sockets.pop(c.id, ()):
                 sock.close()
             try:
                 self._unpublish(c, published)
@@ -390,18 +390,28 @@ class ContainerService:
         if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c) or c.id in self._dns:
             return
         try:
-            self._dns_sockets[c.id] = netns.udp_socket_in(c.sandbox, dns.EMBEDDED_ADDRESS, 53)
+            udp = netns.udp_socket_in(c.sandbox, dns.EMBEDDED_ADDRESS, 53)
         except OSError as exc:
             log.warning("no embedded DNS for %s: %s", c.name, exc)
+            return
+        try:
+            tcp = netns.tcp_listener_in(c.sandbox, dns.EMBEDDED_ADDRESS, 53)
+        except OSError as exc:
+            udp.close()
+            log.warning("no embedded DNS for %s: %s", c.name, exc)
+            return
+        self._dns_sockets[c.id] = (udp, tcp)
 
     async def _serve_dns(self, c: Container) -> None:
-        sock = self._dns_sockets.pop(c.id, None)
-        if sock is None:
+        sockets = self._dns_sockets.pop(c.id, None)
+        if sockets is None:
             return
+        udp, tcp = sockets
         upstreams = c.host_config.get("Dns") or host_nameservers(from_container=False)
         server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), upstreams)
-        await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=sock)
         self._dns[c.id] = server
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=udp)
+        await server.serve_tcp(tcp)
 
     def _stop_dns(self, cid: str) -> None:
         server = self._dns.pop(cid, None)

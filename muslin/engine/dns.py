@@ -1,15 +1,18 @@
 """The embedded DNS server of user-defined networks: container names and aliases, as Docker's 127.0.0.11.
 
-Each container on a user-defined network gets ``nameserver 127.0.0.11`` and a UDP socket the daemon
-holds inside the container's namespace on 127.0.0.11:53, so no NAT rule is needed to reach it. A query
-for a container name, alias or short id on one of the asker's networks is answered from the store; any
-other name goes to the daemon's own upstream resolvers, as Docker forwards it.
+Each container on a user-defined network gets ``nameserver 127.0.0.11`` and a UDP and a TCP socket the
+daemon holds inside the container's namespace on 127.0.0.11:53, so no NAT rule is needed to reach them.
+A query for a container name, alias or short id on one of the asker's networks is answered from the
+store; any other name goes to the daemon's own upstream resolvers, as Docker forwards it, over the
+transport it came in on. A UDP answer that does not fit 512 bytes comes back truncated (TC), and the
+client asks again over TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +26,10 @@ TYPE_A, CLASS_IN = 1, 1
 RCODE_NXDOMAIN, RCODE_SERVFAIL, RCODE_FORMERR = 3, 2, 1
 TTL = 600
 FORWARD_TIMEOUT = 2.0
+UDP_LIMIT = 512  # RFC 1035: a UDP answer larger than this is truncated; the client retries over TCP
+TCP_IDLE_SECONDS = 10.0
+FLAG_TC = 0x0200
+LENGTH = struct.Struct(">H")
 
 
 @dataclass(frozen=True)
@@ -60,13 +67,17 @@ def parse_query(packet: bytes) -> tuple[int, int, Question]:
 
 
 def build_response(ident: int, query_flags: int, question: Question, addresses: list[IPv4Address],
-                   rcode: int = 0) -> bytes:
-    """An authoritative answer with A records (none for NXDOMAIN, or for an AAAA we cannot give)."""
+                   rcode: int = 0, limit: int | None = None) -> bytes:
+    """An authoritative answer with A records (none for NXDOMAIN, or for an AAAA we cannot give).
+    Over ``limit`` bytes: no records and the TC flag, which sends the client to TCP."""
     flags = 0x8000 | 0x0400 | (query_flags & 0x0100) | 0x0080 | rcode  # QR, AA, RD copied, RA
     answers = b"".join(
         struct.pack(">HHHIH", 0xC00C, TYPE_A, CLASS_IN, TTL, 4) + addr.packed for addr in addresses
     )
-    return HEADER.pack(ident, flags, 1, len(addresses), 0, 0) + question.raw + answers
+    packet = HEADER.pack(ident, flags, 1, len(addresses), 0, 0) + question.raw + answers
+    if limit is not None and len(packet) > limit:
+        return HEADER.pack(ident, flags | FLAG_TC, 1, 0, 0, 0) + question.raw
+    return packet
 
 
 def error_response(packet: bytes, rcode: int) -> bytes:
@@ -78,33 +89,42 @@ Lookup = Callable[[str], list[IPv4Address] | None]  # None: not ours, ask upstre
 
 
 class EmbeddedDNS(asyncio.DatagramProtocol):
-    """Serves one container's queries on a socket inside its namespace."""
+    """Serves one container's queries on sockets inside its namespace: UDP as the datagram protocol,
+    TCP through ``serve_tcp``."""
 
     def __init__(self, lookup: Lookup, upstreams: list[str]) -> None:
         self.lookup = lookup
         self.upstreams = upstreams
         self.transport: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tcp_clients: set[asyncio.StreamWriter] = set()
         self._pending: set[asyncio.Task] = set()
 
+    def local_answer(self, data: bytes, limit: int | None = None) -> bytes | None:
+        """The answer for a name of ours (or FORMERR for what is no query); None: upstream answers."""
+        try:
+            ident, flags, question = parse_query(data)
+        except ValueError:
+            return error_response(data, RCODE_FORMERR)
+        found = self.lookup(question.name) if question.qclass == CLASS_IN else None
+        if found is None:
+            return None
+        return build_response(ident, flags, question, found if question.qtype == TYPE_A else [], limit=limit)
+
+    # -- UDP -----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            ident, flags, question = parse_query(data)
-        except ValueError:
-            self._send(error_response(data, RCODE_FORMERR), addr)
+        answer = self.local_answer(data, limit=UDP_LIMIT)
+        if answer is not None:
+            self._send(answer, addr)
             return
-        found = self.lookup(question.name) if question.qclass == CLASS_IN else None
-        if found is not None:
-            records = found if question.qtype == TYPE_A else []
-            self._send(build_response(ident, flags, question, records), addr)
-            return
-        task = asyncio.ensure_future(self._forward(data, addr))
+        task = asyncio.ensure_future(self._forward_udp(data, addr))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _forward(self, data: bytes, addr: tuple[str, int]) -> None:
+    async def _forward_udp(self, data: bytes, addr: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         for server in self.upstreams:
             try:
@@ -126,11 +146,51 @@ class EmbeddedDNS(asyncio.DatagramProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(packet, addr)
 
+    # -- TCP: each message after its two-byte length (RFC 1035 4.2.2) ---------------------------------
+    async def serve_tcp(self, listener: socket.socket) -> None:
+        self._tcp = await asyncio.start_server(self._tcp_client, sock=listener)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tcp_clients.add(writer)
+        try:
+            while True:
+                (size,) = LENGTH.unpack(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_SECONDS))
+                query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_SECONDS)
+                answer = self.local_answer(query)
+                if answer is None:
+                    answer = await self._forward_tcp(query)
+                writer.write(LENGTH.pack(len(answer)) + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError):
+            pass  # the client is done, went quiet or went away
+        finally:
+            self._tcp_clients.discard(writer)
+            writer.close()
+
+    async def _forward_tcp(self, query: bytes) -> bytes:
+        for server in self.upstreams:
+            writer = None
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(server, 53), FORWARD_TIMEOUT)
+                writer.write(LENGTH.pack(len(query)) + query)
+                (size,) = LENGTH.unpack(await asyncio.wait_for(reader.readexactly(2), FORWARD_TIMEOUT))
+                return await asyncio.wait_for(reader.readexactly(size), FORWARD_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                continue
+            finally:
+                if writer is not None:
+                    writer.close()
+        return error_response(query, RCODE_SERVFAIL)
+
     def close(self) -> None:
         for task in list(self._pending):
             task.cancel()
         if self.transport is not None:
             self.transport.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for writer in list(self._tcp_clients):
+            writer.close()
 
 
 class _OneAnswer(asyncio.DatagramProtocol):

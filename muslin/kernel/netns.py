@@ -151,10 +151,27 @@ def socket_in(name_or_path: str | None, proto: int = NETLINK_ROUTE) -> socket.so
 
 def udp_socket_in(name_or_path: str, address: str, port: int) -> socket.socket:
     """A non-blocking UDP socket bound inside the namespace (a server the caller's process runs there)."""
+    return _bound_in(name_or_path, socket.SOCK_DGRAM, address, port)
+
+
+def tcp_listener_in(name_or_path: str, address: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket listening inside the namespace."""
+    sock = _bound_in(name_or_path, socket.SOCK_STREAM, address, port)
+    try:
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bound_in(name_or_path: str, kind: int, address: str, port: int) -> socket.socket:
     with entered(name_or_path):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET, kind)
     try:
         sock.setblocking(False)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
     except OSError:
         sock.close()

@@ -7,6 +7,7 @@ import os
 import pty
 import select
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -286,6 +287,28 @@ def test_containers_survive_a_muslind_restart(daemon) -> None:
     assert "8090" not in daemon.sh("iptables-save")
 
 
+def _ask_over_tcp(sandbox: str, name: str) -> list[str]:
+    """An A query to 127.0.0.11:53 over TCP from inside the namespace; the addresses it answers."""
+    query = struct.pack(">HHHHHH", 0x4D55, 0x0100, 1, 0, 0, 0)
+    query += b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    query += struct.pack(">HH", 1, 1)
+    with netns.entered(sandbox):
+        sock = socket.create_connection(("127.0.0.11", 53), timeout=5)
+    with sock:
+        sock.sendall(struct.pack(">H", len(query)) + query)
+        (size,) = struct.unpack(">H", sock.recv(2, socket.MSG_WAITALL))
+        answer = sock.recv(size, socket.MSG_WAITALL)
+    ident, _, _, ancount, _, _ = struct.unpack_from(">HHHHHH", answer)
+    assert ident == 0x4D55
+    records = answer[len(query):]  # the header and question come back as sent, then the records
+    out = []
+    for _ in range(ancount):  # each: name pointer (2), type, class, ttl, rdlength, rdata
+        rdlength = struct.unpack_from(">H", records, 10)[0]
+        out.append(".".join(str(b) for b in records[12:12 + rdlength]))
+        records = records[12 + rdlength:]
+    return out
+
+
 def test_embedded_dns_answers_names_and_aliases_on_user_networks(daemon) -> None:
     daemon.docker("network", "create", "--subnet", "10.81.0.0/24", "app")
     daemon.docker("network", "create", "--subnet", "10.82.0.0/24", "other")
@@ -299,6 +322,9 @@ def test_embedded_dns_answers_names_and_aliases_on_user_networks(daemon) -> None
         assert "10.81.0.2" in out, out
     assert daemon.docker("run", "--rm", "--network", "app", "busybox", "ping", "-c", "1", "-W", "2",
                          "database").returncode == 0
+    # Over TCP too (what a client does after a truncated UDP answer), from inside db1's namespace.
+    (db1,) = json.loads(daemon.docker("inspect", "db1").stdout)
+    assert _ask_over_tcp(db1["NetworkSettings"]["SandboxKey"], "database") == ["10.81.0.2"]
     # Names on networks the asker is not on stay unknown to it.
     other = daemon.docker("run", "--rm", "--network", "app", "busybox", "nslookup", "elsewhere", check=False)
     assert "10.82.0." not in other.stdout

@@ -30,3 +30,20 @@ def test_nxdomain_and_malformed_queries() -> None:
         with pytest.raises(ValueError):
             dns.parse_query(bad)
     assert struct.unpack_from(">H", dns.error_response(b"\x12\x34", dns.RCODE_FORMERR), 2)[0] & 0xF == dns.RCODE_FORMERR
+
+
+def test_an_answer_too_large_for_udp_is_truncated_and_whole_over_tcp() -> None:
+    many = [IPv4Address(f"10.81.1.{i}") for i in range(1, 41)]  # 40 records: 640 bytes and more
+    server = dns.EmbeddedDNS(lambda name: many if name == "web" else None, upstreams=[])
+    packet = query("web")
+    udp = server.local_answer(packet, limit=dns.UDP_LIMIT)
+    tcp = server.local_answer(packet)
+    assert udp is not None and tcp is not None
+    assert len(udp) <= dns.UDP_LIMIT
+    _, flags, _, an, _, _ = struct.unpack_from(">HHHHHH", udp)
+    assert flags & dns.FLAG_TC and an == 0
+    _, flags, _, an, _, _ = struct.unpack_from(">HHHHHH", tcp)
+    assert not flags & dns.FLAG_TC and an == 40
+    assert server.local_answer(query("elsewhere.example")) is None  # not ours: upstream answers
+    _, flags, *_ = struct.unpack_from(">HHHHHH", server.local_answer(b"\x00\x01junk"))
+    assert flags & 0xF == dns.RCODE_FORMERR
