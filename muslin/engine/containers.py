@@ -365,10 +365,15 @@ class ContainerService:
         watch opened afterwards would reach the shim.
         """
         c = self.get(ref)
+        if self.runtime.state(c.id).running:  # before settled(), which would wait for this run's end
+            raise NotModified("container already started")
         await self.settled(c.id)  # a previous run's exit is handled before this run begins
         watch = await self.runtime.exit_waiter(c.id, next_run=True)
         try:
             await self.engine_call(self.start, c.id)
+        except (NotModified, NotFound):
+            watch.cancel()  # already running, or removed meanwhile: nothing failed to start
+            raise
         except Exception as exc:
             # Docker reports the failed start (the process's or the network's), and a --rm container goes
             # away with it: a client waiting for condition=removed must not wait forever.
@@ -376,7 +381,10 @@ class ContainerService:
             if isinstance(exc, StartFailed):
                 self._last_exit[c.id] = exc.exit_code
             if c.host_config.get("AutoRemove"):
-                await self.engine_call(self._remove, self.get(c.id))
+                try:
+                    await self.engine_call(self._remove, self.get(c.id))
+                except Exception:
+                    log.exception("could not remove %s after its failed start", c.name)
             raise
         except BaseException:
             watch.cancel()
@@ -410,10 +418,24 @@ class ContainerService:
         upstreams = c.host_config.get("Dns") or host_nameservers(from_container=False)
         server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), upstreams)
         self._dns[c.id] = server
-        await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=udp)
-        await server.serve_tcp(tcp)
+        try:
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=udp)
+            await server.serve_tcp(tcp)
+        except BaseException:
+            if self._dns.get(c.id) is server:
+                del self._dns[c.id]
+            server.close()
+            udp.close()
+            tcp.close()
+            raise
+        if self._dns.get(c.id) is not server:
+            # Stopped meanwhile (an exit, an rm -f): _stop_dns closed what existed then, not what the
+            # awaits above made since; close it all now, or it would serve a dead namespace forever.
+            server.close()
 
     def _stop_dns(self, cid: str) -> None:
+        for sock in self._dns_sockets.pop(cid, ()):  # bound for a start that _serve_dns did not reach
+            sock.close()
         server = self._dns.pop(cid, None)
         if server is not None:
             server.close()

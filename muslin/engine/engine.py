@@ -66,9 +66,14 @@ class Engine:
     def close(self) -> None:
         if self.guard:
             self.guard.close()
-        self._worker.shutdown(wait=True)  # let queued state changes finish before their parts go
+        # Queued state changes finish first; the netlink handles close on the thread that opened them
+        # (pyroute2 keeps an event loop per thread, which only that thread's close releases).
+        self._worker.submit(self._close_handles).result()
+        self._worker.shutdown(wait=True)
         self.runtime.close()
+        self.store.close()
+
+    def _close_handles(self) -> None:
         self.networks.close()
         if self.firewall:
             self.firewall.close()
-        self.store.close()

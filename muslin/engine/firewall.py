@@ -15,8 +15,9 @@ from typing import Protocol
 
 from muslin.kernel import iptables, nfhandles
 
-# (table, chain, rule spec without "-A CHAIN", position): position "first" inserts at the top of the
-# chain, "append" adds at the end. Isolation and FORWARD jumps must precede anything a user appended.
+# (table, chain, rule spec without "-A CHAIN", position): "first" inserts at the top of the chain,
+# "append" adds at the end, and the "head" rules of a chain are kept as its very first rules, in the
+# order listed (the FORWARD jumps: MUSLIN-USER must be seen before MUSLIN-FORWARD accepts anything).
 Rule = tuple[str, str, str, str]
 
 OWN_CHAINS: dict[str, list[str]] = {
@@ -53,9 +54,9 @@ def base_rules() -> list[Rule]:
         ("nat", "OUTPUT", "-m addrtype --dst-type LOCAL -j MUSLIN", "append"),
         # Both jumps go to the top of FORWARD (MUSLIN-USER first, as DOCKER-USER), so a host chain that
         # ends in a catch-all REJECT cannot shadow the networks' rules; Docker 28 has DOCKER-FORWARD for this.
-        ("filter", "FORWARD", "-j MUSLIN-FORWARD", "first"),
-        ("filter", "FORWARD", "-j MUSLIN-USER", "first"),
-        ("filter", "MUSLIN-FORWARD", "-j MUSLIN-ISOLATION-STAGE-1", "first"),
+        ("filter", "FORWARD", "-j MUSLIN-USER", "head"),
+        ("filter", "FORWARD", "-j MUSLIN-FORWARD", "head"),
+        ("filter", "MUSLIN-FORWARD", "-j MUSLIN-ISOLATION-STAGE-1", "head"),
         ("filter", "MUSLIN-USER", "-j RETURN", "append"),
         ("filter", "MUSLIN-ISOLATION-STAGE-1", "-j RETURN", "append"),
         ("filter", "MUSLIN-ISOLATION-STAGE-2", "-j RETURN", "append"),
@@ -91,6 +92,14 @@ def bridge_rules(spec: BridgeSpec) -> list[Rule]:
     return rules
 
 
+def legacy_rules(networks: list[BridgeSpec]) -> list[Rule]:
+    """What muslind before MUSLIN-FORWARD put straight into FORWARD: removed at start, or they would
+    outlive their networks and keep an old policy (an ICC DROP, say) in force."""
+    forwarding = [(t, "FORWARD", spec, pos) for n in networks
+                  for t, chain, spec, pos in bridge_rules(n) if chain == "MUSLIN-FORWARD"]
+    return [("filter", "FORWARD", "-j MUSLIN-ISOLATION-STAGE-1", "first"), *forwarding]
+
+
 def port_rules(p: PortSpec) -> list[Rule]:
     dest = f"-d {p.host_ip}/32 " if p.host_ip and p.host_ip != "0.0.0.0" else ""
     cip, proto = p.container_ip, p.proto
@@ -113,6 +122,7 @@ class Firewall(Protocol):
     def add_port_forwards(self, ports: list[PortSpec]) -> None: ...
     def remove_port_forwards(self, ports: list[PortSpec]) -> None: ...
     def remove_rules_naming(self, ifname: str) -> None: ...
+    def remove_legacy_rules(self, networks: list[BridgeSpec]) -> None: ...
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int: ...
     def close(self) -> None: ...
 
@@ -142,6 +152,9 @@ class IptablesFirewall:
     def remove_port_forwards(self, ports: list[PortSpec]) -> None:
         self._remove([r for p in ports for r in port_rules(p)])
 
+    def remove_legacy_rules(self, networks: list[BridgeSpec]) -> None:
+        self._remove(legacy_rules(networks))
+
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int:
         """Put back whatever rule of these networks and ports is missing, in one transaction; returns how
         many were. Nothing is missing: nothing is committed."""
@@ -167,14 +180,38 @@ class IptablesFirewall:
             for chain in OWN_CHAINS.get(table, []):
                 if chain not in current.chains:
                     batch.add(table, f":{chain} - [0:0]")
+            heads: dict[str, list[str]] = {}
             for t, chain, spec, position in rules:
-                if t != table or current.has(f"-A {chain} {spec}"):
+                if t != table:
+                    continue
+                if position == "head":
+                    heads.setdefault(chain, []).append(spec)
+                    continue
+                if current.has(f"-A {chain} {spec}"):
                     continue
                 current.add(f"-A {chain} {spec}")  # a rule listed twice is added once
                 batch.add(table, f"-I {chain} 1 {spec}" if position == "first" else f"-A {chain} {spec}")
                 added += 1
+            for chain, specs in heads.items():
+                added += _pin_head(batch, table, chain, specs, current)
         batch.apply()
         return added
 
     def _remove(self, rules: list[Rule]) -> None:
         self._deleter.delete(nfhandles.by_table((table, f"-A {chain} {spec}") for table, chain, spec, _ in rules))
+
+
+def _pin_head(batch: iptables.Batch, table: str, chain: str, specs: list[str], current: iptables.Ruleset) -> int:
+    """Make ``specs`` the first rules of the chain, in order, when they are not already: a user's rule
+    inserted above them, or a restore that found only one missing, must not reorder them. Returns how
+    many were (re)inserted."""
+    wanted = [iptables.normalize(f"-A {chain} {spec}") for spec in dict.fromkeys(specs)]
+    present = [iptables.normalize(rule) for rule in current.rules_in(chain)]
+    if present[:len(wanted)] == wanted:
+        return 0
+    for line in wanted:
+        for _ in range(present.count(line)):
+            batch.add(table, "-D" + line[2:])
+    for line in reversed(wanted):
+        batch.add(table, f"-I {chain} 1" + line[len(f"-A {chain}"):])
+    return sum(1 for line in wanted if line not in present)

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 QUIET_SECONDS = 0.2  # a burst of changes (a reload is several transactions) is checked once
 LONGEST_SECONDS = 2.0  # ... unless it never ends: a chatty ruleset is still checked this often
+LONGEST_BACKOFF_SECONDS = 60.0  # rules removed again after every restore: check at most this rarely
 
 
 class ChangeSource(Protocol):
@@ -35,6 +36,8 @@ class FirewallGuard:
         self._restore = restore
         self._open_changes = changes
         self._quiet, self._longest = quiet, longest
+        self._restores_in_a_row = 0
+        self._not_before = 0.0
         self._changes: ChangeSource | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -42,7 +45,11 @@ class FirewallGuard:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._changes = self._open_changes()
+        try:
+            self._changes = self._open_changes()
+        except OSError as exc:  # no nf_tables notifications here (iptables-legacy, no nfnetlink)
+            log.warning("firewall changes cannot be watched (%s): rules removed by others stay removed", exc)
+            return
         self._loop.add_reader(self._changes.fileno(), self._readable)
 
     def close(self) -> None:
@@ -65,7 +72,8 @@ class FirewallGuard:
     async def _check_when_settled(self) -> None:
         assert self._loop is not None
         while True:
-            while (delay := min(self._last + self._quiet, self._first + self._longest) - self._loop.time()) > 0:
+            while (delay := max(min(self._last + self._quiet, self._first + self._longest), self._not_before)
+                    - self._loop.time()) > 0:
                 await asyncio.sleep(delay)
             started = self._loop.time()
             try:
@@ -73,9 +81,24 @@ class FirewallGuard:
             except Exception:
                 log.exception("could not check the firewall rules")
                 restored = 0
-            if restored:
-                log.warning("put back %d firewall rules that were removed behind muslind's back "
-                            "(a firewall reload?)", restored)
+            self._pace(restored)
             if self._last < started:
                 return
             self._first = self._loop.time()  # more changes came in meanwhile: look once more
+
+    def _pace(self, restored: int) -> None:
+        """Rules that are removed again after each restore mean something else manages this firewall
+        and fights us: back off (doubling) instead of trading commits with it forever."""
+        assert self._loop is not None
+        if not restored:
+            self._restores_in_a_row = 0
+            self._not_before = 0.0
+            return
+        self._restores_in_a_row += 1
+        log.warning("put back %d firewall rules that were removed behind muslind's back (a firewall reload?)",
+                    restored)
+        if self._restores_in_a_row > 2:
+            pause = min(self._quiet * 2 ** self._restores_in_a_row, LONGEST_BACKOFF_SECONDS)
+            self._not_before = self._loop.time() + pause
+            log.warning("the rules were removed %d times in a row: is another tool managing this firewall? "
+                        "next check in %.1f s at the earliest", self._restores_in_a_row, pause)

@@ -123,8 +123,8 @@ class NetworkService:
     def reconcile(self) -> None:
         """Program every network of the store, and remove links named as muslind names them that the
         store does not know (a create whose rollback failed, or state from an older data root). Links
-        with a user-chosen name are never removed: they may not be ours. A network that cannot be
-        programmed (its macvlan parent is gone, say) is logged and skipped, not fatal to the daemon."""
+        with a user-chosen name are never removed: they may not be ours. A macvlan network whose parent
+        interface is gone is logged, not fatal: the interface is the user's to bring back."""
         nets = self.store.networks()
         ipr = self._host.get()
         links.reap_retired(ipr)
@@ -139,12 +139,14 @@ class NetworkService:
             if macvlan.OWN_PARENT.fullmatch(name) and name not in parents | peers:
                 log.warning("removing orphan macvlan parent %s (no network of ours owns it)", name)
                 self.macvlan.remove_orphan(name)
+        if self.bridge.firewall:
+            self.bridge.firewall.remove_legacy_rules(self.firewall_specs())
         for net in nets:
             if net.resolved:
                 try:
                     self.drivers[net.driver].create_network(net)
-                except Exception as exc:
-                    log.error("network %s (%s) could not be programmed: %s", net.name, net.driver, exc)
+                except macvlan.ParentMissing as exc:
+                    log.error("network %s cannot be used until its parent is back: %s", net.name, exc.message)
 
     def create(self, name: str, driver: str = "bridge", ipam_configs: Iterable[dict] = (),
                internal: bool = False, attachable: bool = False, ingress: bool = False,

@@ -105,12 +105,13 @@ class Store:
 
     def _find(self, table: str, ref: str) -> list[str]:
         """Docs of the rows ``ref`` names, as Docker resolves a reference: the full id, else the name,
-        else an id prefix (more than one row back: the prefix is ambiguous). Indexed, no full decode."""
+        else an id prefix (more than one row back: the prefix is ambiguous). Indexed lookups only."""
         if not ref:
             return []
         for sql, args in ((f"SELECT doc FROM {table} WHERE id = ?", (ref,)),
                           (f"SELECT doc FROM {table} WHERE name = ?", (ref,)),
-                          (f"SELECT doc FROM {table} WHERE substr(id, 1, ?) = ?", (len(ref), ref))):
+                          # Ids are lower-case hex, all below "g": a range the primary key's index serves.
+                          (f"SELECT doc FROM {table} WHERE id >= ? AND id < ?", (ref, ref + "g"))):
             rows = self._rows(sql, *args)
             if rows:
                 return [d for (d,) in rows]

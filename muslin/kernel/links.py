@@ -26,6 +26,11 @@ def link_kind(ipr: IPRoute, index: int) -> str | None:
     return info.get_attr("IFLA_INFO_KIND") if info else None
 
 
+def is_loopback(ipr: IPRoute, index: int) -> bool:
+    (link,) = ipr.get_links(index)
+    return bool(link["flags"] & 0x8)  # IFF_LOOPBACK
+
+
 def random_mac() -> str:
     """A locally administered unicast MAC in Docker's 02:42 range."""
     return "02:42:" + ":".join(f"{b:02x}" for b in os.urandom(4))

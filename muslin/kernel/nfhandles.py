@@ -1,23 +1,28 @@
-"""Deleting iptables rules by their nf_tables handle, over one netlink socket kept open.
+"""Deleting iptables rules by their nf_tables handle, over netlink sockets kept open.
 
 Why not ``iptables-restore`` with ``-D`` lines: the kernel applies such a batch in about a millisecond,
 but the process then closes its netfilter netlink socket, and closing one waits until the deleted
-rules have been freed after an RCU grace period (10-25 ms here; see ``nft_rcv_nl_event``). A socket
-that stays open never pays that wait; the rules are gone from the ruleset as soon as the batch is
+rules have been freed after an RCU grace period (10-25 ms here; see ``nft_rcv_nl_event``). Sockets
+that stay open never pay that wait; the rules are gone from the ruleset as soon as the batch is
 acknowledged either way.
 
 iptables-nft keeps each iptables rule as one nf_tables rule, and ``iptables-save`` prints a chain's
 rules in the kernel's order, so the n-th ``-A CHAIN`` line of a table is the n-th rule a dump of that
-chain returns. A snapshot is only used when the ruleset generation is the same before and after it;
-handles never change or get reused, so the deletion is exact even if others change the ruleset after.
+chain returns. A snapshot is only used when the ruleset generation is the same before and after it,
+and the deletion batch carries that generation: the kernel refuses it (ERESTART) if anything changed
+since, as iptables-nft's own batches do. A handle is only unique while its table lives, and a reload
+that recreates the table could hand ours to someone else's rule.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass
+import socket
+import struct
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
@@ -34,14 +39,21 @@ from . import iptables
 
 log = logging.getLogger(__name__)
 
+NETLINK_NETFILTER = 12
 NFPROTO_IPV4 = 2
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
+NFNL_BATCH_GENID = 1
+NLMSG_ERROR = 2
+NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+NFGENMSG = struct.Struct("=BBH")  # family, version, resource id (big-endian subsystem)
+BATCH_REPLY_SECONDS = 5.0
 SNAPSHOT_ATTEMPTS = 3
 # The expressions iptables-nft builds from iptables syntax. A rule with others (a set lookup, say) was
 # written with nft, and iptables-save may print it lossily, as if it were a simpler rule; ``iptables -D``
 # with that text would delete it. Matching skips such rules, so only rules iptables wrote are deleted.
-IPTABLES_EXPRESSIONS = frozenset({"meta", "cmp", "payload", "bitwise", "immediate", "match", "target", "counter"})
+IPTABLES_EXPRESSIONS = frozenset({"meta", "cmp", "payload", "bitwise", "range", "limit", "immediate", "match",
+                                  "target", "counter"})
 
 
 @dataclass(frozen=True)
@@ -55,62 +67,82 @@ class Unmappable(Exception):
     iptables cannot show, or a ruleset that kept changing): the caller falls back to iptables-restore."""
 
 
+class Refused(Exception):
+    """The kernel refused the deletion batch as a whole: ERESTART (the ruleset changed since the
+    snapshot) or ENOENT (a rule was deleted meanwhile)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    generation: int
+    handles: list[tuple[str, str, int]]  # (table, chain, handle) of each rule to delete
+
+
 class HandleDeleter:
     """Deletes ``-A CHAIN spec`` rules of the IPv4 tables in one nf_tables transaction.
 
-    The socket belongs to the network namespace of the thread that first uses it; use one deleter from
-    one thread.
+    The sockets belong to the network namespace of the thread that first uses them; use one deleter
+    from one thread.
     """
 
     def __init__(self) -> None:
-        self._sock: NFTSocket | None = None
+        self._reader: NFTSocket | None = None  # generation and rule dumps, decoded by pyroute2
+        self._writer: socket.socket | None = None  # the batch, whose replies we read ourselves
+        self._sequence = 0
+        self._unavailable = False  # no nf_tables here (iptables-legacy only): always iptables-restore
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def delete(self, rules: dict[str, list[str]]) -> None:
         """Delete each listed rule (first match, as ``iptables -D``); rules not present are skipped.
-        Falls back to one iptables-restore batch when the handles cannot be mapped."""
+        Falls back to one iptables-restore batch when the handles cannot be mapped or the kernel
+        refuses the batch."""
         rules = {table: lines for table, lines in rules.items() if lines}
         if not rules:
             return
         try:
-            handles = self._handles_of(rules)
-        except Unmappable as exc:
+            if self._unavailable:
+                raise Unmappable("nf_tables cannot be asked here")
+            snapshot = self._snapshot(rules)
+            if snapshot.handles:
+                self._delete_handles(snapshot)
+        except (Unmappable, Refused) as exc:
             log.debug("deleting through iptables-restore: %s", exc)
             self._delete_with_restore(rules)
-            return
-        if handles:
-            try:
-                self._delete_handles(handles)
-            except NetlinkError as exc:
-                # ENOENT: someone removed one of them between our snapshot and the batch, which the
-                # kernel then refused as a whole. Diff again and let iptables-restore do the rest.
-                log.debug("handle deletion refused (%s); deleting through iptables-restore", exc)
-                self._delete_with_restore(rules)
 
     # -- the snapshot ------------------------------------------------------------------------------
-    def _handles_of(self, rules: dict[str, list[str]]) -> list[tuple[str, str, int]]:
+    def _snapshot(self, rules: dict[str, list[str]]) -> Snapshot:
         chains = sorted({(table, line.split()[1]) for table, lines in rules.items() for line in lines})
-        for _ in range(SNAPSHOT_ATTEMPTS):
-            before = self._generation()
-            state = iptables.read_all()
-            dumped = {key: self._chain_rules(*key) for key in chains}
-            if self._generation() == before:
-                return _match(rules, state, dumped)
+        try:
+            for _ in range(SNAPSHOT_ATTEMPTS):
+                before = self._generation()
+                state = iptables.read_all()
+                dumped = {key: self._chain_rules(*key) for key in chains}
+                if self._generation() == before:
+                    return Snapshot(before, _match(rules, state, dumped))
+        except (NetlinkError, OSError) as exc:
+            code = getattr(exc, "code", None) or getattr(exc, "errno", None)
+            # A kernel without nf_tables (or netfilter netlink) says so every time: stop asking.
+            self._unavailable = code in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.EOPNOTSUPP)
+            self.close()
+            raise Unmappable(f"nf_tables cannot be asked: {exc}") from None
         raise Unmappable("the ruleset kept changing while it was read")
 
     def _generation(self) -> int:
-        reply = self._socket().request_get(nfgen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST)
+        reply = self._read_socket().request_get(nfgen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST)
         return int(reply[0].get_attr("NFTA_GEN_ID"))
 
     def _chain_rules(self, table: str, chain: str) -> list[DumpedRule]:
         msg = nft_rule_msg()
         msg["attrs"] = [("NFTA_RULE_TABLE", table), ("NFTA_RULE_CHAIN", chain)]
         try:
-            dump = self._socket().request_get(msg, NFT_MSG_GETRULE, msg_flags=NLM_F_REQUEST | NLM_F_DUMP)
+            dump = self._read_socket().request_get(msg, NFT_MSG_GETRULE, msg_flags=NLM_F_REQUEST | NLM_F_DUMP)
         except NetlinkError as exc:
             if exc.code == errno.ENOENT:  # no such table or chain in nf_tables
                 return []
@@ -120,42 +152,90 @@ class HandleDeleter:
                            <= IPTABLES_EXPRESSIONS)
                 for r in dump]
 
+    def _read_socket(self) -> NFTSocket:
+        if self._reader is None:
+            self._reader = NFTSocket(nfgen_family=NFPROTO_IPV4)
+        return self._reader
+
     # -- the deletion ------------------------------------------------------------------------------
-    def _delete_handles(self, handles: list[tuple[str, str, int]]) -> None:
-        messages = [_batch_marker(NFNL_MSG_BATCH_BEGIN)]
-        for table, chain, handle in handles:
+    def _delete_handles(self, snapshot: Snapshot) -> None:
+        """One batch: BEGIN (with the snapshot's generation), a DELRULE per handle, END. Every DELRULE
+        asks for an ack, and the kernel answers each one, also when it aborts the batch; a batch refused
+        for its generation gets one error, on BEGIN, and nothing else."""
+        begin = self._next_sequence()
+        parts = [_batch_marker(NFNL_MSG_BATCH_BEGIN, begin, snapshot.generation)]
+        waiting = set()
+        for table, chain, handle in snapshot.handles:
             msg = nft_rule_msg()
             msg["attrs"] = [("NFTA_RULE_TABLE", table), ("NFTA_RULE_CHAIN", chain), ("NFTA_RULE_HANDLE", handle)]
             msg["header"]["type"] = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELRULE
             msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+            msg["header"]["sequence_number"] = sequence = self._next_sequence()
             msg["nfgen_family"] = NFPROTO_IPV4
-            messages.append(msg)
-        messages.append(_batch_marker(NFNL_MSG_BATCH_END))
-        # Each DELRULE asks for an ack, so a refused batch (the kernel applies all or nothing) raises.
-        self._socket().nlm_request_batch(messages)
+            msg.encode()
+            parts.append(msg.data)
+            waiting.add(sequence)
+        parts.append(_batch_marker(NFNL_MSG_BATCH_END, self._next_sequence()))
+        sock = self._write_socket()
+        try:
+            sock.send(b"".join(parts))
+            refusal = 0
+            while waiting:
+                for sequence, error in _errors_in(sock.recv(65536)):
+                    if sequence == begin and error:
+                        raise Refused(errno.errorcode.get(error, str(error)))
+                    if sequence in waiting:
+                        waiting.discard(sequence)
+                        refusal = refusal or error
+            if refusal:
+                raise Refused(errno.errorcode.get(refusal, str(refusal)))
+        except Refused:
+            raise
+        except OSError as exc:  # no answer in time, or the socket broke: start afresh next time
+            self.close()
+            raise Refused(f"no answer to the batch: {exc}") from None
+
+    def _write_socket(self) -> socket.socket:
+        if self._writer is None:
+            self._writer = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+            self._writer.bind((0, 0))
+            self._writer.settimeout(BATCH_REPLY_SECONDS)
+        return self._writer
+
+    def _next_sequence(self) -> int:
+        self._sequence = self._sequence % 0x7FFFFFFF + 1
+        return self._sequence
 
     def _delete_with_restore(self, rules: dict[str, list[str]]) -> None:
         state = iptables.read_all()
         batch = iptables.Batch()
         for table, lines in rules.items():
-            current = state.get(table, iptables.Ruleset())
+            # As many -D lines as copies present, never more: one too many fails the whole batch.
+            present = Counter(iptables.normalize(r) for r in state.get(table, iptables.Ruleset()).rules)
             for line in lines:
-                if current.has(line):
+                if present[iptables.normalize(line)] > 0:
+                    present[iptables.normalize(line)] -= 1
                     batch.add(table, "-D" + line[2:])
         batch.apply()
 
-    def _socket(self) -> NFTSocket:
-        if self._sock is None:
-            self._sock = NFTSocket(nfgen_family=NFPROTO_IPV4)
-        return self._sock
+
+def _batch_marker(kind: int, sequence: int, generation: int | None = None) -> bytes:
+    attrs = struct.pack("=HH", 8, NFNL_BATCH_GENID) + struct.pack(">I", generation) if generation is not None else b""
+    body = NFGENMSG.pack(0, 0, socket.htons(NFNL_SUBSYS_NFTABLES)) + attrs
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, NLM_F_REQUEST, sequence, 0) + body
 
 
-def _batch_marker(kind: int) -> nfgen_msg:
-    msg = nfgen_msg()
-    msg["res_id"] = NFNL_SUBSYS_NFTABLES
-    msg["header"]["type"] = kind
-    msg["header"]["flags"] = NLM_F_REQUEST
-    return msg
+def _errors_in(data: bytes) -> Iterable[tuple[int, int]]:
+    """(sequence, errno) of each NLMSG_ERROR message in a datagram; errno 0 is an ack."""
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, kind, _, sequence, _ = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size:
+            return
+        if kind == NLMSG_ERROR:
+            (error,) = struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)
+            yield sequence, -error
+        offset += (length + 3) & ~3
 
 
 def _match(rules: dict[str, list[str]], state: dict[str, iptables.Ruleset],

@@ -1,20 +1,36 @@
 """Notice changes to the nf_tables ruleset of the current network namespace.
 
 Every committed nf_tables transaction (iptables-nft, nft, firewalld, a reload that flushes everything) is
-announced to the NFNLGRP_NFTABLES multicast group. The watcher only needs to know *that* something
-changed, never what, so it is a bare netlink socket that is drained without parsing; the caller then
-diffs what it wants against what the kernel holds. iptables-legacy announces nothing.
+announced to the NFNLGRP_NFTABLES multicast group. The watcher only needs to know *that* the IPv4
+tables changed, never how, so it is a bare netlink socket whose messages are only read as far as their
+family; the caller then diffs what it wants against what the kernel holds. iptables-legacy announces
+nothing.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
+NFPROTO_IPV4 = 2
+NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+
+
+def _families(data: bytes) -> list[int]:
+    """The nfgenmsg family of each netlink message in a datagram."""
+    out, offset = [], 0
+    while offset + NLMSG_HEADER.size < len(data):
+        length = NLMSG_HEADER.unpack_from(data, offset)[0]
+        if length <= NLMSG_HEADER.size:
+            break
+        out.append(data[offset + NLMSG_HEADER.size])
+        offset += (length + 3) & ~3
+    return out
 
 
 class RulesetChanges:
@@ -32,18 +48,21 @@ class RulesetChanges:
         return self._sock.fileno()
 
     def drain(self) -> int:
-        """Read every pending notification; returns how many there were. An overrun (ENOBUFS) counts as
-        one: changes were missed, which is all a caller needs to know."""
+        """Read every pending notification; returns how many concern the IPv4 tables (iptables'), the
+        others (ip6tables, arp, bridge, inet, the generation notice of each commit) are skipped. An
+        overrun (ENOBUFS) counts as one: changes were missed, which is all a caller needs to know."""
         count = 0
         while True:
             try:
-                self._sock.recv(65536)
+                data = self._sock.recv(65536)
             except BlockingIOError:
                 return count
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:  # ENOBUFS: the kernel dropped notifications for us
                     raise
-            count += 1
+                count += 1
+                continue
+            count += sum(1 for family in _families(data) if family == NFPROTO_IPV4)
 
     def close(self) -> None:
         self._sock.close()

@@ -118,3 +118,12 @@ def test_containers_survive_muslind_being_killed(daemon) -> None:
     daemon.docker("stop", "-t", "1", "longlived")
     daemon.docker("rm", "longlived")
     assert "veth" not in daemon.sh("ip", "link")
+
+
+def test_starting_a_running_rm_container_leaves_it_running(daemon) -> None:
+    """`docker start` of a running --rm container is a no-op (304), not a failed start: dockerd does not
+    remove it, and neither may muslind."""
+    daemon.docker("run", "-d", "--rm", "--name", "keeper", "busybox", "sleep", "300")
+    assert daemon.docker("start", "keeper").returncode == 0
+    assert daemon.docker("ps", "--filter", "name=keeper", "--format", "{{.Names}}").stdout.split() == ["keeper"]
+    daemon.docker("rm", "-f", "keeper")

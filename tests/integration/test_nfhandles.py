@@ -82,20 +82,56 @@ def test_a_rule_written_with_nft_is_not_taken_for_ours(host_ns, monkeypatch) -> 
 
 
 class _RacingDeleter(HandleDeleter):
-    """Someone else deletes one of our rules between our snapshot and our transaction."""
+    """Someone else changes the ruleset between our snapshot and our transaction."""
 
-    def _handles_of(self, rules):
-        handles = super()._handles_of(rules)
-        iptables.restore("*filter\n-D FORWARD -i br-a ! -o br-a -j ACCEPT\nCOMMIT\n")
-        return handles
+    def __init__(self, meanwhile: str) -> None:
+        super().__init__()
+        self.meanwhile = meanwhile
+
+    def _snapshot(self, rules):
+        snapshot = super()._snapshot(rules)
+        iptables.restore(self.meanwhile)
+        return snapshot
 
 
-def test_a_refused_transaction_falls_back_to_iptables_restore(host_ns) -> None:
+@pytest.mark.parametrize("meanwhile", [
+    "*filter\n-D FORWARD -i br-a ! -o br-a -j ACCEPT\nCOMMIT\n",  # one of ours, gone already
+    "*filter\n-A FORWARD -o br-other -j ACCEPT\nCOMMIT\n",  # anything at all: the generation moved on
+])
+def test_a_refused_transaction_falls_back_to_iptables_restore(host_ns, monkeypatch, meanwhile) -> None:
+    batches: list[str] = []
+    real_restore = iptables.restore
+
+    def spy(batch: str) -> None:
+        batches.append(batch)
+        real_restore(batch)
+
     with netns.entered(host_ns):
         iptables.restore(SETUP)
-        deleter = _RacingDeleter()
+        deleter = _RacingDeleter(meanwhile)
+        monkeypatch.setattr(iptables, "restore", spy)
         try:
             deleter.delete(DELETE)
         finally:
             deleter.close()
-        assert _rules() == LEFT
+        left = _rules()
+    assert [b for b in batches if "-D " in b and b != meanwhile], "the fallback did not run"
+    extra = ["-A FORWARD -o br-other -j ACCEPT"] if "br-other" in meanwhile else []
+    assert left == {"filter": LEFT["filter"] + extra, "nat": []}
+
+
+def test_a_rule_listed_twice_is_deleted_as_often_as_it_is_there(host_ns) -> None:
+    """Two published ports to one container port share their hairpin rule; tearing both down lists it
+    twice. Both paths delete the one copy there is and do not fail over the second listing."""
+    twice = {"nat": ["-A POSTROUTING -s 10.1.0.2/32 -d 10.1.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE"] * 2}
+    with netns.entered(host_ns):
+        for nf_tables in (True, False):
+            iptables.restore("*nat\n-A POSTROUTING -s 10.1.0.2/32 -d 10.1.0.2/32 -p tcp -m tcp --dport 80 "
+                             "-j MASQUERADE\nCOMMIT\n")
+            deleter = HandleDeleter()
+            deleter._unavailable = not nf_tables  # as on a host with iptables-legacy only
+            try:
+                deleter.delete(twice)
+            finally:
+                deleter.close()
+            assert _rules()["nat"] == []

@@ -27,3 +27,14 @@ def test_port_rules_dnat_hairpin_and_accept() -> None:
     rules = specs(port_rules(PortSpec("muslin0", "tcp", "127.0.0.1", 8081, IPv4Address("172.17.0.2"), 80)))
     assert ("nat", "MUSLIN", "-d 127.0.0.1/32 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 172.17.0.2:80") in rules
     assert ("nat", "POSTROUTING", "-s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE") in rules
+
+
+def test_legacy_rules_are_the_forwarding_rules_muslind_once_put_in_forward() -> None:
+    from muslin.engine.firewall import legacy_rules
+
+    spec = BridgeSpec("br1", IPv4Network("10.0.0.0/24"), True, False, False)
+    legacy = specs(legacy_rules([spec]))
+    assert ("filter", "FORWARD", "-j MUSLIN-ISOLATION-STAGE-1") in legacy
+    assert ("filter", "FORWARD", "-i br1 -o br1 -j DROP") in legacy
+    assert all(chain == "FORWARD" for _, chain, _ in legacy)
+    assert {s for _, c, s in specs(bridge_rules(spec)) if c == "MUSLIN-FORWARD"} <= {s for _, _, s in legacy}

@@ -36,6 +36,11 @@ DUMMY_PEER_PREFIX = "dmp-"
 OWN_PARENT = re.compile(r"dmp?-[0-9a-f]{11,12}")  # parents muslind makes up (reconcile removes orphans)
 
 
+class ParentMissing(EngineError):
+    """The user's parent interface is gone: the network stays, and its containers cannot start until
+    the interface is back (a restart of muslind must not fail over it)."""
+
+
 def dummy_name(net: Network) -> str:
     return DUMMY_PREFIX + net.id[:12]
 
@@ -67,7 +72,10 @@ class MacvlanDriver:
             for other in others:
                 if other.driver == self.name and other.resolved.get("parent") == parent:
                     raise Conflict(f"network {DUMMY_PREFIX}{other.id[:12]} is already using parent interface {parent}")
-            if links.index_of(self.host, parent) is None:
+            index = links.index_of(self.host, parent)
+            if index is not None and links.is_loopback(self.host, index):
+                raise InvalidArgument(f"loopback interface is not a valid macvlan parent link: {parent}")
+            if index is None:
                 vlan = VLAN_NAME.fullmatch(parent)
                 if vlan is None or len(parent) > 15:
                     raise InvalidArgument(f"invalid subinterface vlan name {parent}, example formatting is eth0.10")
@@ -80,13 +88,14 @@ class MacvlanDriver:
 
     def create_network(self, net: Network) -> None:
         parent, created = net.resolved["parent"], net.resolved["created_parent"]
+        existed = links.index_of(self.host, parent) is not None
         try:
             if created == "vlan":
                 vlan = VLAN_NAME.fullmatch(parent)
                 assert vlan is not None
                 base = links.index_of(self.host, vlan["base"])
                 if base is None:
-                    raise EngineError(f"-o parent interface was not found on the host: {vlan['base']}")
+                    raise ParentMissing(f"-o parent interface was not found on the host: {vlan['base']}")
                 try:
                     links.ensure_vlan(self.host, parent, base, int(vlan["vid"]))
                 except NetlinkError as exc:
@@ -101,10 +110,13 @@ class MacvlanDriver:
                     # unused is the same thing for macvlans, a lower device that goes nowhere.
                     links.ensure_veth_pair(self.host, parent, DUMMY_PEER_PREFIX + net.id[:11])
             elif links.index_of(self.host, parent) is None:
-                raise EngineError(f"-o parent interface was not found on the host: {parent}")
+                raise ParentMissing(f"-o parent interface was not found on the host: {parent}")
+        except FileExistsError as exc:  # a link of another kind holds the name: not ours to touch
+            raise EngineError(f"cannot use {parent} as the parent of network {net.name}: {exc}") from None
         except Exception:
-            with contextlib.suppress(Exception):
-                self.delete_network(net)
+            if created and not existed:  # undo only what this call made
+                with contextlib.suppress(Exception):
+                    links.retire_link(self.host, parent)
             raise
 
     def delete_network(self, net: Network) -> None:
