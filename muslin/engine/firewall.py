@@ -2,9 +2,9 @@
 
 A network's (or a port's) rules are a pure function of the model: ``bridge_rules`` and ``port_rules``
 return the lines Docker's bridge driver would program, in chains of our own (MUSLIN, MUSLIN-USER,
-MUSLIN-FORWARD, MUSLIN-ISOLATION-STAGE-1/2). Setting up adds the missing lines, tearing down deletes the present ones, and
-both happen in one iptables-restore transaction, so they are idempotent and a reconcile after a crash is
-the same call as the first setup.
+MUSLIN-FORWARD, MUSLIN-ISOLATION-STAGE-1/2). Setting up adds the missing lines (one iptables-restore
+transaction), tearing down deletes the present ones (one nf_tables transaction, see ``nfhandles``), so
+both are idempotent and a reconcile after a crash is the same call as the first setup.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ class ChangeSource(Protocol):
 
 
 class FirewallGuard:
+    """Watches the ruleset from the event loop and runs ``restore`` (on the engine's worker) once a
+    burst of changes has settled."""
+
     def __init__(self, restore: Callable[[], Awaitable[int]],
                  changes: Callable[[], ChangeSource] = nfwatch.RulesetChanges,
                  quiet: float = QUIET_SECONDS, longest: float = LONGEST_SECONDS) -> None:

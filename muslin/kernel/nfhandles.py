@@ -250,7 +250,8 @@ def _match(rules: dict[str, list[str]], state: dict[str, iptables.Ruleset],
             in_chain = [iptables.normalize(r) for r in current.rules_in(chain)]
             kernel = dumped[(table, chain)]
             if len(in_chain) != len(kernel):
-                raise Unmappable(f"{table} {chain}: iptables shows {len(in_chain)} rules, nf_tables holds {len(kernel)}")
+                raise Unmappable(f"{table} {chain}: iptables shows {len(in_chain)} rules, "
+                                 f"nf_tables holds {len(kernel)}")
             wanted = iptables.normalize(line)
             position = next((i for i, r in enumerate(in_chain)
                              if r == wanted and kernel[i].from_iptables and kernel[i].handle not in taken), None)

@@ -112,7 +112,8 @@ def test_a_host_forward_chain_ending_in_reject_does_not_shadow_new_networks(daem
     daemon.sh("iptables", "-A", "FORWARD", "-j", "REJECT")
     daemon.docker("network", "create", "--subnet", "10.78.0.0/24", "late")
     forward = [r for r in daemon.sh("iptables", "-S", "FORWARD").splitlines() if r.startswith("-A")]
-    assert forward == ["-A FORWARD -j MUSLIN-USER", "-A FORWARD -j MUSLIN-FORWARD", "-A FORWARD -j REJECT --reject-with icmp-port-unreachable"]
+    assert forward == ["-A FORWARD -j MUSLIN-USER", "-A FORWARD -j MUSLIN-FORWARD",
+                       "-A FORWARD -j REJECT --reject-with icmp-port-unreachable"]
     server, seen = _serve_peer_address(outside, 9001)
     out = daemon.docker("run", "--rm", "--network", "late", "busybox",
                         "timeout", "5", "wget", "-qO-", "http://10.99.0.2:9001/", check=False)

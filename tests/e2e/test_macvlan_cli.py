@@ -53,7 +53,8 @@ def test_macvlan_containers_live_on_the_parents_segment(daemon, make_netns) -> N
     daemon.docker("run", "-d", "--name", "m2", "--network", "mv", "--ip", "192.168.60.77", "busybox", "sleep", "300")
     (m1,) = json.loads(daemon.docker("inspect", "m1").stdout)
     settings = m1["NetworkSettings"]["Networks"]["mv"]
-    assert (settings["IPAddress"], settings["MacAddress"]) == ("192.168.60.1", "02:42:c0:a8:3c:01")  # the gateway is .254
+    # The gateway is .254, so the first container gets .1.
+    assert (settings["IPAddress"], settings["MacAddress"]) == ("192.168.60.1", "02:42:c0:a8:3c:01")
     link = _in_sandbox(m1, "ip", "-d", "link", "show", "eth0")
     assert "macvlan mode bridge" in link and "02:42:c0:a8:3c:01" in link
     assert "default via 192.168.60.254" in daemon.docker("exec", "m1", "ip", "route").stdout

@@ -132,14 +132,16 @@ def test_rules_of_the_layout_before_muslin_forward_go_at_start(daemon) -> None:
     """muslind once put its forwarding rules straight into FORWARD; a restart on such a ruleset removes
     them (they would outlive their networks) and keeps the rest."""
     daemon.stop()
-    legacy = [["-A", "FORWARD", "-j", "MUSLIN-ISOLATION-STAGE-1"], ["-A", "FORWARD", "-o", "muslin0", "-j", "MUSLIN"],
+    legacy = [["-A", "FORWARD", "-j", "MUSLIN-ISOLATION-STAGE-1"],
+              ["-A", "FORWARD", "-o", "muslin0", "-j", "MUSLIN"],
               ["-A", "FORWARD", "-i", "muslin0", "-o", "muslin0", "-j", "ACCEPT"]]
     for rule in legacy:
         daemon.sh("iptables", *rule)
     daemon.sh("iptables", "-A", "FORWARD", "-s", "10.9.9.9/32", "-j", "DROP")  # the user's, stays
     daemon.start()
     forward = [r for r in daemon.sh("iptables", "-S", "FORWARD").splitlines() if r.startswith("-A")]
-    assert forward == ["-A FORWARD -j MUSLIN-USER", "-A FORWARD -j MUSLIN-FORWARD", "-A FORWARD -s 10.9.9.9/32 -j DROP"]
+    assert forward == ["-A FORWARD -j MUSLIN-USER", "-A FORWARD -j MUSLIN-FORWARD",
+                       "-A FORWARD -s 10.9.9.9/32 -j DROP"]
     assert "-A MUSLIN-FORWARD -i muslin0 -o muslin0 -j ACCEPT" in daemon.sh("iptables", "-S", "MUSLIN-FORWARD")
 
 

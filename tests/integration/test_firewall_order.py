@@ -20,7 +20,8 @@ def test_forward_jumps_are_pinned_first_in_order(host_ns) -> None:
             forward = iptables.read("filter").rules_in("FORWARD")
             assert forward == ["-A FORWARD -j MUSLIN-USER", "-A FORWARD -j MUSLIN-FORWARD",
                                "-A FORWARD -s 10.9.9.9/32 -j DROP"]
-            assert iptables.read("filter").rules_in("MUSLIN-FORWARD") == ["-A MUSLIN-FORWARD -j MUSLIN-ISOLATION-STAGE-1"]
+            own = iptables.read("filter").rules_in("MUSLIN-FORWARD")
+            assert own == ["-A MUSLIN-FORWARD -j MUSLIN-ISOLATION-STAGE-1"]
             assert firewall.ensure([], []) == 0  # in place: nothing to do
             assert iptables.read("filter").rules_in("FORWARD") == forward
         finally:

@@ -60,10 +60,12 @@ class MacvlanDriver:
         opts = net.options
         unknown = sorted(set(opts) - {OPT_PARENT, OPT_MODE})
         if unknown:
-            raise InvalidArgument(f"unknown option {unknown[0]!r} for the macvlan driver (it knows {OPT_PARENT}, {OPT_MODE})")
+            raise InvalidArgument(f"unknown option {unknown[0]!r} for the macvlan driver "
+                                  f"(it knows {OPT_PARENT}, {OPT_MODE})")
         mode = opts.get(OPT_MODE) or "bridge"
         if mode not in MODES:
-            raise InvalidArgument(f"requested macvlan mode '{mode}' is not valid, 'bridge' mode is the macvlan driver default")
+            raise InvalidArgument(f"requested macvlan mode '{mode}' is not valid, "
+                                  "'bridge' mode is the macvlan driver default")
         parent = opts.get(OPT_PARENT, "")
         created = ""
         if not parent:
