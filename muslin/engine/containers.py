@@ -371,16 +371,17 @@ class ContainerService:
         watch = await self.runtime.exit_waiter(c.id, next_run=True)
         try:
             await self.engine_call(self.start, c.id)
-        except (NotModified, NotFound):
-            watch.cancel()  # already running, or removed meanwhile: nothing failed to start
+        except NotModified:
+            watch.cancel()  # already running: nothing failed to start
             raise
         except Exception as exc:
-            # Docker reports the failed start (the process's or the network's), and a --rm container goes
-            # away with it: a client waiting for condition=removed must not wait forever.
+            # Docker reports the failed start (the process's, the network's, a namespace owner gone),
+            # and a --rm container goes away with it: a client waiting for condition=removed must not
+            # wait forever. Unless it is gone already (removed meanwhile).
             watch.cancel()
             if isinstance(exc, StartFailed):
                 self._last_exit[c.id] = exc.exit_code
-            if c.host_config.get("AutoRemove"):
+            if c.host_config.get("AutoRemove") and self.store.find_containers(c.id):
                 try:
                     await self.engine_call(self._remove, self.get(c.id))
                 except Exception:

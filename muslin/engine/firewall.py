@@ -97,7 +97,10 @@ def legacy_rules(networks: list[BridgeSpec]) -> list[Rule]:
     outlive their networks and keep an old policy (an ICC DROP, say) in force."""
     forwarding = [(t, "FORWARD", spec, pos) for n in networks
                   for t, chain, spec, pos in bridge_rules(n) if chain == "MUSLIN-FORWARD"]
-    return [("filter", "FORWARD", "-j MUSLIN-ISOLATION-STAGE-1", "first"), *forwarding]
+    # The ICC verdict of either setting: it may have changed since that layout wrote it.
+    either_icc = [("filter", "FORWARD", f"-i {n.bridge} -o {n.bridge} -j {verdict}", "append")
+                  for n in networks for verdict in ("ACCEPT", "DROP")]
+    return [("filter", "FORWARD", "-j MUSLIN-ISOLATION-STAGE-1", "first"), *forwarding, *either_icc]
 
 
 def port_rules(p: PortSpec) -> list[Rule]:
@@ -156,8 +159,8 @@ class IptablesFirewall:
         self._remove(legacy_rules(networks))
 
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int:
-        """Put back whatever rule of these networks and ports is missing, in one transaction; returns how
-        many were. Nothing is missing: nothing is committed."""
+        """Put back whatever rule of these networks and ports is missing or out of place, in one
+        transaction; returns how many rules that wrote. 0: nothing was committed."""
         return self._add(base_rules() + [r for spec in networks for r in bridge_rules(spec)]
                          + [r for p in ports for r in port_rules(p)])
 
@@ -204,7 +207,7 @@ class IptablesFirewall:
 def _pin_head(batch: iptables.Batch, table: str, chain: str, specs: list[str], current: iptables.Ruleset) -> int:
     """Make ``specs`` the first rules of the chain, in order, when they are not already: a user's rule
     inserted above them, or a restore that found only one missing, must not reorder them. Returns how
-    many were (re)inserted."""
+    many rules were (re)inserted."""
     wanted = [iptables.normalize(f"-A {chain} {spec}") for spec in dict.fromkeys(specs)]
     present = [iptables.normalize(rule) for rule in current.rules_in(chain)]
     if present[:len(wanted)] == wanted:
@@ -214,4 +217,4 @@ def _pin_head(batch: iptables.Batch, table: str, chain: str, specs: list[str], c
             batch.add(table, "-D" + line[2:])
     for line in reversed(wanted):
         batch.add(table, f"-I {chain} 1" + line[len(f"-A {chain}"):])
-    return sum(1 for line in wanted if line not in present)
+    return len(wanted)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 QUIET_SECONDS = 0.2  # a burst of changes (a reload is several transactions) is checked once
 LONGEST_SECONDS = 2.0  # ... unless it never ends: a chatty ruleset is still checked this often
 LONGEST_BACKOFF_SECONDS = 60.0  # rules removed again after every restore: check at most this rarely
+FIGHT_WINDOW_SECONDS = 30.0  # restores closer together than this count as one fight
 
 
 class ChangeSource(Protocol):
@@ -40,6 +41,7 @@ class FirewallGuard:
         self._open_changes = changes
         self._quiet, self._longest = quiet, longest
         self._restores_in_a_row = 0
+        self._last_restore = float("-inf")
         self._not_before = 0.0
         self._changes: ChangeSource | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,17 +93,19 @@ class FirewallGuard:
 
     def _pace(self, restored: int) -> None:
         """Rules that are removed again after each restore mean something else manages this firewall
-        and fights us: back off (doubling) instead of trading commits with it forever."""
+        and fights us: back off (doubling) instead of trading commits with it forever. A check that
+        finds nothing missing does not end the fight (each restore of ours is followed by one, for our
+        own commit); only a restore long after the previous one starts the count afresh."""
         assert self._loop is not None
         if not restored:
-            self._restores_in_a_row = 0
-            self._not_before = 0.0
             return
-        self._restores_in_a_row += 1
+        now = self._loop.time()
+        self._restores_in_a_row = 1 if now - self._last_restore > FIGHT_WINDOW_SECONDS else self._restores_in_a_row + 1
+        self._last_restore = now
         log.warning("put back %d firewall rules that were removed behind muslind's back (a firewall reload?)",
                     restored)
         if self._restores_in_a_row > 2:
             pause = min(self._quiet * 2 ** self._restores_in_a_row, LONGEST_BACKOFF_SECONDS)
-            self._not_before = self._loop.time() + pause
+            self._not_before = now + pause
             log.warning("the rules were removed %d times in a row: is another tool managing this firewall? "
                         "next check in %.1f s at the earliest", self._restores_in_a_row, pause)

@@ -191,7 +191,8 @@ def _ensure_link(ipr: IPRoute, name: str, kind: str, **attrs: object) -> int:
             if exc.code != errno.EEXIST:
                 raise
         index = index_of(ipr, name)
-        assert index is not None
+        if index is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
+            raise FileExistsError(f"a {kind} link like {name} exists already under another name")
     elif link_kind(ipr, index) != kind:
         raise FileExistsError(f"{name} exists and is not a {kind} link")
     ipr.link("set", index=index, state="up")

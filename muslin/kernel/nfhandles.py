@@ -256,6 +256,8 @@ def _match(rules: dict[str, list[str]], state: dict[str, iptables.Ruleset],
             position = next((i for i, r in enumerate(in_chain)
                              if r == wanted and kernel[i].from_iptables and kernel[i].handle not in taken), None)
             if position is None:
+                if wanted in in_chain:
+                    log.debug("%s %r: only rules written with nft print like it; none deleted", table, line)
                 continue
             taken.add(kernel[position].handle)
             out.append((table, chain, kernel[position].handle))

@@ -187,6 +187,9 @@ def test_restart_restores_own_parents_removes_orphans_and_survives_a_missing_par
     daemon.sh("sleep", "0.2")  # orphans are deleted in the background
     links = _links(daemon)
     assert own in links and "dm-0123456789ab" not in links and "dmp-0123456789a" not in links
+    daemon.stop()  # and once more, with our own parent in place (a veth where there are no dummy links)
+    daemon.start()
+    assert own in _links(daemon)
     out = daemon.docker("run", "--rm", "--network", "onlan", "busybox", "true", check=False, timeout=10)
     assert out.returncode != 0 and "parent interface eth0 of network onlan is missing" in out.stderr
     assert daemon.docker("ps", "-aq").stdout.strip() == ""  # --rm: a failed start removes it too, as dockerd

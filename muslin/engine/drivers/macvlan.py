@@ -103,14 +103,18 @@ class MacvlanDriver:
                 except NetlinkError as exc:
                     raise EngineError(f"failed to create {parent} vlan link: {os.strerror(exc.code).lower()}") from None
             elif created == "dummy":
-                try:
-                    links.ensure_dummy(self.host, parent)
-                except NetlinkError as exc:
-                    if exc.code != errno.EOPNOTSUPP:
-                        raise
-                    # A kernel without dummy links: one end of a veth pair whose other end stays up
-                    # unused is the same thing for macvlans, a lower device that goes nowhere.
-                    links.ensure_veth_pair(self.host, parent, DUMMY_PEER_PREFIX + net.id[:11])
+                # A kernel without dummy links gets one end of a veth pair whose other end stays up
+                # unused: the same thing for macvlans, a lower device that goes nowhere.
+                peer = DUMMY_PEER_PREFIX + net.id[:11]
+                if existed and links.link_kind(self.host, links.index_of(self.host, parent)) == "veth":
+                    links.ensure_veth_pair(self.host, parent, peer)  # made so by an earlier start
+                else:
+                    try:
+                        links.ensure_dummy(self.host, parent)
+                    except NetlinkError as exc:
+                        if exc.code != errno.EOPNOTSUPP:
+                            raise
+                        links.ensure_veth_pair(self.host, parent, peer)
             elif links.index_of(self.host, parent) is None:
                 raise ParentMissing(f"-o parent interface was not found on the host: {parent}")
         except FileExistsError as exc:  # a link of another kind holds the name: not ours to touch
