@@ -21,7 +21,7 @@ from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from muslin.kernel import netns
+from muslin.kernel import iptables, netns
 
 from . import dns
 from . import ports as portmod
@@ -394,19 +394,22 @@ class ContainerService:
         self._follow(c.id, watch)
 
     def _bind_dns(self, c: Container) -> None:
-        """Bind the container's DNS socket before its process runs: queries sent before the server
+        """Bind the container's DNS sockets before its process runs: queries sent before the server
         is attached wait in the socket instead of being refused."""
         if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c) or c.id in self._dns:
             return
+        opened: list[socket.socket] = []
         try:
-            udp = netns.udp_socket_in(c.sandbox, dns.EMBEDDED_ADDRESS, 53)
-        except OSError as exc:
-            log.warning("no embedded DNS for %s: %s", c.name, exc)
-            return
-        try:
-            tcp = netns.tcp_listener_in(c.sandbox, dns.EMBEDDED_ADDRESS, 53)
-        except OSError as exc:
-            udp.close()
+            opened.append(netns.udp_socket_in(c.sandbox, dns.EMBEDDED_ADDRESS, 0))
+            opened.append(netns.tcp_listener_in(c.sandbox, dns.EMBEDDED_ADDRESS, 0))
+            udp, tcp = opened
+            # The container namespace's nat table holds only this: muslind owns it, as dockerd does
+            # (and a restart of either re-binds new ports, so the table is rewritten whole).
+            with netns.entered(c.sandbox):
+                iptables.restore(dns.redirect_rules(udp.getsockname()[1], tcp.getsockname()[1]), replace=True)
+        except (OSError, iptables.IptablesError) as exc:
+            for sock in opened:
+                sock.close()
             log.warning("no embedded DNS for %s: %s", c.name, exc)
             return
         self._dns_sockets[c.id] = (udp, tcp)

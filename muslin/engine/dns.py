@@ -1,7 +1,9 @@
 """The embedded DNS server of user-defined networks: container names and aliases, as Docker's 127.0.0.11.
 
 Each container on a user-defined network gets ``nameserver 127.0.0.11`` and a UDP and a TCP socket the
-daemon holds inside the container's namespace on 127.0.0.11:53, so no NAT rule is needed to reach them.
+daemon holds inside the container's namespace on 127.0.0.11, on ports of their own: port 53 stays free
+for the container's own DNS server (a wildcard bind of :53 would collide with ours), and a DNAT rule in
+the container's namespace sends 127.0.0.11:53 to them, as dockerd does.
 A query for a container name, alias or short id on one of the asker's networks is answered from the
 store; any other name goes to the daemon's own upstream resolvers, as Docker forwards it, over the
 transport it came in on. A UDP answer that does not fit 512 bytes comes back truncated (TC), and the
@@ -38,6 +40,18 @@ class Question:
     qtype: int
     qclass: int
     raw: bytes  # the question section as sent, echoed back in the answer
+
+
+def redirect_rules(udp_port: int, tcp_port: int) -> str:
+    """The container namespace's whole nat table: queries to 127.0.0.11:53 reach our sockets (replies
+    go back through the same connection tracking entry, so no SNAT is needed)."""
+    return "\n".join([
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
+        f"-A OUTPUT -d {EMBEDDED_ADDRESS}/32 -p udp -m udp --dport 53 -j DNAT --to-destination {EMBEDDED_ADDRESS}:{udp_port}",
+        f"-A OUTPUT -d {EMBEDDED_ADDRESS}/32 -p tcp -m tcp --dport 53 -j DNAT --to-destination {EMBEDDED_ADDRESS}:{tcp_port}",
+        "COMMIT", "",
+    ])
 
 
 def parse_query(packet: bytes) -> tuple[int, int, Question]:

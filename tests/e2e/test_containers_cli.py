@@ -326,6 +326,14 @@ def test_embedded_dns_answers_names_and_aliases_on_user_networks(daemon) -> None
     # Over TCP too (what a client does after a truncated UDP answer), from inside db1's namespace.
     (db1,) = json.loads(daemon.docker("inspect", "db1").stdout)
     assert _ask_over_tcp(db1["NetworkSettings"]["SandboxKey"], "database") == ["10.81.0.2"]
+    # Port 53 stays the container's own: a DNS server in it can bind the wildcard address, as with
+    # dockerd, while 127.0.0.11:53 keeps answering.
+    with netns.entered(db1["NetworkSettings"]["SandboxKey"]):
+        servers = [socket.socket(socket.AF_INET, kind) for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
+    for server in servers:
+        with server:
+            server.bind(("0.0.0.0", 53))
+    assert "10.81.0.2" in daemon.docker("exec", "db1", "nslookup", "database").stdout
     # Names on networks the asker is not on stay unknown to it.
     other = daemon.docker("run", "--rm", "--network", "app", "busybox", "nslookup", "elsewhere", check=False)
     assert "10.82.0." not in other.stdout
