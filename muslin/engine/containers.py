@@ -324,6 +324,7 @@ class ContainerService:
             owner = self.get(c.joined_container)
             if not self.state(owner).running:
                 raise Conflict(f"cannot join network namespace of a non running container: {owner.id}")
+        fresh_sandbox = bool(c.owns_sandbox and c.sandbox and not netns.exists(c.sandbox))
         if c.owns_sandbox and c.sandbox:
             netns.create(c.sandbox, SANDBOX_SYSCTLS)  # gone after a reboot (on a tmpfs); a no-op otherwise
         self.release_networking(c)  # what an exit not yet handled still holds
@@ -340,7 +341,7 @@ class ContainerService:
             if c.bindings and wired and wired[0][0].driver == "bridge":  # other drivers have no NAT
                 published = self._publish(c, wired[0][0], wired[0][1])
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
-            self._bind_dns(c)
+            self._bind_dns(c, fresh_sandbox)
             self.runtime.start(c.id)
         except BaseException:
             for sock in self._dns_sockets.pop(c.id, ()):
@@ -393,7 +394,7 @@ class ContainerService:
         await self._serve_dns(c)
         self._follow(c.id, watch)
 
-    def _bind_dns(self, c: Container) -> None:
+    def _bind_dns(self, c: Container, fresh_sandbox: bool = False) -> None:
         """Bind the container's DNS sockets before its process runs: queries sent before the server
         is attached wait in the socket instead of being refused."""
         if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c) or c.id in self._dns:
@@ -403,10 +404,10 @@ class ContainerService:
             opened.append(netns.udp_socket_in(c.sandbox, dns.EMBEDDED_ADDRESS, 0))
             opened.append(netns.tcp_listener_in(c.sandbox, dns.EMBEDDED_ADDRESS, 0))
             udp, tcp = opened
-            # The container namespace's nat table holds only this: muslind owns it, as dockerd does
-            # (and a restart of either re-binds new ports, so the table is rewritten whole).
             with netns.entered(c.sandbox):
-                iptables.restore(dns.redirect_rules(udp.getsockname()[1], tcp.getsockname()[1]), replace=True)
+                # A namespace made for this start has no rules; only an older one needs reading.
+                jump = fresh_sandbox or not iptables.read("nat").has(dns.REDIRECT_JUMP)
+                iptables.restore(dns.redirect_rules(udp.getsockname()[1], tcp.getsockname()[1], jump))
         except (OSError, iptables.IptablesError) as exc:
             for sock in opened:
                 sock.close()

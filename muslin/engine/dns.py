@@ -42,14 +42,21 @@ class Question:
     raw: bytes  # the question section as sent, echoed back in the answer
 
 
-def redirect_rules(udp_port: int, tcp_port: int) -> str:
-    """The container namespace's whole nat table: queries to 127.0.0.11:53 reach our sockets (replies
-    go back through the same connection tracking entry, so no SNAT is needed)."""
+REDIRECT_CHAIN = "MUSLIN-DNS"
+REDIRECT_JUMP = f"-A OUTPUT -d {EMBEDDED_ADDRESS}/32 -j {REDIRECT_CHAIN}"
+
+
+def redirect_rules(udp_port: int, tcp_port: int, with_jump: bool) -> str:
+    """An iptables-restore text (for --noflush) for the container's namespace: queries to 127.0.0.11:53
+    reach our sockets; replies go back through the same conntrack entry, so no SNAT is needed.
+    Declaring the chain empties it, so a new start's ports replace the last ones; the jump into it is
+    added once (``with_jump``: the namespace does not have it yet)."""
     return "\n".join([
         "*nat",
-        ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
-        f"-A OUTPUT -d {EMBEDDED_ADDRESS}/32 -p udp -m udp --dport 53 -j DNAT --to-destination {EMBEDDED_ADDRESS}:{udp_port}",
-        f"-A OUTPUT -d {EMBEDDED_ADDRESS}/32 -p tcp -m tcp --dport 53 -j DNAT --to-destination {EMBEDDED_ADDRESS}:{tcp_port}",
+        f":{REDIRECT_CHAIN} - [0:0]",
+        *([REDIRECT_JUMP] if with_jump else []),
+        f"-A {REDIRECT_CHAIN} -p udp -m udp --dport 53 -j DNAT --to-destination {EMBEDDED_ADDRESS}:{udp_port}",
+        f"-A {REDIRECT_CHAIN} -p tcp -m tcp --dport 53 -j DNAT --to-destination {EMBEDDED_ADDRESS}:{tcp_port}",
         "COMMIT", "",
     ])
 

@@ -25,13 +25,12 @@ def _binary(name: str) -> str:
     return found
 
 
-def restore(batch: str, replace: bool = False) -> None:
-    """Apply a complete iptables-restore text (with ``*table`` and ``COMMIT`` lines) atomically.
-    ``replace``: each table in the text becomes exactly what the text says (no ``--noflush``)."""
+def restore(batch: str) -> None:
+    """Apply a complete iptables-restore text (with ``*table`` and ``COMMIT`` lines) atomically."""
     if not batch.strip():
         return
     proc = subprocess.run(
-        [_binary("iptables-restore"), *(() if replace else ("--noflush",)), "--wait"],
+        [_binary("iptables-restore"), "--noflush", "--wait"],
         input=batch, text=True, capture_output=True,
     )
     if proc.returncode != 0:

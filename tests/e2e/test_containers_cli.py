@@ -334,6 +334,11 @@ def test_embedded_dns_answers_names_and_aliases_on_user_networks(daemon) -> None
         with server:
             server.bind(("0.0.0.0", 53))
     assert "10.81.0.2" in daemon.docker("exec", "db1", "nslookup", "database").stdout
+    daemon.docker("restart", "-t", "0", "db1")  # new ports: the redirect follows, and is not doubled
+    assert "10.81.0.2" in daemon.docker("exec", "db1", "nslookup", "database").stdout
+    nat = subprocess.run(["nsenter", f"--net={db1['NetworkSettings']['SandboxKey']}", "iptables-save", "-t", "nat"],
+                         capture_output=True, text=True, check=True).stdout
+    assert nat.count("-j MUSLIN-DNS") == 1 and nat.count("-j DNAT") == 2
     # Names on networks the asker is not on stay unknown to it.
     other = daemon.docker("run", "--rm", "--network", "app", "busybox", "nslookup", "elsewhere", check=False)
     assert "10.82.0." not in other.stdout
