@@ -30,7 +30,8 @@ from .errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound,
 from .firewall import PortSpec
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
-from .runtime import ContainerSpec, ImageStore, NoSuchContainer, Runtime, StartFailed, State
+from .runtime import (ContainerSpec, ImageStore, NoSuchContainer, Runtime, StartFailed, State, capabilities,
+                      check_sysctls, normalize_capability)
 from .runtime.runtime import ExitWaiter
 from .store import Store
 
@@ -189,6 +190,16 @@ class ContainerService:
             bindings = []  # Docker discards published ports in these modes
         if mode.startswith("container:") and bindings:
             raise InvalidArgument("conflicting options: port publishing and the container type network mode")
+        # --cap-add/--cap-drop/--privileged/--sysctl: what a network lab container needs (NET_ADMIN to
+        # change its routes, net.ipv4.ip_forward=1 to be a router), checked before anything is made.
+        for key in ("CapAdd", "CapDrop"):
+            host[key] = [normalize_capability(n) for n in host.get(key) or []] or None
+        caps = capabilities(host["CapAdd"] or [], host["CapDrop"] or [], bool(host.get("Privileged")))
+        sysctls = {str(k): str(v) for k, v in (host.get("Sysctls") or {}).items()}
+        if mode.startswith("container:") and any(k.startswith("net.") for k in sysctls):
+            raise InvalidArgument("sysctls of the network namespace cannot be set in container network mode: "
+                                  "set them on the container that owns the namespace")
+        check_sysctls(sysctls, host_network=mode == "host")
         c = Container(id=cid, name=name, created=now_rfc3339(), image=image_ref, image_id=image.id,
                       config=body, host_config=host, network_mode=mode, attachments=attachments,
                       bindings=[asdict(b) for b in bindings])
@@ -208,7 +219,8 @@ class ContainerService:
                 open_stdin=bool(body.get("OpenStdin")), hostname=hostname,
                 console_size=console_size_of(host.get("ConsoleSize")), domainname=body.get("Domainname") or "",
                 netns_path=c.sandbox, hosts=self._hosts_file(c, hostname, []),
-                resolv_conf=self._resolv_conf(host, embedded_dns=self._uses_embedded_dns(c)))
+                resolv_conf=self._resolv_conf(host, embedded_dns=self._uses_embedded_dns(c)),
+                capabilities=tuple(caps), privileged=bool(host.get("Privileged")), sysctls=sysctls)
             self.runtime.create(spec)
             c.config = {**body, "Hostname": hostname}
             self._save(c)

@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 import time
 
+import docker as docker_sdk
 import pytest
 
 pytestmark = pytest.mark.root
@@ -127,3 +128,43 @@ def test_starting_a_running_rm_container_leaves_it_running(daemon) -> None:
     assert daemon.docker("start", "keeper").returncode == 0
     assert daemon.docker("ps", "--filter", "name=keeper", "--format", "{{.Names}}").stdout.split() == ["keeper"]
     daemon.docker("rm", "-f", "keeper")
+
+
+def test_capabilities_privileged_and_sysctls_for_network_labs(daemon) -> None:
+    """--cap-add NET_ADMIN lets a container change its own routes, --sysctl tunes its own network
+    namespace, --privileged gives every capability the daemon holds; bad values are refused cleanly."""
+    route = ["ip", "route", "add", "10.99.99.0/24", "dev", "eth0"]
+    denied = daemon.docker("run", "--rm", "busybox", *route, check=False)
+    assert denied.returncode != 0 and "Operation not permitted" in denied.stderr
+    daemon.docker("run", "--rm", "--cap-add", "NET_ADMIN", "busybox", *route)
+    daemon.docker("run", "--rm", "--cap-add", "net_admin", "--cap-drop", "all", "busybox", *route)
+    unknown = daemon.docker("run", "--rm", "--cap-add", "FOO", "busybox", "true", check=False)
+    assert unknown.returncode != 0 and 'invalid CapAdd: unknown capability: "CAP_FOO"' in unknown.stderr
+
+    ttl = daemon.docker("run", "--rm", "--sysctl", "net.ipv4.ip_default_ttl=33", "busybox",
+                        "cat", "/proc/sys/net/ipv4/ip_default_ttl").stdout.strip()
+    assert ttl == "33" and daemon.sh("cat", "/proc/sys/net/ipv4/ip_default_ttl").strip() == "64"
+    on_host = daemon.docker("run", "--rm", "--network", "host", "--sysctl", "net.ipv4.ip_default_ttl=33",
+                            "busybox", "true", check=False)
+    assert on_host.returncode != 0 and "not allowed in host network namespace" in on_host.stderr
+    client = docker_sdk.DockerClient(base_url=f"unix://{daemon.sock}")
+    try:
+        with pytest.raises(docker_sdk.errors.APIError, match="is not allowed: only namespaced ones"):
+            client.containers.run("busybox", "true", sysctls={"vm.swappiness": "1"}, remove=True)
+    finally:
+        client.close()
+    assert daemon.docker("ps", "-aq").stdout.strip() == ""  # refused before anything was made
+
+    with open("/proc/self/status") as f:
+        bounding = next(line.split()[1] for line in f if line.startswith("CapBnd:"))
+    privileged = daemon.docker("run", "--rm", "--privileged", "busybox", "sh", "-c",
+                               "sysctl -w net.ipv4.ip_default_ttl=40 >/dev/null && grep CapEff /proc/self/status").stdout
+    assert privileged.split() == ["CapEff:", bounding]
+
+    daemon.docker("run", "-d", "--name", "router", "--cap-add", "NET_ADMIN", "--sysctl", "net.ipv4.ip_forward=1",
+                  "busybox", "sleep", "300")
+    daemon.docker("exec", "router", *route)  # an exec has its container's capabilities
+    (doc,) = json.loads(daemon.docker("inspect", "router").stdout)
+    assert doc["HostConfig"]["CapAdd"] == ["CAP_NET_ADMIN"]
+    assert doc["HostConfig"]["Sysctls"] == {"net.ipv4.ip_forward": "1"}
+    daemon.docker("rm", "-f", "router")

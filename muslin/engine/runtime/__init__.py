@@ -39,6 +39,9 @@ The engine's view (everything else in this package is detail):
     process exited); ``write(bytes)``; ``async drain()``; ``close_stdin()``; ``close()``.
     With a TTY everything is "stdout" and raw. Docker's 8-byte framing is the API layer's.
 
+``capabilities(cap_add, cap_drop, privileged) -> [CAP_...]`` and ``check_sysctls(sysctls, host_network)``
+validate ``docker run --cap-add/--cap-drop/--privileged/--sysctl`` for ``ContainerSpec``.
+
 Blocking calls are short (a fork, one runc run) and belong on a worker thread; everything that waits
 on a container is async. Networking is the engine's: it passes the network namespace's path in
 ``ContainerSpec.netns_path`` (None shares the daemon's own, for ``--network host``).
@@ -49,8 +52,8 @@ from .errors import NoSuchContainer, NoSuchExec, NoSuchImage, NotRunning, StartF
 from .images import Image, ImageStore
 from .logs import LogEntry, LogFilter
 from .runtime import ExecState, ExitWaiter, Runtime, State
-from .spec import ContainerSpec, ProcessConfig
+from .spec import ContainerSpec, ProcessConfig, capabilities, check_sysctls, normalize_capability
 
 __all__ = ["ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
            "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "ProcessConfig", "Runtime", "StartFailed",
-           "State", "Stream"]
+           "State", "Stream", "capabilities", "check_sysctls", "normalize_capability"]

@@ -199,7 +199,7 @@ class Runtime:
         user = resolve_user(process.user, lower_dirs)
         hostname = spec.hostname or spec.id[:12]
         oci = oci_process(process.args, process_env(process.env, hostname, spec.tty), process.cwd, user, spec.tty,
-                          spec.console_size)
+                          spec.console_size, list(spec.capabilities))
         bundle = self._dir(spec.id)
         config = oci_config(spec, oci, lower_dirs, bundle)
         try:
@@ -584,7 +584,8 @@ class Runtime:
             who = User(base["user"]["uid"], base["user"]["gid"], tuple(base["user"].get("additionalGids", ())))
         hostname = meta["spec"]["hostname"] or cid[:12]
         process = oci_process(list(args), process_env(merge_env(list(base["env"]), list(env or [])), hostname, tty),
-                              workdir or base["cwd"], who, tty, console_size)
+                              workdir or base["cwd"], who, tty, console_size,
+                              base["capabilities"]["bounding"])  # an exec has its container's capabilities
         exec_id = uuid.uuid4().hex + uuid.uuid4().hex
         self._execs[exec_id] = {"container_id": cid, "process": process, "tty": tty, "stdin": stdin,
                                 "args": list(args), "started": False}

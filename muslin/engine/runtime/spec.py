@@ -24,6 +24,19 @@ MASKED_PATHS = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/pro
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
                 "/sys/devices/virtual/powercap"]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+# Linux capabilities by number (include/uapi/linux/capability.h).
+CAPABILITY_NAMES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+]
+# Sysctls a container may set: those its own namespaces (network, IPC) hold.
+NAMESPACED_SYSCTLS = re.compile(r"net\..+|kernel\.(msgmax|msgmnb|msgmni|sem|shmall|shmmax|shmmni|shm_rmid_forced)"
+                                r"|fs\.mqueue\..+")
 ETC_FILES = ("hosts", "hostname", "resolv.conf")
 
 
@@ -45,6 +58,9 @@ class ContainerSpec:
     hosts: str = ""  # contents of /etc/hosts
     resolv_conf: str = ""  # contents of /etc/resolv.conf
     console_size: tuple[int, int] | None = None  # (height, width) of the TTY from the start (HostConfig.ConsoleSize)
+    capabilities: tuple[str, ...] = tuple(DEFAULT_CAPABILITIES)  # see ``capabilities``
+    privileged: bool = False  # all capabilities, no masked or read-only paths, /sys writable
+    sysctls: dict[str, str] = field(default_factory=dict)  # applied by runc inside the container's namespaces
 
 
 @dataclass(frozen=True)
@@ -131,9 +147,47 @@ def resolve_user(user: str, lower_dirs: list[str]) -> User:
     return User(uid, gid, tuple(sorted(set(member_of) - {gid})))
 
 
+def normalize_capability(name: str) -> str:
+    upper = name.strip().upper()
+    return upper if upper == "ALL" or upper.startswith("CAP_") else "CAP_" + upper
+
+
+def bounding_capabilities() -> list[str]:
+    """The capabilities this process may hand on: "ALL" means these (more may exist than we hold)."""
+    with open("/proc/self/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    return [name for bit, name in enumerate(CAPABILITY_NAMES) if mask >> bit & 1]
+
+
+def capabilities(cap_add: list[str], cap_drop: list[str], privileged: bool = False) -> list[str]:
+    """Docker's rules: the default set minus the dropped plus the added; "ALL" added is every
+    capability, "ALL" dropped starts from none. Unknown names are refused with dockerd's message."""
+    for field_name, names in (("CapAdd", cap_add), ("CapDrop", cap_drop)):
+        for name in names:
+            normal = normalize_capability(name)
+            if normal != "ALL" and normal not in CAPABILITY_NAMES:
+                raise InvalidArgument(f'invalid {field_name}: unknown capability: "{normal}"')
+    add = {normalize_capability(n) for n in cap_add}
+    drop = {normalize_capability(n) for n in cap_drop}
+    everything = bounding_capabilities()
+    if privileged or "ALL" in add:
+        return everything
+    base = set() if "ALL" in drop else set(DEFAULT_CAPABILITIES) - drop
+    return [name for name in CAPABILITY_NAMES if name in base | add and name in everything]
+
+
+def check_sysctls(sysctls: dict[str, str], host_network: bool) -> None:
+    for key in sysctls:
+        if not NAMESPACED_SYSCTLS.fullmatch(key):
+            raise InvalidArgument(f"sysctl {key!r} is not allowed: only namespaced ones are "
+                                  "(net.*, kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*)")
+        if host_network and key.startswith("net."):
+            raise InvalidArgument(f"sysctl {key!r} is not allowed in host network namespace")
+
+
 def oci_process(args: list[str], env: list[str], cwd: str, user: User, tty: bool,
-                console_size: tuple[int, int] | None = None) -> dict:
-    caps = list(DEFAULT_CAPABILITIES)
+                console_size: tuple[int, int] | None = None, caps: list[str] | None = None) -> dict:
+    caps = list(DEFAULT_CAPABILITIES if caps is None else caps)
     size = {}
     if tty and console_size and console_size[0] > 0 and console_size[1] > 0:
         # Sized before the process starts: `docker run -it` sends its resize only after start.
@@ -168,7 +222,8 @@ def oci_config(spec: ContainerSpec, process: dict, lower_dirs: list[str], bundle
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", *(() if spec.privileged else ("ro",))]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
          "options": ["ro", "nosuid", "noexec", "nodev"]},
     ]
@@ -188,8 +243,8 @@ def oci_config(spec: ContainerSpec, process: dict, lower_dirs: list[str], bundle
             "namespaces": namespaces,
             "cgroupsPath": f"/muslin-{spec.id}",
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
+            **({} if spec.privileged else {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS}),
+            **({"sysctl": dict(spec.sysctls)} if spec.sysctls else {}),
         },
     }
     if spec.domainname:
