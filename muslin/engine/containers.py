@@ -299,6 +299,8 @@ class ContainerService:
                  "ff02::2\tip6-allrouters"]
         for extra in c.host_config.get("ExtraHosts") or []:
             name, _, addr = extra.partition(":")
+            if addr == "host-gateway":  # dockerd's name for the host as containers reach it
+                addr = str(self.networks.get("bridge").pool.gateway)
             lines.append(f"{addr}\t{name}")
         if endpoints and endpoints[0].address:
             lines.append(f"{endpoints[0].address.ip}\t{hostname}")

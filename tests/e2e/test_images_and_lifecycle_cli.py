@@ -161,6 +161,9 @@ def test_capabilities_privileged_and_sysctls_for_network_labs(daemon) -> None:
                                "sysctl -w net.ipv4.ip_default_ttl=40 >/dev/null && grep CapEff /proc/self/status").stdout
     assert privileged.split() == ["CapEff:", bounding]
 
+    hosts = daemon.docker("run", "--rm", "--add-host", "host.docker.internal:host-gateway", "busybox",
+                          "cat", "/etc/hosts").stdout
+    assert "172.17.0.1\thost.docker.internal" in hosts  # the default bridge's gateway, as dockerd
     daemon.docker("run", "-d", "--name", "router", "--cap-add", "NET_ADMIN", "--sysctl", "net.ipv4.ip_forward=1",
                   "busybox", "sleep", "300")
     daemon.docker("exec", "router", *route)  # an exec has its container's capabilities
