@@ -446,7 +446,8 @@ def routes(router: Router, engine: Engine) -> None:
             raise HTTPError(400, "No exec command specified")
         exec_id = await engine.call(rt.exec_create, c.id, list(cmd), list(body.get("Env") or []),
                                     body.get("WorkingDir") or "", body.get("User") or "", bool(body.get("Tty")),
-                                    bool(body.get("AttachStdin")), console_size_of(body.get("ConsoleSize")))
+                                    bool(body.get("AttachStdin")), console_size_of(body.get("ConsoleSize")),
+                                    bool(body.get("Privileged")))
         return json_response({"Id": exec_id}, 201)
 
     async def exec_start(req: Request) -> Response | Hijack:

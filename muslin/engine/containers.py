@@ -193,7 +193,9 @@ class ContainerService:
         # --cap-add/--cap-drop/--privileged/--sysctl: what a network lab container needs (NET_ADMIN to
         # change its routes, net.ipv4.ip_forward=1 to be a router), checked before anything is made.
         for key in ("CapAdd", "CapDrop"):
-            host[key] = [normalize_capability(n) for n in host.get(key) or []] or None
+            names = host.get(key) or []
+            names = [names] if isinstance(names, str) else names  # the API's StrSlice: one string or a list
+            host[key] = [normalize_capability(n) for n in names] or None
         caps = capabilities(host["CapAdd"] or [], host["CapDrop"] or [], bool(host.get("Privileged")))
         sysctls = {str(k): str(v) for k, v in (host.get("Sysctls") or {}).items()}
         if mode.startswith("container:") and any(k.startswith("net.") for k in sysctls):
@@ -413,21 +415,38 @@ class ContainerService:
         is attached wait in the socket instead of being refused."""
         if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c) or c.id in self._dns:
             return
-        opened: list[socket.socket] = []
         try:
-            opened.append(netns.udp_socket_in(c.sandbox, dns.EMBEDDED_ADDRESS, 0))
-            opened.append(netns.tcp_listener_in(c.sandbox, dns.EMBEDDED_ADDRESS, 0))
-            udp, tcp = opened
-            with netns.entered(c.sandbox):
-                # A namespace made for this start has no rules; only an older one needs reading.
-                jump = fresh_sandbox or not iptables.read("nat").has(dns.REDIRECT_JUMP)
-                iptables.restore(dns.redirect_rules(udp.getsockname()[1], tcp.getsockname()[1], jump))
-        except (OSError, iptables.IptablesError) as exc:
-            for sock in opened:
-                sock.close()
-            log.warning("no embedded DNS for %s: %s", c.name, exc)
+            self._dns_sockets[c.id] = self._dns_behind_redirect(c.sandbox, fresh_sandbox)
             return
-        self._dns_sockets[c.id] = (udp, tcp)
+        except (OSError, iptables.IptablesError) as exc:
+            # No nat table to redirect with (no iptables here, say): the sockets take 127.0.0.11:53
+            # itself, at the price of that port inside the container, rather than no DNS at all.
+            log.warning("embedded DNS of %s listens on 127.0.0.11:53 itself: %s", c.name, exc)
+        try:
+            self._dns_sockets[c.id] = _dns_sockets_at(c.sandbox, 53, 53, exact=True)
+        except OSError as exc:
+            log.warning("no embedded DNS for %s: %s", c.name, exc)
+
+    @staticmethod
+    def _dns_behind_redirect(sandbox: str, fresh_sandbox: bool) -> tuple[socket.socket, socket.socket]:
+        """Sockets on ports of their own and the DNAT that sends 127.0.0.11:53 to them. A namespace
+        that had them before gets its old ports back if they are free: conntrack pins a client's flow
+        (a resolver that keeps its source port, as nginx does) to the port it saw first."""
+        jump, udp_port, tcp_port = True, 0, 0
+        if not fresh_sandbox:  # a namespace made for this start has no rules to read
+            with netns.entered(sandbox):
+                nat = iptables.read("nat")
+            jump = not nat.has(dns.REDIRECT_JUMP)
+            udp_port, tcp_port = dns.redirect_ports(nat.rules_in(dns.REDIRECT_CHAIN))
+        udp, tcp = _dns_sockets_at(sandbox, udp_port, tcp_port)
+        try:
+            with netns.entered(sandbox):
+                iptables.restore(dns.redirect_rules(udp.getsockname()[1], tcp.getsockname()[1], jump))
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        return udp, tcp
 
     async def _serve_dns(self, c: Container) -> None:
         sockets = self._dns_sockets.pop(c.id, None)
@@ -715,3 +734,23 @@ class ContainerService:
         items = self.all()
         running = sum(1 for c in items if self.state(c).running)
         return len(items), running, 0, len(items) - running
+
+
+def _dns_sockets_at(sandbox: str, udp_port: int, tcp_port: int,
+                    exact: bool = False) -> tuple[socket.socket, socket.socket]:
+    """The embedded DNS's UDP and TCP sockets on 127.0.0.11 inside the sandbox; a wanted port that is
+    taken gives way to any free one, unless ``exact``."""
+    def bind(open_socket: Callable[[str, str, int], socket.socket], port: int) -> socket.socket:
+        try:
+            return open_socket(sandbox, dns.EMBEDDED_ADDRESS, port)
+        except OSError:
+            if exact or port == 0:
+                raise
+            return open_socket(sandbox, dns.EMBEDDED_ADDRESS, 0)
+
+    udp = bind(netns.udp_socket_in, udp_port)
+    try:
+        return udp, bind(netns.tcp_listener_in, tcp_port)
+    except BaseException:
+        udp.close()
+        raise

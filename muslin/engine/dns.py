@@ -61,6 +61,19 @@ def redirect_rules(udp_port: int, tcp_port: int, with_jump: bool) -> str:
     ])
 
 
+def redirect_ports(rules: list[str]) -> tuple[int, int]:
+    """(UDP, TCP) ports an earlier ``redirect_rules`` sent queries to, 0 where there was none."""
+    ports = {"udp": 0, "tcp": 0}
+    for rule in rules:
+        words = rule.split()
+        if "-p" in words and "--to-destination" in words:
+            proto = words[words.index("-p") + 1]
+            target = words[words.index("--to-destination") + 1]
+            if proto in ports and target.startswith(EMBEDDED_ADDRESS + ":") and target.rpartition(":")[2].isdigit():
+                ports[proto] = int(target.rpartition(":")[2])
+    return ports["udp"], ports["tcp"]
+
+
 def parse_query(packet: bytes) -> tuple[int, int, Question]:
     """(id, flags, first question) of a query; ValueError when it is not one we can read."""
     if len(packet) < HEADER.size:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 QUIET_SECONDS = 0.2  # a burst of changes (a reload is several transactions) is checked once
 LONGEST_SECONDS = 2.0  # ... unless it never ends: a chatty ruleset is still checked this often
 LONGEST_BACKOFF_SECONDS = 60.0  # rules removed again after every restore: check at most this rarely
-FIGHT_WINDOW_SECONDS = 30.0  # restores closer together than this count as one fight
+FIGHT_WINDOW_SECONDS = 2 * LONGEST_BACKOFF_SECONDS  # restores closer than this: one fight (outlasts any pause)
 
 
 class ChangeSource(Protocol):

@@ -288,6 +288,12 @@ def test_containers_survive_a_muslind_restart(daemon) -> None:
     assert "8090" not in daemon.sh("iptables-save")
 
 
+def _sandbox_nat(container: dict) -> list[str]:
+    saved = subprocess.run(["nsenter", f"--net={container['NetworkSettings']['SandboxKey']}", "iptables-save",
+                            "-t", "nat"], capture_output=True, text=True, check=True).stdout
+    return [line for line in saved.splitlines() if line.startswith("-A")]
+
+
 def _ask_over_tcp(sandbox: str, name: str) -> list[str]:
     """An A query to 127.0.0.11:53 over TCP from inside the namespace; the addresses it answers."""
     query = struct.pack(">HHHHHH", 0x4D55, 0x0100, 1, 0, 0, 0)
@@ -334,11 +340,17 @@ def test_embedded_dns_answers_names_and_aliases_on_user_networks(daemon) -> None
         with server:
             server.bind(("0.0.0.0", 53))
     assert "10.81.0.2" in daemon.docker("exec", "db1", "nslookup", "database").stdout
-    daemon.docker("restart", "-t", "0", "db1")  # new ports: the redirect follows, and is not doubled
+    # A restart of the container or of muslind keeps the redirect's ports (conntrack pins a resolver
+    # that keeps its source port to the port it saw first), and never doubles the jump.
+    nat_before = _sandbox_nat(db1)
+    daemon.docker("restart", "-t", "0", "db1")
     assert "10.81.0.2" in daemon.docker("exec", "db1", "nslookup", "database").stdout
-    nat = subprocess.run(["nsenter", f"--net={db1['NetworkSettings']['SandboxKey']}", "iptables-save", "-t", "nat"],
-                         capture_output=True, text=True, check=True).stdout
-    assert nat.count("-j MUSLIN-DNS") == 1 and nat.count("-j DNAT") == 2
+    daemon.stop()
+    daemon.start()
+    assert "10.81.0.2" in daemon.docker("exec", "db1", "nslookup", "database").stdout
+    nat = _sandbox_nat(db1)
+    assert nat == nat_before
+    assert sum("-j MUSLIN-DNS" in r for r in nat) == 1 and sum("-j DNAT" in r for r in nat) == 2
     # Names on networks the asker is not on stay unknown to it.
     other = daemon.docker("run", "--rm", "--network", "app", "busybox", "nslookup", "elsewhere", check=False)
     assert "10.82.0." not in other.stdout

@@ -167,6 +167,10 @@ def test_capabilities_privileged_and_sysctls_for_network_labs(daemon) -> None:
     daemon.docker("run", "-d", "--name", "router", "--cap-add", "NET_ADMIN", "--sysctl", "net.ipv4.ip_forward=1",
                   "busybox", "sleep", "300")
     daemon.docker("exec", "router", *route)  # an exec has its container's capabilities
+    daemon.docker("run", "-d", "--name", "plain", "busybox", "sleep", "300")
+    assert daemon.docker("exec", "plain", *route, check=False).returncode != 0
+    daemon.docker("exec", "--privileged", "plain", *route)  # or all of them with --privileged
+    daemon.docker("rm", "-f", "plain")
     (doc,) = json.loads(daemon.docker("inspect", "router").stdout)
     assert doc["HostConfig"]["CapAdd"] == ["CAP_NET_ADMIN"]
     assert doc["HostConfig"]["Sysctls"] == {"net.ipv4.ip_forward": "1"}

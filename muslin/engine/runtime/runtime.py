@@ -37,8 +37,8 @@ from .errors import (Conflict, EngineError, InvalidArgument, NoSuchContainer, No
                      StartFailed)
 from .images import ImageStore
 from .logs import LogEntry, LogFilter, follow as follow_log, read as read_log
-from .spec import (ETC_FILES, ID_PATTERN, ContainerSpec, ProcessConfig, User, merge_env, oci_config,
-                   oci_process, process_env, resolve_process, resolve_user)
+from .spec import (ETC_FILES, ID_PATTERN, ContainerSpec, ProcessConfig, User, bounding_capabilities, merge_env,
+                   oci_config, oci_process, process_env, resolve_process, resolve_user)
 
 SHIM_SCRIPT = str(Path(shim.__file__).resolve())
 SHIM_READY_SECONDS = 10.0
@@ -569,7 +569,7 @@ class Runtime:
     # -- exec ---------------------------------------------------------------------------------
     def exec_create(self, cid: str, args: list[str], env: list[str] | None = None, workdir: str = "",
                     user: str = "", tty: bool = False, stdin: bool = False,
-                    console_size: tuple[int, int] | None = None) -> str:
+                    console_size: tuple[int, int] | None = None, privileged: bool = False) -> str:
         meta = self._meta(cid)
         if not self.state(cid).running:
             raise NotRunning(cid)
@@ -585,7 +585,8 @@ class Runtime:
         hostname = meta["spec"]["hostname"] or cid[:12]
         process = oci_process(list(args), process_env(merge_env(list(base["env"]), list(env or [])), hostname, tty),
                               workdir or base["cwd"], who, tty, console_size,
-                              base["capabilities"]["bounding"])  # an exec has its container's capabilities
+                              # An exec has its container's capabilities, or all with --privileged.
+                              bounding_capabilities() if privileged else base["capabilities"]["bounding"])
         exec_id = uuid.uuid4().hex + uuid.uuid4().hex
         self._execs[exec_id] = {"container_id": cid, "process": process, "tty": tty, "stdin": stdin,
                                 "args": list(args), "started": False}

@@ -161,7 +161,8 @@ def bounding_capabilities() -> list[str]:
 
 def capabilities(cap_add: list[str], cap_drop: list[str], privileged: bool = False) -> list[str]:
     """Docker's rules: the default set minus the dropped plus the added; "ALL" added is every
-    capability, "ALL" dropped starts from none. Unknown names are refused with dockerd's message."""
+    capability but the dropped ones, "ALL" dropped starts from none. "Every" is what muslind itself
+    holds; a capability asked for by name that it does not hold is refused, as is an unknown name."""
     for field_name, names in (("CapAdd", cap_add), ("CapDrop", cap_drop)):
         for name in names:
             normal = normalize_capability(name)
@@ -170,8 +171,13 @@ def capabilities(cap_add: list[str], cap_drop: list[str], privileged: bool = Fal
     add = {normalize_capability(n) for n in cap_add}
     drop = {normalize_capability(n) for n in cap_drop}
     everything = bounding_capabilities()
-    if privileged or "ALL" in add:
+    if privileged:
         return everything
+    if "ALL" in add:
+        return [name for name in everything if name not in drop]
+    missing = sorted(add - set(everything))
+    if missing:
+        raise InvalidArgument(f"capability {missing[0]} cannot be granted: muslind does not hold it itself")
     base = set() if "ALL" in drop else set(DEFAULT_CAPABILITIES) - drop
     return [name for name in CAPABILITY_NAMES if name in base | add and name in everything]
 
