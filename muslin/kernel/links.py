@@ -169,16 +169,18 @@ def interface_addresses(ipr: IPRoute) -> list[IPv4Interface]:
 
 
 def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: int, mtu: int,
-                  peer_mac: str, master_index: int) -> int:
+                  peer_mac: str, master_index: int) -> tuple[int, int | None]:
     """Create a veth pair whose peer is born inside the target namespace (no link move), host end on
-    the bridge and up. Returns the host end's index."""
+    the bridge and up. Returns the host end's index and, when the handle echoes, the peer's index in
+    its namespace (the host end's IFLA_LINK), which spares a lookup there."""
     reply = ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, master=master_index, state="up",
                      peer={"ifname": peer_ifname, "net_ns_fd": netns_fd, "address": peer_mac, "mtu": mtu})
-    # A handle opened with echo gets the new link back; otherwise look it up.
-    echoed = [m["index"] for m in reply or [] if m.get("event") == "RTM_NEWLINK" and m.get("index")]
-    index = echoed[0] if echoed else index_of(ipr, host_ifname)
+    echoed = [m for m in reply or [] if m.get("event") == "RTM_NEWLINK" and m.get("index")]
+    if echoed:
+        return echoed[0]["index"], echoed[0].get_attr("IFLA_LINK")
+    index = index_of(ipr, host_ifname)
     assert index is not None
-    return index
+    return index, None
 
 
 def _ensure_link(ipr: IPRoute, name: str, kind: str, **attrs: object) -> int:
@@ -223,9 +225,10 @@ def add_macvlan_into(ipr: IPRoute, ifname: str, parent_index: int, netns_fd: int
 
 
 def configure_container_link(ipr: IPRoute, ifname: str, address: IPv4Interface,
-                             gateway: IPv4Address | None) -> None:
-    """Inside the container's namespace: address, up, and the default route via the gateway."""
-    index = index_of(ipr, ifname)
+                             gateway: IPv4Address | None, index: int | None = None) -> None:
+    """Inside the container's namespace: address, up, and the default route via the gateway.
+    ``index``: the link's, when the caller knows it already."""
+    index = index or index_of(ipr, ifname)
     if index is None:
         raise FileNotFoundError(f"{ifname} is missing in the container namespace")
     ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,

@@ -136,15 +136,15 @@ class BridgeDriver:
             master = links.index_of(ipr, net.resolved["bridge"])
             if master is None:
                 raise RuntimeError(f"bridge {net.resolved['bridge']} of network {net.name} is missing")
-            index = links.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, int(net.resolved["mtu"]),
-                                        ep.mac, master)
+            index, peer = links.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, int(net.resolved["mtu"]),
+                                              ep.mac, master)
             # Hairpin lets a container reach itself through its own published port.
             ipr.brport("set", index=index, mode=1)
         finally:
             os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
         with netns.iproute(sandbox) as ipr:
-            links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway)
+            links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway, index=peer)
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         if sandbox and netns.exists(sandbox):
