@@ -295,7 +295,12 @@ class Server:
             return False
         finally:
             if gone is not None:
+                # Let the watcher give the reader up before the next request reads from it (two readers
+                # at once is an error), keeping whatever it got meanwhile.
                 gone.cancel()
+                await asyncio.wait({gone})
+                if not gone.cancelled() and gone.exception() is None and gone.result():
+                    _unread(reader, gone.result())
             aclose = getattr(response.chunks, "aclose", None)
             if aclose:
                 with contextlib.suppress(Exception):

@@ -183,7 +183,12 @@ class ContainerService:
         host = dict(body.get("HostConfig") or {})
         name = self._check_name(name) if name else self._unique_name()
         cid = new_id()
-        mode, attachments = self._network_mode(host, body.get("NetworkingConfig") or {})
+        try:
+            mode, attachments = self._network_mode(host, body.get("NetworkingConfig") or {})
+        except NotFound as exc:
+            # Not a 404: the CLI takes a 404 from create for a missing image and goes to pull it.
+            raise InvalidArgument(exc.message) from None
+        self._check_mode_conflicts(mode, body, host)
         bindings = portmod.parse_bindings(host.get("PortBindings"), {**image.config.get("ExposedPorts", {}),
                                           **(body.get("ExposedPorts") or {})}, bool(host.get("PublishAllPorts")))
         if mode == "host" or mode == "none":
@@ -198,9 +203,6 @@ class ContainerService:
             host[key] = [normalize_capability(n) for n in names] or None
         caps = capabilities(host["CapAdd"] or [], host["CapDrop"] or [], bool(host.get("Privileged")))
         sysctls = {str(k): str(v) for k, v in (host.get("Sysctls") or {}).items()}
-        if mode.startswith("container:") and any(k.startswith("net.") for k in sysctls):
-            raise InvalidArgument("sysctls of the network namespace cannot be set in container network mode: "
-                                  "set them on the container that owns the namespace")
         check_sysctls(sysctls, host_network=mode == "host")
         c = Container(id=cid, name=name, created=now_rfc3339(), image=image_ref, image_id=image.id,
                       config=body, host_config=host, network_mode=mode, attachments=attachments,
@@ -251,6 +253,22 @@ class ContainerService:
             cmd = []
         return [*entrypoint, *cmd]
 
+    @staticmethod
+    def _check_mode_conflicts(mode: str, body: dict[str, Any], host: dict[str, Any]) -> None:
+        """What dockerd refuses for a container that lives in another's (or the host's) namespace: it
+        would be silently ignored otherwise."""
+        joined = mode.startswith("container:")
+        if joined and body.get("Hostname"):
+            raise InvalidArgument("conflicting options: hostname and the network mode")
+        if joined and host.get("ExtraHosts"):
+            raise InvalidArgument("conflicting options: custom host-to-IP mapping and the network mode")
+        if joined and (host.get("Dns") or host.get("DnsSearch") or host.get("DnsOptions")):
+            raise InvalidArgument("conflicting options: dns and the network mode")
+        endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        macs = [body.get("MacAddress"), host.get("MacAddress"), *((e or {}).get("MacAddress") for e in endpoints.values())]
+        if (joined or mode == "host") and any(macs):
+            raise InvalidArgument("conflicting options: mac-address and the network mode")
+
     def _network_mode(self, host: dict[str, Any], networking: dict[str, Any]) -> tuple[str, list[NetworkAttachment]]:
         mode = host.get("NetworkMode") or "default"
         endpoints = networking.get("EndpointsConfig") or {}
@@ -296,6 +314,9 @@ class ContainerService:
                 self._resolv_conf(c.host_config, self._uses_embedded_dns(c)))
 
     def _hosts_file(self, c: Container, hostname: str, endpoints: list[Endpoint]) -> str:
+        if c.network_mode == "host":  # the host's names, as dockerd gives a --network host container
+            with contextlib.suppress(OSError):
+                return Path("/etc/hosts").read_text()
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
                  "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
                  "ff02::2\tip6-allrouters"]
@@ -350,7 +371,7 @@ class ContainerService:
             for i, att in enumerate(c.attachments):
                 net = self.networks.get(att.network_id)
                 ep = self.networks.allocate_endpoint(net, c.id, c.name, f"eth{i}", ip=att.ip, mac=att.mac,
-                                                     aliases=att.aliases)
+                                                     aliases=att.aliases, hostname=c.config.get("Hostname") or "")
                 assert c.sandbox is not None
                 self.networks.wire_endpoint(net, ep, c.sandbox)
                 wired.append((net, ep))
@@ -454,7 +475,7 @@ class ContainerService:
             return
         udp, tcp = sockets
         upstreams = c.host_config.get("Dns") or host_nameservers(from_container=False)
-        server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), upstreams)
+        server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), upstreams, c.sandbox)
         self._dns[c.id] = server
         try:
             await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=udp)
@@ -483,13 +504,18 @@ class ContainerService:
         on the user-defined networks it shares with them. None: not a name of ours."""
         # Endpoints carry their container's name and aliases (rename updates them), so a query reads
         # only the endpoints of the networks the asker is on: it runs on the event loop.
+        # A name is the container's name, short id, hostname or an alias, alone or as <name>.<network>.
         found: list[IPv4Address] = []
         for mine in self.store.endpoints(container_id=cid):
-            if self.networks.get(mine.network_id).predefined:
+            net = self.networks.get(mine.network_id)
+            if net.predefined:
                 continue
+            suffix = "." + net.name.lower()
+            short = name[:-len(suffix)] if name.endswith(suffix) else name
             for ep in self.store.endpoints(network_id=mine.network_id):
-                if ep.address is not None and name in (ep.container_name.lower(), ep.container_id[:12],
-                                                       *(a.lower() for a in ep.aliases)):
+                names = {ep.container_name.lower(), ep.container_id[:12], ep.hostname.lower(),
+                         *(a.lower() for a in ep.aliases)} - {""}
+                if ep.address is not None and short in names:
                     found.append(ep.address.ip)
         return found or None
 
@@ -661,14 +687,24 @@ class ContainerService:
         ipam_cfg = cfg.get("IPAMConfig") or {}
         att = NetworkAttachment(network_id=net.id, ip=ipam_cfg.get("IPv4Address") or "",
                                 mac=cfg.get("MacAddress") or "", aliases=list(cfg.get("Aliases") or []))
-        if self.state(c).running:
+        embedded_dns_before = self._uses_embedded_dns(c)
+        running = self.state(c).running
+        if running:
             used = {e.ifname for e in self.store.endpoints(container_id=c.id)}
             ifname = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
-            ep = self.networks.allocate_endpoint(net, c.id, c.name, ifname, ip=att.ip, mac=att.mac, aliases=att.aliases)
+            ep = self.networks.allocate_endpoint(net, c.id, c.name, ifname, ip=att.ip, mac=att.mac, aliases=att.aliases,
+                                                 hostname=c.config.get("Hostname") or "")
             assert c.sandbox is not None
             self.networks.wire_endpoint(net, ep, c.sandbox)
         c.attachments.append(att)
         self._save(c)
+        if running and not embedded_dns_before and self._uses_embedded_dns(c):
+            # From the default bridge onto a user network: the container's resolver becomes the embedded
+            # one now, as with dockerd, not at its next start.
+            self.runtime.write_etc(c.id, resolv_conf=self._resolv_conf(c.host_config, embedded_dns=True))
+            self._bind_dns(c)
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._serve_dns(c)))
 
     def disconnect(self, net_ref: str, container_ref: str, force: bool) -> None:
         net = self.networks.get(net_ref)
@@ -690,6 +726,10 @@ class ContainerService:
             self.networks.release_endpoint(net, ep, c.sandbox)
         c.attachments.remove(att)
         self._save(c)
+        if c.sandbox and self.state(c).running:
+            order = {a.network_id: i for i, a in enumerate(c.attachments)}
+            remaining = sorted(self.store.endpoints(container_id=c.id), key=lambda e: order.get(e.network_id, 0))
+            self.networks.keep_default_route(remaining, c.sandbox)
 
     # -- recovery after a restart of muslind -------------------------------------------------------
     async def follow_running(self) -> None:

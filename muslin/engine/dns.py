@@ -5,8 +5,10 @@ daemon holds inside the container's namespace on 127.0.0.11, on ports of their o
 for the container's own DNS server (a wildcard bind of :53 would collide with ours), and a DNAT rule in
 the container's namespace sends 127.0.0.11:53 to them, as dockerd does.
 A query for a container name, alias or short id on one of the asker's networks is answered from the
-store; any other name goes to the daemon's own upstream resolvers, as Docker forwards it, over the
-transport it came in on. A UDP answer that does not fit 512 bytes comes back truncated (TC), and the
+store; any other name goes to the upstream resolvers (``--dns``, else the daemon's), over the
+transport it came in on, from the container's own namespace as dockerd sends it, so a resolver only the
+container can reach (one on its macvlan LAN, say) works; only resolvers on the daemon's loopback are
+asked from the daemon's namespace. A UDP answer that does not fit 512 bytes comes back truncated (TC), and the
 client asks again over TCP.
 """
 
@@ -18,7 +20,9 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
+
+from muslin.kernel import netns
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +130,10 @@ class EmbeddedDNS(asyncio.DatagramProtocol):
     """Serves one container's queries on sockets inside its namespace: UDP as the datagram protocol,
     TCP through ``serve_tcp``."""
 
-    def __init__(self, lookup: Lookup, upstreams: list[str]) -> None:
+    def __init__(self, lookup: Lookup, upstreams: list[str], netns_path: str | None = None) -> None:
         self.lookup = lookup
         self.upstreams = upstreams
+        self.netns_path = netns_path  # the container's namespace, where queries to upstreams leave from
         self.transport: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_clients: set[asyncio.StreamWriter] = set()
@@ -162,7 +167,8 @@ class EmbeddedDNS(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         for server in self.upstreams:
             try:
-                transport, proto = await loop.create_datagram_endpoint(_OneAnswer, remote_addr=(server, 53))
+                transport, proto = await loop.create_datagram_endpoint(_OneAnswer, sock=self._upstream_socket(
+                    server, socket.SOCK_DGRAM))
             except OSError:
                 continue
             try:
@@ -175,6 +181,27 @@ class EmbeddedDNS(asyncio.DatagramProtocol):
             finally:
                 transport.close()
         self._send(error_response(data, RCODE_SERVFAIL), addr)  # nobody could say whether the name exists
+
+    def _upstream_socket(self, server: str, kind: int) -> socket.socket:
+        """A socket toward an upstream resolver, in the container's namespace unless the resolver is on
+        the daemon's loopback. UDP ones are connected, so only that resolver's answers come in."""
+        try:
+            inside = self.netns_path is not None and not ip_address(server).is_loopback
+        except ValueError:
+            raise OSError(f"upstream resolver {server!r} is not an address") from None
+        if inside:
+            with netns.entered(self.netns_path):  # type: ignore[arg-type]
+                sock = socket.socket(socket.AF_INET, kind)
+        else:
+            sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.setblocking(False)
+            if kind == socket.SOCK_DGRAM:
+                sock.connect((server, 53))
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -202,10 +229,17 @@ class EmbeddedDNS(asyncio.DatagramProtocol):
             writer.close()
 
     async def _forward_tcp(self, query: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
         for server in self.upstreams:
             writer = None
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(server, 53), FORWARD_TIMEOUT)
+                sock = self._upstream_socket(server, socket.SOCK_STREAM)
+                try:
+                    await asyncio.wait_for(loop.sock_connect(sock, (server, 53)), FORWARD_TIMEOUT)
+                except BaseException:
+                    sock.close()
+                    raise
+                reader, writer = await asyncio.open_connection(sock=sock)
                 writer.write(LENGTH.pack(len(query)) + query)
                 (size,) = LENGTH.unpack(await asyncio.wait_for(reader.readexactly(2), FORWARD_TIMEOUT))
                 return await asyncio.wait_for(reader.readexactly(size), FORWARD_TIMEOUT)

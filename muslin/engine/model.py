@@ -61,3 +61,4 @@ class Endpoint:
     ifname: str
     aliases: list[str] = field(default_factory=list)
     gateway: IPv4Address | None = None
+    hostname: str = ""  # the container's --hostname, a name the embedded DNS answers too

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Interface, IPv4Network
 
-from muslin.kernel import links
+from muslin.kernel import links, netns
 
 from . import ipam
 from .config import DaemonConfig
@@ -228,7 +228,8 @@ class NetworkService:
 
     # -- endpoints ---------------------------------------------------------------------------------
     def allocate_endpoint(self, net: Network, container_id: str, container_name: str, ifname: str,
-                          ip: str = "", mac: str = "", aliases: list[str] | None = None) -> Endpoint:
+                          ip: str = "", mac: str = "", aliases: list[str] | None = None,
+                          hostname: str = "") -> Endpoint:
         """Reserve an address and record the endpoint (not yet wired)."""
         if net.driver not in ENDPOINT_DRIVERS:
             raise InvalidArgument(f"network {net.name} ({net.driver}) takes no endpoints")
@@ -250,10 +251,19 @@ class NetworkService:
                           container_name=container_name,
                           address=IPv4Interface(f"{address}/{pool.subnet.prefixlen}"),
                           mac=mac or ipam.bridge_mac(address), ifname=ifname,
-                          aliases=list(aliases or []),
+                          aliases=list(aliases or []), hostname=hostname,
                           gateway=None if net.internal else pool.gateway)  # internal: no way out, no default route
             self.store.put_endpoint(db, ep)
         return ep
+
+    def keep_default_route(self, remaining: list[Endpoint], sandbox: str) -> None:
+        """After a network left a running container: if it took the default route along, the first
+        remaining network with a gateway gives one, as dockerd re-picks the gateway."""
+        for ep in remaining:
+            if ep.gateway is not None:
+                with netns.iproute(sandbox) as ipr:
+                    links.ensure_default_route(ipr, ep.ifname, ep.gateway)
+                return
 
     def wire_endpoint(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         try:

@@ -235,12 +235,23 @@ def configure_container_link(ipr: IPRoute, ifname: str, address: IPv4Interface,
              broadcast=str(address.network.broadcast_address))
     ipr.link("set", index=index, state="up")
     if gateway is not None:
-        try:
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
-        except NetlinkError as exc:
-            # A second network does not replace the first one's default route, as in Docker.
-            if exc.code != errno.EEXIST:
-                raise
+        # A second network does not replace the first one's default route, as in Docker.
+        _add_default_route(ipr, index, gateway)
+
+
+def ensure_default_route(ipr: IPRoute, ifname: str, gateway: IPv4Address) -> None:
+    """A default route via ``gateway`` on ``ifname`` unless one exists already."""
+    index = index_of(ipr, ifname)
+    if index is not None:
+        _add_default_route(ipr, index, gateway)
+
+
+def _add_default_route(ipr: IPRoute, index: int, gateway: IPv4Address) -> None:
+    try:
+        ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
 
 
 def set_sysctl(path: str, value: str) -> None:

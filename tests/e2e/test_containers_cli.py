@@ -356,3 +356,35 @@ def test_embedded_dns_answers_names_and_aliases_on_user_networks(daemon) -> None
     assert "10.82.0." not in other.stdout
     # The default bridge keeps the host's resolvers, as in Docker.
     assert "127.0.0.11" not in daemon.docker("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
+
+
+def test_what_a_user_network_gives_a_container_as_dockerd_does(daemon) -> None:
+    """Names (hostname, <name>.<network>), the resolver after a connect, the default route after a
+    disconnect, the host's /etc/hosts for --network host, and clear refusals instead of silent ignores."""
+    daemon.docker("network", "create", "--subnet", "10.83.0.0/24", "un")
+    daemon.docker("network", "create", "--subnet", "10.84.0.0/24", "un2")
+    daemon.docker("run", "-d", "--name", "web", "--network", "un", "--hostname", "webhost", "busybox", "sleep", "300")
+    for name in ("webhost", "web.un", "webhost.un"):
+        out = daemon.docker("run", "--rm", "--network", "un", "busybox", "nslookup", name, check=False).stdout
+        assert "10.83.0.2" in out, (name, out)
+
+    # A default-bridge container connected to a user network gets the embedded resolver at once.
+    daemon.docker("run", "-d", "--name", "c1", "busybox", "sleep", "300")
+    daemon.docker("network", "connect", "un", "c1")
+    assert "nameserver 127.0.0.11" in daemon.docker("exec", "c1", "cat", "/etc/resolv.conf").stdout
+    assert "10.83.0.2" in daemon.docker("exec", "c1", "nslookup", "web").stdout
+    # Leaving the network that held the default route: the next one with a gateway takes it over.
+    daemon.docker("network", "disconnect", "bridge", "c1")
+    assert "default via 10.83.0.1" in daemon.docker("exec", "c1", "ip", "route").stdout
+
+    missing = daemon.docker("run", "--rm", "--network", "nosuchnet", "busybox", "true", check=False)
+    assert missing.returncode != 0 and "network nosuchnet not found" in missing.stderr
+    assert "Unable to find image" not in missing.stderr  # a 404 from create would send the CLI pulling
+    for args, message in ((["--hostname", "x"], "conflicting options: hostname and the network mode"),
+                          (["--add-host", "a:10.1.1.1"], "custom host-to-IP mapping and the network mode"),
+                          (["--dns", "10.1.1.1"], "conflicting options: dns and the network mode")):
+        out = daemon.docker("run", "--rm", "--network", "container:web", *args, "busybox", "true", check=False)
+        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+    with open("/etc/hosts") as f:
+        assert daemon.docker("run", "--rm", "--network", "host", "busybox", "cat", "/etc/hosts").stdout == f.read()
+    daemon.docker("rm", "-f", "web", "c1")

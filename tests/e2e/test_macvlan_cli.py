@@ -4,7 +4,10 @@ on one host and across two (the article's §5.2.1), with no NAT and nothing left
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -202,3 +205,46 @@ def test_restart_restores_own_parents_removes_orphans_and_survives_a_missing_par
     assert out.returncode != 0 and "parent interface eth0 of network onlan is missing" in out.stderr
     assert daemon.docker("ps", "-aq").stdout.strip() == ""  # --rm: a failed start removes it too, as dockerd
     daemon.docker("network", "rm", "alone", "onlan")
+
+
+def _answer_every_query(ns: str, address: str, answer: str) -> tuple[threading.Thread, socket.socket]:
+    """A tiny DNS server inside ``ns``: an A record with ``answer`` for whatever is asked."""
+    with netns.entered(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, 53))
+    sock.settimeout(0.2)
+
+    def serve() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                query, peer = sock.recvfrom(512)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed: the test is over
+            header = struct.pack(">HHHHHH", struct.unpack_from(">H", query)[0], 0x8180, 1, 1, 0, 0)
+            record = struct.pack(">HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(answer)
+            sock.sendto(header + query[12:] + record, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, sock
+
+
+def test_outside_names_are_asked_from_the_containers_namespace(daemon, make_netns) -> None:
+    """A --dns resolver that only the container can reach (here on its macvlan LAN, which the daemon's
+    own namespace has no address on) answers through the embedded DNS, as with dockerd."""
+    lan = make_netns("ml-")
+    _wire(daemon.ns, "eth0", lan, "lan0")
+    _in(lan, "ip", "addr", "add", "192.168.68.254/24", "dev", "lan0")
+    thread, sock = _answer_every_query(lan, "192.168.68.254", "10.1.2.3")
+    try:
+        daemon.docker("network", "create", "-d", "macvlan", "--subnet", "192.168.68.0/24", "-o", "parent=eth0", "mvd")
+        out = daemon.docker("run", "--rm", "--network", "mvd", "--dns", "192.168.68.254", "busybox",
+                            "nslookup", "foo.example").stdout
+        assert "10.1.2.3" in out, out
+        daemon.docker("network", "rm", "mvd")
+    finally:
+        sock.close()
+        thread.join(5)
