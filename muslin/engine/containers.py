@@ -325,9 +325,17 @@ class ContainerService:
             if addr == "host-gateway":  # dockerd's name for the host as containers reach it
                 addr = str(self.networks.get("bridge").pool.gateway)
             lines.append(f"{addr}\t{name}")
-        if endpoints and endpoints[0].address:
-            lines.append(f"{endpoints[0].address.ip}\t{hostname}")
+        domain = c.config.get("Domainname") or ""
+        names = f"{hostname}.{domain} {hostname}" if domain else hostname
+        # One line per network the container is on, as dockerd writes them (and rewrites on connect).
+        lines.extend(f"{ep.address.ip}\t{names}" for ep in endpoints if ep.address)
         return "\n".join(lines) + "\n"
+
+    def _rewrite_hosts(self, c: Container) -> None:
+        """A running container's /etc/hosts after a network connect or disconnect."""
+        order = {a.network_id: i for i, a in enumerate(c.attachments)}
+        eps = sorted(self.store.endpoints(container_id=c.id), key=lambda e: order.get(e.network_id, len(order)))
+        self.runtime.write_etc(c.id, hosts=self._hosts_file(c, c.config.get("Hostname") or c.id[:12], eps))
 
     def _uses_embedded_dns(self, c: Container) -> bool:
         """Docker gives containers on user-defined networks its embedded DNS server."""
@@ -698,6 +706,8 @@ class ContainerService:
             self.networks.wire_endpoint(net, ep, c.sandbox)
         c.attachments.append(att)
         self._save(c)
+        if running:
+            self._rewrite_hosts(c)
         if running and not embedded_dns_before and self._uses_embedded_dns(c):
             # From the default bridge onto a user network: the container's resolver becomes the embedded
             # one now, as with dockerd, not at its next start.
@@ -713,9 +723,12 @@ class ContainerService:
         except NotFound:
             if not force:
                 raise
-            for ep in self.store.endpoints(network_id=net.id):
-                if ep.container_name == container_ref or ep.container_id.startswith(container_ref):
-                    self.networks.release_endpoint(net, ep)
+            stale = [ep for ep in self.store.endpoints(network_id=net.id)
+                     if ep.container_name == container_ref or ep.container_id.startswith(container_ref)]
+            if not stale:
+                raise NotFound(f"endpoint {container_ref} not found") from None
+            for ep in stale:
+                self.networks.release_endpoint(net, ep)
             return
         att = next((a for a in c.attachments if a.network_id == net.id), None)
         if att is None:
@@ -730,6 +743,7 @@ class ContainerService:
             order = {a.network_id: i for i, a in enumerate(c.attachments)}
             remaining = sorted(self.store.endpoints(container_id=c.id), key=lambda e: order.get(e.network_id, 0))
             self.networks.keep_default_route(remaining, c.sandbox)
+            self._rewrite_hosts(c)
 
     # -- recovery after a restart of muslind -------------------------------------------------------
     async def follow_running(self) -> None:

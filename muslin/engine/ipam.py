@@ -64,6 +64,8 @@ def pool_from_config(cfg: dict) -> IPAMPool:
         addr = parse_address(text, f"auxiliary ({name})")
         if addr not in subnet:
             raise InvalidArgument(f"no matching subnet for aux-address {addr}")
+        if addr == pool.gateway or addr in pool.aux_addresses.values():
+            raise Conflict(f"failed to allocate secondary ip address ({name}:{addr}): Address already in use")
         pool.aux_addresses[name] = addr
     return pool
 
@@ -96,9 +98,10 @@ def reserved(pool: IPAMPool) -> set[IPv4Address]:
 
 
 def next_free(pool: IPAMPool, allocated: set[IPv4Address]) -> IPv4Address:
-    """Lowest free address of the pool's range (or subnet)."""
+    """Lowest free address of the pool's range (or subnet). As dockerd, a range's own first address is
+    not handed out (it hands 10.40.0.9 first from --ip-range 10.40.0.8/30)."""
     space = pool.ip_range or pool.subnet
-    skip = reserved(pool) | allocated
+    skip = reserved(pool) | allocated | {space.network_address}
     for addr in space:
         if addr not in skip:
             return addr

@@ -44,6 +44,7 @@ class Network:
     # programs, kept apart from what the user asked for because inspect shows only the latter.
     resolved: dict[str, str] = field(default_factory=dict)
     predefined: bool = False
+    subnet_from_user: bool = True  # False: IPAM chose it; then --ip is refused, as dockerd does
 
     @property
     def pool(self) -> IPAMPool | None:

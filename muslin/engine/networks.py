@@ -184,6 +184,7 @@ class NetworkService:
         if pool.gateway is None:
             pool.gateway = ipam.first_host(pool.subnet)
         net.pools = [pool]
+        net.subnet_from_user = bool(configs)
         self.drivers[driver].prepare(net, others)
         with self.store.transaction() as db:
             self.store.put_network(db, net)
@@ -243,6 +244,9 @@ class NetworkService:
                 address = ipam.parse_address(ip, "IPv4")
                 if net.predefined:
                     raise InvalidArgument("user specified IP address is supported on user defined networks only")
+                if not net.subnet_from_user:
+                    raise InvalidArgument("user specified IP address is supported only when connecting to "
+                                          "networks with user configured subnets")
                 ipam.check_requested(pool, address, allocated)
             else:
                 address = ipam.next_free(pool, allocated)

@@ -176,7 +176,7 @@ def test_containers_on_two_hosts_reach_each_other_over_one_segment(daemon_factor
         host.docker("run", "-d", "--name", "cx", "--network", "lan", "busybox", "sleep", "300")
     addresses = [json.loads(h.docker("inspect", "cx").stdout)[0]["NetworkSettings"]["Networks"]["lan"]["IPAddress"]
                  for h in hosts]
-    assert addresses == ["192.168.64.2", "192.168.64.128"]  # .1 is each host's gateway address
+    assert addresses == ["192.168.64.2", "192.168.64.129"]  # .1 is the gateway; a range starts past its first
     assert _ping(hosts[0], "cx", addresses[1]) and _ping(hosts[1], "cx", addresses[0])
 
 

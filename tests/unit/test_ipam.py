@@ -11,7 +11,7 @@ def test_pool_from_config_checks_gateway_range_and_aux() -> None:
     pool = ipam.pool_from_config({"Subnet": "10.10.0.0/24", "Gateway": "10.10.0.1", "IPRange": "10.10.0.128/25",
                                   "AuxiliaryAddresses": {"router": "10.10.0.254"}})
     assert pool.ip_range == IPv4Network("10.10.0.128/25")
-    assert ipam.next_free(pool, set()) == IPv4Address("10.10.0.128")
+    assert ipam.next_free(pool, set()) == IPv4Address("10.10.0.129")  # as dockerd: not the range's first
     for bad, msg in [
         ({"Subnet": "10.10.0.0/24", "Gateway": "10.11.0.1"}, "gateway"),
         ({"Subnet": "10.10.0.0/24", "IPRange": "10.11.0.0/25"}, "range"),
