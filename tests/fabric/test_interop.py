@@ -134,10 +134,12 @@ def test_etcd_over_tls_with_client_certificates_and_healthz(make_rig, api: str) 
         assert len(rig.leases()) == 2
     else:
         assert len(rig.etcdctl("ls", f"{PREFIX}/subnets", api="2").split()) == 2
+    # Both ways: the reply needs node 2's route back as much as the request needs node 1's.
     wait_for(lambda: str(subnets[1]) in in_ns(rig.hosts[0].name, "ip", "route").stdout, 10, "route to node 2")
+    wait_for(lambda: str(subnets[0]) in in_ns(rig.hosts[1].name, "ip", "route").stdout, 10, "route to node 1")
     c1 = rig.add_container(0)
     rig.add_container(1)  # the ping's target
-    assert ping(c1, rig.container_ip(1))
+    assert ping(c1, rig.container_ip(1), count=3)
     with netns.entered(rig.hosts[0].name):
         with urllib.request.urlopen("http://192.168.255.154:8471/healthz", timeout=5) as resp:
             assert resp.status == 200 and resp.read() == b"ok\n"
