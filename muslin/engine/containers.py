@@ -134,6 +134,7 @@ class ContainerService:
         self._dns: dict[str, dns.EmbeddedDNS] = {}
         # The DNS sockets (UDP, TCP) of a container: bound at start, served once the start returned.
         self._dns_sockets: dict[str, tuple[socket.socket, socket.socket]] = {}
+        self._background: set[asyncio.Task] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- lookups -----------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ class ContainerService:
             raise InvalidArgument("conflicting options: hostname and the network mode")
         if joined and host.get("ExtraHosts"):
             raise InvalidArgument("conflicting options: custom host-to-IP mapping and the network mode")
-        if joined and (host.get("Dns") or host.get("DnsSearch") or host.get("DnsOptions")):
+        if joined and host.get("Dns"):
             raise InvalidArgument("conflicting options: dns and the network mode")
         endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
         macs = [body.get("MacAddress"), host.get("MacAddress"), *((e or {}).get("MacAddress") for e in endpoints.values())]
@@ -314,22 +315,29 @@ class ContainerService:
                 self._resolv_conf(c.host_config, self._uses_embedded_dns(c)))
 
     def _hosts_file(self, c: Container, hostname: str, endpoints: list[Endpoint]) -> str:
+        extra = self._extra_hosts(c)
         if c.network_mode == "host":  # the host's names, as dockerd gives a --network host container
             with contextlib.suppress(OSError):
-                return Path("/etc/hosts").read_text()
+                own = Path("/etc/hosts").read_text()
+                return own + ("" if own.endswith("\n") or not own else "\n") + "".join(f"{line}\n" for line in extra)
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
                  "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
                  "ff02::2\tip6-allrouters"]
-        for extra in c.host_config.get("ExtraHosts") or []:
-            name, _, addr = extra.partition(":")
-            if addr == "host-gateway":  # dockerd's name for the host as containers reach it
-                addr = str(self.networks.get("bridge").pool.gateway)
-            lines.append(f"{addr}\t{name}")
+        lines.extend(extra)
         domain = c.config.get("Domainname") or ""
         names = f"{hostname}.{domain} {hostname}" if domain else hostname
         # One line per network the container is on, as dockerd writes them (and rewrites on connect).
         lines.extend(f"{ep.address.ip}\t{names}" for ep in endpoints if ep.address)
         return "\n".join(lines) + "\n"
+
+    def _extra_hosts(self, c: Container) -> list[str]:
+        out = []
+        for extra in c.host_config.get("ExtraHosts") or []:
+            name, _, addr = extra.partition(":")
+            if addr == "host-gateway":  # dockerd's name for the host as containers reach it
+                addr = str(self.networks.get("bridge").pool.gateway)
+            out.append(f"{addr}\t{name}")
+        return out
 
     def _rewrite_hosts(self, c: Container) -> None:
         """A running container's /etc/hosts after a network connect or disconnect."""
@@ -477,6 +485,14 @@ class ContainerService:
             raise
         return udp, tcp
 
+    def _serve_dns_later(self, c: Container) -> None:
+        """On the loop: serve DNS sockets bound by the worker, keeping the task and logging its failure."""
+        task = asyncio.ensure_future(self._serve_dns(c))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
+                               or log.error("embedded DNS of %s: %s", c.name, t.exception()))
+
     async def _serve_dns(self, c: Container) -> None:
         sockets = self._dns_sockets.pop(c.id, None)
         if sockets is None:
@@ -523,7 +539,7 @@ class ContainerService:
             for ep in self.store.endpoints(network_id=mine.network_id):
                 names = {ep.container_name.lower(), ep.container_id[:12], ep.hostname.lower(),
                          *(a.lower() for a in ep.aliases)} - {""}
-                if ep.address is not None and short in names:
+                if ep.address is not None and (name in names or short in names):
                     found.append(ep.address.ip)
         return found or None
 
@@ -708,13 +724,13 @@ class ContainerService:
         self._save(c)
         if running:
             self._rewrite_hosts(c)
-        if running and not embedded_dns_before and self._uses_embedded_dns(c):
+        if running and not embedded_dns_before and self._uses_embedded_dns(c) and self.loop is not None:
             # From the default bridge onto a user network: the container's resolver becomes the embedded
-            # one now, as with dockerd, not at its next start.
-            self.runtime.write_etc(c.id, resolv_conf=self._resolv_conf(c.host_config, embedded_dns=True))
+            # one now, as with dockerd, not at its next start (and only once its sockets are bound).
             self._bind_dns(c)
-            if self.loop is not None:
-                self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._serve_dns(c)))
+            if c.id in self._dns_sockets:
+                self.runtime.write_etc(c.id, resolv_conf=self._resolv_conf(c.host_config, embedded_dns=True))
+                self.loop.call_soon_threadsafe(self._serve_dns_later, c)
 
     def disconnect(self, net_ref: str, container_ref: str, force: bool) -> None:
         net = self.networks.get(net_ref)

@@ -184,16 +184,19 @@ class EmbeddedDNS(asyncio.DatagramProtocol):
 
     def _upstream_socket(self, server: str, kind: int) -> socket.socket:
         """A socket toward an upstream resolver, in the container's namespace unless the resolver is on
-        the daemon's loopback. UDP ones are connected, so only that resolver's answers come in."""
+        the daemon's loopback (or IPv6). UDP ones are connected, so only that resolver's answers come in."""
         try:
-            inside = self.netns_path is not None and not ip_address(server).is_loopback
+            address = ip_address(server)
         except ValueError:
             raise OSError(f"upstream resolver {server!r} is not an address") from None
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        # Containers have no IPv6 yet: an IPv6 resolver is asked from the daemon's namespace.
+        inside = self.netns_path is not None and not address.is_loopback and address.version == 4
         if inside:
             with netns.entered(self.netns_path):  # type: ignore[arg-type]
-                sock = socket.socket(socket.AF_INET, kind)
+                sock = socket.socket(family, kind)
         else:
-            sock = socket.socket(socket.AF_INET, kind)
+            sock = socket.socket(family, kind)
         try:
             sock.setblocking(False)
             if kind == socket.SOCK_DGRAM:

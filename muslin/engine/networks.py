@@ -183,6 +183,10 @@ class NetworkService:
             pool = IPAMPool(subnet=ipam.choose_subnet([s for _, s in taken] + self._namespace_subnets()))
         if pool.gateway is None:
             pool.gateway = ipam.first_host(pool.subnet)
+            taken_by = next((n for n, a in pool.aux_addresses.items() if a == pool.gateway), None)
+            if taken_by is not None:  # the gateway is handed out first, as dockerd's IPAM does
+                raise Conflict(f"failed to allocate secondary ip address ({taken_by}:{pool.gateway}): "
+                               "Address already in use")
         net.pools = [pool]
         net.subnet_from_user = bool(configs)
         self.drivers[driver].prepare(net, others)

@@ -387,6 +387,9 @@ def test_what_a_user_network_gives_a_container_as_dockerd_does(daemon) -> None:
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
     with open("/etc/hosts") as f:
         assert daemon.docker("run", "--rm", "--network", "host", "busybox", "cat", "/etc/hosts").stdout == f.read()
+    with_extra = daemon.docker("run", "--rm", "--network", "host", "--add-host", "gw:host-gateway", "busybox",
+                               "cat", "/etc/hosts").stdout
+    assert with_extra.endswith("172.17.0.1\tgw\n")  # the host's names, then the extra ones
     hosts = daemon.docker("exec", "c1", "cat", "/etc/hosts").stdout  # rewritten at connect and disconnect
     assert "10.83.0.3\t" in hosts and "172.17." not in hosts
     daemon.docker("rm", "-f", "web", "c1")
@@ -399,6 +402,9 @@ def test_what_a_user_network_gives_a_container_as_dockerd_does(daemon) -> None:
     assert fixed.returncode != 0 and "networks with user configured subnets" in fixed.stderr
     aux = daemon.docker("network", "create", "--subnet", "10.85.0.0/24", "--gateway", "10.85.0.1",
                         "--aux-address", "r=10.85.0.1", "auxnet", check=False)
+    assert aux.returncode != 0 and "Address already in use" in aux.stderr
+    aux = daemon.docker("network", "create", "--subnet", "10.86.0.0/24", "--aux-address", "r=10.86.0.1", "auxnet2",
+                        check=False)  # the default gateway is taken first
     assert aux.returncode != 0 and "Address already in use" in aux.stderr
     ghost = daemon.docker("network", "disconnect", "-f", "un", "ghost", check=False)
     assert ghost.returncode != 0 and "endpoint ghost not found" in ghost.stderr
