@@ -487,11 +487,14 @@ class ContainerService:
 
     def _serve_dns_later(self, c: Container) -> None:
         """On the loop: serve DNS sockets bound by the worker, keeping the task and logging its failure."""
+        def done(task: asyncio.Task) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("embedded DNS of %s: %s", c.name, task.exception())
+
         task = asyncio.ensure_future(self._serve_dns(c))
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
-                               or log.error("embedded DNS of %s: %s", c.name, t.exception()))
+        task.add_done_callback(done)
 
     async def _serve_dns(self, c: Container) -> None:
         sockets = self._dns_sockets.pop(c.id, None)
