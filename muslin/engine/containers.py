@@ -339,11 +339,15 @@ class ContainerService:
             out.append(f"{addr}\t{name}")
         return out
 
+    def _endpoints_in_order(self, c: Container) -> list[Endpoint]:
+        """The container's live endpoints in the order of its attachments (the first holds the gateway)."""
+        order = {a.network_id: i for i, a in enumerate(c.attachments)}
+        return sorted(self.store.endpoints(container_id=c.id), key=lambda e: order.get(e.network_id, len(order)))
+
     def _rewrite_hosts(self, c: Container) -> None:
         """A running container's /etc/hosts after a network connect or disconnect."""
-        order = {a.network_id: i for i, a in enumerate(c.attachments)}
-        eps = sorted(self.store.endpoints(container_id=c.id), key=lambda e: order.get(e.network_id, len(order)))
-        self.runtime.write_etc(c.id, hosts=self._hosts_file(c, c.config.get("Hostname") or c.id[:12], eps))
+        hostname = c.config.get("Hostname") or c.id[:12]
+        self.runtime.write_etc(c.id, hosts=self._hosts_file(c, hostname, self._endpoints_in_order(c)))
 
     def _uses_embedded_dns(self, c: Container) -> bool:
         """Docker gives containers on user-defined networks its embedded DNS server."""
@@ -377,7 +381,11 @@ class ContainerService:
             owner = self.get(c.joined_container)
             if not self.state(owner).running:
                 raise Conflict(f"cannot join network namespace of a non running container: {owner.id}")
-        fresh_sandbox = bool(c.owns_sandbox and c.sandbox and not netns.exists(c.sandbox))
+        # A namespace with no DNS redirect yet: made by this start (after a reboot), or made by create for
+        # a container that never ran. Only the others need their nat table read (a crash inside a first
+        # start can at worst leave a second, never-reached jump).
+        fresh_sandbox = bool(c.owns_sandbox and c.sandbox
+                             and (st.started_at == 0 or not netns.exists(c.sandbox)))
         if c.owns_sandbox and c.sandbox:
             netns.create(c.sandbox, SANDBOX_SYSCTLS)  # gone after a reboot (on a tmpfs); a no-op otherwise
         self.release_networking(c)  # what an exit not yet handled still holds
@@ -759,9 +767,7 @@ class ContainerService:
         c.attachments.remove(att)
         self._save(c)
         if c.sandbox and self.state(c).running:
-            order = {a.network_id: i for i, a in enumerate(c.attachments)}
-            remaining = sorted(self.store.endpoints(container_id=c.id), key=lambda e: order.get(e.network_id, 0))
-            self.networks.keep_default_route(remaining, c.sandbox)
+            self.networks.keep_default_route(self._endpoints_in_order(c), c.sandbox)
             self._rewrite_hosts(c)
 
     # -- recovery after a restart of muslind -------------------------------------------------------

@@ -36,20 +36,29 @@ def random_mac() -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in os.urandom(4))
 
 
-def ensure_bridge(ipr: IPRoute, name: str, mtu: int) -> int:
+def _ensure_link(ipr: IPRoute, name: str, kind: str, up_with: dict[str, object] | None = None,
+                 **attrs: object) -> int:
+    """A link of this kind and name, created (with ``attrs``) if missing, and set up (with ``up_with``).
+    EOPNOTSUPP when the kernel lacks the kind."""
     index = index_of(ipr, name)
     if index is None:
         try:
-            ipr.link("add", ifname=name, kind="bridge", address=random_mac(), mtu=mtu)
+            ipr.link("add", ifname=name, kind=kind, **attrs)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
         index = index_of(ipr, name)
-        assert index is not None
-    elif link_kind(ipr, index) != "bridge":
-        raise FileExistsError(f"{name} exists and is not a bridge")
-    ipr.link("set", index=index, mtu=mtu, state="up")
+        if index is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
+            raise FileExistsError(f"a {kind} link like {name} exists already under another name")
+    elif link_kind(ipr, index) != kind:
+        raise FileExistsError(f"{name} exists and is not a {kind} link")
+    ipr.link("set", index=index, state="up", **(up_with or {}))
     return index
+
+
+def ensure_bridge(ipr: IPRoute, name: str, mtu: int) -> int:
+    # An existing bridge takes the wanted MTU too, in the same call that sets it up.
+    return _ensure_link(ipr, name, "bridge", up_with={"mtu": mtu}, address=random_mac(), mtu=mtu)
 
 
 def ensure_address(ipr: IPRoute, index: int, address: IPv4Interface) -> None:
@@ -181,24 +190,6 @@ def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: in
     index = index_of(ipr, host_ifname)
     assert index is not None
     return index, None
-
-
-def _ensure_link(ipr: IPRoute, name: str, kind: str, **attrs: object) -> int:
-    """A link of this kind and name, created if missing, and up. EOPNOTSUPP when the kernel lacks the kind."""
-    index = index_of(ipr, name)
-    if index is None:
-        try:
-            ipr.link("add", ifname=name, kind=kind, **attrs)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-        index = index_of(ipr, name)
-        if index is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
-            raise FileExistsError(f"a {kind} link like {name} exists already under another name")
-    elif link_kind(ipr, index) != kind:
-        raise FileExistsError(f"{name} exists and is not a {kind} link")
-    ipr.link("set", index=index, state="up")
-    return index
 
 
 def ensure_vlan(ipr: IPRoute, name: str, base_index: int, vlan_id: int) -> int:

@@ -36,16 +36,13 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 
 from . import iptables
+from .nfnetlink import NFPROTO_IPV4, NLMSG_ERROR, NLMSG_HEADER, messages, open_socket
 
 log = logging.getLogger(__name__)
 
-NETLINK_NETFILTER = 12
-NFPROTO_IPV4 = 2
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFNL_BATCH_GENID = 1
-NLMSG_ERROR = 2
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 NFGENMSG = struct.Struct("=BBH")  # family, version, resource id (big-endian subsystem)
 BATCH_REPLY_SECONDS = 5.0
 SNAPSHOT_ATTEMPTS = 3
@@ -197,8 +194,7 @@ class HandleDeleter:
 
     def _write_socket(self) -> socket.socket:
         if self._writer is None:
-            self._writer = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-            self._writer.bind((0, 0))
+            self._writer = open_socket()
             self._writer.settimeout(BATCH_REPLY_SECONDS)
         return self._writer
 
@@ -227,15 +223,9 @@ def _batch_marker(kind: int, sequence: int, generation: int | None = None) -> by
 
 def _errors_in(data: bytes) -> Iterable[tuple[int, int]]:
     """(sequence, errno) of each NLMSG_ERROR message in a datagram; errno 0 is an ack."""
-    offset = 0
-    while offset + NLMSG_HEADER.size <= len(data):
-        length, kind, _, sequence, _ = NLMSG_HEADER.unpack_from(data, offset)
-        if length < NLMSG_HEADER.size:
-            return
-        if kind == NLMSG_ERROR:
-            (error,) = struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)
-            yield sequence, -error
-        offset += (length + 3) & ~3
+    for kind, sequence, body in messages(data):
+        if kind == NLMSG_ERROR and len(body) >= 4:
+            yield sequence, -struct.unpack_from("=i", body)[0]
 
 
 def _match(rules: dict[str, list[str]], state: dict[str, iptables.Ruleset],

@@ -10,34 +10,18 @@ nothing.
 from __future__ import annotations
 
 import errno
-import socket
-import struct
 
-NETLINK_NETFILTER = 12
+from .nfnetlink import NFPROTO_IPV4, messages, open_socket
+
 NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
-NFPROTO_IPV4 = 2
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
-
-
-def _families(data: bytes) -> list[int]:
-    """The nfgenmsg family of each netlink message in a datagram."""
-    out, offset = [], 0
-    while offset + NLMSG_HEADER.size < len(data):
-        length = NLMSG_HEADER.unpack_from(data, offset)[0]
-        if length <= NLMSG_HEADER.size:
-            break
-        out.append(data[offset + NLMSG_HEADER.size])
-        offset += (length + 3) & ~3
-    return out
 
 
 class RulesetChanges:
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        self._sock = open_socket()
         try:
-            self._sock.bind((0, 0))
             self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
             self._sock.setblocking(False)
         except OSError:
@@ -62,7 +46,8 @@ class RulesetChanges:
                     raise
                 count += 1
                 continue
-            count += sum(1 for family in _families(data) if family == NFPROTO_IPV4)
+            # The body starts with the nfgenmsg, whose first byte is the family.
+            count += sum(1 for _, _, body in messages(data) if body[:1] == bytes([NFPROTO_IPV4]))
 
     def close(self) -> None:
         self._sock.close()

@@ -29,6 +29,17 @@ class HostNetlink:
             self._ipr = None
 
 
+class OnHostLinks:
+    """For drivers that program links in the daemon's namespace: ``host`` is the shared handle."""
+
+    def __init__(self, host: HostNetlink) -> None:
+        self._host = host
+
+    @property
+    def host(self) -> IPRoute:
+        return self._host.get()
+
+
 class NetworkDriver(Protocol):
     name: str
 

@@ -6,15 +6,13 @@ import contextlib
 import os
 from ipaddress import IPv4Address, IPv4Interface
 
-from pyroute2 import IPRoute
-
 from muslin.kernel import links, netns
 
 from ..config import DaemonConfig, parse_bool
 from ..errors import Conflict, InvalidArgument
 from ..firewall import BridgeSpec, Firewall
 from ..model import Endpoint, Network
-from .base import HostNetlink
+from .base import HostNetlink, OnHostLinks
 
 OPT_NAME = "com.docker.network.bridge.name"
 OPT_ICC = "com.docker.network.bridge.enable_icc"
@@ -42,17 +40,13 @@ def host_ifname(ep: Endpoint) -> str:
     return "veth" + ep.id[:7]
 
 
-class BridgeDriver:
+class BridgeDriver(OnHostLinks):
     name = "bridge"
 
     def __init__(self, config: DaemonConfig, firewall: Firewall | None, host: HostNetlink) -> None:
+        super().__init__(host)
         self.config = config
         self.firewall = firewall
-        self._host = host
-
-    @property
-    def host(self) -> IPRoute:
-        return self._host.get()
 
     # -- network lifecycle -------------------------------------------------------------------
     def prepare(self, net: Network, others: list[Network]) -> None:

@@ -18,14 +18,13 @@ import errno
 import os
 import re
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from muslin.kernel import links, netns
 
 from ..errors import Conflict, EngineError, InvalidArgument
 from ..model import Endpoint, Network
-from .base import HostNetlink
+from .base import OnHostLinks
 
 OPT_PARENT = "parent"
 OPT_MODE = "macvlan_mode"
@@ -45,15 +44,8 @@ def dummy_name(net: Network) -> str:
     return DUMMY_PREFIX + net.id[:12]
 
 
-class MacvlanDriver:
+class MacvlanDriver(OnHostLinks):
     name = "macvlan"
-
-    def __init__(self, host: HostNetlink) -> None:
-        self._host = host
-
-    @property
-    def host(self) -> IPRoute:
-        return self._host.get()
 
     # -- network lifecycle -------------------------------------------------------------------
     def prepare(self, net: Network, others: list[Network]) -> None:
