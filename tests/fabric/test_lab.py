@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -39,6 +40,11 @@ def test_teardown_after_a_crash_kills_what_runs_inside(prefix: str) -> None:
     underlay = topology.create(prefix, 1)
     orphan = subprocess.Popen(["nsenter", f"--net={underlay.hosts[0].netns}", "sleep", "60"])
     try:
+        # Popen returns before nsenter has entered the namespace; a teardown scanning before then
+        # would not see the process as inside it.
+        deadline = time.monotonic() + 5
+        while orphan.pid not in topology.processes_in(underlay.hosts[0].name) and time.monotonic() < deadline:
+            time.sleep(0.01)
         topology.teardown(prefix)
         assert orphan.wait(5) != 0
     finally:
