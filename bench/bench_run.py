@@ -21,7 +21,7 @@ from muslin.engine.containers import SANDBOX_SYSCTLS
 from muslin.engine.firewall import IptablesFirewall
 from muslin.engine.networks import NetworkService
 from muslin.engine.store import Store
-from muslin.kernel import links, netns
+from muslin.kernel import link, netns
 
 
 def run(host: str, network: str) -> None:
@@ -54,8 +54,8 @@ def attach_detach(rounds: int) -> tuple[list[float], list[float]]:
                 detach.append(t2 - t1)
                 # Let the deferred link deletion of this round finish outside the timed window, as it
                 # does between a real container's stop and the next start.
-                links.wait_for_reaper()
-            links.wait_for_reaper()
+                link.wait_for_reaper()
+            link.wait_for_reaper()
             store.close()
     finally:
         netns.remove(sandbox)

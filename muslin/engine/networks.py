@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Interface, IPv4Network
 
-from muslin.kernel import links, netns
+from muslin.kernel import address, link, netns, route
 
 from . import ipam
 from .config import DaemonConfig
@@ -127,15 +127,16 @@ class NetworkService:
         interface is gone is logged, not fatal: the interface is the user's to bring back."""
         nets = self.store.networks()
         ipr = self._host.get()
-        links.reap_retired(ipr)
+        link.reap_retired(ipr)
+        present = link.all_links(ipr)
         bridges = {n.resolved.get("bridge") for n in nets}
-        for name in links.bridge_names(ipr):
+        for name in (found.name for found in present if found.kind == "bridge"):
             if AUTO_BRIDGE.fullmatch(name) and name not in bridges:
                 log.warning("removing orphan bridge %s (no network of ours owns it)", name)
                 self.bridge.remove_orphan(name)
         parents = {n.resolved.get("parent") for n in nets if n.resolved.get("created_parent")}
         peers = {macvlan.DUMMY_PEER_PREFIX + n.id[:11] for n in nets if n.resolved.get("created_parent") == "dummy"}
-        for name in links.link_names(ipr):
+        for name in (found.name for found in present):
             if macvlan.OWN_PARENT.fullmatch(name) and name not in parents | peers:
                 log.warning("removing orphan macvlan parent %s (no network of ours owns it)", name)
                 self.macvlan.remove_orphan(name)
@@ -207,8 +208,8 @@ class NetworkService:
 
     def _namespace_subnets(self) -> list[IPv4Network]:
         ipr = self._host.get()
-        routes = [IPv4Network(f"{d}/{p}", strict=False) for d, p in links.ipv4_routes(ipr)]
-        addrs = [a.network for a in links.interface_addresses(ipr) if not a.ip.is_loopback]
+        routes = [r.dst for r in route.ipv4_routes(ipr)]
+        addrs = [a.address.network for a in address.ipv4_addresses(ipr) if not a.address.ip.is_loopback]
         return routes + addrs
 
     def delete(self, ref: str) -> None:
@@ -270,7 +271,9 @@ class NetworkService:
         for ep in remaining:
             if ep.gateway is not None:
                 with netns.iproute(sandbox) as ipr:
-                    links.ensure_default_route(ipr, ep.ifname, ep.gateway)
+                    index = link.index_of(ipr, ep.ifname)
+                    if index is not None:
+                        route.ensure_default_route(ipr, index, ep.gateway)
                 return
 
     def wire_endpoint(self, net: Network, ep: Endpoint, sandbox: str) -> None:

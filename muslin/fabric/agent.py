@@ -26,7 +26,7 @@ from muslin.fabric.config import ConfigError, NetworkConfig, parse_config
 from muslin.fabric.etcd import (Credentials, Endpoint, KeyValueStore, StoreError, TlsFiles, WatchResync,
                                 find_config_store)
 from muslin.fabric.subnets import DEFAULT_LEASE_TTL, Lease, LeaseAttrs, LeaseEvent, NetworkExhausted, SubnetManager
-from muslin.kernel import overlay
+from muslin.kernel import address, link, route
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,23 +67,23 @@ def find_external_interface(ipr: IPRoute, ifaces: list[str], public_ip: IPv4Addr
                             iface_regexes: list[str] | None = None) -> ExternalInterface:
     """The underlay interface: the first --iface (name or address) that exists, else the first interface
     whose address or name matches an --iface-regex, else the default route's."""
-    addresses = overlay.ipv4_addresses(ipr)
+    addresses = address.ipv4_addresses(ipr)
     candidates: list[tuple[int, IPv4Address]] = []
     for spec in ifaces:
         try:
             wanted = IPv4Address(spec)
         except ValueError:
-            link = overlay.find_link(ipr, spec)
-            if link is None:
+            found = link.find_link(ipr, spec)
+            if found is None:
                 log.warning("--iface %s: no such interface here", spec)
                 continue
-            mine = [a.ip for i, a in addresses if i == link.index]
+            mine = [a.address.ip for a in addresses if a.index == found.index]
             if not mine:
                 log.warning("--iface %s has no IPv4 address", spec)
                 continue
-            candidates.append((link.index, mine[0]))
+            candidates.append((found.index, mine[0]))
         else:
-            holders = [i for i, a in addresses if a.ip == wanted]
+            holders = [a.index for a in addresses if a.address.ip == wanted]
             if not holders:
                 log.warning("--iface %s: no interface holds that address", spec)
                 continue
@@ -92,9 +92,9 @@ def find_external_interface(ipr: IPRoute, ifaces: list[str], public_ip: IPv4Addr
         raise AgentError(f"none of --iface {', '.join(ifaces)} is usable here; no lease was taken")
     for pattern in iface_regexes or []:
         regex = re.compile(pattern)
-        for index, address in sorted(addresses):
-            if regex.search(str(address.ip)) or regex.search(overlay.link_by_index(ipr, index).name):
-                candidates.append((index, address.ip))
+        for held in sorted(addresses):
+            if regex.search(str(held.address.ip)) or regex.search(link.link_by_index(ipr, held.index).name):
+                candidates.append((held.index, held.address.ip))
                 break
         if candidates:
             break
@@ -104,14 +104,14 @@ def find_external_interface(ipr: IPRoute, ifaces: list[str], public_ip: IPv4Addr
         # The route the kernel picks for an address no more specific route covers is the default route;
         # asking for one (rather than listing routes for 0.0.0.0/0) also honours policy rules and metrics.
         # Not 255.255.255.255: the limited broadcast address is answered from the local table instead.
-        gateway, oif = overlay.route_source(ipr, IPv4Address("255.255.255.254"))
-        mine = [a.ip for i, a in addresses if i == oif]
+        gateway, oif = route.route_source(ipr, IPv4Address("255.255.255.254"))
+        mine = [a.address.ip for a in addresses if a.index == oif]
         if oif is None or not mine:
             raise AgentError("no --iface given and no default route to pick an interface by: pass --iface")
         candidates.append((oif, mine[0]))
-    index, address = candidates[0]
-    link = overlay.link_by_index(ipr, index)
-    return ExternalInterface(link.name, index, address, public_ip or address, link.mtu)
+    index, ip = candidates[0]
+    chosen = link.link_by_index(ipr, index)
+    return ExternalInterface(chosen.name, index, ip, public_ip or ip, chosen.mtu)
 
 
 def previous_subnet(subnet_file: str, network: IPv4Network) -> IPv4Network | None:

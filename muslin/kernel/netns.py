@@ -49,6 +49,12 @@ def _umount(target: str) -> None:
     _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
 
 
+def set_sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path>; /proc/sys/net resolves against the calling thread's namespace."""
+    with open(f"/proc/sys/{path}", "w") as f:
+        f.write(value)
+
+
 def path_for(name_or_path: str) -> str:
     """``node1`` means /run/netns/node1; anything with a slash is already a path."""
     return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
@@ -91,8 +97,7 @@ def create(name_or_path: str, sysctls: dict[str, str] | None = None) -> str:
         try:
             _check(_libc.unshare(CLONE_NEWNET), "unshare")
             for key, value in (sysctls or {}).items():
-                with open(f"/proc/sys/{key}", "w") as f:  # /proc/sys/net follows this thread's namespace
-                    f.write(value)
+                set_sysctl(key, value)
             _mount_bind(f"/proc/self/task/{threading.get_native_id()}/ns/net", path)
         except BaseException as exc:  # reported to the caller below
             error.append(exc)

@@ -13,7 +13,7 @@ from muslin.fabric.backends.vxlan import VxlanBackend
 from muslin.fabric.backends.base import ExternalInterface
 from muslin.fabric.config import parse_config
 from muslin.fabric.subnets import Lease, LeaseAttrs
-from muslin.kernel import netns, overlay
+from muslin.kernel import address, link, neighbour, netns, route
 from tests.fabric.rig import wait_for
 
 pytestmark = pytest.mark.root
@@ -39,7 +39,7 @@ def test_failed_bind_closes_the_tun_fd_and_socket(underlay) -> None:
                 backend.register_network(OWN)
             assert failed.value.errno == 99  # EADDRNOTAVAIL
     assert open_fds() == before
-    assert overlay.find_link(ipr, udp.TUN_NAME) is None
+    assert link.find_link(ipr, udp.TUN_NAME) is None
     assert backend.forwarder is None and backend.sock is None and backend.tun_fd is None
 
 
@@ -56,25 +56,25 @@ def test_reconcile_rebuilds_a_forwarder_that_stopped(underlay, monkeypatch) -> N
             assert first is not None and first.alive
             assert first.routes == {int(PEER.subnet.network_address): ("192.0.2.2", 8285)}
             # flannel0 deleted by hand: the fd stays open but its reads fail, and the thread gives up.
-            ipr.link("del", index=overlay.find_link(ipr, udp.TUN_NAME).index)
+            ipr.link("del", index=link.find_link(ipr, udp.TUN_NAME).index)
             wait_for(lambda: not first.alive, 5, "the forwarder to give up")
             backend.reconcile([PEER])
         second = backend.forwarder
         assert second is not None and second is not first and second.alive
         assert second.routes == first.routes
-        link = overlay.find_link(ipr, udp.TUN_NAME)
-        assert link is not None and link.mtu == 1472
-        assert [str(a) for _, a in overlay.ipv4_addresses(ipr, link.index)] == ["172.21.5.0/32"]
-        assert any(r.dst == CONFIG.network for r in overlay.routes_within(ipr, CONFIG.network))
+        device = link.find_link(ipr, udp.TUN_NAME)
+        assert device is not None and device.mtu == 1472
+        assert [str(a.address) for a in address.ipv4_addresses(ipr, device.index)] == ["172.21.5.0/32"]
+        assert any(r.dst == CONFIG.network for r in route.routes_within(ipr, CONFIG.network))
         # Deleted again: the next reconcile replaces it at once, without waiting for the thread to give up.
-        ipr.link("del", index=link.index)
+        ipr.link("del", index=device.index)
         with netns.entered(ns):
             backend.reconcile([PEER])
         assert backend.forwarder is not second and backend.forwarder.alive
-        assert overlay.find_link(ipr, udp.TUN_NAME) is not None
+        assert link.find_link(ipr, udp.TUN_NAME) is not None
     finally:
         backend.close()
-    assert overlay.find_link(ipr, udp.TUN_NAME) is None
+    assert link.find_link(ipr, udp.TUN_NAME) is None
 
 
 def test_vxlan_keeps_a_vtep_entry_while_another_lease_of_that_node_uses_it(underlay) -> None:
@@ -93,12 +93,12 @@ def test_vxlan_keeps_a_vtep_entry_while_another_lease_of_that_node_uses_it(under
     backend.register_network(OWN)
     backend.add_peer(first)
     backend.add_peer(second)
-    dev = overlay.find_link(ipr, "flannel.1").index
-    assert overlay.fdb_entries(ipr, dev) == {(mac, IPv4Address("192.0.2.2"))}
+    dev = link.find_link(ipr, "flannel.1").index
+    assert neighbour.fdb_entries(ipr, dev) == {(mac, IPv4Address("192.0.2.2"))}
     backend.remove_peer(first)
-    assert overlay.fdb_entries(ipr, dev) == {(mac, IPv4Address("192.0.2.2"))}  # second still needs it
-    assert set(overlay.permanent_neighbours(ipr, dev)) == {IPv4Address("172.21.7.0")}
-    assert [r.dst for r in overlay.routes_within(ipr, config.network)] == [second.subnet]
+    assert neighbour.fdb_entries(ipr, dev) == {(mac, IPv4Address("192.0.2.2"))}  # second still needs it
+    assert set(neighbour.permanent_neighbours(ipr, dev)) == {IPv4Address("172.21.7.0")}
+    assert [r.dst for r in route.routes_within(ipr, config.network)] == [second.subnet]
     backend.remove_peer(second)
-    assert overlay.fdb_entries(ipr, dev) == set() and overlay.permanent_neighbours(ipr, dev) == {}
-    assert overlay.routes_within(ipr, config.network) == []
+    assert neighbour.fdb_entries(ipr, dev) == set() and neighbour.permanent_neighbours(ipr, dev) == {}
+    assert route.routes_within(ipr, config.network) == []

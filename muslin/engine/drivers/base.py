@@ -6,7 +6,7 @@ from typing import Protocol
 
 from pyroute2 import IPRoute
 
-from muslin.kernel import netns
+from muslin.kernel import address, link, netns, route
 
 from ..model import Endpoint, Network
 
@@ -38,6 +38,19 @@ class OnHostLinks:
     @property
     def host(self) -> IPRoute:
         return self._host.get()
+
+
+def configure_endpoint_link(ipr: IPRoute, ep: Endpoint, index: int | None = None) -> None:
+    """Inside the container's namespace: the endpoint's address, up, and the default route via its
+    gateway. ``index``: the link's, when the caller knows it already (a lookup less on the attach path)."""
+    assert ep.address is not None
+    index = index or link.index_of(ipr, ep.ifname)
+    if index is None:
+        raise FileNotFoundError(f"{ep.ifname} is missing in the container namespace")
+    address.ensure_address(ipr, index, ep.address)
+    link.ensure_up(ipr, index)
+    if ep.gateway is not None:
+        route.ensure_default_route(ipr, index, ep.gateway)
 
 
 class NetworkDriver(Protocol):

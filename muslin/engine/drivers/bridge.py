@@ -6,13 +6,13 @@ import contextlib
 import os
 from ipaddress import IPv4Address, IPv4Interface
 
-from muslin.kernel import links, netns
+from muslin.kernel import address, link, netns
 
 from ..config import DaemonConfig, parse_bool
 from ..errors import Conflict, InvalidArgument
 from ..firewall import BridgeSpec, Firewall
 from ..model import Endpoint, Network
-from .base import HostNetlink, OnHostLinks
+from .base import HostNetlink, OnHostLinks, configure_endpoint_link
 
 OPT_NAME = "com.docker.network.bridge.name"
 OPT_ICC = "com.docker.network.bridge.enable_icc"
@@ -62,7 +62,7 @@ class BridgeDriver(OnHostLinks):
             if other.resolved.get("bridge") == bridge and other.id != net.id:
                 raise Conflict(f"bridge name {bridge} is already used by network {other.name}")
         if not net.predefined:
-            if links.index_of(self.host, bridge) is not None:
+            if link.index_of(self.host, bridge) is not None:
                 raise Conflict(f"bridge name {bridge} is already taken by an interface on this host")
         mtu_text = opts.get(OPT_MTU, str(self.config.mtu))
         try:
@@ -96,13 +96,13 @@ class BridgeDriver(OnHostLinks):
         assert pool is not None and pool.gateway is not None
         bridge = net.resolved["bridge"]
         try:
-            index = links.ensure_bridge(self.host, bridge, int(net.resolved["mtu"]))
-            links.ensure_address(self.host, index, IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"))
+            index = link.ensure_bridge(self.host, bridge, int(net.resolved["mtu"]))
+            address.ensure_address(self.host, index, IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"))
             if self.config.ip_forward:
-                links.set_sysctl("net/ipv4/ip_forward", "1")
+                netns.set_sysctl("net/ipv4/ip_forward", "1")
             # Published ports answer on 127.0.0.1 without a userland proxy: the kernel may route
             # loopback-sourced (DNATed) packets out of this bridge.
-            links.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
+            netns.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
             if self.firewall:
                 self.firewall.setup_network(self.firewall_spec(net))
         except Exception:
@@ -113,13 +113,13 @@ class BridgeDriver(OnHostLinks):
     def delete_network(self, net: Network) -> None:
         if self.firewall:
             self.firewall.teardown_network(self.firewall_spec(net))
-        links.retire_link(self.host, net.resolved["bridge"])
+        link.retire_link(self.host, net.resolved["bridge"])
 
     def remove_orphan(self, bridge: str) -> None:
         """A bridge of ours that no network owns: its rules (whatever subnet they name) and the link."""
         if self.firewall:
             self.firewall.remove_rules_naming(bridge)
-        links.retire_link(self.host, bridge)
+        link.retire_link(self.host, bridge)
 
     # -- endpoints -------------------------------------------------------------------------------
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
@@ -127,22 +127,22 @@ class BridgeDriver(OnHostLinks):
         fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
         try:
             ipr = self.host
-            master = links.index_of(ipr, net.resolved["bridge"])
+            master = link.index_of(ipr, net.resolved["bridge"])
             if master is None:
                 raise RuntimeError(f"bridge {net.resolved['bridge']} of network {net.name} is missing")
-            index, peer = links.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, int(net.resolved["mtu"]),
-                                              ep.mac, master)
+            index, peer = link.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, int(net.resolved["mtu"]),
+                                             ep.mac, master)
             # Hairpin lets a container reach itself through its own published port.
             ipr.brport("set", index=index, mode=1)
         finally:
             os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
         with netns.iproute(sandbox) as ipr:
-            links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway, index=peer)
+            configure_endpoint_link(ipr, ep, peer)
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         if sandbox and netns.exists(sandbox):
             with netns.iproute(sandbox) as peer_ipr:
-                links.retire_veth(self.host, host_ifname(ep), peer_ipr, ep.ifname)
+                link.retire_veth(self.host, host_ifname(ep), peer_ipr, ep.ifname)
         else:
-            links.delete_link(self.host, host_ifname(ep))
+            link.delete_link(self.host, host_ifname(ep))

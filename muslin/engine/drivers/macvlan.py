@@ -20,11 +20,11 @@ import re
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from muslin.kernel import links, netns
+from muslin.kernel import link, netns
 
 from ..errors import Conflict, EngineError, InvalidArgument
 from ..model import Endpoint, Network
-from .base import OnHostLinks
+from .base import OnHostLinks, configure_endpoint_link
 
 OPT_PARENT = "parent"
 OPT_MODE = "macvlan_mode"
@@ -66,81 +66,81 @@ class MacvlanDriver(OnHostLinks):
             for other in others:
                 if other.driver == self.name and other.resolved.get("parent") == parent:
                     raise Conflict(f"network {DUMMY_PREFIX}{other.id[:12]} is already using parent interface {parent}")
-            index = links.index_of(self.host, parent)
-            if index is not None and links.is_loopback(self.host, index):
+            found = link.find_link(self.host, parent)
+            if found is not None and found.loopback:
                 raise InvalidArgument(f"loopback interface is not a valid macvlan parent link: {parent}")
-            if index is None:
+            if found is None:
                 vlan = VLAN_NAME.fullmatch(parent)
                 if vlan is None or len(parent) > 15:
                     raise InvalidArgument(f"invalid subinterface vlan name {parent}, example formatting is eth0.10")
                 if not 1 <= int(vlan["vid"]) <= 4094:
                     raise InvalidArgument(f"vlan id out of range: {vlan['vid']} (1-4094) in parent {parent}")
-                if links.index_of(self.host, vlan["base"]) is None:
+                if link.index_of(self.host, vlan["base"]) is None:
                     raise InvalidArgument(f"-o parent interface was not found on the host: {vlan['base']}")
                 created = "vlan"
         net.resolved = {"parent": parent, "mode": mode, "created_parent": created}
 
     def create_network(self, net: Network) -> None:
         parent, created = net.resolved["parent"], net.resolved["created_parent"]
-        existed = links.index_of(self.host, parent) is not None
+        existing = link.find_link(self.host, parent)
         try:
             if created == "vlan":
                 vlan = VLAN_NAME.fullmatch(parent)
                 assert vlan is not None
-                base = links.index_of(self.host, vlan["base"])
+                base = link.index_of(self.host, vlan["base"])
                 if base is None:
                     raise ParentMissing(f"-o parent interface was not found on the host: {vlan['base']}")
                 try:
-                    links.ensure_vlan(self.host, parent, base, int(vlan["vid"]))
+                    link.ensure_vlan(self.host, parent, base, int(vlan["vid"]))
                 except NetlinkError as exc:
                     raise EngineError(f"failed to create {parent} vlan link: {os.strerror(exc.code).lower()}") from None
             elif created == "dummy":
                 # A kernel without dummy links gets one end of a veth pair whose other end stays up
                 # unused: the same thing for macvlans, a lower device that goes nowhere.
                 peer = DUMMY_PEER_PREFIX + net.id[:11]
-                if existed and links.link_kind(self.host, links.index_of(self.host, parent)) == "veth":
-                    links.ensure_veth_pair(self.host, parent, peer)  # made so by an earlier start
+                if existing is not None and existing.kind == "veth":
+                    link.ensure_veth_pair(self.host, parent, peer)  # made so by an earlier start
                 else:
                     try:
-                        links.ensure_dummy(self.host, parent)
+                        link.ensure_dummy(self.host, parent)
                     except NetlinkError as exc:
                         if exc.code != errno.EOPNOTSUPP:
                             raise
-                        links.ensure_veth_pair(self.host, parent, peer)
-            elif links.index_of(self.host, parent) is None:
+                        link.ensure_veth_pair(self.host, parent, peer)
+            elif existing is None:
                 raise ParentMissing(f"-o parent interface was not found on the host: {parent}")
         except FileExistsError as exc:  # a link of another kind holds the name: not ours to touch
             raise EngineError(f"cannot use {parent} as the parent of network {net.name}: {exc}") from None
         except Exception:
-            if created and not existed:  # undo only what this call made
+            if created and existing is None:  # undo only what this call made
                 with contextlib.suppress(Exception):
-                    links.retire_link(self.host, parent)
+                    link.retire_link(self.host, parent)
             raise
 
     def delete_network(self, net: Network) -> None:
         if net.resolved.get("created_parent"):
-            links.retire_link(self.host, net.resolved["parent"])
+            link.retire_link(self.host, net.resolved["parent"])
 
     def remove_orphan(self, name: str) -> None:
-        links.retire_link(self.host, name)
+        link.retire_link(self.host, name)
 
     # -- endpoints -------------------------------------------------------------------------------
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         assert ep.address is not None
-        parent = links.index_of(self.host, net.resolved["parent"])
+        parent = link.index_of(self.host, net.resolved["parent"])
         if parent is None:
             raise EngineError(f"parent interface {net.resolved['parent']} of network {net.name} is missing")
         fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            links.add_macvlan_into(self.host, ep.ifname, parent, fd, net.resolved["mode"], ep.mac)
+            link.add_macvlan_into(self.host, ep.ifname, parent, fd, net.resolved["mode"], ep.mac)
         finally:
             os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
         with netns.iproute(sandbox) as ipr:
-            links.configure_container_link(ipr, ep.ifname, ep.address, ep.gateway)
+            configure_endpoint_link(ipr, ep)
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         # The macvlan lives in the sandbox only: a sandbox that is gone took it along.
         if sandbox and netns.exists(sandbox):
             with netns.iproute(sandbox) as ipr:
-                links.delete_link(ipr, ep.ifname)
+                link.delete_link(ipr, ep.ifname)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from muslin.fabric.backends.base import Backend, LocalNetwork
 from muslin.fabric.subnets import Lease, LeaseAttrs
-from muslin.kernel import overlay
+from muslin.kernel import route
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class HostGwBackend(Backend):
                            "peer %s (%s) runs backend %s, not host-gw: not reachable from this node",
                            lease.subnet, lease.attrs.public_ip, lease.attrs.backend_type or "udp")
             return False
-        gateway, oif = overlay.route_source(self.ipr, lease.attrs.public_ip)
+        gateway, oif = route.route_source(self.ipr, lease.attrs.public_ip)
         if gateway is not None or oif != self.ext.index:
             self.warn_once((lease.subnet, lease.attrs.to_json(), gateway, oif), logging.ERROR,
                            "refusing host-gw peer %s: its PublicIP %s is not on %s's L2 segment (reached %s); "
@@ -39,17 +39,17 @@ class HostGwBackend(Backend):
 
     def add_peer(self, lease: Lease) -> None:
         if self._reachable(lease):
-            overlay.ensure_route(self.ipr, lease.subnet, self.ext.index, lease.attrs.public_ip)
+            route.ensure_route(self.ipr, lease.subnet, self.ext.index, lease.attrs.public_ip)
 
     def remove_peer(self, lease: Lease) -> None:
-        overlay.remove_route(self.ipr, lease.subnet)
+        route.remove_route(self.ipr, lease.subnet)
 
     def reconcile(self, peers: Iterable[Lease]) -> None:
         wanted = {p.subnet: p for p in peers if self._reachable(p)}
-        for route in overlay.routes_within(self.ipr, self.config.network):
-            lease = wanted.get(route.dst)
-            if route.oif == self.ext.index and (lease is None or route.gateway != lease.attrs.public_ip):
-                log.info("removing stale route %s via %s", route.dst, route.gateway)
-                overlay.remove_route(self.ipr, route.dst)
+        for present in route.routes_within(self.ipr, self.config.network):
+            lease = wanted.get(present.dst)
+            if present.oif == self.ext.index and (lease is None or present.gateway != lease.attrs.public_ip):
+                log.info("removing stale route %s via %s", present.dst, present.gateway)
+                route.remove_route(self.ipr, present.dst)
         for lease in wanted.values():
-            overlay.ensure_route(self.ipr, lease.subnet, self.ext.index, lease.attrs.public_ip)
+            route.ensure_route(self.ipr, lease.subnet, self.ext.index, lease.attrs.public_ip)

@@ -28,7 +28,7 @@ from pyroute2 import IPRoute
 from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
 from muslin.fabric.config import UDP_DEFAULT_PORT, NetworkConfig
 from muslin.fabric.subnets import Lease, LeaseAttrs
-from muslin.kernel import overlay
+from muslin.kernel import address, link, route, tunnel
 
 log = logging.getLogger(__name__)
 TUN_NAME = "flannel0"
@@ -230,7 +230,7 @@ class UdpBackend(Backend):
             log.warning("udp forwarder %s; rebuilding %s and its socket",
                         "lost its device" if rebuild else "stopped", TUN_NAME)
             self.close()
-        tun_fd = overlay.open_tun(TUN_NAME)
+        tun_fd = tunnel.open_tun(TUN_NAME)
         sock = None
         try:
             os.set_blocking(tun_fd, False)
@@ -252,17 +252,17 @@ class UdpBackend(Backend):
 
     def _ensure_device(self, lease: Lease) -> int:
         self._ensure_forwarder()
-        link = overlay.find_link(self.ipr, TUN_NAME)
-        if link is None:  # deleted by hand: our fd is attached to nothing now
+        device = link.find_link(self.ipr, TUN_NAME)
+        if device is None:  # deleted by hand: our fd is attached to nothing now
             self._ensure_forwarder(rebuild=True)
-            link = overlay.find_link(self.ipr, TUN_NAME)
-        if link is None:
-            raise overlay.OverlayError(f"{TUN_NAME} vanished right after it was created")
-        overlay.ensure_mtu(self.ipr, link.index, self.mtu)
-        overlay.ensure_only_address(self.ipr, link.index, IPv4Interface(f"{lease.subnet.network_address}/32"))
-        overlay.link_up(self.ipr, link.index)
-        overlay.ensure_route(self.ipr, self.config.network, link.index)
-        return link.index
+            device = link.find_link(self.ipr, TUN_NAME)
+        if device is None:
+            raise tunnel.DeviceVanished(f"{TUN_NAME} vanished right after it was created")
+        link.ensure_mtu(self.ipr, device.index, self.mtu)
+        address.ensure_only_address(self.ipr, device.index, IPv4Interface(f"{lease.subnet.network_address}/32"))
+        link.ensure_up(self.ipr, device.index)
+        route.ensure_route(self.ipr, self.config.network, device.index)
+        return device.index
 
     def register_network(self, lease: Lease) -> LocalNetwork:
         self._ensure_device(lease)

@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
 from muslin.fabric.config import VXLAN_DEFAULT_PORT, NetworkConfig
 from muslin.fabric.subnets import Lease, LeaseAttrs
-from muslin.kernel import overlay
+from muslin.kernel import address, link, neighbour, route, tunnel
 
 log = logging.getLogger(__name__)
 VXLAN_OVERHEAD = 50
@@ -50,7 +50,7 @@ class VxlanBackend(Backend):
         # The device as lease_attrs last ensured it. The agent starts every round with lease_attrs, so the
         # rest of the round uses this instead of checking the device again; a device deleted meanwhile
         # makes a netlink call fail, and the agent's retry starts a new round that recreates it.
-        self._link: overlay.LinkInfo | None = None
+        self._link: link.LinkInfo | None = None
         self._peers: dict[IPv4Network, Lease] = {}  # what add_peer/reconcile programmed
 
     @property
@@ -61,21 +61,21 @@ class VxlanBackend(Backend):
     def mtu(self) -> int:
         return self.config.backend.mtu or self.ext.mtu - VXLAN_OVERHEAD
 
-    def _ensure_device(self) -> overlay.LinkInfo:
-        self._link = overlay.ensure_vxlan(self.ipr, self.device_name, self.config.backend.vni, self.ext.address,
+    def _ensure_device(self) -> link.LinkInfo:
+        self._link = tunnel.ensure_vxlan(self.ipr, self.device_name, self.config.backend.vni, self.ext.address,
                                           self.ext.index, self.config.backend.port or VXLAN_DEFAULT_PORT, self.mtu)
         return self._link
 
-    def _device(self) -> overlay.LinkInfo:
+    def _device(self) -> link.LinkInfo:
         return self._link or self._ensure_device()
 
     def lease_attrs(self) -> LeaseAttrs:
-        link = self._ensure_device()
-        return LeaseAttrs(self.ext.public_ip, "vxlan", {"VNI": self.config.backend.vni, "VtepMAC": link.mac})
+        device = self._ensure_device()
+        return LeaseAttrs(self.ext.public_ip, "vxlan", {"VNI": self.config.backend.vni, "VtepMAC": device.mac})
 
     def register_network(self, lease: Lease) -> LocalNetwork:
-        link = self._device()
-        overlay.ensure_only_address(self.ipr, link.index, IPv4Interface(f"{lease.subnet.network_address}/32"))
+        device = self._device()
+        address.ensure_only_address(self.ipr, device.index, IPv4Interface(f"{lease.subnet.network_address}/32"))
         return LocalNetwork(self.device_name, self.mtu)
 
     def _state_for(self, lease: Lease, device_index: int) -> _PeerState | None:
@@ -95,53 +95,53 @@ class VxlanBackend(Backend):
         return _PeerState(lease.subnet, gateway, device_index, True, (mac, lease.attrs.public_ip))
 
     def _on_our_l2(self, address: IPv4Address) -> bool:
-        gateway, oif = overlay.route_source(self.ipr, address)
+        gateway, oif = route.route_source(self.ipr, address)
         return gateway is None and oif == self.ext.index
 
     def _program(self, state: _PeerState, device_index: int) -> None:
         if state.vtep is not None:
             mac, remote = state.vtep
-            overlay.ensure_neighbour(self.ipr, device_index, state.gateway, mac)
-            overlay.ensure_fdb(self.ipr, device_index, mac, remote)
-        overlay.ensure_route(self.ipr, state.subnet, state.oif, state.gateway, onlink=state.onlink)
+            neighbour.ensure_neighbour(self.ipr, device_index, state.gateway, mac)
+            neighbour.ensure_fdb(self.ipr, device_index, mac, remote)
+        route.ensure_route(self.ipr, state.subnet, state.oif, state.gateway, onlink=state.onlink)
 
     def add_peer(self, lease: Lease) -> None:
-        link = self._device()
+        device = self._device()
         self._peers[lease.subnet] = lease
-        state = self._state_for(lease, link.index)
+        state = self._state_for(lease, device.index)
         if state is not None:
-            self._program(state, link.index)
+            self._program(state, device.index)
 
     def remove_peer(self, lease: Lease) -> None:
         self._peers.pop(lease.subnet, None)
-        overlay.remove_route(self.ipr, lease.subnet)
-        link = self._link or overlay.find_link(self.ipr, self.device_name)
-        if link is None:
+        route.remove_route(self.ipr, lease.subnet)
+        device = self._link or link.find_link(self.ipr, self.device_name)
+        if device is None:
             return
-        overlay.remove_neighbour(self.ipr, link.index, lease.subnet.network_address)
+        neighbour.remove_neighbour(self.ipr, device.index, lease.subnet.network_address)
         mac = _vtep_mac(lease)
         # One node may hold several leases (e.g. while its old one has not expired), all behind one VTEP:
         # its fdb entry stays while any of them is still a peer.
         shared = any(_vtep_mac(p) == mac and p.attrs.public_ip == lease.attrs.public_ip
                      for p in self._peers.values())
         if mac is not None and not shared:
-            overlay.remove_fdb(self.ipr, link.index, mac, lease.attrs.public_ip)
+            neighbour.remove_fdb(self.ipr, device.index, mac, lease.attrs.public_ip)
 
     def reconcile(self, peers: Iterable[Lease]) -> None:
-        link = self._device()
+        device = self._device()
         self._peers = {p.subnet: p for p in peers}
-        states = [s for s in (self._state_for(p, link.index) for p in self._peers.values()) if s is not None]
+        states = [s for s in (self._state_for(p, device.index) for p in self._peers.values()) if s is not None]
         wanted_routes = {s.subnet for s in states}
-        for route in overlay.routes_within(self.ipr, self.config.network):
-            if route.oif in (link.index, self.ext.index) and route.dst not in wanted_routes:
-                log.info("removing stale route %s", route.dst)
-                overlay.remove_route(self.ipr, route.dst)
+        for present in route.routes_within(self.ipr, self.config.network):
+            if present.oif in (device.index, self.ext.index) and present.dst not in wanted_routes:
+                log.info("removing stale route %s", present.dst)
+                route.remove_route(self.ipr, present.dst)
         wanted_neigh = {s.gateway: s.vtep[0] for s in states if s.vtep}
-        for ip, mac in overlay.permanent_neighbours(self.ipr, link.index).items():
+        for ip, mac in neighbour.permanent_neighbours(self.ipr, device.index).items():
             if wanted_neigh.get(ip) != mac:
-                overlay.remove_neighbour(self.ipr, link.index, ip)
+                neighbour.remove_neighbour(self.ipr, device.index, ip)
         wanted_fdb = {s.vtep for s in states if s.vtep}
-        for mac, remote in overlay.fdb_entries(self.ipr, link.index) - wanted_fdb:
-            overlay.remove_fdb(self.ipr, link.index, mac, remote)
+        for mac, remote in neighbour.fdb_entries(self.ipr, device.index) - wanted_fdb:
+            neighbour.remove_fdb(self.ipr, device.index, mac, remote)
         for state in states:
-            self._program(state, link.index)
+            self._program(state, device.index)

@@ -1,0 +1,217 @@
+"""Links: find them, ensure bridges, veths, vlans, dummies and macvlans exist and are up, retire them.
+
+Every function takes an open IPRoute (see ``netns.iproute``) so one caller can batch several steps on one
+socket, and every ``ensure_*`` is idempotent: re-running it after a crash converges instead of failing.
+The engine's drivers and the fabric's backends both use this module; neither talks to pyroute2 about
+links on its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+IFF_LOOPBACK = 0x8
+RETIRED_PREFIX = "mz-"
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    index: int
+    name: str
+    mtu: int
+    mac: str
+    kind: str | None  # IFLA_INFO_KIND: bridge, veth, vxlan, ...; None for plain devices (lo, tun)
+    loopback: bool
+
+
+def _link_info(msg) -> LinkInfo:  # pyroute2's ifinfmsg
+    info = msg.get_attr("IFLA_LINKINFO")
+    return LinkInfo(msg["index"], msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MTU"),
+                    msg.get_attr("IFLA_ADDRESS"), info.get_attr("IFLA_INFO_KIND") if info else None,
+                    bool(msg["flags"] & IFF_LOOPBACK))
+
+
+def index_of(ipr: IPRoute, name: str) -> int | None:
+    """The link's index, or None; the cheapest lookup, for the attach path."""
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def find_link(ipr: IPRoute, name: str) -> LinkInfo | None:
+    index = index_of(ipr, name)
+    return None if index is None else link_by_index(ipr, index)
+
+
+def link_by_index(ipr: IPRoute, index: int) -> LinkInfo:
+    return _link_info(ipr.get_links(index)[0])
+
+
+def all_links(ipr: IPRoute) -> list[LinkInfo]:
+    return [_link_info(msg) for msg in ipr.get_links()]
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC in Docker's 02:42 range."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in os.urandom(4))
+
+
+def ensure_up(ipr: IPRoute, index: int) -> None:
+    ipr.link("set", index=index, state="up")
+
+
+def ensure_mtu(ipr: IPRoute, index: int, mtu: int) -> None:
+    if link_by_index(ipr, index).mtu != mtu:
+        ipr.link("set", index=index, mtu=mtu)
+
+
+def _ensure_link(ipr: IPRoute, name: str, kind: str, up_with: dict[str, object] | None = None,
+                 **attrs: object) -> int:
+    """A link of this kind and name, created (with ``attrs``) if missing, and set up (with ``up_with``).
+    EOPNOTSUPP when the kernel lacks the kind."""
+    index = index_of(ipr, name)
+    if index is None:
+        try:
+            ipr.link("add", ifname=name, kind=kind, **attrs)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        index = index_of(ipr, name)
+        if index is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
+            raise FileExistsError(f"a {kind} link like {name} exists already under another name")
+    elif link_by_index(ipr, index).kind != kind:
+        raise FileExistsError(f"{name} exists and is not a {kind} link")
+    ipr.link("set", index=index, state="up", **(up_with or {}))
+    return index
+
+
+def ensure_bridge(ipr: IPRoute, name: str, mtu: int) -> int:
+    # An existing bridge takes the wanted MTU too, in the same call that sets it up.
+    return _ensure_link(ipr, name, "bridge", up_with={"mtu": mtu}, address=random_mac(), mtu=mtu)
+
+
+def ensure_vlan(ipr: IPRoute, name: str, base_index: int, vlan_id: int) -> int:
+    return _ensure_link(ipr, name, "vlan", link=base_index, vlan_id=vlan_id)
+
+
+def ensure_dummy(ipr: IPRoute, name: str) -> int:
+    return _ensure_link(ipr, name, "dummy")
+
+
+def ensure_veth_pair(ipr: IPRoute, name: str, peer: str) -> int:
+    """Both ends in this namespace and up; returns ``name``'s index."""
+    index = _ensure_link(ipr, name, "veth", peer=peer)
+    peer_index = index_of(ipr, peer)
+    if peer_index is not None:
+        ensure_up(ipr, peer_index)
+    return index
+
+
+def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: int, mtu: int,
+                  peer_mac: str, master_index: int) -> tuple[int, int | None]:
+    """Create a veth pair whose peer is born inside the target namespace (no link move), host end on
+    the bridge and up. Returns the host end's index and, when the handle echoes, the peer's index in
+    its namespace (the host end's IFLA_LINK), which spares a lookup there."""
+    reply = ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, master=master_index, state="up",
+                     peer={"ifname": peer_ifname, "net_ns_fd": netns_fd, "address": peer_mac, "mtu": mtu})
+    echoed = [m for m in reply or [] if m.get("event") == "RTM_NEWLINK" and m.get("index")]
+    if echoed:
+        return echoed[0]["index"], echoed[0].get_attr("IFLA_LINK")
+    index = index_of(ipr, host_ifname)
+    assert index is not None
+    return index, None
+
+
+def add_macvlan_into(ipr: IPRoute, ifname: str, parent_index: int, netns_fd: int, mode: str, mac: str) -> None:
+    """A macvlan of the parent, born inside the target namespace under its final name."""
+    ipr.link("add", ifname=ifname, kind="macvlan", link=parent_index, macvlan_mode=mode, address=mac,
+             net_ns_fd=netns_fd)
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Gone now (synchronously); False when there was no such link."""
+    index = index_of(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+    return True
+
+
+_reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="link-reaper")
+
+
+def retire_link(ipr: IPRoute, name: str) -> bool:
+    """Take a link out of service now and delete it in the background.
+
+    Deleting a netdev waits for RCU grace periods (20-40 ms here), which would dominate `network rm`
+    and container stop. Setting it down stops its traffic at once; flushing its addresses and renaming
+    it frees the subnet and the name for immediate reuse; the slow delete follows on a worker. Leftovers
+    of a crash in between carry RETIRED_PREFIX and are removed by ``reap_retired``.
+    """
+    index = index_of(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("set", index=index, state="down")
+        ipr.flush_addr(index=index)
+        ipr.link("set", index=index, ifname=RETIRED_PREFIX + os.urandom(4).hex())
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:  # gone meanwhile (a veth whose peer was just deleted)
+            return False
+        raise
+    _reaper.submit(_delete_index, index)
+    return True
+
+
+def retire_veth(ipr: IPRoute, host_name: str, peer_ipr: IPRoute, peer_name: str) -> bool:
+    """``retire_link`` for a veth pair whose peer lives in another namespace (a container's).
+
+    The peer is renamed inside its namespace, so the name (eth0) is free for the next join at once;
+    deleting the host end later takes the peer with it.
+    """
+    peer = index_of(peer_ipr, peer_name)
+    if peer is not None:
+        peer_ipr.link("set", index=peer, state="down")
+        peer_ipr.link("set", index=peer, ifname=RETIRED_PREFIX + os.urandom(4).hex())
+    index = index_of(ipr, host_name)
+    if index is None:
+        return False
+    ipr.link("set", index=index, state="down")
+    # Renamed too, so a crash before the reaper runs leaves a link reap_retired knows to remove.
+    ipr.link("set", index=index, ifname=RETIRED_PREFIX + os.urandom(4).hex())
+    _reaper.submit(_delete_index, index)
+    return True
+
+
+def _delete_index(index: int, ipr: IPRoute | None = None) -> None:
+    """Delete by index through ``ipr``, or (on the reaper, which shares no handle with the caller's
+    thread) through a handle of its own in the reaper thread's namespace, the daemon's."""
+    if ipr is None:
+        with IPRoute() as own:
+            _delete_index(index, own)
+        return
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+
+
+def reap_retired(ipr: IPRoute) -> None:
+    """Delete what a crash left between retiring a link and the reaper's delete."""
+    for link in all_links(ipr):
+        if link.name.startswith(RETIRED_PREFIX):
+            _delete_index(link.index, ipr)
+
+
+def wait_for_reaper() -> None:
+    _reaper.submit(lambda: None).result()
