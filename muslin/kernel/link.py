@@ -9,6 +9,7 @@ links on its own.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from . import netns
+
 IFF_LOOPBACK = 0x8
+SIOCGSKNS = 0x894C  # a socket's network namespace, as a new fd
 RETIRED_PREFIX = "mz-"
 
 
@@ -168,7 +172,7 @@ def retire_link(ipr: IPRoute, name: str) -> bool:
         if exc.code == errno.ENODEV:  # gone meanwhile (a veth whose peer was just deleted)
             return False
         raise
-    _reaper.submit(_delete_index, index)
+    _retire(ipr, index)
     return True
 
 
@@ -188,17 +192,26 @@ def retire_veth(ipr: IPRoute, host_name: str, peer_ipr: IPRoute, peer_name: str)
     ipr.link("set", index=index, state="down")
     # Renamed too, so a crash before the reaper runs leaves a link reap_retired knows to remove.
     ipr.link("set", index=index, ifname=RETIRED_PREFIX + os.urandom(4).hex())
-    _reaper.submit(_delete_index, index)
+    _retire(ipr, index)
     return True
 
 
-def _delete_index(index: int, ipr: IPRoute | None = None) -> None:
-    """Delete by index through ``ipr``, or (on the reaper, which shares no handle with the caller's
-    thread) through a handle of its own in the reaper thread's namespace, the daemon's."""
-    if ipr is None:
-        with IPRoute() as own:
-            _delete_index(index, own)
-        return
+def _retire(ipr: IPRoute, index: int) -> None:
+    """Hand the delete to the reaper, with the namespace the index means something in (the handle's,
+    which need not be the reaper thread's)."""
+    namespace = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
+    _reaper.submit(_delete_in, namespace, index)
+
+
+def _delete_in(namespace: int, index: int) -> None:
+    try:
+        with netns.iproute(f"/proc/self/fd/{namespace}") as ipr:
+            _delete_index(ipr, index)
+    finally:
+        os.close(namespace)
+
+
+def _delete_index(ipr: IPRoute, index: int) -> None:
     try:
         ipr.link("del", index=index)
     except NetlinkError as exc:
@@ -210,7 +223,7 @@ def reap_retired(ipr: IPRoute) -> None:
     """Delete what a crash left between retiring a link and the reaper's delete."""
     for link in all_links(ipr):
         if link.name.startswith(RETIRED_PREFIX):
-            _delete_index(link.index, ipr)
+            _delete_index(ipr, link.index)
 
 
 def wait_for_reaper() -> None:
