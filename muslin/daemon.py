@@ -16,7 +16,7 @@ from muslin import __version__
 from muslin.api.app import build_server
 from muslin.engine.config import DaemonConfig, parse_bool
 from muslin.engine.engine import Engine
-from muslin.engine.errors import EngineError
+from muslin.errors import EngineError
 from muslin.fabric.files import read_subnet_env
 
 log = logging.getLogger("muslind")

@@ -11,9 +11,9 @@ from typing import Any
 
 from muslin.engine.containers import Container, console_size_of
 from muslin.engine.engine import Engine
-from muslin.engine.errors import EngineError, InvalidArgument, NotModified
+from muslin.errors import EngineError, InvalidArgument, NotModified
 from muslin.engine.model import Endpoint
-from muslin.engine.runtime import LogFilter, State, Stream
+from muslin.runtime import LogFilter, State, Stream
 
 from .http import Hijack, HTTPError, Request, Response, Router, StreamResponse, json_response, labels_match
 

@@ -230,7 +230,7 @@ class Server:
                        headers=headers, body=body, api_version=version)
 
     async def _dispatch(self, request: Request) -> Response | StreamResponse | Hijack:
-        from muslin.engine.errors import EngineError
+        from muslin.errors import EngineError
 
         try:
             found = self.router.route(request.method, request.path)

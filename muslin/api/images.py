@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from muslin.engine.engine import Engine
-from muslin.engine.runtime import Image
+from muslin.runtime import Image
 
 from .http import HTTPError, Request, Response, Router, json_response
 

@@ -21,18 +21,17 @@ from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from muslin.errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound, NotModified
 from muslin.kernel import iptables, netns
+from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, NoSuchContainer, Runtime, StartFailed, State,
+                            capabilities, check_sysctls, normalize_capability)
 
 from . import dns
 from . import ports as portmod
 from .config import DaemonConfig
-from .errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound, NotModified
 from .firewall import PortSpec
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
-from .runtime import (ContainerSpec, ImageStore, NoSuchContainer, Runtime, StartFailed, State, capabilities,
-                      check_sysctls, normalize_capability)
-from .runtime.runtime import ExitWaiter
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from muslin.runtime import ImageStore, Runtime
+
 from .config import DaemonConfig
 from .containers import ContainerService
 from .firewall import IptablesFirewall
 from .guard import FirewallGuard
 from .networks import NetworkService
-from .runtime import ImageStore, Runtime
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 
-from .errors import Conflict, Forbidden, InvalidArgument
+from muslin.errors import Conflict, Forbidden, InvalidArgument
+
 from .model import IPAMPool
 
 

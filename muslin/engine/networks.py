@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Interface, IPv4Network
 
+from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound
 from muslin.kernel import address, link, netns, route
 
 from . import ipam
@@ -25,7 +26,6 @@ from .drivers.base import HostNetlink, NetworkDriver
 from .drivers.bridge import OPT_BIND, OPT_DEFAULT, OPT_ICC, OPT_MASQ, OPT_MTU, OPT_NAME, BridgeDriver
 from .drivers.macvlan import MacvlanDriver
 from .drivers.passthrough import PassthroughDriver
-from .errors import Conflict, Forbidden, InvalidArgument, NotFound
 from .firewall import BridgeSpec, Firewall
 from .model import Endpoint, IPAMPool, Network, new_id, now_rfc3339
 from .store import Store

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from .errors import Conflict, InvalidArgument
+from muslin.errors import Conflict, InvalidArgument
 
 EPHEMERAL = range(32768, 61000)  # where dockerd takes ports for -P and "-p 80"
 

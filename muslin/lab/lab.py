@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from muslin.engine.runtime.runtime import SHIM_SCRIPT
+from muslin.runtime.runtime import SHIM_SCRIPT
 from muslin.fabric.files import read_subnet_env
 from muslin.kernel import netns
 from muslin.lab import topology

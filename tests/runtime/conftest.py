@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from muslin.engine.runtime import ImageStore, Runtime, Stream
+from muslin.runtime import ImageStore, Runtime, Stream
 from muslin.kernel import netns
 
 

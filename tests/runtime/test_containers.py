@@ -12,10 +12,10 @@ import uuid
 
 import pytest
 
-from muslin.engine.errors import Conflict, NotModified
-from muslin.engine.runtime import (ContainerSpec, LogFilter, NoSuchContainer, NoSuchImage, NotRunning, Runtime,
+from muslin.errors import Conflict, NotModified
+from muslin.runtime import (ContainerSpec, LogFilter, NoSuchContainer, NoSuchImage, NotRunning, Runtime,
                                    StartFailed)
-from muslin.engine.runtime.errors import InvalidArgument
+from muslin.runtime.errors import InvalidArgument
 from muslin.kernel import netns
 
 from .conftest import collect, read_until
@@ -77,7 +77,7 @@ def test_container_gets_its_namespaces_hostname_and_etc_files(runtime: Runtime, 
 HOST_NETWORK_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-from muslin.engine.runtime import ContainerSpec, ImageStore, Runtime
+from muslin.runtime import ContainerSpec, ImageStore, Runtime
 
 async def main():
     rt = Runtime(Path(sys.argv[1]), Path(sys.argv[2]), ImageStore(Path(sys.argv[3])))

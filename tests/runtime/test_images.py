@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from muslin.engine.errors import Conflict, InvalidArgument
-from muslin.engine.runtime import ContainerSpec, ImageStore, NoSuchImage, Runtime
-from muslin.engine.runtime.images import apply_changes
+from muslin.errors import Conflict, InvalidArgument
+from muslin.runtime import ContainerSpec, ImageStore, NoSuchImage, Runtime
+from muslin.runtime.images import apply_changes
 
 from .conftest import collect
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from muslin.engine.runtime.logs import LogFilter, follow
+from muslin.runtime.logs import LogFilter, follow
 
 
 def record(text: str) -> bytes:

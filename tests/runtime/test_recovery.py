@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from muslin.engine.runtime import Runtime
+from muslin.runtime import Runtime
 
 from .conftest import collect, processes_mentioning
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.root
 CRASHING_DAEMON = """
 import asyncio, os, signal, sys
 from pathlib import Path
-from muslin.engine.runtime import ContainerSpec, ImageStore, Runtime
+from muslin.runtime import ContainerSpec, ImageStore, Runtime
 
 rt = Runtime(Path(sys.argv[1]), Path(sys.argv[2]), ImageStore(Path(sys.argv[3])))
 rt.create(ContainerSpec(id=sys.argv[4], image="busybox", netns_path=sys.argv[5],

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from muslin.engine.errors import InvalidArgument
-from muslin.engine.runtime import ContainerSpec, Image
-from muslin.engine.runtime import logs, references, shim
-from muslin.engine.runtime.spec import (DEFAULT_PATH, User, oci_config, oci_process, process_env, resolve_process,
+from muslin.errors import InvalidArgument
+from muslin.runtime import ContainerSpec, Image
+from muslin.runtime import logs, references, shim
+from muslin.runtime.spec import (DEFAULT_PATH, User, oci_config, oci_process, process_env, resolve_process,
                                         resolve_user)
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from muslin.engine.errors import InvalidArgument
-from muslin.engine.runtime.spec import (CAPABILITY_NAMES, DEFAULT_CAPABILITIES, bounding_capabilities,
+from muslin.errors import InvalidArgument
+from muslin.runtime.spec import (CAPABILITY_NAMES, DEFAULT_CAPABILITIES, bounding_capabilities,
                                         capabilities, check_sysctls)
 
 
@@ -29,7 +29,7 @@ def test_only_namespaced_sysctls_and_none_of_the_hosts_network() -> None:
 
 
 def test_a_capability_muslind_does_not_hold_is_refused_by_name(monkeypatch) -> None:
-    import muslin.engine.runtime.spec as spec
+    import muslin.runtime.spec as spec
 
     monkeypatch.setattr(spec, "bounding_capabilities", lambda: [c for c in CAPABILITY_NAMES if c != "CAP_SYS_RESOURCE"])
     with pytest.raises(InvalidArgument, match="CAP_SYS_RESOURCE cannot be granted"):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from muslin.engine import ipam
-from muslin.engine.errors import Conflict, Forbidden, InvalidArgument
+from muslin.errors import Conflict, Forbidden, InvalidArgument
 
 
 def test_pool_from_config_checks_gateway_range_and_aux() -> None:

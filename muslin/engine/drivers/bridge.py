@@ -6,10 +6,10 @@ import contextlib
 import os
 from ipaddress import IPv4Address, IPv4Interface
 
+from muslin.errors import Conflict, InvalidArgument
 from muslin.kernel import address, link, netns
 
 from ..config import DaemonConfig, parse_bool
-from ..errors import Conflict, InvalidArgument
 from ..firewall import BridgeSpec, Firewall
 from ..model import Endpoint, Network
 from .base import HostNetlink, OnHostLinks, configure_endpoint_link

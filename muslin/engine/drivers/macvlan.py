@@ -20,9 +20,9 @@ import re
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from muslin.errors import Conflict, EngineError, InvalidArgument
 from muslin.kernel import link, netns
 
-from ..errors import Conflict, EngineError, InvalidArgument
 from ..model import Endpoint, Network
 from .base import OnHostLinks, configure_endpoint_link
 

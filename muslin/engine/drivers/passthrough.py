@@ -6,7 +6,8 @@ container with loopback only. Neither has endpoints to wire.
 
 from __future__ import annotations
 
-from ..errors import Forbidden
+from muslin.errors import Forbidden
+
 from ..model import Endpoint, Network
 
 

@@ -1,8 +1,8 @@
-"""Runtime errors, as engine errors so the API layer maps them to Docker's status codes unchanged."""
+"""Runtime errors, as muslin.errors so the API layer maps them to Docker's status codes unchanged."""
 
 from __future__ import annotations
 
-from ..errors import Conflict, EngineError, InvalidArgument, NotFound, NotModified
+from muslin.errors import Conflict, EngineError, InvalidArgument, NotFound, NotModified
 
 __all__ = ["Conflict", "EngineError", "InvalidArgument", "NoSuchContainer", "NoSuchExec", "NoSuchImage",
            "NotModified", "NotRunning", "StartFailed"]

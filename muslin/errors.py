@@ -1,4 +1,5 @@
-"""Engine errors. Each carries the HTTP status Docker answers with, so the API layer maps them 1:1."""
+"""Errors of the runtime and the engine. Each carries the HTTP status Docker answers with, so the API layer
+maps them 1:1; they sit below both packages so that neither depends on the other for them."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The container runtime under muslind: images, OCI bundles, runc, and a shim per container run.
 
-The engine's view (everything else in this package is detail):
+Its own concern, beside the engine rather than in it: it knows nothing of networks (the engine hands it
+a network namespace's path) and depends only on ``muslin.errors``. What the engine, the API layer and the
+lab may use is what this module exports, listed below; everything else in the package is detail.
 
 ``ImageStore(root)``
     ``ensure_busybox() -> Image``                      busybox:latest from the host's busybox-static
