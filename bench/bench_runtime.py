@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from muslin.runtime import ContainerSpec, ImageStore, Runtime  # noqa: E402
-from muslin.runtime.shim import Log  # noqa: E402
+from muslin.runtime.shim.log import Log  # noqa: E402
 from muslin.kernel import netns  # noqa: E402
 
 PHASES = ("create", "attach", "wait", "start", "exit", "delete", "total")

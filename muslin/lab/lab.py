@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from muslin.runtime.runtime import SHIM_SCRIPT
 from muslin.fabric.files import read_subnet_env
 from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.etcd import EtcdCluster
+from muslin.runtime import shim_processes
 
 PREFIX = "lab-"
 DEFAULT_ROOT = Path("/run/muslin-lab")
@@ -296,7 +296,7 @@ class Lab:
         for sandbox in sandboxes(self.root):
             for pid in topology.processes_in(sandbox):
                 kill(pid)
-        for pid in shims_under(self.root):
+        for pid in shim_processes(self.root):
             kill(pid)
         unmount_under(self.root)
         topology.teardown(self.prefix)
@@ -364,22 +364,6 @@ def _mounts() -> list[str]:
 def sandboxes(root: Path) -> list[str]:
     """Container network namespaces the lab's engines pinned under the root."""
     return [p for p in _mounts() if p.startswith(str(root)) and "/netns/" in p]
-
-
-def shims_under(root: Path) -> list[int]:
-    """Shims and shim spawners of the lab's engines: they run the runtime's shim script on a state
-    directory under the root (nothing else that merely names the root, an editor or this very command)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if SHIM_SCRIPT.encode() in cmdline and any(arg.startswith(str(root).encode()) for arg in cmdline):
-            pids.append(int(entry))
-    return pids
 
 
 def unmount_under(root: Path) -> None:

@@ -41,6 +41,10 @@ lab may use is what this module exports, listed below; everything else in the pa
     process exited); ``write(bytes)``; ``async drain()``; ``close_stdin()``; ``close()``.
     With a TTY everything is "stdout" and raw. Docker's 8-byte framing is the API layer's.
 
+``shim_processes(under) -> [pid]``
+    the shims and shim spawners of every runtime whose state root is ``under`` or below it (they
+    outlive their daemon): what a teardown after a crash stops, as the lab's does.
+
 ``capabilities(cap_add, cap_drop, privileged) -> [CAP_...]`` and ``check_sysctls(sysctls, host_network)``
 validate ``docker run --cap-add/--cap-drop/--privileged/--sysctl`` for ``ContainerSpec``.
 
@@ -53,9 +57,9 @@ from .client import Stream
 from .errors import NoSuchContainer, NoSuchExec, NoSuchImage, NotRunning, StartFailed
 from .images import Image, ImageStore
 from .logs import LogEntry, LogFilter
-from .runtime import ExecState, ExitWaiter, Runtime, State
+from .runtime import ExecState, ExitWaiter, Runtime, State, shim_processes
 from .spec import ContainerSpec, ProcessConfig, capabilities, check_sysctls, normalize_capability
 
 __all__ = ["ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
            "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "ProcessConfig", "Runtime", "StartFailed",
-           "State", "Stream", "capabilities", "check_sysctls", "normalize_capability"]
+           "State", "Stream", "capabilities", "check_sysctls", "normalize_capability", "shim_processes"]

@@ -1,4 +1,4 @@
-"""Talking to a shim over its socket: one request line, then frames (see ``shim.py``).
+"""Talking to a shim over its socket: one request line, then frames (see ``shim/protocol.py``).
 
 Socket paths under a deep state directory can exceed the 108 bytes ``sun_path`` holds, so connecting
 goes through ``/proc/self/fd/<dir fd>/shim.sock``, which resolves to the same file.
@@ -7,13 +7,12 @@ goes through ``/proc/self/fd/<dir fd>/shim.sock``, which resolves to the same fi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
-from dataclasses import dataclass
 
-from . import shim
 from .errors import EngineError
+from .shim import protocol
+from .shim.protocol import Frame
 
 SUN_PATH_MAX = 107
 
@@ -33,14 +32,14 @@ class ShimError(EngineError):
 def connect(state_dir: str, timeout: float | None = 10.0) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
-    path = os.path.join(state_dir, shim.SOCKET_NAME)
+    path = os.path.join(state_dir, protocol.SOCKET_NAME)
     try:
         if len(path.encode()) <= SUN_PATH_MAX:
             sock.connect(path)
         else:
             fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                sock.connect(f"/proc/self/fd/{fd}/{shim.SOCKET_NAME}")
+                sock.connect(f"/proc/self/fd/{fd}/{protocol.SOCKET_NAME}")
             finally:
                 os.close(fd)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
@@ -49,34 +48,28 @@ def connect(state_dir: str, timeout: float | None = 10.0) -> socket.socket:
     return sock
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
+def _recv_frame(sock: socket.socket) -> Frame:
+    decoder = protocol.FrameDecoder()
+    while True:
         try:
-            chunk = sock.recv(n - len(data))
+            chunk = sock.recv(65536)
         except ConnectionResetError:  # accepted just before the shim closed its socket
             chunk = b""
         if not chunk:
             raise ShimGone("the shim closed the connection")
-        data += chunk
-    return data
+        frames = decoder.feed(chunk)
+        if frames:
+            return frames[0]
 
 
 def request(state_dir: str, req: dict, timeout: float = 30.0) -> dict:
     """A one-shot request; returns the REPLY payload, raises EngineError for an ERROR frame."""
     with connect(state_dir, timeout) as sock:
-        sock.sendall(json.dumps(req).encode() + b"\n")
-        kind, length = shim.FRAME.unpack(_recv_exact(sock, shim.FRAME.size))
-        payload = json.loads(_recv_exact(sock, length))
-    if kind == shim.ERROR:
-        raise ShimError(payload["message"])
-    return payload
-
-
-@dataclass
-class Frame:
-    kind: int
-    payload: bytes
+        sock.sendall(protocol.encode_request(req))
+        frame = _recv_frame(sock)
+    if frame.kind == protocol.ERROR:
+        raise ShimError(frame.json()["message"])
+    return frame.json()
 
 
 class Stream:
@@ -94,20 +87,20 @@ class Stream:
         sock.setblocking(False)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         stream = cls(reader, writer)
-        writer.write(json.dumps(req).encode() + b"\n")
+        writer.write(protocol.encode_request(req))
         first = await stream._frame()
         if first is None:
             stream.close()
             raise ShimGone("the shim closed the connection")
-        if first.kind == shim.ERROR:
+        if first.kind == protocol.ERROR:
             stream.close()
-            raise ShimError(json.loads(first.payload)["message"])
+            raise ShimError(first.json()["message"])
         return stream
 
     async def _frame(self) -> Frame | None:
         try:
-            header = await self._reader.readexactly(shim.FRAME.size)
-            kind, length = shim.FRAME.unpack(header)
+            header = await self._reader.readexactly(protocol.HEADER.size)
+            kind, length = protocol.decode_header(header)
             return Frame(kind, await self._reader.readexactly(length))
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
@@ -118,14 +111,14 @@ class Stream:
             frame = await self._frame()
             if frame is None:
                 return None
-            if frame.kind == shim.STDOUT:
+            if frame.kind == protocol.STDOUT:
                 return "stdout", frame.payload
-            if frame.kind == shim.STDERR:
+            if frame.kind == protocol.STDERR:
                 return "stderr", frame.payload
-            if frame.kind == shim.EXIT:
-                self.exit_code = json.loads(frame.payload)["exit_code"]
-            elif frame.kind == shim.ERROR:
-                raise ShimError(json.loads(frame.payload)["message"])
+            if frame.kind == protocol.EXIT:
+                self.exit_code = frame.json()["exit_code"]
+            elif frame.kind == protocol.ERROR:
+                raise ShimError(frame.json()["message"])
 
     def write(self, data: bytes) -> None:
         """Bytes for the process's stdin."""

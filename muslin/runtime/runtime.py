@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import client, shim
+from .shim import protocol
 from .errors import (Conflict, EngineError, InvalidArgument, NoSuchContainer, NoSuchExec, NotModified, NotRunning,
                      StartFailed)
 from .images import ImageStore
@@ -40,7 +41,8 @@ from .logs import LogEntry, LogFilter, follow as follow_log, read as read_log
 from .spec import (ETC_FILES, ID_PATTERN, ContainerSpec, ProcessConfig, User, bounding_capabilities, merge_env,
                    oci_config, oci_process, process_env, resolve_process, resolve_user)
 
-SHIM_SCRIPT = str(Path(shim.__file__).resolve())
+# The shim package's directory, run as ``python3 -I -S SHIM_PATH STATE_ROOT`` (see shim/__init__.py).
+SHIM_PATH = str(Path(shim.__file__).resolve().parent)
 SHIM_READY_SECONDS = 10.0
 SHIM_EXIT_SECONDS = 10.0
 KILL_WAIT_SECONDS = 10.0
@@ -115,6 +117,25 @@ def _wait_pid_gone(pid: int, timeout: float) -> bool:
         return bool(select.select([fd], [], [], timeout)[0])
     finally:
         os.close(fd)
+
+
+def shim_processes(under: Path) -> list[int]:
+    """Pids of the shims and shim spawners whose state root is ``under`` or below it, whichever daemon
+    started them (a shim outlives its daemon): what a teardown after a crash must stop. Matched by
+    command line: the shim package run on a state root, nothing that merely names the path."""
+    path, prefix = SHIM_PATH.encode(), str(under).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            continue
+        if path in cmdline and any(arg.startswith(prefix) for arg in cmdline):
+            pids.append(int(entry))
+    return pids
 
 
 class ExitWaiter:
@@ -235,7 +256,7 @@ class Runtime:
     # -- the shim -----------------------------------------------------------------------------
     def _shim_pid(self, cid: str) -> int:
         try:
-            pid = int((self._state_dir(cid) / shim.PID_NAME).read_text())
+            pid = int((self._state_dir(cid) / protocol.PID_NAME).read_text())
         except (FileNotFoundError, ValueError):
             return 0
         return pid if _shim_alive(pid, self._state_dir(cid)) else 0
@@ -271,7 +292,7 @@ class Runtime:
     def _spawn_shim(self, cid: str, meta: dict) -> None:
         state_dir = self._state_dir(cid)
         state_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(state_dir / shim.CONFIG_NAME, {
+        _write_json(state_dir / protocol.CONFIG_NAME, {
             "id": cid, "runc": self.runc, "runc_root": str(self.runc_root), "bundle": str(self._dir(cid)),
             "tty": meta["spec"]["tty"], "open_stdin": meta["spec"]["open_stdin"],
             "log": str(self._dir(cid) / LOG_NAME), "run_dir": str(self._dir(cid)),
@@ -287,7 +308,7 @@ class Runtime:
             if not answer:
                 self._stop_spawner()  # out of step with us; the next spawn starts a fresh one
         if answer.strip() != b"ready":
-            err = state_dir / "shim.err"
+            err = state_dir / protocol.ERR_NAME
             detail = err.read_text().strip() if err.exists() else answer.decode(errors="replace").strip()
             raise EngineError(f"the shim of container {cid} did not start: {detail or 'no answer'}")
 
@@ -297,7 +318,7 @@ class Runtime:
             return self._spawner_proc
         self._stop_spawner()
         # Unbuffered pipes: select() must see every byte the spawner wrote, none may sit in a buffer.
-        proc = subprocess.Popen([self.python, "-I", "-S", SHIM_SCRIPT, str(self.state_root)], bufsize=0,
+        proc = subprocess.Popen([self.python, "-I", "-S", SHIM_PATH, str(self.state_root)], bufsize=0,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         self._spawner_proc = proc

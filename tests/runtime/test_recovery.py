@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 
-from muslin.runtime import Runtime
+from muslin.runtime import Runtime, shim_processes
 
-from .conftest import collect, processes_mentioning
+from .conftest import collect
 
 pytestmark = pytest.mark.root
 
@@ -51,7 +51,7 @@ def start_and_crash(runtime: Runtime, busybox_store, netns_path: str, last_step:
 
 def spawners(runtime: Runtime) -> list[int]:
     found = []
-    for pid, _ in processes_mentioning(f"shim.py {runtime.state_root}"):
+    for pid in shim_processes(runtime.state_root):
         try:
             if os.readlink(f"/proc/{pid}/cwd") == "/":
                 found.append(pid)

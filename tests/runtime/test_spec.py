@@ -11,7 +11,9 @@ import pytest
 
 from muslin.errors import InvalidArgument
 from muslin.runtime import ContainerSpec, Image
-from muslin.runtime import logs, references, shim
+from muslin.runtime import logs, references
+from muslin.runtime.shim import protocol
+from muslin.runtime.shim.log import LOG_LINE_MAX, Log
 from muslin.runtime.spec import (DEFAULT_PATH, User, oci_config, oci_process, process_env, resolve_process,
                                         resolve_user)
 
@@ -92,11 +94,11 @@ def test_oci_config_joins_the_engines_namespace_or_none(tmp_path: Path) -> None:
 
 def test_the_shims_log_is_docker_json_file_by_line(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
-    log = shim.Log(str(path))
+    log = Log(str(path))
     log.add("stdout", b"one\ntw")
     log.add("stderr", b"err\n")
     log.add("stdout", b"o\n\xff\xfe raw\n")
-    log.add("stdout", b"x" * (shim.LOG_LINE_MAX + 10))
+    log.add("stdout", b"x" * (LOG_LINE_MAX + 10))
     log.add("stdout", b"unterminated")
     log.flush()
     records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -105,16 +107,16 @@ def test_the_shims_log_is_docker_json_file_by_line(tmp_path: Path) -> None:
     assert all(r["time"].endswith("Z") for r in records)
     entries = logs.read(str(path), logs.LogFilter())
     assert entries[3].data == b"\xff\xfe raw\n"  # bytes that are not UTF-8 survive the round trip
-    assert len(entries[4].data) == shim.LOG_LINE_MAX and entries[5].data == b"x" * 10 + b"unterminated"
+    assert len(entries[4].data) == LOG_LINE_MAX and entries[5].data == b"x" * 10 + b"unterminated"
     assert [e.data for e in logs.read(str(path), logs.LogFilter(tail=1, stdout=False))] == [b"err\n"]
     assert logs.read(str(path), logs.LogFilter(tail=0)) == []
 
 
 def test_the_shims_log_cuts_reads_at_line_ends_and_long_lines_at_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
-    log = shim.Log(str(path))
+    log = Log(str(path))
     lines = [f"{i}\n".encode() for i in range(10000)]
-    limit = shim.LOG_LINE_MAX
+    limit = LOG_LINE_MAX
     output = b"".join(lines) + b"y" * (limit - 1) + b"\n" + b"z" * limit + b"\n"
     for at in range(0, len(output), 65536):  # as the shim reads a pipe
         log.add("stdout", output[at : at + 65536])
@@ -128,16 +130,17 @@ def test_a_shim_removes_only_its_own_empty_err_file(tmp_path: Path, case: str, l
     # "replaced": a newer shim of the same state directory has made its own shim.err meanwhile.
     script = f"""
 import os, sys
-sys.path.insert(0, {str(Path(shim.__file__).parent)!r})
-import shim
-os.dup2(os.open(shim.ERR_NAME, os.O_WRONLY | os.O_CREAT, 0o600), 2)
+sys.path.append({str(Path(protocol.__file__).parent.parent)!r})  # as the shim process imports its package
+from shim.protocol import ERR_NAME
+from shim.state import remove_empty_err
+os.dup2(os.open(ERR_NAME, os.O_WRONLY | os.O_CREAT, 0o600), 2)
 if {case!r} == "written":
     os.write(2, b"trouble\\n")
 if {case!r} == "replaced":
-    os.unlink(shim.ERR_NAME)
-    open(shim.ERR_NAME, "w").close()
-shim.remove_empty_err()
+    os.unlink(ERR_NAME)
+    open(ERR_NAME, "w").close()
+remove_empty_err()
 """
     subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, check=True, timeout=30)
-    err = tmp_path / shim.ERR_NAME
+    err = tmp_path / protocol.ERR_NAME
     assert (err.read_bytes() if err.exists() else None) == left
