@@ -25,10 +25,9 @@ from ipaddress import IPv4Network
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# The integration tests' rig (hosts, etcd, agents, containers) is reused, not rebuilt here.
 from muslin.kernel import netns  # noqa: E402
 from muslin.lab import topology  # noqa: E402
-from tests.fabric.rig import PREFIX, Rig, in_ns, ping, wait_for  # noqa: E402
+from muslin.lab.rig import PREFIX, Rig, in_ns, ping, wait_for  # noqa: E402
 
 
 def sh(ns: str, command: str) -> None:

@@ -12,8 +12,8 @@ import pytest
 from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.etcd import TlsConfig
+from muslin.lab.rig import Rig
 from muslin.lab.topology import Underlay
-from tests.fabric.rig import Rig
 
 
 @pytest.fixture

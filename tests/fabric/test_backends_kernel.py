@@ -14,7 +14,7 @@ from muslin.fabric.backends.base import ExternalInterface
 from muslin.fabric.config import parse_config
 from muslin.fabric.subnets import Lease, LeaseAttrs
 from muslin.kernel import address, link, neighbour, netns, route
-from tests.fabric.rig import wait_for
+from muslin.lab.rig import wait_for
 
 pytestmark = pytest.mark.root
 

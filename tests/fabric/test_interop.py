@@ -17,8 +17,9 @@ import pytest
 
 from muslin.kernel import netns
 from muslin.lab.etcd import TlsConfig
+from muslin.lab.rig import PREFIX, REPO, in_ns, ping, wait_for
 from muslin.lab.topology import Underlay
-from tests.fabric.rig import PREFIX, REPO, in_ns, ping, tcp_roundtrip, wait_for
+from tests.fabric.traffic import tcp_roundtrip
 
 pytestmark = pytest.mark.root
 

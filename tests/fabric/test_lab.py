@@ -11,7 +11,7 @@ import pytest
 from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.etcd import EtcdCluster
-from tests.fabric.rig import in_ns
+from muslin.lab.rig import in_ns
 
 pytestmark = pytest.mark.root
 

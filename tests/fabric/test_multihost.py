@@ -11,7 +11,8 @@ from ipaddress import IPv4Interface, IPv4Network
 import pytest
 
 from muslin.kernel import netns
-from tests.fabric.rig import PREFIX, Rig, in_ns, ping, tcp_roundtrip, wait_for
+from muslin.lab.rig import PREFIX, Rig, in_ns, ping, wait_for
+from tests.fabric.traffic import tcp_roundtrip
 
 pytestmark = pytest.mark.root
 

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 
 from muslin.kernel import address, link, neighbour, netns, route, tunnel
-from tests.fabric.rig import in_ns
+from muslin.lab.rig import in_ns
 
 pytestmark = pytest.mark.root
 

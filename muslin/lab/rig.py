@@ -1,18 +1,18 @@
-"""A multi-host rig for the fabric's integration tests: simulated hosts, etcd, agents and "containers".
+"""A bare multi-host rig: simulated hosts, an etcd cluster, flannel agents and "containers", with no
+engine; what the fabric's integration tests (tests/fabric) and its benchmark (bench/bench_fabric.py)
+build on.
 
 A container is a namespace with a veth into bridge ``cbr0`` of its host, which carries the subnet's .1
-(what muslind makes of FLANNEL_SUBNET). The ``make_rig`` fixture (conftest.py) removes everything a
-test makes, also when the test fails, and checks that nothing of it is left.
+(what muslind makes of FLANNEL_SUBNET). Whoever makes a rig removes it (the tests' ``make_rig`` fixture
+does, also when a test fails, and checks that nothing of it is left).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Interface
@@ -26,6 +26,10 @@ PREFIX = "/atomic.io/network"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+class RigError(RuntimeError):
+    """A step of the rig failed or timed out (the message says which)."""
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while True:
@@ -33,7 +37,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10, what: str = "
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise RigError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
 
 
@@ -67,7 +71,7 @@ class Rig:
                        f"--key-file={self.tls.keyfile}"])
         proc = in_ns(self.hosts[host].name, "etcdctl", *flags, *args, env={"ETCDCTL_API": api})
         if proc.returncode != 0:
-            raise AssertionError(f"etcdctl {' '.join(args)} failed: {proc.stderr}")
+            raise RigError(f"etcdctl {' '.join(args)} failed: {proc.stderr}")
         return proc.stdout
 
     def put_config(self, config: dict, api: str = "3") -> None:
@@ -88,7 +92,8 @@ class Rig:
         return os.path.join(self.workdir, f"agent{i + 1}.log")
 
     def start_agent(self, i: int, *extra: str, ifaces: tuple[str, ...] = ("eth0",)) -> subprocess.Popen:
-        assert i not in self.agents or self.agents[i].poll() is not None
+        if i in self.agents and self.agents[i].poll() is None:
+            raise RigError(f"agent {i + 1} is already running")
         os.makedirs(os.path.dirname(self.subnet_file(i)), exist_ok=True)
         args = [sys.executable, "-m", "muslin.fabric.cli",
                 f"--etcd-endpoints={','.join(self.etcd.endpoints)}",
@@ -107,7 +112,7 @@ class Rig:
         def ready() -> dict[str, str] | None:
             proc = self.agents.get(i)
             if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"agent {i + 1} exited {proc.returncode}:\n{self.log(i)}")
+                raise RigError(f"agent {i + 1} exited {proc.returncode}:\n{self.log(i)}")
             try:
                 return read_subnet_env(self.subnet_file(i))
             except FileNotFoundError:
@@ -168,47 +173,3 @@ class Rig:
 def ping(ns: str, address: str, count: int = 1, timeout: int = 2) -> bool:
     proc = in_ns(ns, "busybox", "ping", "-c", str(count), "-W", str(timeout), address, timeout=timeout * count + 5)
     return proc.returncode == 0
-
-
-def tcp_roundtrip(client_ns: str, server_ns: str, server_ip: str, size: int = 1 << 20, timeout: float = 10) -> str:
-    """Echo size bytes through a server in server_ns from a client in client_ns; returns the client address
-    the server saw (the source after any NAT)."""
-    with netns.entered(server_ns):
-        server = socket.create_server((server_ip, 0))
-    port = server.getsockname()[1]
-    server.settimeout(timeout)
-
-    seen: list[str] = []
-
-    def echo() -> None:
-        try:
-            conn, peer = server.accept()
-            seen.append(peer[0])
-            with conn:
-                conn.settimeout(timeout)
-                while chunk := conn.recv(65536):
-                    conn.sendall(chunk)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=echo, daemon=True)
-    t.start()
-    payload = os.urandom(size)
-    received = bytearray()
-    try:
-        with netns.entered(client_ns):
-            client = socket.socket()
-        with client:
-            client.settimeout(timeout)
-            client.connect((server_ip, port))
-            sender = threading.Thread(target=lambda: (client.sendall(payload), client.shutdown(socket.SHUT_WR)),
-                                      daemon=True)
-            sender.start()
-            while chunk := client.recv(65536):
-                received += chunk
-            sender.join(timeout)
-    finally:
-        server.close()
-        t.join(timeout)
-    assert bytes(received) == payload, f"TCP echo returned {len(received)} of {size} bytes"
-    return seen[0]
