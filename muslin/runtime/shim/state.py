@@ -18,7 +18,7 @@ from .connection import Client
 from .log import Log
 from .process import Exec, Init, Stdin
 from .protocol import (ERR_NAME, ERROR, EXIT, PID_NAME, REPLY, SOCKET_NAME, ProtocolError, RequestTooLong,
-                       encode_json_frame as jframe)
+                       encode_json_frame)
 from .reactor import Reactor
 from .runc import Runc
 
@@ -86,7 +86,7 @@ class Shim:
     # -- the container ------------------------------------------------------------------------
     def start(self, client: Client) -> None:
         if self.phase != "ready":
-            client.send(jframe(ERROR, {"message": f"container is {self.phase}"}))
+            client.send(encode_json_frame(ERROR, {"message": f"container is {self.phase}"}))
             client.finish()
             return
         self.phase = "starting"
@@ -115,7 +115,7 @@ class Shim:
                 os.kill(self.init.pid, signal.SIGKILL)
             write_json_atomic(os.path.join(self.run_dir, "started.json"),
                               {"pid": self.init.pid, "started_at": time.time_ns()})
-            client.send(jframe(REPLY, {"pid": self.init.pid}))
+            client.send(encode_json_frame(REPLY, {"pid": self.init.pid}))
             client.finish()
             self.runc.watch_pid(self.init.pid, spawn, self.init_exited)
 
@@ -130,7 +130,7 @@ class Shim:
         self.init.discard()
         write_json_atomic(os.path.join(self.run_dir, "exit.json"),
                           {"exit_code": exit_code, "error": message, "finished_at": time.time_ns()})
-        client.send(jframe(ERROR, {"message": message}))
+        client.send(encode_json_frame(ERROR, {"message": message}))
         client.finish()
         self.phase = "exited"
         self.shutdown()
@@ -146,7 +146,7 @@ class Shim:
         self.stop_listening()
         write_json_atomic(os.path.join(self.run_dir, "exit.json"),
                           {"exit_code": code, "error": "", "finished_at": time.time_ns()})
-        notice = jframe(EXIT, {"exit_code": code})
+        notice = encode_json_frame(EXIT, {"exit_code": code})
         for client in list(self.waiters) + list(self.attached):
             client.send(notice)
             client.finish()
@@ -184,7 +184,7 @@ class Shim:
     def exec(self, client: Client, req: dict) -> None:
         name = req["exec_id"]
         if self.phase != "running":
-            client.send(jframe(ERROR, {"message": "container is not running"}))
+            client.send(encode_json_frame(ERROR, {"message": "container is not running"}))
             client.finish()
             return
         detach = req.get("detach", False)
@@ -213,7 +213,7 @@ class Shim:
                 print(f"taking over the stdio of exec {name}: {exc}", file=sys.stderr)
                 os.kill(exe.pid, signal.SIGKILL)
             self.record_exec(name, {"exit_code": None, "pid": exe.pid})
-            client.send(jframe(REPLY, {"pid": exe.pid}))
+            client.send(encode_json_frame(REPLY, {"pid": exe.pid}))
             if detach:
                 client.finish()
             self.runc.watch_pid(exe.pid, spawn, lambda st: self.exec_exited(exe, st))
@@ -228,7 +228,7 @@ class Shim:
         self.execs.pop(exe.name, None)
         self.remove_exec_files(exe.name)
         self.record_exec(exe.name, {"exit_code": exit_code, "error": message, "pid": 0})
-        client.send(jframe(ERROR, {"message": message}))
+        client.send(encode_json_frame(ERROR, {"message": message}))
         client.finish()
 
     def exec_exited(self, exe: Exec, status: int) -> None:
@@ -237,7 +237,7 @@ class Shim:
         code = exit_code_of(status)
         self.record_exec(exe.name, {"exit_code": code, "pid": exe.pid})
         if exe.client is not None:
-            exe.client.send(jframe(EXIT, {"exit_code": code}))
+            exe.client.send(encode_json_frame(EXIT, {"exit_code": code}))
             exe.client.finish()
         self.execs.pop(exe.name, None)
         self.remove_exec_files(exe.name)
@@ -281,7 +281,7 @@ class Shim:
             client.close()
             return
         except ProtocolError as exc:
-            client.send(jframe(ERROR, {"message": str(exc)}))
+            client.send(encode_json_frame(ERROR, {"message": str(exc)}))
             client.finish()
             return
         if parsed is None:
@@ -322,38 +322,38 @@ class Shim:
             if op == "attach":
                 req["streams"] = {s for s in ("stdout", "stderr") if req.get(s)}
                 self.attached.add(client)
-                client.send(jframe(REPLY, {"phase": self.phase}))
+                client.send(encode_json_frame(REPLY, {"phase": self.phase}))
             elif op == "start":
                 self.start(client)
             elif op == "wait":
                 self.waiters.add(client)
-                client.send(jframe(REPLY, {"phase": self.phase}))
+                client.send(encode_json_frame(REPLY, {"phase": self.phase}))
             elif op == "exec":
                 self.exec(client, req)
             elif op == "kill":
                 self.kill(req)
-                client.send(jframe(REPLY, {}))
+                client.send(encode_json_frame(REPLY, {}))
                 client.finish()
             elif op == "resize":
                 target = self.init if not req.get("exec_id") else self.execs.get(req["exec_id"])
                 if target is None:
                     raise ValueError("no such exec")
                 target.resize(int(req["height"]), int(req["width"]))
-                client.send(jframe(REPLY, {}))
+                client.send(encode_json_frame(REPLY, {}))
                 client.finish()
             elif op == "status":
-                client.send(jframe(REPLY, {"phase": self.phase, "pid": self.init.pid}))
+                client.send(encode_json_frame(REPLY, {"phase": self.phase, "pid": self.init.pid}))
                 client.finish()
             elif op == "shutdown":
                 if self.phase != "ready":
                     raise ValueError(f"container is {self.phase}")
-                client.send(jframe(REPLY, {}))
+                client.send(encode_json_frame(REPLY, {}))
                 client.finish()
                 self.shutdown()
             else:
                 raise ValueError(f"unknown op {op!r}")
         except (ValueError, OSError) as exc:
-            client.send(jframe(ERROR, {"message": str(exc)}))
+            client.send(encode_json_frame(ERROR, {"message": str(exc)}))
             client.finish()
 
     def kill(self, req: dict) -> None:
