@@ -7,12 +7,13 @@ goes through ``/proc/self/fd/<dir fd>/shim.sock``, which resolves to the same fi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+from dataclasses import dataclass
 
 from .errors import EngineError
 from .shim import protocol
-from .shim.protocol import Frame
 
 SUN_PATH_MAX = 107
 
@@ -48,6 +49,15 @@ def connect(state_dir: str, timeout: float | None = 10.0) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    payload: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.payload)
+
+
 def _recv_frame(sock: socket.socket) -> Frame:
     decoder = protocol.FrameDecoder()
     while True:
@@ -59,7 +69,7 @@ def _recv_frame(sock: socket.socket) -> Frame:
             raise ShimGone("the shim closed the connection")
         frames = decoder.feed(chunk)
         if frames:
-            return frames[0]
+            return Frame(*frames[0])
 
 
 def request(state_dir: str, req: dict, timeout: float = 30.0) -> dict:

@@ -6,12 +6,12 @@ import socket
 from collections.abc import Callable
 
 from .protocol import RequestReader
-from .reactor import READ, WRITE, Reactor
+from .reactor import READ, WRITE, Reactor, Source
 
 CLIENT_BUFFER_MAX = 64 * 1024 * 1024  # a client that stops reading is dropped past this
 
 
-class Client:
+class Client(Source):
     """A request line in, frames out, stdin bytes in after the request.
 
     ``on_input(client, data)`` gets what the client sends (b"" at its EOF); ``on_close(client)`` runs once.

@@ -9,14 +9,14 @@ the client sends after the line are the process's stdin, read no faster than the
 once a buffer is full; the client's EOF on them detaches (closing the process's stdin with
 ``stdin_once``).
 
-Standard library only, as the whole shim package: the shim runs under ``python3 -I -S``.
+Standard library only, as the whole shim package: the shim runs under ``python3 -I -S``. Its imports are
+kept light too (no dataclasses, no typing): they are the spawner's start-up time.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 
 HEADER = struct.Struct(">BI")  # kind, payload length
 STDOUT, STDERR, EXIT, REPLY, ERROR = 1, 2, 3, 4, 5
@@ -37,13 +37,7 @@ class RequestTooLong(ProtocolError):
     """More than REQUEST_MAX bytes and still no end of line: not a client of ours."""
 
 
-@dataclass(frozen=True)
-class Frame:
-    kind: int
-    payload: bytes
-
-    def json(self) -> dict:
-        return json.loads(self.payload)
+Frame = tuple[int, bytes]  # kind, payload
 
 
 def encode_frame(kind: int, payload: bytes) -> bytes:
@@ -76,7 +70,7 @@ class FrameDecoder:
             end = start + HEADER.size + length
             if len(self._buf) < end:
                 break
-            frames.append(Frame(kind, bytes(self._buf[start + HEADER.size : end])))
+            frames.append((kind, bytes(self._buf[start + HEADER.size : end])))
             start = end
         del self._buf[:start]
         return frames

@@ -8,21 +8,22 @@ import selectors
 import signal
 import traceback
 from collections.abc import Callable
-from typing import Protocol
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
-class Source(Protocol):
+class Source:
     """What the loop calls for a registered file: ``ready`` with the selector's events; ``failed`` when
     ``ready`` raised (one bad connection or stream must not take the container's shim down)."""
 
-    def ready(self, events: int) -> None: ...
+    def ready(self, events: int) -> None:
+        raise NotImplementedError
 
-    def failed(self) -> None: ...
+    def failed(self) -> None:
+        raise NotImplementedError
 
 
-class FdWatch:
+class FdWatch(Source):
     """What the loop does when one fd is ready: a pty master is both an output read and a stdin written,
     and a selector takes each fd once, so the two interests share one registration."""
 
@@ -47,7 +48,7 @@ class FdWatch:
         self.reactor.unwatch(self)
 
 
-class Reader:
+class Reader(Source):
     """A file read for as long as the shim listens (its socket, the SIGCHLD pipe): kept after a failure."""
 
     def __init__(self, on_ready: Callable[[], None]) -> None:
