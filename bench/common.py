@@ -21,11 +21,16 @@ REFERENCE_SOCK = "/tmp/ref-docker/docker.sock"
 REFERENCE_NS = "ref-dockerd"  # the namespace reference-dockerd.sh runs dockerd in (and removes on down)
 
 
+def bench_namespace() -> str:
+    """The namespace ``muslind()`` runs its daemon in, for tools that run clients beside it."""
+    return f"mb-{os.getpid()}"
+
+
 @contextmanager
 def muslind(*args: str, prepare: Callable[[str], None] | None = None) -> Iterator[str]:
     """A muslind in a fresh namespace; yields its DOCKER_HOST and removes everything after.
     ``prepare(namespace)`` runs before the daemon starts (to give the host links of its own)."""
-    name = f"mb-{os.getpid()}"
+    name = bench_namespace()
     netns.create(name)
     if prepare:
         prepare(name)
