@@ -5,21 +5,21 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 HERE=$PWD
 
+# `tools` lists every command muslin and its tests run, with its package: install what is missing.
 need_apt=()
-for tool in ip:iproute2 iptables:iptables runc:runc busybox:busybox-static etcd:etcd-server \
-            etcdctl:etcd-client iperf3:iperf3 nsenter:util-linux pgrep:procps openssl:openssl; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
-done
+while read -r tool package; do
+    case "$tool" in ''|'#'*) continue;; esac
+    command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 \
+        || need_apt+=("$package")
+done < tools
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-# The docker CLI is the client the end-to-end tests drive. Debian ships it inside docker.io; install it
-# without letting the package start a daemon of its own.
-if ! command -v docker >/dev/null 2>&1; then need_apt+=(docker.io); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+    # The docker CLI comes inside docker.io: policy-rc.d keeps the package from starting a daemon of its own.
+    apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need_apt[@]}" | sort -u) >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

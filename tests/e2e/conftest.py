@@ -19,6 +19,7 @@ from muslin.kernel import netns
 from muslin.lab.lab import unmount_under
 
 from ..conftest import unique
+from ..tools import require
 
 MUSLIND = str(Path(sys.executable).with_name("muslind"))
 
@@ -62,7 +63,7 @@ class Daemon:
 
     def docker(self, *args: str, check: bool = True, input: str | None = None,
                timeout: float = 30) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True,
+        proc = subprocess.run([require("docker"), *args], env=self.env, capture_output=True, text=True,
                               input=input, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")

@@ -20,6 +20,7 @@ from muslin.lab.etcd import TlsConfig
 from muslin.lab.rig import PREFIX, REPO, in_ns, ping, wait_for
 from muslin.lab.topology import Underlay
 from tests.fabric.traffic import tcp_roundtrip
+from tests.tools import require
 
 pytestmark = pytest.mark.root
 
@@ -109,9 +110,10 @@ def make_tls(workdir: str, underlay: Underlay) -> TlsConfig:
     d = os.path.join(workdir, "pki")
     os.makedirs(d)
     sans = ",".join(f"IP:{h.address}" for h in underlay.hosts)
+    openssl = require("openssl")
 
     def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=muslin-test-ca")
     run("req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=etcd")

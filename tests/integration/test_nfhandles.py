@@ -7,6 +7,8 @@ import pytest
 from muslin.kernel import iptables, netns
 from muslin.kernel.nfhandles import HandleDeleter
 
+from ..tools import require
+
 pytestmark = pytest.mark.root
 
 SETUP = """*filter
@@ -64,9 +66,10 @@ def test_deletes_listed_rules_by_handle_in_one_transaction(host_ns, monkeypatch)
 def test_a_rule_written_with_nft_is_not_taken_for_ours(host_ns, monkeypatch) -> None:
     """A set lookup prints as "-A FORWARD -j ACCEPT" (and ``iptables -D FORWARD -j ACCEPT`` would delete
     it); deleting that text removes the rule iptables wrote instead."""
+    nft = require("nft")
     with netns.entered(host_ns):
         iptables.restore("*filter\n-A FORWARD -o br-a -j ACCEPT\n-A FORWARD -j ACCEPT\nCOMMIT\n")
-        subprocess.run(["nft", "insert", "rule", "ip", "filter", "FORWARD",
+        subprocess.run([nft, "insert", "rule", "ip", "filter", "FORWARD",
                         "ip", "saddr", "{", "10.2.0.1,", "10.2.0.2", "}", "accept"], check=True)
         assert _rules()["filter"][0] == "-A FORWARD -j ACCEPT"
         monkeypatch.setattr(iptables, "restore", _refuse_restore)
@@ -75,7 +78,7 @@ def test_a_rule_written_with_nft_is_not_taken_for_ours(host_ns, monkeypatch) -> 
             deleter.delete({"filter": ["-A FORWARD -j ACCEPT", "-A FORWARD -o br-a -j ACCEPT"]})
         finally:
             deleter.close()
-        listing = subprocess.run(["nft", "list", "chain", "ip", "filter", "FORWARD"],
+        listing = subprocess.run([nft, "list", "chain", "ip", "filter", "FORWARD"],
                                  capture_output=True, text=True, check=True).stdout
     assert "10.2.0.1" in listing and "br-a" not in listing
     assert "counter" not in listing  # iptables-nft gives each of its rules a counter; the set rule has none
