@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = lab.add_subparsers(dest="action", required=True)
     up = lab_sub.add_parser("up", help="build hosts, etcd, muslin-flanneld, muslind and containers")
     up.add_argument("--nodes", type=int, default=2)
-    up.add_argument("--backend", choices=["vxlan", "udp", "host-gw"], default="vxlan")
+    up.add_argument("--backend", choices=["vxlan", "udp", "host-gw"], default=None,
+                    help="Backend.Type of the network config (default: none, as in the article: udp)")
     lab_sub.add_parser("status", help="what runs on each node")
     ex = lab_sub.add_parser("exec", help="run a command on a node, with DOCKER_HOST set for its engine")
     ex.add_argument("node")

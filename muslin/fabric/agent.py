@@ -51,6 +51,7 @@ class AgentOptions:
     auth: Credentials = field(default_factory=Credentials)
     ifaces: list[str] = field(default_factory=list)
     iface_regexes: list[str] = field(default_factory=list)
+    iface_can_reach: IPv4Address | None = None
     public_ip: IPv4Address | None = None
     subnet_file: str = files.DEFAULT_SUBNET_FILE
     docker_opts_file: str | None = None
@@ -64,12 +65,40 @@ class AgentOptions:
 
 
 def find_external_interface(ipr: IPRoute, ifaces: list[str], public_ip: IPv4Address | None,
-                            iface_regexes: list[str] | None = None) -> ExternalInterface:
-    """The underlay interface: the first --iface (name or address) that exists, else the first interface
-    whose address or name matches an --iface-regex, else the default route's."""
+                            iface_regexes: list[str] | None = None,
+                            can_reach: IPv4Address | None = None) -> ExternalInterface:
+    """The underlay interface, in flanneld's order: the first --iface (name or address) that exists, else
+    the first interface whose address or name matches an --iface-regex, else the one the route to
+    --iface-can-reach leaves by. With none of those given: the interface holding --public-ip, else the
+    default route's."""
     addresses = address.ipv4_addresses(ipr)
-    candidates: list[tuple[int, IPv4Address]] = []
-    for spec in ifaces:
+    chosen = _by_spec(ipr, addresses, ifaces) or _by_regex(ipr, addresses, iface_regexes or [])
+    if chosen is None and can_reach is not None:
+        chosen = _by_route(addresses, route.route_source(ipr, can_reach)[1])
+    if ifaces or iface_regexes or can_reach is not None:
+        if chosen is None:
+            given = [*(f"--iface {i}" for i in ifaces), *(f"--iface-regex {r}" for r in iface_regexes or []),
+                     *([f"--iface-can-reach {can_reach}"] if can_reach else [])]
+            raise AgentError(f"no interface matches {', '.join(given)}; no lease was taken")
+    elif public_ip is not None:
+        chosen = _by_spec(ipr, addresses, [str(public_ip)])
+        if chosen is None:
+            raise AgentError(f"no interface holds --public-ip {public_ip}: pass --iface; no lease was taken")
+    else:
+        # The route the kernel picks for an address no more specific route covers is the default route;
+        # asking for one (rather than listing routes for 0.0.0.0/0) also honours policy rules and metrics.
+        # Not 255.255.255.255: the limited broadcast address is answered from the local table instead.
+        chosen = _by_route(addresses, route.route_source(ipr, IPv4Address("255.255.255.254"))[1])
+        if chosen is None:
+            raise AgentError("no --iface given and no default route to pick an interface by: pass --iface")
+    index, ip = chosen
+    found = link.link_by_index(ipr, index)
+    return ExternalInterface(found.name, index, ip, public_ip or ip, found.mtu)
+
+
+def _by_spec(ipr: IPRoute, addresses: list[address.AddressInfo],
+             specs: list[str]) -> tuple[int, IPv4Address] | None:
+    for spec in specs:
         try:
             wanted = IPv4Address(spec)
         except ValueError:
@@ -81,37 +110,27 @@ def find_external_interface(ipr: IPRoute, ifaces: list[str], public_ip: IPv4Addr
             if not mine:
                 log.warning("--iface %s has no IPv4 address", spec)
                 continue
-            candidates.append((found.index, mine[0]))
-        else:
-            holders = [a.index for a in addresses if a.address.ip == wanted]
-            if not holders:
-                log.warning("--iface %s: no interface holds that address", spec)
-                continue
-            candidates.append((holders[0], wanted))
-    if ifaces and not candidates:
-        raise AgentError(f"none of --iface {', '.join(ifaces)} is usable here; no lease was taken")
-    for pattern in iface_regexes or []:
+            return found.index, mine[0]
+        holders = [a.index for a in addresses if a.address.ip == wanted]
+        if holders:
+            return holders[0], wanted
+        log.warning("--iface %s: no interface holds that address", spec)
+    return None
+
+
+def _by_regex(ipr: IPRoute, addresses: list[address.AddressInfo],
+              patterns: list[str]) -> tuple[int, IPv4Address] | None:
+    for pattern in patterns:
         regex = re.compile(pattern)
-        for held in sorted(addresses):
+        for held in sorted(addresses, key=lambda a: (a.index, a.address)):
             if regex.search(str(held.address.ip)) or regex.search(link.link_by_index(ipr, held.index).name):
-                candidates.append((held.index, held.address.ip))
-                break
-        if candidates:
-            break
-    if iface_regexes and not candidates:
-        raise AgentError(f"no interface matches --iface-regex {', '.join(iface_regexes)}; no lease was taken")
-    if not candidates:
-        # The route the kernel picks for an address no more specific route covers is the default route;
-        # asking for one (rather than listing routes for 0.0.0.0/0) also honours policy rules and metrics.
-        # Not 255.255.255.255: the limited broadcast address is answered from the local table instead.
-        gateway, oif = route.route_source(ipr, IPv4Address("255.255.255.254"))
-        mine = [a.address.ip for a in addresses if a.index == oif]
-        if oif is None or not mine:
-            raise AgentError("no --iface given and no default route to pick an interface by: pass --iface")
-        candidates.append((oif, mine[0]))
-    index, ip = candidates[0]
-    chosen = link.link_by_index(ipr, index)
-    return ExternalInterface(chosen.name, index, ip, public_ip or ip, chosen.mtu)
+                return held.index, held.address.ip
+    return None
+
+
+def _by_route(addresses: list[address.AddressInfo], oif: int | None) -> tuple[int, IPv4Address] | None:
+    mine = [a.address.ip for a in addresses if a.index == oif]
+    return (oif, mine[0]) if oif is not None and mine else None
 
 
 def previous_subnet(subnet_file: str, network: IPv4Network) -> IPv4Network | None:
@@ -175,7 +194,7 @@ class Agent:
             log.info("network config read from the etcd %s keyspace at %s: Network %s, SubnetLen %d, "
                      "SubnetMin %s, SubnetMax %s, backend %s%s", store.api, key, config.network,
                      config.subnet_len, config.subnet_min, config.subnet_max, config.backend.type,
-                     "" if config.backend.explicit else " (no Backend.Type given: vxlan; flanneld would use udp)")
+                     "" if config.backend.explicit else " (no Backend in the config: udp, flanneld's default)")
             return config
         raise _StopRequested
 
@@ -211,7 +230,7 @@ class Agent:
     async def start(self, stop: asyncio.Event) -> None:
         self.ipr = await self._kernel(IPRoute)
         self.ext = await self._kernel(find_external_interface, self.ipr, self.options.ifaces, self.options.public_ip,
-                                      self.options.iface_regexes)
+                                      self.options.iface_regexes, self.options.iface_can_reach)
         log.info("using interface %s (%s), public IP %s", self.ext.name, self.ext.address, self.ext.public_ip)
         self.config = await self._wait_for_config(stop)
         assert self.store

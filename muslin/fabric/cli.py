@@ -53,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iface", action="append", default=None, help="interface name or address (repeatable)")
     p.add_argument("--iface-regex", action="append", default=None,
                    help="regex on interface addresses, then names (repeatable; used when --iface is not given)")
+    p.add_argument("--iface-can-reach", default="",
+                   help="use the interface the route to this address leaves by (after --iface, --iface-regex)")
     p.add_argument("--public-ip", default="")
     p.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE)
     p.add_argument("--docker-opts-file", default="",
                    help="mk-docker-opts.sh output (default: 'docker' next to the subnet file)")
-    p.add_argument("--subnet-lease-renew-margin", type=int, default=60, help="minutes before expiry")
+    p.add_argument("--subnet-lease-renew-margin", type=int, default=60, help="minutes before expiry, 1 to 1439")
     p.add_argument("--subnet-lease-ttl", type=int, default=DEFAULT_LEASE_TTL, help=argparse.SUPPRESS)
     p.add_argument("--ip-masq", type=_bool, nargs="?", const=True, default=False)
     p.add_argument("--iptables-resync", type=float, default=5.0, help="seconds between reconciles")
@@ -110,6 +112,8 @@ def apply_env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) 
 def options_from(args: argparse.Namespace) -> AgentOptions:
     """The agent's options; ValueError says which flag is wrong."""
     public_ip = IPv4Address(args.public_ip) if args.public_ip else None
+    if not 0 < args.subnet_lease_renew_margin < 24 * 60:  # flanneld's range: within the 24 h lease
+        raise ValueError(f"--subnet-lease-renew-margin {args.subnet_lease_renew_margin} is out of range 1..1439")
     if bool(args.etcd_username) != bool(args.etcd_password):
         raise ValueError("--etcd-username and --etcd-password must be given together")
     return AgentOptions(
@@ -117,7 +121,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         tls=TlsFiles(args.etcd_cafile or None, args.etcd_certfile or None, args.etcd_keyfile or None),
         auth=Credentials(args.etcd_username, args.etcd_password),
         ifaces=[i for spec in args.iface for i in spec.split(",") if i], iface_regexes=list(args.iface_regex),
-        public_ip=public_ip,
+        public_ip=public_ip, iface_can_reach=IPv4Address(args.iface_can_reach) if args.iface_can_reach else None,
         subnet_file=args.subnet_file, docker_opts_file=args.docker_opts_file or None,
         renew_margin_minutes=args.subnet_lease_renew_margin, lease_ttl=args.subnet_lease_ttl,
         ip_masq=args.ip_masq, iptables_resync=args.iptables_resync, forward_rules=args.iptables_forward_rules,

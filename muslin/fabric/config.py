@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-DEFAULT_BACKEND = "vxlan"
+# flanneld v0.20.2 (subnet/config.go parseBackendType): a config without Backend gets udp. Its docs say
+# vxlan; the code is what the article ran, hence the article's FLANNEL_MTU=1472 (1500 - 28).
+DEFAULT_BACKEND = "udp"
 BACKEND_TYPES = ("vxlan", "host-gw", "udp")
 VXLAN_DEFAULT_PORT = 8472
 UDP_DEFAULT_PORT = 8285
@@ -29,7 +31,7 @@ class BackendConfig:
     port: int | None = None  # None: the backend's well-known port
     mtu: int | None = None  # None: derived from the external interface
     direct_routing: bool = False
-    explicit: bool = False  # whether the config named a backend (flanneld's default differs: see cli)
+    explicit: bool = False  # whether the config named a backend (else flanneld's default, udp)
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,8 @@ def parse_backend(raw: Any) -> BackendConfig:
         raise ConfigError(f"network config: Backend must be an object, got {json.dumps(raw)}")
     b = _lower_keys(raw, "network config Backend")
     btype = _typed(b, "type", str, "network config", "Backend.Type")
-    if btype is None:
-        btype, explicit = DEFAULT_BACKEND, False
-    else:
-        explicit = True
+    if not btype:  # flanneld looks up backend "" and fails: only a config without Backend defaults
+        raise ConfigError("network config: Backend has no Type (give one, or leave Backend out for udp)")
     if btype not in BACKEND_TYPES:
         raise ConfigError(f"network config: Backend.Type {btype!r} is not supported "
                           f"(supported: {', '.join(BACKEND_TYPES)})")
@@ -112,7 +112,7 @@ def parse_backend(raw: Any) -> BackendConfig:
     if mtu is not None and not 576 <= mtu <= 65535:
         raise ConfigError(f"network config: Backend.MTU {mtu} is out of range 576..65535")
     return BackendConfig(type=btype, vni=1 if vni is None else vni, port=port or None, mtu=mtu,
-                         direct_routing=bool(direct), explicit=explicit)
+                         direct_routing=bool(direct), explicit=True)
 
 
 def parse_config(text: str | bytes) -> NetworkConfig:
@@ -128,6 +128,8 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         raise ConfigError("network config: EnableIPv4 false (IPv6-only networks) is not supported")
     if c.get("enableipv6"):
         raise ConfigError("network config: EnableIPv6 is not supported yet")
+    if c.get("networks"):
+        raise ConfigError("network config: Networks (several networks) is not supported: give one Network")
     net_text = _typed(c, "network", str, "network config", "Network")
     if not net_text:
         raise ConfigError("network config: Network is missing (e.g. {\"Network\": \"10.5.0.0/16\"})")
@@ -136,12 +138,18 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     except ValueError as exc:
         raise ConfigError(f"network config: Network {net_text!r} is not an IPv4 network: {exc}") from None
 
+    # flanneld's CheckNetworkConfig: room for at least four subnets, none longer than /30; without
+    # SubnetLen, /24 for networks of /22 or wider, else two bits longer than the network (/28 at most).
     subnet_len = _typed(c, "subnetlen", int, "network config", "SubnetLen")
-    if subnet_len is None or subnet_len == 0:
+    if not subnet_len:
+        if network.prefixlen > 28:
+            raise ConfigError(f"network config: Network {network} is too small (the smallest useful one is a /28)")
         subnet_len = 24 if network.prefixlen <= 22 else network.prefixlen + 2
-    if not network.prefixlen < subnet_len <= 30:
-        raise ConfigError(f"network config: SubnetLen /{subnet_len} must be longer than the Network's "
-                          f"/{network.prefixlen} and at most /30")
+    if subnet_len > 30:
+        raise ConfigError(f"network config: SubnetLen /{subnet_len} is too long: at most /30")
+    if subnet_len < network.prefixlen + 2:
+        raise ConfigError(f"network config: SubnetLen /{subnet_len} leaves the Network's /{network.prefixlen} "
+                          "room for fewer than four subnets")
     size = 1 << (32 - subnet_len)
     first = int(network.network_address)
     default_min = IPv4Address(first + size)
@@ -161,4 +169,11 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     if subnet_min > subnet_max:
         raise ConfigError(f"network config: SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
     return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=subnet_min,
-                         subnet_max=subnet_max, backend=parse_backend(c.get("backend")))
+                         subnet_max=subnet_max, backend=parse_backend(_backend_key(c)))
+
+
+def _backend_key(c: dict[str, Any]) -> Any:
+    """The Backend value; a JSON null is not "no Backend" to flanneld (it then finds no Type)."""
+    if "backend" in c and c["backend"] is None:
+        raise ConfigError("network config: Backend is null (give one with a Type, or leave Backend out for udp)")
+    return c.get("backend")

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from muslin.fabric.config import DEFAULT_BACKEND
 from muslin.fabric.files import read_subnet_env
 from muslin.kernel import netns
 from muslin.lab import topology
@@ -140,8 +141,9 @@ class Lab:
             raise LabError(f"step '{title}' failed: {type(exc).__name__}: {exc}") from exc
         self.out(f"    ok ({time.monotonic() - started:.1f}s)")
 
-    def up(self, count: int = 2, backend: str = "vxlan") -> float:
-        if backend not in BACKENDS:
+    def up(self, count: int = 2, backend: str | None = None) -> float:
+        """``backend`` None: the article's config as written, without Backend, so udp (flanneld's default)."""
+        if backend is not None and backend not in BACKENDS:
             raise LabError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if not 2 <= count <= 8:
             raise LabError("the lab runs 2 to 8 nodes")
@@ -150,7 +152,7 @@ class Lab:
         started = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         try:
-            nodes = self._hosts(count, backend)
+            nodes = self._hosts(count, backend or DEFAULT_BACKEND)
             self._etcd(nodes)
             self._network_config(nodes[0], backend)
             self._flannel(nodes)
@@ -160,7 +162,8 @@ class Lab:
             self.out("\nlab up failed; `muslin lab down` removes what was made")
             raise
         total = time.monotonic() - started
-        self.out(f"\nlab is up: {count} nodes, backend {backend}, in {total:.1f}s")
+        chosen = backend or f"{DEFAULT_BACKEND} (the article's config names none: flanneld's default)"
+        self.out(f"\nlab is up: {count} nodes, backend {chosen}, in {total:.1f}s")
         self.out("try: muslin lab exec node1 -- docker run -it --rm busybox")
         return total
 
@@ -190,9 +193,10 @@ class Lab:
                       "etcdctl", f"--endpoints={endpoints}", "endpoint", "health")
             self.show(nodes[0], "etcdctl member list", "etcdctl", f"--endpoints={endpoints}", "member", "list")
 
-    def _network_config(self, node: Node, backend: str) -> None:
+    def _network_config(self, node: Node, backend: str | None) -> None:
         with self.step("5.6.3 the flannel network config in etcd (the article's v2 `etcdctl mk`)"):
-            config = json.dumps({"Network": NETWORK, "Backend": {"Type": backend}})
+            config = json.dumps({"Network": NETWORK, **({"Backend": {"Type": backend}} if backend else {})},
+                                separators=(",", ":"))
             env = {**self.env(node), "ETCDCTL_API": "2"}
             self.show(node, f"etcdctl mk {ETCD_PREFIX}/config '{config}'", "etcdctl",
                       f"--endpoints=http://{node.address}:2379", "mk", f"{ETCD_PREFIX}/config", config, env=env)

@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from muslin.fabric.agent import AgentError, find_external_interface
 from muslin.fabric.backends import udp
 from muslin.fabric.backends.vxlan import VxlanBackend
 from muslin.fabric.backends.base import ExternalInterface
@@ -102,3 +103,24 @@ def test_vxlan_keeps_a_vtep_entry_while_another_lease_of_that_node_uses_it(under
     backend.remove_peer(second)
     assert neighbour.fdb_entries(ipr, dev) == set() and neighbour.permanent_neighbours(ipr, dev) == {}
     assert route.routes_within(ipr, config.network) == []
+
+
+def test_interface_choice_follows_flanneld(underlay) -> None:
+    """--iface first, then --iface-regex, then --iface-can-reach; with none of them, the interface holding
+    --public-ip, else the default route's; a miss is an error, never a silent fallback."""
+    ns, ipr, eth0 = underlay
+    eth0p = ipr.link_lookup(ifname="eth0p")[0]
+    ipr.addr("add", index=eth0p, address="198.51.100.1", prefixlen=24)
+    ipr.route("add", dst="203.0.113.0/24", gateway="198.51.100.254", oif=eth0p)
+    ipr.route("add", dst="0.0.0.0/0", gateway="192.0.2.254", oif=eth0)
+    pick = find_external_interface
+    assert pick(ipr, ["nope", "eth0p"], None).name == "eth0p"
+    assert pick(ipr, ["nope"], None, ["^198\\."]).address == IPv4Address("198.51.100.1")
+    assert pick(ipr, ["nope"], None, ["^10\\."], IPv4Address("203.0.113.9")).name == "eth0p"
+    assert pick(ipr, [], IPv4Address("198.51.100.1")).name == "eth0p"
+    assert pick(ipr, [], None).name == "eth0"  # the default route's
+    assert pick(ipr, [], None, [], IPv4Address("192.0.2.9")).name == "eth0"  # on eth0's own link
+    with pytest.raises(AgentError, match="no interface matches --iface nope, --iface-regex x"):
+        pick(ipr, ["nope"], None, ["x"])
+    with pytest.raises(AgentError, match="no interface holds --public-ip 10.9.9.9"):
+        pick(ipr, [], IPv4Address("10.9.9.9"))

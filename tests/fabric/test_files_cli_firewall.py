@@ -73,6 +73,12 @@ def test_flanneld_defaults() -> None:
     assert options.ip_masq is False and options.healthz_port == 0 and options.etcd_api == "auto"
 
 
+@pytest.mark.parametrize("margin", ["0", "1440", "-5"])
+def test_renew_margin_outside_the_lease_is_refused_as_flanneld_does(margin: str) -> None:
+    with pytest.raises(ValueError, match="out of range 1..1439"):
+        cli.options_from(cli.parse([f"--subnet-lease-renew-margin={margin}"], {}))
+
+
 def test_bad_endpoint_is_refused() -> None:
     with pytest.raises(ValueError, match="not an http"):
         cli.options_from(cli.parse(["--etcd-endpoints=192.168.255.154:2379"], {}))

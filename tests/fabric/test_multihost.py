@@ -241,11 +241,11 @@ def test_v2_keyspace_as_in_the_article(make_rig) -> None:
         rig.start_agent(i, ifaces=("192.168.255.0", str(host.address)))
         rig.wait_subnet_file(i)
     assert "network config read from the etcd v2 keyspace" in rig.log(0)
-    assert "no Backend.Type given" in rig.log(0)
+    assert "no Backend in the config: udp" in rig.log(0)
     listed = rig.etcdctl("ls", f"{PREFIX}/subnets", api="2").split()
     assert len(listed) == 2
     value = json.loads(rig.etcdctl("get", listed[0], api="2"))
-    assert value["BackendType"] == "vxlan"
+    assert "BackendType" not in value  # udp's lease, as flanneld writes it
     assert rig.etcdctl("get", "--prefix", f"{PREFIX}/subnets/").strip() == ""  # nothing in v3
     c1 = rig.add_container(0)
     rig.add_container(1)  # the ping's target
@@ -256,7 +256,7 @@ def test_invalid_config_sets_nothing_up(make_rig) -> None:
     rig = make_rig(2)
     rig.put_config({"Network": NETWORK, "SubnetLen": 12})
     rig.start_agent(0)
-    wait_for(lambda: "SubnetLen /12 must be longer" in rig.log(0), 15, "config error in the log")
+    wait_for(lambda: "SubnetLen /12 leaves" in rig.log(0), 15, "config error in the log")
     assert "nothing was set up" in rig.log(0)
     assert rig.leases() == {}
     assert "flannel" not in kernel(rig, 0, "ip link")
@@ -296,3 +296,22 @@ def test_node_whose_subnet_is_claimed_moves_and_routes_to_the_claimer_at_once(ma
     assert leases[f"{old.network_address}-24"]["PublicIP"] == "192.168.255.155"  # the claim was not overwritten
     assert leases[f"{new.network_address}-24"]["PublicIP"] == "192.168.255.154"
     assert f"{new} via" not in kernel(rig, 0, "ip route")
+
+
+def test_the_articles_config_verbatim_gives_flanneds_udp(make_rig) -> None:
+    """§5.6.3 exactly: `etcdctl mk <prefix>/config '{"Network":"172.21.0.0/16"}'` (v2, no Backend). flanneld
+    v0.20.2 runs udp on it, hence the article's FLANNEL_MTU=1472 on a 1500 underlay; so do we."""
+    rig = make_rig(2)
+    rig.etcdctl("mk", f"{PREFIX}/config", '{"Network":"172.21.0.0/16"}', api="2")
+    envs = start_nodes(rig, "udp", 2, forward_drop=False)
+    for env in envs:
+        assert env["FLANNEL_NETWORK"] == NETWORK and env["FLANNEL_MTU"] == "1472"
+        assert env["FLANNEL_IPMASQ"] == "false"
+    assert "flannel0" in kernel(rig, 0, "ip -o link show")
+    keys = rig.etcdctl("ls", f"{PREFIX}/subnets", api="2").split()  # the leases went to the v2 keyspace too
+    leases = [json.loads(rig.etcdctl("get", key, api="2")) for key in keys]
+    assert len(leases) == 2 and all("BackendType" not in lease for lease in leases)  # udp's, as flannel's
+    assert "no Backend in the config: udp" in rig.log(0)
+    c1, c2 = rig.add_container(0), rig.add_container(1)
+    wait_for(lambda: ping(c1, rig.container_ip(1)), 10, "ping from node 1's container to node 2's")
+    tcp_roundtrip(c2, c1, rig.container_ip(0))
