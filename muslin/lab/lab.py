@@ -101,31 +101,40 @@ class Lab:
         return {**os.environ, "DOCKER_HOST": node.docker_host, "ETCDCTL_API": "3",
                 "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
+    def argv(self, node: Node, cmd: list[str], view: bool = False) -> list[str]:
+        """cmd in the node's network namespace; with ``view``, also seeing the node's files at the article's
+        paths (/run/flannel, /etc/sysconfig: see nodeview)."""
+        if view:
+            return [sys.executable, "-m", "muslin.lab.nodeview", node.root, netns.path_for(node.ns), "--", *cmd]
+        return ["nsenter", f"--net={netns.path_for(node.ns)}", *cmd]
+
     def run(self, node: Node, *cmd: str, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["nsenter", f"--net={netns.path_for(node.ns)}", *cmd], capture_output=True,
-                              text=True, env=env or self.env(node), timeout=timeout)
+            timeout: float = 60, view: bool = False) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.argv(node, list(cmd), view), capture_output=True, text=True,
+                              env=env or self.env(node), timeout=timeout)
         if check and proc.returncode != 0:
             raise LabError(f"on {node.name}: `{shlex.join(cmd)}` failed ({proc.returncode}): "
                            f"{proc.stderr.strip() or proc.stdout.strip()}")
         return proc
 
-    def show(self, node: Node, shown: str, *cmd: str, env: dict[str, str] | None = None) -> str:
-        """Run a command on a node and print it as the article does: prompt, command, output."""
-        output = self.run(node, *cmd, env=env).stdout
+    def show(self, node: Node, shown: str, *cmd: str, env: dict[str, str] | None = None, view: bool = False) -> str:
+        """Run a command on a node and print it as the article does: prompt, command, output (stdout, then
+        stderr, as a terminal shows both: etcdctl prints `endpoint health` on stderr)."""
+        proc = self.run(node, *cmd, env=env, view=view)
+        output = proc.stdout + proc.stderr
         self.out(f"[root@{node.name} ~]# {shown}")
         self.out(output.rstrip("\n"))
         return output
 
-    def spawn(self, node: Node, name: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
+    def spawn(self, node: Node, name: str, cmd: list[str], env: dict[str, str] | None = None,
+              view: bool = False) -> int:
         """A long-running process on the node, detached from us (its own session), logging to a file."""
         log_path = node.path(f"/var/log/{name}.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(["nsenter", f"--net={netns.path_for(node.ns)}", *cmd], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or self.env(node),
-                                    start_new_session=True)
-        node.path(f"/run/{name}.pid").write_text(f"{proc.pid}\n")
+            proc = subprocess.Popen(self.argv(node, cmd, view), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env or self.env(node), start_new_session=True)
+        node.path(f"/run/{name}.pid").write_text(f"{proc.pid}\n")  # nodeview and nsenter exec: the same pid
         return proc.pid
 
     # -- up --------------------------------------------------------------------------------------
@@ -205,21 +214,24 @@ class Lab:
         with self.step("5.6.2-5.6.5 muslin-flanneld on every node, from /etc/sysconfig/flanneld"):
             endpoints = ",".join(f"http://{n.address}:2379" for n in nodes)
             for n in nodes:
+                # The agent sees the node's files at the article's paths, so its defaults hold:
+                # /run/flannel/subnet.env, and mk-docker-opts.sh's /run/flannel/docker next to it.
                 sysconfig = n.path("/etc/sysconfig/flanneld")
-                options = (f"--iface=eth0 --subnet-file={n.path('/run/flannel/subnet.env')} "
-                           f"--docker-opts-file={n.path('/run/flannel/docker')} --iptables-resync=2")
                 sysconfig.write_text("# Flanneld configuration options\n"
                                      f'FLANNEL_ETCD_ENDPOINTS="{endpoints}"\n'
                                      f'FLANNEL_ETCD_PREFIX="{ETCD_PREFIX}"\n'
-                                     f'FLANNEL_OPTIONS="{options}"\n')
+                                     'FLANNEL_OPTIONS="--iface=eth0 --iptables-resync=2"\n')
                 env = {**self.env(n), **read_shell_vars(sysconfig)}
-                self.spawn(n, "muslin-flanneld", [bin_path("muslin-flanneld")], env=env)
+                self.spawn(n, "muslin-flanneld", [bin_path("muslin-flanneld")], env=env, view=True)
             for n in nodes:
                 # Both files: the agent writes one after the other, each atomically.
                 wait_for(lambda n=n: all(n.path(f).exists() for f in ("/run/flannel/docker", "/run/flannel/subnet.env")), 20,
                          f"muslin-flanneld on {n.name} wrote no subnet file; see {n.path('/var/log/muslin-flanneld.log')}")
-                self.out(f"[root@{n.name} ~]# cat /run/flannel/subnet.env")
-                self.out(n.path("/run/flannel/subnet.env").read_text().rstrip())
+            first = nodes[0]
+            self.show(first, "cat /etc/sysconfig/flanneld", "cat", "/etc/sysconfig/flanneld", view=True)
+            for n in nodes:
+                self.show(n, "cat /run/flannel/subnet.env", "cat", "/run/flannel/subnet.env", view=True)
+            self.show(first, "cat /run/flannel/docker", "cat", "/run/flannel/docker", view=True)
 
     def _engines(self, nodes: list[Node]) -> None:
         with self.step("5.7 muslind with the options flannel wrote (the article's ExecStart line)"):
@@ -276,7 +288,7 @@ class Lab:
         node = self.node(name)
         if not cmd:
             cmd = [os.environ.get("SHELL", "/bin/sh")]
-        return ["nsenter", f"--net={netns.path_for(node.ns)}", *cmd], self.env(node)
+        return self.argv(node, cmd, view=True), self.env(node)
 
     def down(self) -> None:
         """Remove every namespace, process, mount and file of the lab; idempotent, works after a crash."""

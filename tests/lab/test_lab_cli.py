@@ -44,27 +44,52 @@ def assert_nothing_left(lab: Lab) -> None:
             assert str(lab.root).encode() not in cmdline, cmdline
 
 
-@pytest.mark.parametrize("backend", ["vxlan", "udp", "host-gw"])
-def test_up_shows_the_article_and_pings_across_hosts(lab: Lab, backend: str) -> None:
+@pytest.mark.parametrize("backend", [None, "vxlan", "host-gw"])
+def test_up_shows_the_article_and_pings_across_hosts(lab: Lab, backend: str | None) -> None:
     lab.up(2, backend)
     text = "\n".join(lab.lines)
     for expected in ("etcdctl", "member list", "FLANNEL_NETWORK=172.21.0.0/16", "FLANNEL_SUBNET=172.21.",
-                     "--bip=172.21.", "inet addr:172.21.", " 0% packet loss", "lab is up: 2 nodes"):
+                     "--bip=172.21.", "inet addr:172.21.", " 0% packet loss", "lab is up: 2 nodes",
+                     "[root@node1 ~]# cat /etc/sysconfig/flanneld", "[root@node2 ~]# cat /run/flannel/subnet.env"):
         assert expected in text, expected
-    device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": None}[backend]
+    for node in lab.nodes():  # etcdctl prints these on stderr: the lab shows them all the same
+        assert f"http://{node.address}:2379 is healthy" in text
+    if backend is None:  # the article's config verbatim: no Backend, so flanneld's udp
+        assert """etcdctl mk /atomic.io/network/config '{"Network":"172.21.0.0/16"}'""" in text
+        assert "backend udp (the article's config names none" in text
+    effective = backend or "udp"
+    device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": None}[effective]
     for node in lab.nodes():
         env = (node.path("/run/flannel/subnet.env")).read_text()
-        assert "FLANNEL_MTU=" + {"vxlan": "1450", "udp": "1472", "host-gw": "1500"}[backend] in env
+        assert "FLANNEL_MTU=" + {"vxlan": "1450", "udp": "1472", "host-gw": "1500"}[effective] in env
         if device:
             assert device in lab.run(node, "ip", "-o", "link").stdout
     assert lab.status() == 0
 
 
 def test_exec_status_and_down_after_a_crash(lab: Lab) -> None:
+    real = {path: os.path.exists(path) for path in ("/run/flannel", "/etc/sysconfig")}
     lab.up(2, "vxlan")
     node1, node2 = lab.nodes()
     argv, env = lab.exec_argv("node1", ["docker", "ps", "--format", "{{.Names}}"])
     assert subprocess.run(argv, env=env, capture_output=True, text=True).stdout.split() == ["bb-node1"]
+    # The article's paths, verbatim, are each node's own files.
+    for node in (node1, node2):
+        for path in ("/run/flannel/subnet.env", "/run/flannel/docker", "/etc/sysconfig/flanneld", "/etc/hosts"):
+            argv, env = lab.exec_argv(node.name, ["cat", path])
+            shown = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+            assert shown.returncode == 0 and shown.stdout == node.path(path).read_text(), (node.name, path, shown)
+    argv, env = lab.exec_argv("node2", ["sh", "-c", "echo probe > /run/flannel/probe; echo probe > /etc/sysconfig/probe;"
+                                        " ip -o addr show eth0"])
+    written = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    assert node2.address in written.stdout  # and in node2's network namespace
+    assert node2.path("/run/flannel/probe").read_text() == "probe\n"
+    assert node2.path("/etc/sysconfig/probe").read_text() == "probe\n"
+    assert not node1.path("/run/flannel/probe").exists()
+    # The agents see the article's paths too (their sysconfig names no file), and the machine's own
+    # /run/flannel and /etc/sysconfig were never written.
+    assert "--subnet-file" not in node1.path("/etc/sysconfig/flanneld").read_text()
+    assert {path: os.path.exists(path) for path in real} == real
     with pytest.raises(LabError, match="no lab node"):
         lab.exec_argv("node9", [])
     with pytest.raises(LabError, match="already up"):
