@@ -12,12 +12,13 @@ import sys
 from ipaddress import IPv4Interface
 from pathlib import Path
 
-from muslin import __version__
+from muslin import __version__, listeners
 from muslin.api.app import build_server
 from muslin.engine.config import DaemonConfig, parse_bool
 from muslin.engine.engine import Engine
 from muslin.errors import EngineError
 from muslin.fabric.files import read_subnet_env
+from muslin.listeners import Listener, TcpListener, UnixListener
 
 log = logging.getLogger("muslind")
 
@@ -41,19 +42,28 @@ def parse_bip(text: str) -> IPv4Interface:
     return bip
 
 
-def parse_host(text: str) -> str:
-    if text.startswith("unix://"):
-        return text[len("unix://"):]
-    if text.startswith("/"):
-        return text
-    raise argparse.ArgumentTypeError(f"unsupported -H {text!r}: muslind listens on unix:// sockets only")
+def parse_host(text: str) -> Listener:
+    try:
+        return listeners.parse_host(text)
+    except listeners.ListenError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="muslind", description="muslin's container engine (Docker Engine API)")
     flag = {"type": parse_flag_bool, "nargs": "?", "const": True}
-    p.add_argument("-H", "--host", dest="host", type=parse_host, default="/run/muslin.sock",
-                   help="unix socket to listen on (unix:///path)")
+    p.add_argument("-H", "--host", dest="hosts", type=parse_host, action="append", default=None,
+                   help="where to listen, repeatable: unix:///path (default unix:///run/muslin.sock) or "
+                        "tcp://ADDRESS:PORT (TLS client verification required)")
+    p.add_argument("-G", "--group", default=None,
+                   help="group of the unix sockets (mode 0660); default docker where it exists, else root")
+    cert_dir = listeners.default_cert_dir()
+    p.add_argument("--tlsverify", default=bool(os.environ.get("DOCKER_TLS_VERIFY")), **flag,
+                   help="serve tcp with TLS and require client certificates signed by --tlscacert")
+    p.add_argument("--tls", default=False, **flag, help="implied by --tlsverify (TLS without it is refused)")
+    p.add_argument("--tlscacert", default=str(cert_dir / "ca.pem"))
+    p.add_argument("--tlscert", default=str(cert_dir / "cert.pem"))
+    p.add_argument("--tlskey", default=str(cert_dir / "key.pem"))
     p.add_argument("--data-root", default="/var/lib/muslin", help="persistent state")
     p.add_argument("--exec-root", default="/run/muslin", help="runtime state")
     p.add_argument("-p", "--pidfile", default="")
@@ -92,13 +102,26 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    hosts: list[Listener] = args.hosts or [UnixListener(listeners.DEFAULT_UNIX)]
+    # Every listener's flags are checked before anything is set up: a refusal changes nothing.
+    listeners.check_tcp(hosts, args.tlsverify)
+    gid = listeners.socket_gid(args.group)
+    tls = (listeners.server_tls_context(listeners.TlsFiles(args.tlscacert, args.tlscert, args.tlskey))
+           if any(isinstance(h, TcpListener) for h in hosts) else None)
     engine = Engine(config_from_args(args))
     await engine.start()
     server = build_server(engine)
-    await server.start_unix(args.host)
+    for host in hosts:
+        if isinstance(host, UnixListener):
+            await server.start_unix(host.path, gid)
+            log.info("muslind %s listening on unix://%s", __version__, host.path)
+        else:
+            assert tls is not None
+            await server.start_tcp(host.host, host.port, tls)
+            log.info("muslind %s listening on tcp://%s:%d (TLS, client certificates verified)", __version__,
+                     host.host or "0.0.0.0", host.port)
     if args.pidfile:
         Path(args.pidfile).write_text(f"{os.getpid()}\n")
-    log.info("muslind %s listening on unix://%s", __version__, args.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,8 +130,10 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("shutting down (containers keep running)")
     await server.close()
     engine.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(args.host)
+    for host in hosts:
+        if isinstance(host, UnixListener):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(host.path)
     if args.pidfile:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.pidfile)
@@ -125,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except EngineError as exc:  # refused at start (flags in conflict with state): say why, exit 1
         log.error("%s", exc.message)
+        return 1
+    except listeners.ListenError as exc:  # -H/-G/TLS flags that cannot be served: nothing was set up
+        log.error("%s", exc)
         return 1
 
 

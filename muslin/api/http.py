@@ -14,12 +14,15 @@ import json
 import logging
 import os
 import re
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
+
+from muslin.api.tls import tls_handler
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +149,29 @@ class Server:
     def __init__(self, router: Router, server_headers: list[tuple[str, str]]) -> None:
         self.router = router
         self.server_headers = server_headers
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self._sessions: set[asyncio.Task] = set()
 
-    async def start_unix(self, path: str) -> None:
+    async def start_unix(self, path: str, gid: int = 0, mode: int = 0o660) -> None:
+        """Listen on a unix socket that only root and group gid may connect to (dockerd's -G)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._server = await asyncio.start_unix_server(self._serve, path=path, limit=READ_CHUNK)
-        os.chmod(path, 0o660)
+        server = await asyncio.start_unix_server(self._serve, path=path, limit=READ_CHUNK)
+        os.chown(path, 0, gid)
+        os.chmod(path, mode)
+        self._servers.append(server)
+
+    async def start_tcp(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        """Listen on tcp, TLS only (the caller's context verifies clients; see tls.py for why not asyncio's)."""
+        server = await asyncio.start_server(tls_handler(context, self._serve), host=host or None, port=port,
+                                            reuse_address=True)
+        self._servers.append(server)
 
     async def close(self) -> None:
-        if self._server:
-            self._server.close()
+        for server in self._servers:
+            server.close()
+        if self._servers:
             for task in list(self._sessions):
                 task.cancel()
             await asyncio.gather(*self._sessions, return_exceptions=True)

@@ -26,13 +26,18 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DATA_ROOT_MODE = 0o710
+EXEC_ROOT_MODE = 0o700
 
 
 class Engine:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        config.data_root.mkdir(parents=True, exist_ok=True)
-        config.exec_root.mkdir(parents=True, exist_ok=True)
+        # As dockerd's: the data root (every container's environment, the database) and the exec root are
+        # root's alone; set at every start, so a root made by an older version is closed too.
+        for root, mode in ((config.data_root, DATA_ROOT_MODE), (config.exec_root, EXEC_ROOT_MODE)):
+            root.mkdir(parents=True, exist_ok=True)
+            root.chmod(mode)
         self.store = Store(config.data_root)
         self.firewall = IptablesFirewall() if config.iptables else None
         self.networks = NetworkService(self.store, config, self.firewall)

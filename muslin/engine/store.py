@@ -78,7 +78,10 @@ def _endpoint_from_doc(text: str) -> Endpoint:
 class Store:
     def __init__(self, data_root: Path) -> None:
         data_root.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(data_root / "muslin.db", check_same_thread=False, isolation_level=None)
+        path = data_root / "muslin.db"
+        path.touch(mode=0o600)  # root's alone (its WAL and shm files take the same mode from SQLite)
+        path.chmod(0o600)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # WAL + synchronous=NORMAL: a crash loses at most the last commits, never consistency.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
