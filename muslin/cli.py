@@ -1,4 +1,5 @@
-"""`muslin`: the tool around the engine and the agent. `muslin lab up|status|exec|down`."""
+"""`muslin`: the tool around the engine and the agent: `muslin topo`, `muslin trace`, and
+`muslin lab up|status|exec|down|topo|trace|ui`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="muslin", description="muslin: container networking, done properly")
     p.add_argument("--version", action="version", version=f"muslin {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    topo = sub.add_parser("topo", help="the live topology of the engine at DOCKER_HOST and its host")
+    _topo_options(topo)
+    trace = sub.add_parser("trace", help="send a real probe between containers/addresses and show its path")
+    _trace_options(trace)
     lab = sub.add_parser("lab", help="the article's multi-host setup on this machine, in namespaces")
     lab.add_argument("--root", type=Path, default=None, help="where the lab keeps its files (/run/muslin-lab)")
     lab_sub = lab.add_subparsers(dest="action", required=True)
@@ -26,14 +31,36 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("node")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     lab_sub.add_parser("down", help="remove everything the lab made (idempotent, also after a crash)")
+    _topo_options(lab_sub.add_parser("topo", help="the live topology of every node and the underlay"))
+    _trace_options(lab_sub.add_parser("trace", help="trace a real probe across the lab's nodes"))
+    ui = lab_sub.add_parser("ui", help="a web page with the live drawing; click two containers to trace")
+    ui.add_argument("--listen", default="127.0.0.1:8780", help="ADDRESS:PORT to serve on (127.0.0.1:8780)")
     return p
+
+
+def _topo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["text", "json", "svg"], default="text")
+    p.add_argument("-o", "--output", type=Path, default=None, help="write to this file (required for svg)")
+
+
+def _trace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a container name, a host (node) name, or an IP address")
+    p.add_argument("dst", help="a container name, a host (node) name, or an IP address")
+    proto = p.add_mutually_exclusive_group()
+    proto.add_argument("--tcp", type=int, metavar="PORT", help="probe with a TCP SYN to PORT")
+    proto.add_argument("--udp", type=int, metavar="PORT", help="probe with a UDP datagram to PORT")
+    p.add_argument("--format", choices=["text", "json"], default="text")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.geteuid() != 0:
-        print("muslin lab needs root (it creates network namespaces)", file=sys.stderr)
+        print(f"muslin {args.command} needs root (it works in network namespaces)", file=sys.stderr)
         return 1
+    if args.command in ("topo", "trace"):
+        from muslin.observe import commands
+
+        return commands.run_engine(args)
     from muslin.lab.lab import DEFAULT_ROOT, Lab, LabError
 
     lab = Lab(args.root or DEFAULT_ROOT, out=lambda line: print(line, flush=True))
@@ -47,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             argv_, env = lab.exec_argv(args.node, cmd)
             os.execvpe(argv_[0], argv_, env)
+        if args.action in ("topo", "trace", "ui"):
+            from muslin.lab import commands
+
+            return commands.run(lab, args)
         if args.action == "down":
             lab.down()
             print("lab is down")

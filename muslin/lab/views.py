@@ -1,0 +1,24 @@
+"""What `muslin lab topo|trace|ui` look at: the lab's nodes as hosts for ``muslin.observe``."""
+
+from __future__ import annotations
+
+from muslin.kernel import netns
+from muslin.lab import topology as underlay
+from muslin.lab.lab import NETWORK, Lab, LabError
+from muslin.observe.model import Topology
+from muslin.observe.topology import HostSpec, collect
+
+TOPOLOGY_FILE = "topology.svg"
+
+
+def host_specs(lab: Lab) -> list[HostSpec]:
+    nodes = lab.nodes()
+    if not nodes:
+        raise LabError("no lab is up (run `muslin lab up`)")
+    return [HostSpec(n.name, netns.path_for(n.ns), n.docker_host) for n in nodes]
+
+
+def lab_topology(lab: Lab) -> Topology:
+    switch = underlay.switch_name(lab.prefix)
+    return collect(host_specs(lab), underlay=(netns.path_for(switch), underlay.SWITCH_BRIDGE),
+                   backend=lab.backend() or None, overlay=NETWORK)
