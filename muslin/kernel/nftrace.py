@@ -56,15 +56,14 @@ class Probe:
     flannel_udp_ports: tuple[int, ...] = ()
 
     def matches(self) -> list[str]:
-        if self.protocol == "icmp":
-            own, inner_offset = f"icmp type echo-request icmp id {self.ident}", 4
-        else:
-            own, inner_offset = f"{self.protocol} sport {self.ident}", 0
-        out = [own]
-        for port in self.vxlan_ports:
-            out.append(f"udp dport {port} @th,{(VXLAN_INNER_L4 + inner_offset) * 8},16 {self.ident}")
-        for port in self.flannel_udp_ports:
-            out.append(f"udp dport {port} @th,{(FLANNEL_UDP_INNER_L4 + inner_offset) * 8},16 {self.ident}")
+        out = [f"icmp type echo-request icmp id {self.ident}" if self.protocol == "icmp"
+               else f"{self.protocol} sport {self.ident}"]
+        for port, inner in [(p, VXLAN_INNER_L4) for p in self.vxlan_ports] + \
+                           [(p, FLANNEL_UDP_INNER_L4) for p in self.flannel_udp_ports]:
+            if self.protocol == "icmp":  # an echo request (type 8) with our id, not its reply
+                out.append(f"udp dport {port} @th,{inner * 8},8 8 @th,{(inner + 4) * 8},16 {self.ident}")
+            else:
+                out.append(f"udp dport {port} @th,{inner * 8},16 {self.ident}")
         return out
 
 

@@ -282,11 +282,6 @@ def _is_probe(packet: Packet, protocol: str, ident: int) -> bool:
     return packet.proto_name == protocol and packet.sport == ident
 
 
-def _inner_ttl(packet: Packet, vxlan_ports: tuple[int, ...]) -> int:
-    offset = 8 + 8 + 14 if packet.dport in vxlan_ports else 8  # behind UDP (+VXLAN+Ethernet), flannel udp
-    return packet.transport[offset + 8] if len(packet.transport) > offset + 8 else packet.ttl
-
-
 def segments(watched: list[Watched], events: dict[str, list[TraceEvent]], protocol: str, ident: int) -> list[_Segment]:
     """Split each namespace's events into passages. Trace ids are not stable across hooks, but our
     prerouting and output chains come before any other table, so their first event opens a passage."""
@@ -311,28 +306,60 @@ def segments(watched: list[Watched], events: dict[str, list[TraceEvent]], protoc
     return out
 
 
-def _sort_key(seg: _Segment, vxlan_ports: tuple[int, ...]) -> tuple:
+def _sort_key(seg: _Segment) -> tuple:
     first = seg.first_packet()
     hooks = seg.hooks()
     if first is None:
-        return (0, 0, 0, seg.order)
-    ttl = _inner_ttl(first, vxlan_ports) if seg.outer else first.ttl
+        return (0, 0, seg.order)
     if "output" in hooks:
         phase = 0
     elif "input" in hooks:
         phase = 3
     else:
         last = seg.last_packet()
-        routed = last is not None and last.ttl < first.ttl
-        phase = 2 if routed else 1
-    return (-ttl, 0 if seg.outer else 1, phase, seg.order)
+        phase = 2 if last is not None and last.ttl < first.ttl else 1  # routed after bridged
+    return (-first.ttl, phase, seg.order)
+
+
+def _exit_device(seg: _Segment) -> int | None:
+    return next((o for _, p, _, o in reversed(seg.events) if p is not None and o), None)
+
+
+def _entry_device(seg: _Segment) -> int | None:
+    return next((i for _, p, i, _ in seg.events if p is not None and i), None)
+
+
+def ordered(segs: list[_Segment], tunnels: dict[str, set[int]]) -> list[_Segment]:
+    """The probe's own passages in TTL order; between one that leaves by a tunnel device and the next,
+    which comes in by one, the outer packets: sent by the first host, across the switch, received by
+    the second (matched by the outer addresses)."""
+    inner = sorted((s for s in segs if not s.outer), key=_sort_key)
+    outer = [s for s in segs if s.outer and s.first_packet() is not None]
+    out: list[_Segment] = []
+    for n, seg in enumerate(inner):
+        out.append(seg)
+        following = inner[n + 1] if n + 1 < len(inner) else None
+        if _exit_device(seg) not in tunnels.get(seg.watched.ns, set()):
+            continue
+        sent = [o for o in outer if o.watched.ns == seg.watched.ns and "output" in o.hooks()]
+        if not sent:
+            continue
+        first = sent[0].first_packet()
+        assert first is not None
+        crossing = [o for o in outer if o is not sent[0] and (o.first_packet().saddr, o.first_packet().daddr)  # type: ignore[union-attr]
+                    == (first.saddr, first.daddr)]
+        received = [o for o in crossing if "input" in o.hooks()
+                    and (following is None or o.watched.ns == following.watched.ns)]
+        out.extend([sent[0]] + [o for o in crossing if o not in received] + received[:1])
+    return out
 
 
 def analyse(topology: Topology, watched: list[Watched], events: dict[str, list[TraceEvent]], source: Place,
             target: Place, protocol: str, port: int | None, ident: int, vxlan_ports: tuple[int, ...],
             udp_ports: tuple[int, ...]) -> TraceResult:
-    segs = sorted(segments(watched, events, protocol, ident), key=lambda s: _sort_key(s, vxlan_ports))
     names = {w.ns: _link_names(w.ns) for w in watched}
+    tunnels = {ns: {i for i, link in links.items() if link.kind in ("vxlan", "tun")} for ns, links in names.items()}
+    segs = ordered(segments(watched, events, protocol, ident), tunnels)
     rules = _rule_texts(segs)
     hops: list[Hop] = []
     arrived, verdict = False, ""
@@ -419,19 +446,25 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
     if first and last and not seg.outer:
         if (first.daddr, first.dport) != (last.daddr, last.dport):
             to = _who(topology, last.daddr)
-            hop.steps.append(Step("nat", f"DNAT {first.daddr}:{first.dport} → {last.daddr}:{last.dport}"
-                                         + (f" ({to})" if to else "")))
+            hop.steps.append(Step("nat", f"DNAT {_hostport(first.daddr, first.dport)} → "
+                                         f"{_hostport(last.daddr, last.dport)}" + (f" ({to})" if to else "")))
         if (first.saddr, first.sport) != (last.saddr, last.sport):
-            hop.steps.append(Step("nat", f"SNAT {first.saddr}:{first.sport} → {last.saddr}:{last.sport}"))
+            hop.steps.append(Step("nat", f"SNAT {_hostport(first.saddr, first.sport)} → "
+                                         f"{_hostport(last.saddr, last.sport)}"))
     local = "output" in seg.hooks()
     if not seg.outer and last is not None and (local or (iif and "input" not in seg.hooks())):
-        choice = snapshot.route_get(seg.watched.ns, IPv4Address(last.daddr), IPv4Address(last.saddr),
+        # routing comes after DNAT (prerouting) and before SNAT (postrouting)
+        choice = snapshot.route_get(seg.watched.ns, IPv4Address(last.daddr), IPv4Address(first.saddr),  # type: ignore[union-attr]
                                     None if local else iif)
         hop.steps.insert(0, Step("route", _route_text(choice)))
     if "input" in seg.hooks() and not seg.outer:
         hop.steps.append(Step("deliver", f"delivered to {seg.watched.label}'s own stack"))
     hop.nodes = _nodes(topology, seg.watched, iif, oif)
     return hop
+
+
+def _hostport(address: str, port: int | None) -> str:
+    return f"{address}:{port}" if port is not None else address
 
 
 def _route_text(choice: snapshot.RouteChoice) -> str:
