@@ -56,12 +56,16 @@ class Probe:
     flannel_udp_ports: tuple[int, ...] = ()
 
     def matches(self) -> list[str]:
+        # TCP: the SYN only; the handshake's ACK and the closing reset carry the same port
         out = [f"icmp type echo-request icmp id {self.ident}" if self.protocol == "icmp"
-               else f"{self.protocol} sport {self.ident}"]
+               else f"tcp sport {self.ident} tcp flags & (syn | ack) == syn" if self.protocol == "tcp"
+               else f"udp sport {self.ident}"]
         for port, inner in [(p, VXLAN_INNER_L4) for p in self.vxlan_ports] + \
                            [(p, FLANNEL_UDP_INNER_L4) for p in self.flannel_udp_ports]:
             if self.protocol == "icmp":  # an echo request (type 8) with our id, not its reply
                 out.append(f"udp dport {port} @th,{inner * 8},8 8 @th,{(inner + 4) * 8},16 {self.ident}")
+            elif self.protocol == "tcp":
+                out.append(f"udp dport {port} @th,{inner * 8},16 {self.ident} @th,{(inner + 13) * 8},8 & 0x12 == 0x02")
             else:
                 out.append(f"udp dport {port} @th,{inner * 8},16 {self.ident}")
         return out

@@ -173,8 +173,17 @@ class Lab:
         total = time.monotonic() - started
         chosen = backend or f"{DEFAULT_BACKEND} (the article's config names none: flanneld's default)"
         self.out(f"\nlab is up: {count} nodes, backend {chosen}, in {total:.1f}s")
+        self._drawing()
         self.out("try: muslin lab exec node1 -- docker run -it --rm busybox")
         return total
+
+    def _drawing(self) -> None:
+        from muslin.lab.views import write_drawing  # views builds on this module
+
+        try:
+            self.out(f"topology drawing: {write_drawing(self)}")
+        except RuntimeError as exc:  # no graphviz: the lab works all the same
+            self.out(f"no topology drawing: {exc}")
 
     def _hosts(self, count: int, backend: str) -> list[Node]:
         with self.step(f"5.5.1-5.5.4 hosts: {count} namespaces on an underlay switch, ip_forward on"):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from muslin.kernel import netns
 from muslin.lab import topology as underlay
 from muslin.lab.lab import NETWORK, Lab, LabError
+from muslin.observe import render_svg
 from muslin.observe.model import Topology
 from muslin.observe.topology import HostSpec, collect
 
@@ -22,3 +25,10 @@ def lab_topology(lab: Lab) -> Topology:
     switch = underlay.switch_name(lab.prefix)
     return collect(host_specs(lab), underlay=(netns.path_for(switch), underlay.SWITCH_BRIDGE),
                    backend=lab.backend() or None, overlay=NETWORK)
+
+
+def write_drawing(lab: Lab) -> Path:
+    """The topology drawing next to the lab's files (``<root>/topology.svg``)."""
+    path = lab.root / TOPOLOGY_FILE
+    path.write_bytes(render_svg.render(lab_topology(lab)))
+    return path

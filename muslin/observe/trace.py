@@ -452,7 +452,8 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
             hop.steps.append(Step("nat", f"SNAT {_hostport(first.saddr, first.sport)} → "
                                          f"{_hostport(last.saddr, last.sport)}"))
     local = "output" in seg.hooks()
-    if not seg.outer and last is not None and (local or (iif and "input" not in seg.hooks())):
+    routed = not seg.watched.switch and bridge is None and "input" not in seg.hooks()
+    if not seg.outer and last is not None and (local or (iif and routed)):
         # routing comes after DNAT (prerouting) and before SNAT (postrouting)
         choice = snapshot.route_get(seg.watched.ns, IPv4Address(last.daddr), IPv4Address(first.saddr),  # type: ignore[union-attr]
                                     None if local else iif)
