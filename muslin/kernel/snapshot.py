@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns
 
@@ -157,8 +158,8 @@ def route_get(path: str, dst: IPv4Address, src: IPv4Address | None = None, iif: 
                     kwargs["src"] = str(src)
         try:
             (r,) = ipr.route("get", **kwargs)
-        except Exception as exc:  # NetlinkError: unreachable, no route, ...
-            return RouteChoice(str(dst), None, None, None, "unreachable", error=str(exc))
+        except NetlinkError as exc:  # ENETUNREACH, EHOSTUNREACH, EINVAL (a martian), ...
+            return RouteChoice(str(dst), None, None, None, "unreachable", error=os.strerror(exc.code))
         names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
         return RouteChoice(dst=str(dst), dev=names.get(r.get_attr("RTA_OIF")), gateway=r.get_attr("RTA_GATEWAY"),
                            src=r.get_attr("RTA_PREFSRC"), kind=RTN_NAMES.get(r["type"], str(r["type"])))

@@ -47,7 +47,8 @@ def run_trace(hosts: list[HostSpec], args: argparse.Namespace, overlay: str | No
               underlay: tuple[str, str] | None = None) -> int:
     from . import trace
 
-    proto, port = ("tcp", args.tcp) if args.tcp else ("udp", args.udp) if args.udp else ("icmp", None)
+    proto, port = ("tcp", args.tcp) if args.tcp is not None else ("udp", args.udp) if args.udp is not None \
+        else ("icmp", None)
     try:
         result = trace.run(hosts, args.src, args.dst, proto, port, overlay=overlay, underlay=underlay)
     except trace.TraceError as exc:

@@ -122,9 +122,9 @@ def resolve(topology: Topology, name: str, prefer: set[str] = frozenset(), as_so
         host, c = found
         ns = _container_ns(host, c)
         address = _container_address(host, c, prefer)
-        if ns is None or address is None:
+        if ns is None or address is None and not as_source:  # a source's own address is the kernel's choice
             raise TraceError(f"container {c.name} has no network to trace ({c.network_mode})")
-        return Place(f"{c.name} (container on {host.name})", address, ns, node_id("container", host.name, c.name))
+        return Place(f"{c.name} (container on {host.name})", address or "", ns, node_id("container", host.name, c.name))
     host = topology.host(name)
     if host:
         address = host_address(host)
@@ -520,7 +520,7 @@ def _lost(segs: list[_Segment], names: dict[str, dict[int, snapshot.Link]], sour
     if not probes:
         choice = snapshot.route_get(source.ns or "", IPv4Address(target.address))
         if choice.kind not in ("unicast", "local"):
-            return f"not sent: no route in {source.label} to {target.address} ({choice.error or choice.kind})"
+            return f"not sent: {source.label} has no route to {target.address} ({choice.error or choice.kind})"
         return f"never seen leaving {source.label}"
     last = probes[-1]
     packet = last.last_packet()
