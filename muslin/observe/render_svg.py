@@ -53,9 +53,12 @@ def to_dot(topology: Topology) -> str:
     # tunnels between hosts: a vxlan fdb entry or an overlay route names the remote host's address
     addresses = {a.split("/")[0]: h for h in topology.hosts for i in h.interfaces for a in i.addresses}
     drawn: set[frozenset[str]] = set()
+    routed: dict[tuple[str, str], list[str]] = {}
     for host in topology.hosts:
         for t in host.tunnels:
             remotes = {p.remote for p in t.peers} | {r.gateway for r in host.routes if r.dev == t.name and r.gateway}
+            if t.kind == "tun":  # flannel's udp backend: the agent sends to every other host's agent
+                remotes |= {a for a, h in addresses.items() if any(o.kind == "tun" for o in h.tunnels)}
             for remote in sorted(r for r in remotes if r):
                 other = addresses.get(remote)
                 if other is None or other is host:
@@ -67,9 +70,21 @@ def to_dot(topology: Topology) -> str:
                 if frozenset((a, b)) in drawn:
                     continue
                 drawn.add(frozenset((a, b)))
-                label = f"vxlan VNI {t.vni} UDP {t.port}" if t.kind == "vxlan" else f"{t.kind} tunnel"
+                label = (f"vxlan VNI {t.vni} UDP {t.port}" if t.kind == "vxlan"
+                         else "flannel udp (the agents, UDP)" if t.kind == "tun" else f"{t.kind} tunnel")
                 out.append(f'  {_q(a)} -> {_q(b)} [id={_q(a + "--" + b)}, style=dashed, color="#c0392b", '
                            f'fontcolor="#c0392b", label={_q(label)}, constraint=false, penwidth=1.5];')
+        # host-gw: the overlay routes go straight to the other host over the underlay
+        tunnel_names = {t.name for t in host.tunnels}
+        for r in host.routes:
+            other = addresses.get(r.gateway or "")
+            if r.role == "overlay" and r.dev not in tunnel_names and other is not None and r.dev is not None:
+                pair = tuple(sorted((node_id("iface", host.name, r.dev), node_id("iface", other.name, r.dev))))
+                routed.setdefault(pair, []).append(f"{host.name}: {r.dst} via {r.gateway}")  # type: ignore[arg-type]
+    for (a, b), lines in routed.items():
+        label = "\\n".join(["host-gw routes"] + sorted(lines))
+        out.append(f'  {_q(a)} -> {_q(b)} [id={_q(a + "--" + b)}, style=dashed, color="#2e7d32", '
+                   f'fontcolor="#2e7d32", label="{label}", constraint=false];')
     out.append("}")
     return "\n".join(out) + "\n"
 
