@@ -1,7 +1,10 @@
 """A read-only picture of one network namespace: its links, addresses, IPv4 routes and vxlan fdb.
 
 What ``muslin topo`` and ``muslin trace`` read; nothing here changes the kernel. One netlink socket per
-namespace, a handful of dumps, so a whole lab reads in milliseconds.
+namespace, a handful of dumps, so a whole lab reads in milliseconds. Addresses and fdb entries come
+from ``address`` and ``neighbour``; links and routes are read here because the picture needs what the
+drivers never ask for (a link's master, its peer across namespaces, vxlan attributes, the default
+route and preferred sources).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from ipaddress import IPv4Address
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import netns
+from . import address, neighbour, netns
 
 IFF_UP = 0x1
 RT_TABLE_MAIN = 254
@@ -90,17 +93,15 @@ def read(path: str) -> Namespace:
 
 def read_with(ipr: IPRoute, path: str) -> Namespace:
     addresses: dict[int, list[str]] = {}
-    for a in ipr.get_addr(family=socket.AF_INET):
-        addresses.setdefault(a["index"], []).append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+    for a in address.ipv4_addresses(ipr):
+        addresses.setdefault(a.index, []).append(str(a.address))
     fdb: dict[int, list[FdbEntry]] = {}
     links: list[Link] = []
     raw = list(ipr.get_links())
-    if any(_kind(m) == "vxlan" for m in raw):
-        for n in ipr.fdb("dump"):
-            remote = n.get_attr("NDA_DST")
-            mac = n.get_attr("NDA_LLADDR")
-            if remote and mac and mac != "00:00:00:00:00:00":
-                fdb.setdefault(n["ifindex"], []).append(FdbEntry(mac, remote))
+    for m in raw:
+        if _kind(m) == "vxlan":
+            fdb[m["index"]] = [FdbEntry(mac, str(remote)) for mac, remote in
+                               sorted(neighbour.fdb_entries(ipr, m["index"]))]
     names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in raw}
     for m in raw:
         kind = _kind(m) or "device"
