@@ -285,3 +285,21 @@ def iptables_rules(ns: str, table: str, chains: Iterable[str]) -> dict[tuple[str
                 if len(handles) == len(lines):
                     out.update({(chain, h): line for h, line in zip(handles, lines)})
     return out
+
+
+def nft_rules(ns: str, table: str) -> dict[tuple[str, int], str]:
+    """(chain, handle) → the rule as ``nft -a list table ip TABLE`` prints it, for rules written with nft."""
+    with netns.entered(ns):
+        proc = subprocess.run(["nft", "-a", "list", "table", "ip", table], capture_output=True, text=True,
+                              timeout=NFT_TIMEOUT)
+    out: dict[tuple[str, int], str] = {}
+    chain = None
+    for line in proc.stdout.splitlines():
+        words = line.split()
+        if words[:1] == ["chain"]:
+            chain = words[1]
+        elif chain and "# handle " in line and not words[0] == "chain":
+            text, _, handle = line.rpartition("# handle ")
+            if handle.strip().isdigit():
+                out[(chain, int(handle))] = text.strip()
+    return out

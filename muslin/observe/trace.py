@@ -128,9 +128,9 @@ def resolve(topology: Topology, name: str, prefer: set[str] = frozenset(), as_so
     host = topology.host(name)
     if host:
         address = host_address(host)
-        if address is None:
+        if address is None and not as_source:
             raise TraceError(f"host {host.name} has no address of its own")
-        return Place(host.name, str(address), host.netns, node_id("host", host.name))
+        return Place(host.name, str(address or ""), host.netns, node_id("host", host.name))
     try:
         ip = IPv4Address(name)
     except ValueError:
@@ -389,18 +389,22 @@ def _link_names(ns: str) -> dict[int, snapshot.Link]:
 
 
 def _rule_texts(segs: list[_Segment]) -> dict[tuple[str, str, str, int], str]:
-    wanted: dict[tuple[str, str], set[str]] = {}
+    """The text of every rule the events name: iptables' for rules iptables-nft wrote, nft's otherwise."""
+    wanted: dict[tuple[str, str], set[tuple[str, int]]] = {}
     for seg in segs:
         for e, *_ in seg.events:
-            if e.table in IPTABLES_TABLES and e.handle is not None:
-                wanted.setdefault((seg.watched.ns, e.table), set()).add(e.chain)
+            if e.handle is not None and not e.table.startswith(nftrace.TABLE_PREFIX):
+                wanted.setdefault((seg.watched.ns, e.table), set()).add((e.chain, e.handle))
     out: dict[tuple[str, str, str, int], str] = {}
-    for (ns, table), chains in wanted.items():
+    for (ns, table), rules in wanted.items():
         try:
-            for (chain, handle), text in nftrace.iptables_rules(ns, table, chains).items():
-                out[(ns, table, chain, handle)] = text
+            found = nftrace.iptables_rules(ns, table, {c for c, _ in rules}) if table in IPTABLES_TABLES else {}
+            if not rules <= found.keys():
+                found = {**nftrace.nft_rules(ns, table), **found}
         except (OSError, RuntimeError):
             continue  # a namespace gone meanwhile: the rule shows by its handle
+        for (chain, handle), text in found.items():
+            out[(ns, table, chain, handle)] = text
     return out
 
 
@@ -452,7 +456,7 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
             hop.steps.append(Step("nat", f"SNAT {_hostport(first.saddr, first.sport)} → "
                                          f"{_hostport(last.saddr, last.sport)}"))
     local = "output" in seg.hooks()
-    routed = not seg.watched.switch and bridge is None and "input" not in seg.hooks()
+    routed = not seg.watched.switch and bridge is None and "input" not in seg.hooks() and iif != "lo"
     if not seg.outer and last is not None and (local or (iif and routed)):
         # routing comes after DNAT (prerouting) and before SNAT (postrouting)
         choice = snapshot.route_get(seg.watched.ns, IPv4Address(last.daddr), IPv4Address(first.saddr),  # type: ignore[union-attr]
