@@ -94,6 +94,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class BgpSession:
+    """A BGP session of the host's BIRD (the bgp backend's, or a router's)."""
+    name: str
+    state: str  # Established, Active, Connect, Idle, ...
+    neighbor: str | None
+    neighbor_as: int | None
+    local_as: int | None
+
+
+@dataclass(frozen=True)
 class Interface:
     """A host's own interface on the underlay (eth0)."""
     name: str
@@ -125,6 +135,7 @@ class Host:
     routes: tuple[Route, ...] = ()
     networks: tuple[Network, ...] = ()
     containers: tuple[Container, ...] = ()
+    bgp: tuple[BgpSession, ...] = ()
 
 
 @dataclass(frozen=True)

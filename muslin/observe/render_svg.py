@@ -81,6 +81,19 @@ def to_dot(topology: Topology) -> str:
             if r.role == "overlay" and r.dev not in tunnel_names and other is not None and r.dev is not None:
                 pair = tuple(sorted((node_id("iface", host.name, r.dev), node_id("iface", other.name, r.dev))))
                 routed.setdefault(pair, []).append(f"{host.name}: {r.dst} via {r.gateway}")  # type: ignore[arg-type]
+    for host in topology.hosts:
+        for session in host.bgp:
+            other = addresses.get(session.neighbor or "")
+            if other is None or other is host or not other.bgp:
+                continue
+            a, b = node_id("bgp", host.name), node_id("bgp", other.name)
+            if frozenset((a, b)) in drawn:
+                continue
+            drawn.add(frozenset((a, b)))
+            up = session.state == "Established"
+            out.append(f'  {_q(a)} -> {_q(b)} [id={_q(a + "--" + b)}, style={"solid" if up else "dashed"}, '
+                       f'color="{"#9673a6" if up else "#c62828"}", label={_q("BGP " + session.state)}, '
+                       'constraint=false];')
     for (a, b), lines in routed.items():
         label = "\\n".join(["host-gw routes"] + sorted(lines))
         out.append(f'  {_q(a)} -> {_q(b)} [id={_q(a + "--" + b)}, style=dashed, color="#2e7d32", '
@@ -142,6 +155,12 @@ def _host(host: Host) -> list[str]:
         for t in host.tunnels:
             tid = node_id("tunnel", host.name, t.name)
             out.append(f'    {_q(tid)} -> {_q(iid)} [id={_q(tid + "--" + iid)}, color="#b85450"];')
+    if host.bgp:
+        gid = node_id("bgp", host.name)
+        local = next((b.local_as for b in host.bgp if b.local_as), None)
+        lines = [f"{b.neighbor} AS {b.neighbor_as}: {b.state}" for b in host.bgp]
+        out.append(f'    {_q(gid)} [id={_q(gid)}, label={_label("BIRD" + (f" AS {local}" if local else ""), *lines)}, '
+                   'fillcolor="#e1d5e7", color="#9673a6"];')
     out.append("  }")
     return out
 

@@ -46,6 +46,9 @@ def _host(host: Host, last: bool) -> list[str]:
         else:
             label = f"tunnel {t.name} {t.kind} {' '.join(t.addresses)} mtu {t.mtu}"
         items.append((label, [(f"fdb {p.mac} → {p.remote}", []) for p in t.peers]))
+    if host.bgp:
+        items.append(("bgp (BIRD)", [(f"{b.name}: neighbor {b.neighbor or '?'} AS {b.neighbor_as or '?'} "
+                                      f"(local AS {b.local_as or '?'}) {b.state}", []) for b in host.bgp]))
     routes = [(f"{r.dst}{' via ' + r.gateway if r.gateway else ''}{' dev ' + r.dev if r.dev else ''}"
                f"{' src ' + r.src if r.src else ''}  ({r.role})", []) for r in host.routes]
     if routes:

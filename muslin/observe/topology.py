@@ -17,8 +17,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from muslin.kernel import snapshot
 from muslin.kernel.snapshot import Namespace
 
+from . import bgp
 from .engine_api import EngineClient
 from .model import (
+    BgpSession,
     Bridge,
     Container,
     Endpoint,
@@ -60,7 +62,8 @@ def collect(hosts: list[HostSpec], underlay: tuple[str, str] | None = None, back
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, len(hosts) + 1)) as pool:
         switch = pool.submit(snapshot.read, underlay[0]) if underlay else None
-        found = list(pool.map(lambda h: _host(h, overlay), hosts))
+        speakers = bgp.speakers()
+        found = list(pool.map(lambda h: _host(h, overlay, speakers), hosts))
     under = None
     if underlay and switch is not None:
         under = _underlay(underlay[0], underlay[1], switch.result(), hosts, found)
@@ -68,7 +71,7 @@ def collect(hosts: list[HostSpec], underlay: tuple[str, str] | None = None, back
                     collected_in_ms=round((time.monotonic() - started) * 1000, 1))
 
 
-def _host(spec: HostSpec, overlay: str | None) -> tuple[Host, Namespace]:
+def _host(spec: HostSpec, overlay: str | None, speakers: dict[int, list[bgp.Speaker]]) -> tuple[Host, Namespace]:
     ns = snapshot.read(spec.netns)
     inspected: list[dict] = []
     networks: list[dict] = []
@@ -103,7 +106,9 @@ def _host(spec: HostSpec, overlay: str | None) -> tuple[Host, Namespace]:
     routes = tuple(_route(r, tunnel_names, overlay) for r in ns.routes)
     host = Host(name=spec.name, netns=spec.netns, docker_host=spec.docker_host, interfaces=interfaces,
                 bridges=bridges, veths=tuple(veths), tunnels=tunnels, routes=routes, networks=nets,
-                containers=tuple(sorted(containers, key=lambda c: c.name)))
+                containers=tuple(sorted(containers, key=lambda c: c.name)),
+                bgp=tuple(BgpSession(s.name, s.state, s.neighbor, s.neighbor_as, s.local_as)
+                          for s in bgp.sessions_of(speakers.get(ns.inode, []))))
     return host, ns
 
 
