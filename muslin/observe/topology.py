@@ -94,9 +94,11 @@ def _host(spec: HostSpec, overlay: str | None, speakers: dict[int, list[bgp.Spea
                            ports=tuple(sorted(p.name for p in ns.links if p.master == b.index)))
                     for b in ns.links if b.kind == "bridge")
     tunnels = tuple(_tunnel(link, ns) for link in ns.links if link.kind in TUNNEL_KINDS)
+    parents = {e.host_ifname for c in containers for e in c.endpoints if e.kind == "macvlan"}
+    # the host's own interfaces: addressed ones (the underlay), and the parents of macvlan containers
     interfaces = tuple(Interface(link.name, link.addresses, link.mac, link.mtu) for link in ns.links
-                       if link.kind in ("device", "veth") and link.name != "lo" and link.addresses
-                       and link.index not in matched)
+                       if link.name != "lo" and link.index not in matched and
+                       (link.name in parents or link.kind in ("device", "veth") and link.addresses))
     # veths of the host into namespaces no engine told us about (a hand-made pair, another host's)
     for link in ns.links:
         if link.kind == "veth" and link.index not in matched and not link.addresses:
