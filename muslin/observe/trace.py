@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
@@ -212,18 +212,18 @@ def run(hosts: list[HostSpec], src: str, dst: str, protocol: str = "icmp", port:
     listeners: dict[str, nftrace.TraceListener] = {}
     events: dict[str, list[TraceEvent]] = {}
     with _interrupts_raise(), ThreadPoolExecutor(max_workers=min(8, len(watched))) as pool:
-        installed: list[str] = []
+        installs: list[Future] = []
         try:
             for w in watched:
                 listeners[w.ns] = nftrace.TraceListener(w.ns)
 
-            def install(ns: str) -> str:
+            def install(ns: str) -> None:
                 nftrace.remove_orphans(ns)
                 nftrace.add_table(ns, name, spec)
-                return ns
 
-            for future in [pool.submit(install, w.ns) for w in watched]:
-                installed.append(future.result())
+            installs = [pool.submit(install, w.ns) for w in watched]
+            for future in installs:
+                future.result()
             sender = probe.Sender(source.ns, protocol, ident)
             try:
                 outcome = sender.send(target.address, port, REPLY_TIMEOUT)
@@ -232,7 +232,12 @@ def run(hosts: list[HostSpec], src: str, dst: str, protocol: str = "icmp", port:
                 sender.close()
             events = {ns: list(listener.events) for ns, listener in listeners.items()}
         finally:
-            # every namespace, also those whose install did not finish: removal is idempotent
+            # Interrupted while installing: an install still running would add its table after a
+            # removal that ran beside it. Pending ones are cancelled, running ones awaited, then every
+            # namespace's table is removed (idempotent, also where none was added).
+            for future in installs:
+                future.cancel()
+            wait(installs)
             list(pool.map(lambda w: nftrace.delete_table(w.ns, name), watched))
             for listener in listeners.values():
                 listener.close()

@@ -42,11 +42,11 @@ def ruleset(ns: str) -> str:
 def test_a_native_nft_drop_is_named_and_the_firewall_is_left_as_found(box: str) -> None:
     before = ruleset(box)
     topology = collect([HostSpec("box", netns.path_for(box), None)])
-    dropped = trace.run([], "box", "10.77.0.1", "udp", 9999, topology=topology)
+    dropped = trace.run([], src="box", dst="10.77.0.1", protocol="udp", port=9999, topology=topology)
     assert not dropped.arrived
     assert dropped.verdict.startswith("dropped in box: guard input: udp dport 9999 counter packets")
     assert dropped.verdict.endswith("drop  → drop")
-    passed = trace.run([], "box", "10.77.0.1", "udp", 9998, topology=topology)
+    passed = trace.run([], src="box", dst="10.77.0.1", protocol="udp", port=9998, topology=topology)
     assert passed.arrived and passed.verdict == "arrived at box (10.77.0.1)"
     assert "port 9998 unreachable" in passed.reply
     assert nftrace.trace_tables(netns.path_for(box)) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -15,8 +14,9 @@ from muslin.kernel import netns
 from muslin.observe import render_svg, render_text
 from muslin.observe.topology import HostSpec, collect
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD is not installed")]
+from ..tools import require
+
+pytestmark = pytest.mark.root
 
 CONFIG = """router id 10.66.0.{me};
 protocol device {{}}
@@ -46,7 +46,7 @@ def peers(make_netns, tmp_path: Path):
                 ipr.link("set", index=index, state="up")
             conf = tmp_path / f"bird{me}.conf"
             conf.write_text(CONFIG.format(me=me, other=3 - me))
-            subprocess.run(["nsenter", f"--net={netns.path_for(ns)}", "bird", "-c", str(conf), "-s",
+            subprocess.run(["nsenter", f"--net={netns.path_for(ns)}", require("bird"), "-c", str(conf), "-s",
                             str(tmp_path / f"bird{me}.ctl"), "-P", str(tmp_path / f"bird{me}.pid")], check=True)
             pids.append(int((tmp_path / f"bird{me}.pid").read_text()))
         yield names
