@@ -17,7 +17,6 @@ import re
 import socket
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
-from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from muslin.kernel import iptables, netns
 from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, NoSuchContainer, Runtime, StartFailed, State,
                             capabilities, check_sysctls, normalize_capability)
 
-from . import dns
+from . import dns, etcfiles
 from . import ports as portmod
 from .config import DaemonConfig
 from .firewall import PortSpec
@@ -90,24 +89,6 @@ class Container:
         doc = dict(doc)
         doc["attachments"] = [NetworkAttachment(**a) for a in doc.get("attachments", [])]
         return cls(**doc)
-
-
-def _host_resolv_conf() -> list[list[str]]:
-    try:
-        return [line.split() for line in Path("/etc/resolv.conf").read_text().splitlines()]
-    except OSError:
-        return []
-
-
-def host_nameservers(from_container: bool = True) -> list[str]:
-    """The daemon's resolvers; a container's namespace cannot reach those on the host's loopback, the
-    embedded DNS forwarder (which runs in the daemon's namespace) can."""
-    servers = [p[1] for p in _host_resolv_conf() if len(p) >= 2 and p[0] == "nameserver"]
-    return [s for s in servers if not s.startswith("127.")] if from_container else servers
-
-
-def host_search_domains() -> list[str]:
-    return next((p[1:] for p in _host_resolv_conf() if p and p[0] == "search"), [])
 
 
 def console_size_of(value: Any) -> tuple[int, int] | None:
@@ -222,7 +203,7 @@ class ContainerService:
                 workdir=body.get("WorkingDir") or "", user=body.get("User") or "", tty=bool(body.get("Tty")),
                 open_stdin=bool(body.get("OpenStdin")), hostname=hostname,
                 console_size=console_size_of(host.get("ConsoleSize")), domainname=body.get("Domainname") or "",
-                netns_path=c.sandbox, hosts=self._hosts_file(c, hostname, []),
+                netns_path=c.sandbox, hosts=self._hosts_file(c, [], hostname),
                 resolv_conf=self._resolv_conf(host, embedded_dns=self._uses_embedded_dns(c)),
                 capabilities=tuple(caps), privileged=bool(host.get("Privileged")), sysctls=sysctls)
             self.runtime.create(spec)
@@ -309,34 +290,22 @@ class ContainerService:
             owner = c.joined_container
             return (self.runtime.etc_path(owner, "hosts").read_text(),
                     self.runtime.etc_path(owner, "resolv.conf").read_text())
-        hostname = c.config.get("Hostname") or c.id[:12]
-        return (self._hosts_file(c, hostname, endpoints),
-                self._resolv_conf(c.host_config, self._uses_embedded_dns(c)))
+        return self._hosts_file(c, endpoints), self._resolv_conf(c.host_config, self._uses_embedded_dns(c))
 
-    def _hosts_file(self, c: Container, hostname: str, endpoints: list[Endpoint]) -> str:
-        extra = self._extra_hosts(c)
+    def _hosts_file(self, c: Container, endpoints: list[Endpoint], hostname: str | None = None) -> str:
+        entries = c.host_config.get("ExtraHosts") or []
+        gateway = None  # looked up only when asked for: a start reads no more of the store than it needs
+        if any(e.endswith(":" + etcfiles.HOST_GATEWAY) for e in entries):
+            pool = self.networks.get("bridge").pool
+            gateway = pool.gateway if pool else None
+        extra = etcfiles.extra_hosts(entries, gateway)
         if c.network_mode == "host":  # the host's names, as dockerd gives a --network host container
-            with contextlib.suppress(OSError):
-                own = Path("/etc/hosts").read_text()
-                return own + ("" if own.endswith("\n") or not own else "\n") + "".join(f"{line}\n" for line in extra)
-        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
-                 "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
-                 "ff02::2\tip6-allrouters"]
-        lines.extend(extra)
-        domain = c.config.get("Domainname") or ""
-        names = f"{hostname}.{domain} {hostname}" if domain else hostname
-        # One line per network the container is on, as dockerd writes them (and rewrites on connect).
-        lines.extend(f"{ep.address.ip}\t{names}" for ep in endpoints if ep.address)
-        return "\n".join(lines) + "\n"
-
-    def _extra_hosts(self, c: Container) -> list[str]:
-        out = []
-        for extra in c.host_config.get("ExtraHosts") or []:
-            name, _, addr = extra.partition(":")
-            if addr == "host-gateway":  # dockerd's name for the host as containers reach it
-                addr = str(self.networks.get("bridge").pool.gateway)
-            out.append(f"{addr}\t{name}")
-        return out
+            own = etcfiles.read_host_hosts()
+            if own is not None:
+                return etcfiles.host_network_hosts_file(own, extra)
+        hostname = hostname or etcfiles.container_hostname(c.config.get("Hostname") or "", c.id)
+        return etcfiles.hosts_file(hostname, c.config.get("Domainname") or "",
+                                   [ep.address.ip for ep in endpoints if ep.address], extra)
 
     def _endpoints_in_order(self, c: Container) -> list[Endpoint]:
         """The container's live endpoints in the order of its attachments (the first holds the gateway)."""
@@ -345,8 +314,7 @@ class ContainerService:
 
     def _rewrite_hosts(self, c: Container) -> None:
         """A running container's /etc/hosts after a network connect or disconnect."""
-        hostname = c.config.get("Hostname") or c.id[:12]
-        self.runtime.write_etc(c.id, hosts=self._hosts_file(c, hostname, self._endpoints_in_order(c)))
+        self.runtime.write_etc(c.id, hosts=self._hosts_file(c, self._endpoints_in_order(c)))
 
     def _uses_embedded_dns(self, c: Container) -> bool:
         """Docker gives containers on user-defined networks its embedded DNS server."""
@@ -354,21 +322,8 @@ class ContainerService:
 
     @staticmethod
     def _resolv_conf(host: dict[str, Any], embedded_dns: bool) -> str:
-        search = host.get("DnsSearch") or []
-        options = host.get("DnsOptions") or []
-        if embedded_dns:
-            servers = [dns.EMBEDDED_ADDRESS]
-            options = options or ["ndots:0"]
-        else:
-            servers = host.get("Dns") or host_nameservers()
-        if not search:
-            search = host_search_domains()
-        out = [f"nameserver {s}" for s in servers]
-        if search:
-            out.append("search " + " ".join(search))
-        if options:
-            out.append("options " + " ".join(options))
-        return "\n".join(out) + "\n"
+        return etcfiles.resolv_conf(host.get("Dns") or [], host.get("DnsSearch") or [], host.get("DnsOptions") or [],
+                                    dns.EMBEDDED_ADDRESS if embedded_dns else None, etcfiles.HostResolvConf.read())
 
     # -- start / stop ---------------------------------------------------------------------------------
     def start(self, ref: str) -> Container:
@@ -508,7 +463,7 @@ class ContainerService:
         if sockets is None:
             return
         udp, tcp = sockets
-        upstreams = c.host_config.get("Dns") or host_nameservers(from_container=False)
+        upstreams = c.host_config.get("Dns") or list(etcfiles.HostResolvConf.read().nameservers)
         server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), upstreams, c.sandbox)
         self._dns[c.id] = server
         try:
