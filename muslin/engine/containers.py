@@ -14,20 +14,19 @@ import logging
 import os
 import random
 import re
-import socket
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from muslin.errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound, NotModified
-from muslin.kernel import iptables, netns
+from muslin.kernel import netns
 from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, NoSuchContainer, Runtime, StartFailed, State,
                             capabilities, check_sysctls, normalize_capability)
 
 from . import dns, etcfiles
 from . import ports as portmod
 from .config import DaemonConfig
+from .dns_service import DNSService
 from .firewall import PortSpec
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
@@ -99,22 +98,19 @@ def console_size_of(value: Any) -> tuple[int, int] | None:
 
 class ContainerService:
     def __init__(self, store: Store, config: DaemonConfig, networks: NetworkService, images: ImageStore,
-                 runtime: Runtime, engine_call: Callable[..., Awaitable[Any]]) -> None:
+                 runtime: Runtime, embedded_dns: DNSService, engine_call: Callable[..., Awaitable[Any]]) -> None:
         self.store = store
         self.config = config
         self.networks = networks
         self.images = images
         self.runtime = runtime
+        self.embedded_dns = embedded_dns
         self.engine_call = engine_call  # runs a function on the engine's worker thread (state changes)
         self.sandbox_root = config.exec_root / "netns"
         self._exit_waiters: dict[str, list[asyncio.Future[int]]] = {}
         self._removal_waiters: dict[str, list[asyncio.Future[int]]] = {}
         self._monitors: dict[str, asyncio.Task] = {}
         self._last_exit: dict[str, int] = {}
-        self._dns: dict[str, dns.EmbeddedDNS] = {}
-        # The DNS sockets (UDP, TCP) of a container: bound at start, served once the start returned.
-        self._dns_sockets: dict[str, tuple[socket.socket, socket.socket]] = {}
-        self._background: set[asyncio.Task] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- lookups -----------------------------------------------------------------------------------
@@ -359,8 +355,7 @@ class ContainerService:
             self._bind_dns(c, fresh_sandbox)
             self.runtime.start(c.id)
         except BaseException:
-            for sock in self._dns_sockets.pop(c.id, ()):
-                sock.close()
+            self.embedded_dns.discard(c.id)
             try:
                 self._unpublish(c, published)
             except Exception:
@@ -409,104 +404,20 @@ class ContainerService:
         await self._serve_dns(c)
         self._follow(c.id, watch)
 
-    def _bind_dns(self, c: Container, fresh_sandbox: bool = False) -> None:
-        """Bind the container's DNS sockets before its process runs: queries sent before the server
-        is attached wait in the socket instead of being refused."""
-        if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c) or c.id in self._dns:
-            return
-        try:
-            self._dns_sockets[c.id] = self._dns_behind_redirect(c.sandbox, fresh_sandbox)
-            return
-        except (OSError, iptables.IptablesError) as exc:
-            # No nat table to redirect with (no iptables here, say): the sockets take 127.0.0.11:53
-            # itself, at the price of that port inside the container, rather than no DNS at all.
-            log.warning("embedded DNS of %s listens on 127.0.0.11:53 itself: %s", c.name, exc)
-        try:
-            self._dns_sockets[c.id] = _dns_sockets_at(c.sandbox, 53, 53, exact=True)
-        except OSError as exc:
-            log.warning("no embedded DNS for %s: %s", c.name, exc)
-
-    @staticmethod
-    def _dns_behind_redirect(sandbox: str, fresh_sandbox: bool) -> tuple[socket.socket, socket.socket]:
-        """Sockets on ports of their own and the DNAT that sends 127.0.0.11:53 to them. A namespace
-        that had them before gets its old ports back if they are free: conntrack pins a client's flow
-        (a resolver that keeps its source port, as nginx does) to the port it saw first."""
-        jump, udp_port, tcp_port = True, 0, 0
-        if not fresh_sandbox:  # a namespace made for this start has no rules to read
-            with netns.entered(sandbox):
-                nat = iptables.read("nat")
-            jump = not nat.has(dns.REDIRECT_JUMP)
-            udp_port, tcp_port = dns.redirect_ports(nat.rules_in(dns.REDIRECT_CHAIN))
-        udp, tcp = _dns_sockets_at(sandbox, udp_port, tcp_port)
-        try:
-            with netns.entered(sandbox):
-                iptables.restore(dns.redirect_rules(udp.getsockname()[1], tcp.getsockname()[1], jump))
-        except BaseException:
-            udp.close()
-            tcp.close()
-            raise
-        return udp, tcp
-
-    def _serve_dns_later(self, c: Container) -> None:
-        """On the loop: serve DNS sockets bound by the worker, keeping the task and logging its failure."""
-        def done(task: asyncio.Task) -> None:
-            self._background.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("embedded DNS of %s: %s", c.name, task.exception())
-
-        task = asyncio.ensure_future(self._serve_dns(c))
-        self._background.add(task)
-        task.add_done_callback(done)
+    def _bind_dns(self, c: Container, fresh_sandbox: bool = False) -> bool:
+        """Bind the container's embedded DNS (worker thread), if it is on a user-defined network."""
+        if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c):
+            return False
+        return self.embedded_dns.bind(c.id, c.name, c.sandbox, fresh_sandbox)
 
     async def _serve_dns(self, c: Container) -> None:
-        sockets = self._dns_sockets.pop(c.id, None)
-        if sockets is None:
-            return
-        udp, tcp = sockets
-        upstreams = c.host_config.get("Dns") or list(etcfiles.HostResolvConf.read().nameservers)
-        server = dns.EmbeddedDNS(lambda name, cid=c.id: self.resolve(cid, name), upstreams, c.sandbox)
-        self._dns[c.id] = server
-        try:
-            await asyncio.get_running_loop().create_datagram_endpoint(lambda: server, sock=udp)
-            await server.serve_tcp(tcp)
-        except BaseException:
-            if self._dns.get(c.id) is server:
-                del self._dns[c.id]
-            server.close()
-            udp.close()
-            tcp.close()
-            raise
-        if self._dns.get(c.id) is not server:
-            # Stopped meanwhile (an exit, an rm -f): _stop_dns closed what existed then, not what the
-            # awaits above made since; close it all now, or it would serve a dead namespace forever.
-            server.close()
+        """Serve what _bind_dns bound (event loop)."""
+        if c.sandbox:
+            await self.embedded_dns.serve(c.id, c.sandbox, self._dns_upstreams(c))
 
-    def _stop_dns(self, cid: str) -> None:
-        for sock in self._dns_sockets.pop(cid, ()):  # bound for a start that _serve_dns did not reach
-            sock.close()
-        server = self._dns.pop(cid, None)
-        if server is not None:
-            server.close()
-
-    def resolve(self, cid: str, name: str) -> list[IPv4Address] | None:
-        """Addresses of ``name`` as container ``cid`` sees it: containers (by name, alias or short id)
-        on the user-defined networks it shares with them. None: not a name of ours."""
-        # Endpoints carry their container's name and aliases (rename updates them), so a query reads
-        # only the endpoints of the networks the asker is on: it runs on the event loop.
-        # A name is the container's name, short id, hostname or an alias, alone or as <name>.<network>.
-        found: list[IPv4Address] = []
-        for mine in self.store.endpoints(container_id=cid):
-            net = self.networks.get(mine.network_id)
-            if net.predefined:
-                continue
-            suffix = "." + net.name.lower()
-            short = name[:-len(suffix)] if name.endswith(suffix) else name
-            for ep in self.store.endpoints(network_id=mine.network_id):
-                names = {ep.container_name.lower(), ep.container_id[:12], ep.hostname.lower(),
-                         *(a.lower() for a in ep.aliases)} - {""}
-                if ep.address is not None and (name in names or short in names):
-                    found.append(ep.address.ip)
-        return found or None
+    @staticmethod
+    def _dns_upstreams(c: Container) -> list[str]:
+        return c.host_config.get("Dns") or list(etcfiles.HostResolvConf.read().nameservers)
 
     def _follow(self, cid: str, watch: ExitWaiter) -> None:
         previous = self._monitors.get(cid)
@@ -580,7 +491,7 @@ class ContainerService:
         try:
             code = await watch.wait()
             self._last_exit[cid] = code
-            self._stop_dns(cid)
+            self.embedded_dns.stop(cid)
             await self.engine_call(self._after_exit, cid)
         except Exception:
             # Waiters (`docker stop`, `wait`) are answered all the same: a hung CLI helps nobody.
@@ -640,8 +551,8 @@ class ContainerService:
             netns.remove(c.sandbox)
         with self.store.transaction() as db:
             self.store.delete_container(db, c.id)
+        self.embedded_dns.stop_soon(c.id)
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._stop_dns, c.id)
             self.loop.call_soon_threadsafe(self._notify_removed, c.id, code)
         log.info("removed container %s (%s)", c.name, c.id[:12])
 
@@ -689,13 +600,12 @@ class ContainerService:
         self._save(c)
         if running:
             self._rewrite_hosts(c)
-        if running and not embedded_dns_before and self._uses_embedded_dns(c) and self.loop is not None:
+        if running and not embedded_dns_before and self._bind_dns(c):
             # From the default bridge onto a user network: the container's resolver becomes the embedded
             # one now, as with dockerd, not at its next start (and only once its sockets are bound).
-            self._bind_dns(c)
-            if c.id in self._dns_sockets:
-                self.runtime.write_etc(c.id, resolv_conf=self._resolv_conf(c.host_config, embedded_dns=True))
-                self.loop.call_soon_threadsafe(self._serve_dns_later, c)
+            assert c.sandbox is not None
+            self.runtime.write_etc(c.id, resolv_conf=self._resolv_conf(c.host_config, embedded_dns=True))
+            self.embedded_dns.serve_soon(c.id, c.name, c.sandbox, self._dns_upstreams(c))
 
     def disconnect(self, net_ref: str, container_ref: str, force: bool) -> None:
         net = self.networks.get(net_ref)
@@ -768,22 +678,3 @@ class ContainerService:
         running = sum(1 for c in items if self.state(c).running)
         return len(items), running, 0, len(items) - running
 
-
-def _dns_sockets_at(sandbox: str, udp_port: int, tcp_port: int,
-                    exact: bool = False) -> tuple[socket.socket, socket.socket]:
-    """The embedded DNS's UDP and TCP sockets on 127.0.0.11 inside the sandbox; a wanted port that is
-    taken gives way to any free one, unless ``exact``."""
-    def bind(open_socket: Callable[[str, str, int], socket.socket], port: int) -> socket.socket:
-        try:
-            return open_socket(sandbox, dns.EMBEDDED_ADDRESS, port)
-        except OSError:
-            if exact or port == 0:
-                raise
-            return open_socket(sandbox, dns.EMBEDDED_ADDRESS, 0)
-
-    udp = bind(netns.udp_socket_in, udp_port)
-    try:
-        return udp, bind(netns.tcp_listener_in, tcp_port)
-    except BaseException:
-        udp.close()
-        raise

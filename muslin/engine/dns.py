@@ -3,7 +3,8 @@
 Each container on a user-defined network gets ``nameserver 127.0.0.11`` and a UDP and a TCP socket the
 daemon holds inside the container's namespace on 127.0.0.11, on ports of their own: port 53 stays free
 for the container's own DNS server (a wildcard bind of :53 would collide with ours), and a DNAT rule in
-the container's namespace sends 127.0.0.11:53 to them, as dockerd does.
+the container's namespace sends 127.0.0.11:53 to them, as dockerd does (``dns_service`` binds them and
+programs that redirect).
 A query for a container name, alias or short id on one of the asker's networks is answered from the
 store; any other name goes to the upstream resolvers (``--dns``, else the daemon's), over the
 transport it came in on, from the container's own namespace as dockerd sends it, so a resolver only the
@@ -44,38 +45,6 @@ class Question:
     qtype: int
     qclass: int
     raw: bytes  # the question section as sent, echoed back in the answer
-
-
-REDIRECT_CHAIN = "MUSLIN-DNS"
-REDIRECT_JUMP = f"-A OUTPUT -d {EMBEDDED_ADDRESS}/32 -j {REDIRECT_CHAIN}"
-
-
-def redirect_rules(udp_port: int, tcp_port: int, with_jump: bool) -> str:
-    """An iptables-restore text (for --noflush) for the container's namespace: queries to 127.0.0.11:53
-    reach our sockets; replies go back through the same conntrack entry, so no SNAT is needed.
-    Declaring the chain empties it, so a new start's ports replace the last ones; the jump into it is
-    added once (``with_jump``: the namespace does not have it yet)."""
-    return "\n".join([
-        "*nat",
-        f":{REDIRECT_CHAIN} - [0:0]",
-        *([REDIRECT_JUMP] if with_jump else []),
-        f"-A {REDIRECT_CHAIN} -p udp -m udp --dport 53 -j DNAT --to-destination {EMBEDDED_ADDRESS}:{udp_port}",
-        f"-A {REDIRECT_CHAIN} -p tcp -m tcp --dport 53 -j DNAT --to-destination {EMBEDDED_ADDRESS}:{tcp_port}",
-        "COMMIT", "",
-    ])
-
-
-def redirect_ports(rules: list[str]) -> tuple[int, int]:
-    """(UDP, TCP) ports an earlier ``redirect_rules`` sent queries to, 0 where there was none."""
-    ports = {"udp": 0, "tcp": 0}
-    for rule in rules:
-        words = rule.split()
-        if "-p" in words and "--to-destination" in words:
-            proto = words[words.index("-p") + 1]
-            target = words[words.index("--to-destination") + 1]
-            if proto in ports and target.startswith(EMBEDDED_ADDRESS + ":") and target.rpartition(":")[2].isdigit():
-                ports[proto] = int(target.rpartition(":")[2])
-    return ports["udp"], ports["tcp"]
 
 
 def parse_query(packet: bytes) -> tuple[int, int, Question]:

@@ -19,6 +19,7 @@ from muslin.runtime import ImageStore, Runtime
 
 from .config import DaemonConfig
 from .containers import ContainerService
+from .dns_service import DNSService
 from .firewall import IptablesFirewall
 from .guard import FirewallGuard
 from .networks import NetworkService
@@ -43,12 +44,14 @@ class Engine:
         self.networks = NetworkService(self.store, config, self.firewall)
         self.images = ImageStore(config.data_root / "images")
         self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
-        self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.call)
+        self.dns = DNSService(self.store, self.networks.get)
+        self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.dns,
+                                           self.call)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.guard = FirewallGuard(lambda: self.call(self.restore_firewall)) if self.firewall else None
 
     async def start(self) -> None:
-        self.containers.loop = asyncio.get_running_loop()
+        self.containers.loop = self.dns.loop = asyncio.get_running_loop()
         await self.call(self._start)
         await self.containers.follow_running()
         if self.guard:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
-from muslin.kernel import iptables, nfhandles
+from muslin.kernel import iptables, netns, nfhandles
 
 # (table, chain, rule spec without "-A CHAIN", position): "first" inserts at the top of the chain,
 # "append" adds at the end, and the "head" rules of a chain are kept as its very first rules, in the
@@ -117,6 +117,73 @@ def port_rules(p: PortSpec) -> list[Rule]:
          f"-d {cip}/32 ! -i {p.bridge} -o {p.bridge} -p {proto} -m {proto} --dport {p.container_port} -j ACCEPT",
          "append"),
     ]
+
+
+DNS_CHAIN = "MUSLIN-DNS"
+
+
+@dataclass(frozen=True)
+class DNSRedirect:
+    """Inside a container's namespace: queries to ``address``:53 go to the embedded DNS's own ports."""
+
+    address: str
+    udp_port: int
+    tcp_port: int
+
+
+def dns_jump(address: str) -> Rule:
+    return ("nat", "OUTPUT", f"-d {address}/32 -j {DNS_CHAIN}", "append")
+
+
+def dns_redirect_rules(r: DNSRedirect) -> list[Rule]:
+    # Replies go back through the same conntrack entry: no SNAT is needed.
+    return [("nat", DNS_CHAIN, f"-p {proto} -m {proto} --dport 53 -j DNAT --to-destination {r.address}:{port}", "append")
+            for proto, port in (("udp", r.udp_port), ("tcp", r.tcp_port))]
+
+
+def dns_redirect_batch(redirect: DNSRedirect, add_jump: bool) -> iptables.Batch:
+    """One transaction: the chain declared (which empties it, so a new start's ports replace the last
+    ones), the jump into it added once (``add_jump``: the namespace lacks it), its DNATs."""
+    batch = iptables.Batch()
+    batch.add("nat", f":{DNS_CHAIN} - [0:0]")
+    for table, chain, spec, _ in ([dns_jump(redirect.address)] if add_jump else []) + dns_redirect_rules(redirect):
+        batch.add(table, f"-A {chain} {spec}")
+    return batch
+
+
+def dns_redirect_ports(rules: list[str], address: str) -> tuple[int, int]:
+    """(UDP, TCP) ports that ``dns_redirect_rules`` lines (as iptables-save prints them) send queries
+    to, 0 where there is none."""
+    ports = {"udp": 0, "tcp": 0}
+    for rule in rules:
+        words = rule.split()
+        if "-p" in words and "--to-destination" in words:
+            proto = words[words.index("-p") + 1]
+            target = words[words.index("--to-destination") + 1]
+            host, _, port = target.rpartition(":")
+            if proto in ports and host == address and port.isdigit():
+                ports[proto] = int(port)
+    return ports["udp"], ports["tcp"]
+
+
+class SandboxFirewall:
+    """Rules inside a container's own namespace: the embedded DNS's redirect (chain MUSLIN-DNS), kept
+    whatever --iptables says about the host's firewall, as dockerd. Used from the engine's worker thread."""
+
+    @staticmethod
+    def read_dns_redirect(sandbox: str, address: str) -> tuple[DNSRedirect, bool]:
+        """The redirect the namespace holds (ports 0 where none) and whether OUTPUT jumps to it."""
+        with netns.entered(sandbox):
+            nat = iptables.read("nat")
+        udp_port, tcp_port = dns_redirect_ports(nat.rules_in(DNS_CHAIN), address)
+        _, chain, spec, _ = dns_jump(address)
+        return DNSRedirect(address, udp_port, tcp_port), nat.has(f"-A {chain} {spec}")
+
+    @staticmethod
+    def set_dns_redirect(sandbox: str, redirect: DNSRedirect, add_jump: bool) -> None:
+        batch = dns_redirect_batch(redirect, add_jump)
+        with netns.entered(sandbox):
+            batch.apply()
 
 
 class Firewall(Protocol):

@@ -48,18 +48,3 @@ def test_an_answer_too_large_for_udp_is_truncated_and_whole_over_tcp() -> None:
     _, flags, *_ = struct.unpack_from(">HHHHHH", server.local_answer(b"\x00\x01junk"))
     assert flags & 0xF == dns.RCODE_FORMERR
 
-
-def test_redirect_rules_refill_their_chain_and_jump_once() -> None:
-    first = dns.redirect_rules(40001, 40002, with_jump=True).splitlines()
-    again = dns.redirect_rules(40003, 40004, with_jump=False).splitlines()
-    assert first[:3] == ["*nat", ":MUSLIN-DNS - [0:0]", "-A OUTPUT -d 127.0.0.11/32 -j MUSLIN-DNS"]
-    assert "-A MUSLIN-DNS -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:40001" in first
-    assert "-A MUSLIN-DNS -p tcp -m tcp --dport 53 -j DNAT --to-destination 127.0.0.11:40002" in first
-    assert dns.REDIRECT_JUMP not in again and ":MUSLIN-DNS - [0:0]" in again  # declaring it empties it
-
-
-def test_redirect_ports_read_back_what_redirect_rules_wrote() -> None:
-    rules = [line for line in dns.redirect_rules(40001, 40002, with_jump=True).splitlines()
-             if line.startswith("-A MUSLIN-DNS")]
-    assert dns.redirect_ports(rules) == (40001, 40002)
-    assert dns.redirect_ports([]) == (0, 0)

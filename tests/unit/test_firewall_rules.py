@@ -1,6 +1,7 @@
 from ipaddress import IPv4Address, IPv4Network
 
-from muslin.engine.firewall import BridgeSpec, PortSpec, bridge_rules, port_rules
+from muslin.engine.firewall import (BridgeSpec, DNSRedirect, PortSpec, bridge_rules, dns_redirect_batch,
+                                    dns_redirect_ports, port_rules)
 
 
 def specs(rules):
@@ -38,3 +39,22 @@ def test_legacy_rules_are_the_forwarding_rules_muslind_once_put_in_forward() -> 
     assert ("filter", "FORWARD", "-i br1 -o br1 -j DROP") in legacy
     assert all(chain == "FORWARD" for _, chain, _ in legacy)
     assert {s for _, c, s in specs(bridge_rules(spec)) if c == "MUSLIN-FORWARD"} <= {s for _, _, s in legacy}
+
+
+def test_dns_redirect_refills_its_chain_and_jumps_once() -> None:
+    first = dns_redirect_batch(DNSRedirect("127.0.0.11", 40001, 40002), add_jump=True).render().splitlines()
+    again = dns_redirect_batch(DNSRedirect("127.0.0.11", 40003, 40004), add_jump=False).render().splitlines()
+    assert first[:3] == ["*nat", ":MUSLIN-DNS - [0:0]", "-A OUTPUT -d 127.0.0.11/32 -j MUSLIN-DNS"]
+    assert "-A MUSLIN-DNS -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:40001" in first
+    assert "-A MUSLIN-DNS -p tcp -m tcp --dport 53 -j DNAT --to-destination 127.0.0.11:40002" in first
+    assert first[-1] == "COMMIT"
+    assert not any(line.startswith("-A OUTPUT") for line in again)
+    assert again[1] == ":MUSLIN-DNS - [0:0]"  # declaring the chain empties it: the old ports go
+
+
+def test_dns_redirect_ports_read_back_what_the_redirect_wrote() -> None:
+    rules = [line for line in dns_redirect_batch(DNSRedirect("127.0.0.11", 40001, 40002), True).render().splitlines()
+             if line.startswith("-A MUSLIN-DNS")]
+    assert dns_redirect_ports(rules, "127.0.0.11") == (40001, 40002)
+    assert dns_redirect_ports(rules, "127.0.0.12") == (0, 0)  # another address's redirect is not ours
+    assert dns_redirect_ports([], "127.0.0.11") == (0, 0)
