@@ -116,11 +116,11 @@ class ContainerViews:
         for key in {**image.get("ExposedPorts", {}), **(c.config.get("ExposedPorts") or {})}:
             ports[key if "/" in key else f"{key}/tcp"] = None
         for b in c.bindings:
-            ports.setdefault(f"{b['container_port']}/{b['proto']}", None)
+            ports.setdefault(f"{b.container_port}/{b.proto}", None)
         if running:
             for b in c.published:
-                key = f"{b['container_port']}/{b['proto']}"
-                ports[key] = (ports.get(key) or []) + [{"HostIp": b["host_ip"] or "0.0.0.0", "HostPort": str(b["host_port"])}]
+                key = f"{b.container_port}/{b.proto}"
+                ports[key] = (ports.get(key) or []) + [{"HostIp": b.host_ip or "0.0.0.0", "HostPort": str(b.host_port)}]
         return ports
 
     def _image_config(self, c: Container) -> dict[str, Any]:
@@ -194,8 +194,8 @@ class ContainerViews:
     def summary(self, c: Container, st: State) -> dict[str, Any]:
         ports = []
         for b in (c.published if st.running else []):
-            ports.append({"IP": b["host_ip"] or "0.0.0.0", "PrivatePort": b["container_port"],
-                          "PublicPort": b["host_port"], "Type": b["proto"]})
+            ports.append({"IP": b.host_ip or "0.0.0.0", "PrivatePort": b.container_port,
+                          "PublicPort": b.host_port, "Type": b.proto})
         image_cfg = self._image_config(c)
         for key in {**image_cfg.get("ExposedPorts", {}), **(c.config.get("ExposedPorts") or {})}:
             port, _, proto = key.partition("/")

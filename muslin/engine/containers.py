@@ -28,6 +28,7 @@ from . import ports as portmod
 from .config import DaemonConfig
 from .dns_service import DNSService
 from .firewall import PortSpec
+from .ports import PortBinding
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
 from .store import Store
@@ -68,8 +69,8 @@ class Container:
     network_mode: str  # "bridge"/<network id>, "host", "none", "container:<id>"
     attachments: list[NetworkAttachment] = field(default_factory=list)
     sandbox: str | None = None
-    bindings: list[dict[str, Any]] = field(default_factory=list)  # requested -p, as PortBinding fields
-    published: list[dict[str, Any]] = field(default_factory=list)  # assigned while running
+    bindings: list[PortBinding] = field(default_factory=list)  # requested -p
+    published: list[PortBinding] = field(default_factory=list)  # assigned while running
     restart_count: int = 0
 
     @property
@@ -87,6 +88,8 @@ class Container:
     def from_doc(cls, doc: dict[str, Any]) -> Container:
         doc = dict(doc)
         doc["attachments"] = [NetworkAttachment(**a) for a in doc.get("attachments", [])]
+        doc["bindings"] = [PortBinding(**b) for b in doc.get("bindings", [])]
+        doc["published"] = [PortBinding(**b) for b in doc.get("published", [])]
         return cls(**doc)
 
 
@@ -183,7 +186,7 @@ class ContainerService:
         check_sysctls(sysctls, host_network=mode == "host")
         c = Container(id=cid, name=name, created=now_rfc3339(), image=image_ref, image_id=image.id,
                       config=body, host_config=host, network_mode=mode, attachments=attachments,
-                      bindings=[asdict(b) for b in bindings])
+                      bindings=bindings)
         hostname = body.get("Hostname") or cid[:12]
         if mode == "host":
             hostname = body.get("Hostname") or os.uname().nodename
@@ -340,7 +343,6 @@ class ContainerService:
             netns.create(c.sandbox, SANDBOX_SYSCTLS)  # gone after a reboot (on a tmpfs); a no-op otherwise
         self.release_networking(c)  # what an exit not yet handled still holds
         wired: list[tuple[Network, Endpoint]] = []
-        published: list[PortSpec] = []
         try:
             for i, att in enumerate(c.attachments):
                 net = self.networks.get(att.network_id)
@@ -349,15 +351,15 @@ class ContainerService:
                 assert c.sandbox is not None
                 self.networks.wire_endpoint(net, ep, c.sandbox)
                 wired.append((net, ep))
-            if c.bindings and wired and wired[0][0].driver == "bridge":  # other drivers have no NAT
-                published = self._publish(c, wired[0][0], wired[0][1])
+            if c.bindings and wired:
+                self._publish(c, *wired[0])
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
             self._bind_dns(c, fresh_sandbox)
             self.runtime.start(c.id)
         except BaseException:
             self.embedded_dns.discard(c.id)
             try:
-                self._unpublish(c, published)
+                self._unpublish(c, wired[0] if wired else None)
             except Exception:
                 log.exception("could not unpublish the ports of %s", c.name)
             for net, ep in reversed(wired):
@@ -425,61 +427,65 @@ class ContainerService:
             previous.cancel()
         self._monitors[cid] = asyncio.ensure_future(self._monitor(cid, watch))
 
-    def _publish(self, c: Container, net: Network, ep: Endpoint) -> list[PortSpec]:
-        # A binding without a host IP takes the network's host_binding_ipv4 (0.0.0.0 unless set).
-        default_ip = net.resolved.get("host_binding_ipv4", "0.0.0.0")
-        default_ip = "" if default_ip == "0.0.0.0" else default_ip
-        bindings = [portmod.PortBinding(**{**b, "host_ip": b["host_ip"] or default_ip}) for b in c.bindings]
+    # -- published ports: the network's driver programs them, the container records them ---------------
+    def _publish(self, c: Container, net: Network, ep: Endpoint) -> None:
+        """Publish the container's -p on its first network, if that network's driver has NAT."""
+        driver = self.networks.port_publisher(net)
+        if driver is None:
+            return
         taken = [(proto, ip, port) for proto, ip, port, owner in self.store.ports() if owner != c.id]
-        try:
-            assigned = portmod.assign(bindings, taken)
-        except Conflict as exc:
-            raise EngineError(f"driver failed programming external connectivity on endpoint {c.name} ({ep.id}): {exc.message}") from None
-        assert ep.address is not None
-        specs = [PortSpec(bridge=net.resolved["bridge"], proto=b.proto, host_ip=b.host_ip, host_port=b.host_port,
-                          container_ip=ep.address.ip, container_port=b.container_port) for b in assigned]
+        assigned = driver.assign_ports(net, ep, c.bindings, taken)
         # Recorded before the rules exist, in one transaction with the port rows: after a crash in
         # between, release_networking still knows which rules to remove.
-        c.published = [asdict(b) for b in assigned]
+        c.published = assigned
         with self.store.transaction() as db:
             for b in assigned:
                 self.store.bind_port(db, b.proto, b.host_ip, b.host_port, c.id)
             self.store.put_container(db, c.id, c.name, c.to_doc())
-        if self.networks.bridge.firewall:
-            self.networks.bridge.firewall.add_port_forwards(specs)
-        return specs
+        driver.publish_ports(net, ep, assigned)
 
-    def _port_specs(self, c: Container) -> list[PortSpec]:
-        eps = self.store.endpoints(container_id=c.id)
-        if not c.published or not eps or not c.attachments:
-            return []
-        primary = next((e for e in eps if e.network_id == c.attachments[0].network_id), None)
-        if primary is None or primary.address is None:
-            return []
-        net = self.networks.get(primary.network_id)
-        if net.driver != "bridge":
-            return []
-        return [PortSpec(bridge=net.resolved["bridge"], proto=b["proto"], host_ip=b["host_ip"],
-                         host_port=b["host_port"], container_ip=primary.address.ip,
-                         container_port=b["container_port"]) for b in c.published]
+    def _publishing_endpoint(self, c: Container) -> tuple[Network, Endpoint] | None:
+        """The endpoint the container's ports are published on (that of its first network), if live."""
+        if not c.published or not c.attachments:
+            return None
+        eps = self.store.endpoints(network_id=c.attachments[0].network_id, container_id=c.id)
+        if not eps or eps[0].address is None:
+            return None
+        return self.networks.get(eps[0].network_id), eps[0]
 
-    def published_port_specs(self) -> list[PortSpec]:
-        """What the firewall must hold for every published port of a container with its endpoints."""
-        return [spec for c in self.all() for spec in self._port_specs(c)]
-
-    def _unpublish(self, c: Container, specs: list[PortSpec]) -> None:
-        if specs and self.networks.bridge.firewall:
-            self.networks.bridge.firewall.remove_port_forwards(specs)
+    def _unpublish(self, c: Container, on: tuple[Network, Endpoint] | None) -> None:
+        """Give back the container's host ports; their forwards go with them when ``on`` is where
+        they were programmed."""
+        driver = self.networks.port_publisher(on[0]) if on is not None and c.published else None
+        if on is not None and driver is not None:
+            driver.unpublish_ports(*on, c.published)
         with self.store.transaction() as db:
             self.store.unbind_ports(db, c.id)
         c.published = []
+
+    def published_port_specs(self) -> list[PortSpec]:
+        """What the firewall must hold for every published port of a container with its endpoints."""
+        specs = []
+        for c in self.all():
+            on = self._publishing_endpoint(c)
+            driver = self.networks.port_publisher(on[0]) if on is not None else None
+            if on is not None and driver is not None:
+                specs.extend(driver.port_forwards(*on, c.published))
+        return specs
+
+    def _republish(self, c: Container) -> None:
+        """A running container's forwards back in place (a firewall reload while muslind was away)."""
+        on = self._publishing_endpoint(c)
+        driver = self.networks.port_publisher(on[0]) if on is not None else None
+        if on is not None and driver is not None:
+            driver.publish_ports(*on, c.published)
 
     def release_networking(self, c: Container) -> None:
         """What a stopped container gives back: its ports and endpoints (the sandbox stays until rm)."""
         endpoints = self.store.endpoints(container_id=c.id)
         if not endpoints and not c.published:
             return
-        self._unpublish(c, self._port_specs(c))
+        self._unpublish(c, self._publishing_endpoint(c))
         for ep in endpoints:
             net = self.networks.get(ep.network_id)
             self.networks.release_endpoint(net, ep, c.sandbox)
@@ -626,7 +632,7 @@ class ContainerService:
             raise Forbidden(f"container {c.id} is not connected to network {net.name}")
         for ep in self.store.endpoints(network_id=net.id, container_id=c.id):
             if c.attachments and c.attachments[0].network_id == net.id and c.published:
-                self._unpublish(c, self._port_specs(c))
+                self._unpublish(c, (net, ep))
             self.networks.release_endpoint(net, ep, c.sandbox)
         c.attachments.remove(att)
         self._save(c)
@@ -640,8 +646,8 @@ class ContainerService:
         for c in self.all():
             if self.runtime.state(c.id).running:
                 # A firewall reload while muslind was away must not leave published ports dead.
-                if self.networks.bridge.firewall and c.published:
-                    await self.engine_call(self.networks.bridge.firewall.add_port_forwards, self._port_specs(c))
+                if c.published:
+                    await self.engine_call(self._republish, c)
                 await self.engine_call(self._bind_dns, c)
                 await self._serve_dns(c)
                 self._follow(c.id, await self.runtime.exit_waiter(c.id))

@@ -22,7 +22,7 @@ from muslin.kernel import address, link, netns, route
 from . import ipam
 from .config import DaemonConfig
 from .drivers import macvlan
-from .drivers.base import HostNetlink, NetworkDriver
+from .drivers.base import HostNetlink, NetworkDriver, PortPublisher
 from .drivers.bridge import OPT_BIND, OPT_DEFAULT, OPT_ICC, OPT_MASQ, OPT_MTU, OPT_NAME, BridgeDriver
 from .drivers.macvlan import MacvlanDriver
 from .drivers.passthrough import PassthroughDriver
@@ -288,3 +288,10 @@ class NetworkService:
         with self.store.transaction() as db:
             self.store.delete_endpoint(db, ep.id)
             self.store.release(db, net.id, ep.container_id)
+
+    # -- published ports -----------------------------------------------------------------------------
+    def port_publisher(self, net: Network) -> PortPublisher | None:
+        """The driver that publishes ports of this network's endpoints; None: it has no NAT (macvlan,
+        host, none), and ports asked for on it are not published, as in Docker."""
+        driver = self.drivers[net.driver]
+        return driver if isinstance(driver, PortPublisher) else None

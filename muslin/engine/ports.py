@@ -9,10 +9,13 @@ from ipaddress import IPv4Address
 from muslin.errors import Conflict, InvalidArgument
 
 EPHEMERAL = range(32768, 61000)  # where dockerd takes ports for -P and "-p 80"
+HostPort = tuple[str, str, int]  # (proto, host IP, port) of a binding programmed on the host
 
 
 @dataclass(frozen=True)
 class PortBinding:
+    """One -p of a container: as asked (host_port 0: any), or as assigned while it runs."""
+
     container_port: int
     proto: str
     host_ip: str  # "" = every address (shown as 0.0.0.0)
@@ -77,7 +80,7 @@ def clashes(a_ip: str, b_ip: str) -> bool:
 # No socket is bound on the host port: with DNAT and no userland proxy, a host process listening on the
 # same port is shadowed for outside traffic (as with dockerd --userland-proxy=false). Clashes are only
 # checked against other containers' bindings.
-def assign(bindings: list[PortBinding], taken: list[tuple[str, str, int]]) -> list[PortBinding]:
+def assign(bindings: list[PortBinding], taken: list[HostPort]) -> list[PortBinding]:
     """Fill in host ports for 0s and refuse a binding that clashes with ``taken`` (proto, ip, port)."""
     used = list(taken)
     out = []

@@ -1,14 +1,17 @@
-"""The driver contract: create/delete a network, join/leave an endpoint into a sandbox."""
+"""The driver contract: create/delete a network, join/leave an endpoint into a sandbox; and for drivers
+with NAT (bridge), publishing an endpoint's ports."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pyroute2 import IPRoute
 
 from muslin.kernel import address, link, netns, route
 
+from ..firewall import PortSpec
 from ..model import Endpoint, Network
+from ..ports import HostPort, PortBinding
 
 
 class HostNetlink:
@@ -70,3 +73,22 @@ class NetworkDriver(Protocol):
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         """Unwire the endpoint (from the sandbox, when it still exists); idempotent."""
+
+
+@runtime_checkable
+class PortPublisher(Protocol):
+    """A driver that publishes container ports on the host (bridge: DNAT to the endpoint). Used from
+    the engine's worker thread."""
+
+    def assign_ports(self, net: Network, ep: Endpoint, requested: list[PortBinding],
+                     taken: list[HostPort]) -> list[PortBinding]:
+        """Host ports for every requested binding; EngineError when one is taken."""
+
+    def port_forwards(self, net: Network, ep: Endpoint, published: list[PortBinding]) -> list[PortSpec]:
+        """What the firewall holds for these published ports."""
+
+    def publish_ports(self, net: Network, ep: Endpoint, published: list[PortBinding]) -> None:
+        """Program the ports assign_ports chose; idempotent."""
+
+    def unpublish_ports(self, net: Network, ep: Endpoint, published: list[PortBinding]) -> None:
+        """Remove what publish_ports programmed; idempotent."""

@@ -6,12 +6,13 @@ import contextlib
 import os
 from ipaddress import IPv4Address, IPv4Interface
 
-from muslin.errors import Conflict, InvalidArgument
+from muslin.errors import Conflict, EngineError, InvalidArgument
 from muslin.kernel import address, link, netns
 
 from ..config import DaemonConfig, parse_bool
-from ..firewall import BridgeSpec, Firewall
+from ..firewall import BridgeSpec, Firewall, PortSpec
 from ..model import Endpoint, Network
+from ..ports import HostPort, PortBinding, assign
 from .base import HostNetlink, OnHostLinks, configure_endpoint_link
 
 OPT_NAME = "com.docker.network.bridge.name"
@@ -146,3 +147,32 @@ class BridgeDriver(OnHostLinks):
                 link.retire_veth(self.host, host_ifname(ep), peer_ipr, ep.ifname)
         else:
             link.delete_link(self.host, host_ifname(ep))
+
+    # -- published ports (NAT to the endpoint, as libnetwork's bridge driver maps them) -------------
+    def assign_ports(self, net: Network, ep: Endpoint, requested: list[PortBinding],
+                     taken: list[HostPort]) -> list[PortBinding]:
+        """Host ports for ``requested`` on this endpoint, none of them in ``taken`` (other endpoints'):
+        a binding without a host IP takes the network's host_binding_ipv4 (0.0.0.0 unless set)."""
+        default_ip = net.resolved.get("host_binding_ipv4", "0.0.0.0")
+        default_ip = "" if default_ip == "0.0.0.0" else default_ip
+        try:
+            return assign([PortBinding(b.container_port, b.proto, b.host_ip or default_ip, b.host_port)
+                           for b in requested], taken)
+        except Conflict as exc:
+            raise EngineError(f"driver failed programming external connectivity on endpoint "
+                              f"{ep.container_name} ({ep.id}): {exc.message}") from None
+
+    def port_forwards(self, net: Network, ep: Endpoint, published: list[PortBinding]) -> list[PortSpec]:
+        """The firewall's forwards for these ports of the endpoint."""
+        assert ep.address is not None
+        return [PortSpec(bridge=net.resolved["bridge"], proto=b.proto, host_ip=b.host_ip, host_port=b.host_port,
+                         container_ip=ep.address.ip, container_port=b.container_port) for b in published]
+
+    def publish_ports(self, net: Network, ep: Endpoint, published: list[PortBinding]) -> None:
+        """Program the forwards (idempotent: a recovery puts back what a firewall reload wiped)."""
+        if self.firewall and published:
+            self.firewall.add_port_forwards(self.port_forwards(net, ep, published))
+
+    def unpublish_ports(self, net: Network, ep: Endpoint, published: list[PortBinding]) -> None:
+        if self.firewall and published:
+            self.firewall.remove_port_forwards(self.port_forwards(net, ep, published))
