@@ -4,6 +4,8 @@ The runtime runs processes; this service decides what a container is (name, conf
 wires it: a sandbox namespace per container from create to rm, endpoints joined at start and left when
 the container stops, published ports programmed while it runs. Every step that can fail at start is
 undone when a later step fails, so a refused start leaves no veth, rule, address or port behind.
+What it wires is done elsewhere: the /etc files' text in ``etcfiles``, the embedded DNS in
+``dns_service``, endpoints and published ports by the network's driver (through ``networks``).
 """
 
 from __future__ import annotations
@@ -100,6 +102,17 @@ def console_size_of(value: Any) -> tuple[int, int] | None:
 
 
 class ContainerService:
+    """Docker's containers: their records and their lifecycle (create, start, stop, rm, rename, network
+    connect/disconnect, recovery after a restart of muslind).
+
+    Threads: the state changes (the sections marked "worker") run on the engine's worker thread, one
+    at a time, through ``engine_call``; ``run``, ``follow_running`` and the exit monitors and waiters
+    (the "event loop" section) run on the event loop and reach the worker only through
+    ``engine_call``. The worker reaches the loop only through ``loop.call_soon_threadsafe`` (removal
+    waiters) and the DNS service's ``*_soon`` calls. Lookups only read, from either thread.
+    Loop-only state: ``_exit_waiters``, ``_removal_waiters``, ``_monitors``; worker-only: ``_last_exit``.
+    """
+
     def __init__(self, store: Store, config: DaemonConfig, networks: NetworkService, images: ImageStore,
                  runtime: Runtime, embedded_dns: DNSService, engine_call: Callable[..., Awaitable[Any]]) -> None:
         self.store = store
@@ -116,7 +129,7 @@ class ContainerService:
         self._last_exit: dict[str, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    # -- lookups -----------------------------------------------------------------------------------
+    # -- lookups: they only read the store and the runtime's state, from either thread ------------------
     def all(self) -> list[Container]:
         return [Container.from_doc(d) for d in self.store.containers()]
 
@@ -132,11 +145,17 @@ class ContainerService:
     def state(self, c: Container) -> State:
         return self.runtime.state(c.id)
 
+    def counts(self) -> tuple[int, int, int, int]:
+        items = self.all()
+        running = sum(1 for c in items if self.state(c).running)
+        return len(items), running, 0, len(items) - running
+
+
     def _save(self, c: Container) -> None:
         with self.store.transaction() as db:
             self.store.put_container(db, c.id, c.name, c.to_doc())
 
-    # -- create --------------------------------------------------------------------------------------
+    # -- create (worker) --------------------------------------------------------------------------------
     def _unique_name(self) -> str:
         taken = {c.name for c in self.all()}
         for _ in range(1000):
@@ -281,7 +300,7 @@ class ContainerService:
             attachments[0].mac = host["MacAddress"]
         return primary.id if not primary.predefined else primary.name, attachments
 
-    # -- files the container sees -----------------------------------------------------------------
+    # -- files the container sees (worker) --------------------------------------------------------------
     def _etc_files(self, c: Container, endpoints: list[Endpoint]) -> tuple[str, str]:
         """/etc/hosts and /etc/resolv.conf as of this start (networks may have changed since create).
         A container in another's namespace sees that one's files, as in Docker: its names, its DNS."""
@@ -324,7 +343,7 @@ class ContainerService:
         return etcfiles.resolv_conf(host.get("Dns") or [], host.get("DnsSearch") or [], host.get("DnsOptions") or [],
                                     dns.EMBEDDED_ADDRESS if embedded_dns else None, etcfiles.HostResolvConf.read())
 
-    # -- start / stop ---------------------------------------------------------------------------------
+    # -- start (worker) ---------------------------------------------------------------------------------
     def start(self, ref: str) -> Container:
         c = self.get(ref)
         st = self.state(c)
@@ -356,7 +375,9 @@ class ContainerService:
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
             self._bind_dns(c, fresh_sandbox)
             self.runtime.start(c.id)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StartFailed):
+                self._last_exit[c.id] = exc.exit_code
             self.embedded_dns.discard(c.id)
             try:
                 self._unpublish(c, wired[0] if wired else None)
@@ -371,63 +392,13 @@ class ContainerService:
         self._save(c)
         return c
 
-    async def run(self, ref: str) -> None:
-        """Start a container and follow it to its exit.
-
-        The exit watch is opened before the start: a process as short as `echo hi` can be gone before a
-        watch opened afterwards would reach the shim.
-        """
-        c = self.get(ref)
-        if self.runtime.state(c.id).running:  # before settled(), which would wait for this run's end
-            raise NotModified("container already started")
-        await self.settled(c.id)  # a previous run's exit is handled before this run begins
-        watch = await self.runtime.exit_waiter(c.id, next_run=True)
-        try:
-            await self.engine_call(self.start, c.id)
-        except NotModified:
-            watch.cancel()  # already running: nothing failed to start
-            raise
-        except Exception as exc:
-            # Docker reports the failed start (the process's, the network's, a namespace owner gone),
-            # and a --rm container goes away with it: a client waiting for condition=removed must not
-            # wait forever. Unless it is gone already (removed meanwhile).
-            watch.cancel()
-            if isinstance(exc, StartFailed):
-                self._last_exit[c.id] = exc.exit_code
-            if c.host_config.get("AutoRemove") and self.store.find_containers(c.id):
-                try:
-                    await self.engine_call(self._remove, self.get(c.id))
-                except Exception:
-                    log.exception("could not remove %s after its failed start", c.name)
-            raise
-        except BaseException:
-            watch.cancel()
-            raise
-        await self._serve_dns(c)
-        self._follow(c.id, watch)
-
     def _bind_dns(self, c: Container, fresh_sandbox: bool = False) -> bool:
         """Bind the container's embedded DNS (worker thread), if it is on a user-defined network."""
         if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c):
             return False
         return self.embedded_dns.bind(c.id, c.name, c.sandbox, fresh_sandbox)
 
-    async def _serve_dns(self, c: Container) -> None:
-        """Serve what _bind_dns bound (event loop)."""
-        if c.sandbox:
-            await self.embedded_dns.serve(c.id, c.sandbox, self._dns_upstreams(c))
-
-    @staticmethod
-    def _dns_upstreams(c: Container) -> list[str]:
-        return c.host_config.get("Dns") or list(etcfiles.HostResolvConf.read().nameservers)
-
-    def _follow(self, cid: str, watch: ExitWaiter) -> None:
-        previous = self._monitors.get(cid)
-        if previous and not previous.done():
-            previous.cancel()
-        self._monitors[cid] = asyncio.ensure_future(self._monitor(cid, watch))
-
-    # -- published ports: the network's driver programs them, the container records them ---------------
+    # -- published ports: the network's driver programs them, the container records them (worker) -------
     def _publish(self, c: Container, net: Network, ep: Endpoint) -> None:
         """Publish the container's -p on its first network, if that network's driver has NAT."""
         driver = self.networks.port_publisher(net)
@@ -491,51 +462,16 @@ class ContainerService:
             self.networks.release_endpoint(net, ep, c.sandbox)
         self._save(c)
 
-    # -- exits, waits, removal ----------------------------------------------------------------------
-    async def _monitor(self, cid: str, watch: ExitWaiter) -> None:
-        code = 255
-        try:
-            code = await watch.wait()
-            self._last_exit[cid] = code
-            self.embedded_dns.stop(cid)
-            await self.engine_call(self._after_exit, cid)
-        except Exception:
-            # Waiters (`docker stop`, `wait`) are answered all the same: a hung CLI helps nobody.
-            log.exception("handling the exit of container %s failed", cid[:12])
-        finally:
-            for fut in self._exit_waiters.pop(cid, []):
-                if not fut.done():
-                    fut.set_result(code)
-
-    def _after_exit(self, cid: str) -> None:
+    # -- exit, removal, rename (worker) -----------------------------------------------------------------
+    def _after_exit(self, cid: str, code: int) -> None:
         try:
             c = self.get(cid)
         except NotFound:
             return
+        self._last_exit[cid] = code  # for the removal waiters, once the runtime has forgotten it
         self.release_networking(c)
         if c.host_config.get("AutoRemove"):
             self._remove(c)
-
-    async def settled(self, cid: str) -> None:
-        """Return once an exit that already happened has been fully handled (networking released)."""
-        monitor = self._monitors.get(cid)
-        if monitor is not None and not monitor.done():
-            await asyncio.shield(monitor)
-
-    def exit_future(self, cid: str) -> asyncio.Future[int]:
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._exit_waiters.setdefault(cid, []).append(fut)
-        return fut
-
-    def removal_future(self, cid: str) -> asyncio.Future[int]:
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._removal_waiters.setdefault(cid, []).append(fut)
-        return fut
-
-    def _notify_removed(self, cid: str, code: int) -> None:
-        for fut in self._removal_waiters.pop(cid, []):
-            if not fut.done():
-                fut.set_result(code)
 
     def remove(self, ref: str, force: bool) -> Container:
         c = self.get(ref)
@@ -577,7 +513,7 @@ class ContainerService:
                 ep.container_name = c.name
                 self.store.put_endpoint(db, ep)
 
-    # -- networks of a container ---------------------------------------------------------------------
+    # -- networks of a container (worker) ---------------------------------------------------------------
     def connect(self, net_ref: str, container_ref: str, cfg: dict[str, Any]) -> None:
         net = self.networks.get(net_ref)
         c = self.get(container_ref)
@@ -640,18 +576,7 @@ class ContainerService:
             self.networks.keep_default_route(self._endpoints_in_order(c), c.sandbox)
             self._rewrite_hosts(c)
 
-    # -- recovery after a restart of muslind -------------------------------------------------------
-    async def follow_running(self) -> None:
-        """After recover(): watch the containers that kept running while muslind was away."""
-        for c in self.all():
-            if self.runtime.state(c.id).running:
-                # A firewall reload while muslind was away must not leave published ports dead.
-                if c.published:
-                    await self.engine_call(self._republish, c)
-                await self.engine_call(self._bind_dns, c)
-                await self._serve_dns(c)
-                self._follow(c.id, await self.runtime.exit_waiter(c.id))
-
+    # -- recovery after a restart of muslind (worker) ---------------------------------------------------
     def recover(self) -> None:
         self.runtime.recover()
         known = {c.id for c in self.all()}
@@ -679,8 +604,97 @@ class ContainerService:
                 if not any(cid.startswith(entry.name) for cid in known):
                     netns.remove(str(entry))
 
-    def counts(self) -> tuple[int, int, int, int]:
-        items = self.all()
-        running = sum(1 for c in items if self.state(c).running)
-        return len(items), running, 0, len(items) - running
+    # -- event loop: runs, exits and waits; the worker's part through engine_call -----------------------
+    async def run(self, ref: str) -> None:
+        """Start a container and follow it to its exit.
 
+        The exit watch is opened before the start: a process as short as `echo hi` can be gone before a
+        watch opened afterwards would reach the shim.
+        """
+        c = self.get(ref)
+        if self.runtime.state(c.id).running:  # before settled(), which would wait for this run's end
+            raise NotModified("container already started")
+        await self.settled(c.id)  # a previous run's exit is handled before this run begins
+        watch = await self.runtime.exit_waiter(c.id, next_run=True)
+        try:
+            await self.engine_call(self.start, c.id)
+        except NotModified:
+            watch.cancel()  # already running: nothing failed to start
+            raise
+        except Exception as exc:
+            # Docker reports the failed start (the process's, the network's, a namespace owner gone),
+            # and a --rm container goes away with it: a client waiting for condition=removed must not
+            # wait forever. Unless it is gone already (removed meanwhile).
+            watch.cancel()
+            if c.host_config.get("AutoRemove") and self.store.find_containers(c.id):
+                try:
+                    await self.engine_call(self._remove, self.get(c.id))
+                except Exception:
+                    log.exception("could not remove %s after its failed start", c.name)
+            raise
+        except BaseException:
+            watch.cancel()
+            raise
+        await self._serve_dns(c)
+        self._follow(c.id, watch)
+
+    async def _serve_dns(self, c: Container) -> None:
+        """Serve what _bind_dns bound (event loop)."""
+        if c.sandbox:
+            await self.embedded_dns.serve(c.id, c.sandbox, self._dns_upstreams(c))
+
+    @staticmethod
+    def _dns_upstreams(c: Container) -> list[str]:
+        return c.host_config.get("Dns") or list(etcfiles.HostResolvConf.read().nameservers)
+
+    def _follow(self, cid: str, watch: ExitWaiter) -> None:
+        previous = self._monitors.get(cid)
+        if previous and not previous.done():
+            previous.cancel()
+        self._monitors[cid] = asyncio.ensure_future(self._monitor(cid, watch))
+
+    async def _monitor(self, cid: str, watch: ExitWaiter) -> None:
+        code = 255
+        try:
+            code = await watch.wait()
+            self.embedded_dns.stop(cid)
+            await self.engine_call(self._after_exit, cid, code)
+        except Exception:
+            # Waiters (`docker stop`, `wait`) are answered all the same: a hung CLI helps nobody.
+            log.exception("handling the exit of container %s failed", cid[:12])
+        finally:
+            for fut in self._exit_waiters.pop(cid, []):
+                if not fut.done():
+                    fut.set_result(code)
+
+    async def settled(self, cid: str) -> None:
+        """Return once an exit that already happened has been fully handled (networking released)."""
+        monitor = self._monitors.get(cid)
+        if monitor is not None and not monitor.done():
+            await asyncio.shield(monitor)
+
+    def exit_future(self, cid: str) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._exit_waiters.setdefault(cid, []).append(fut)
+        return fut
+
+    def removal_future(self, cid: str) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._removal_waiters.setdefault(cid, []).append(fut)
+        return fut
+
+    def _notify_removed(self, cid: str, code: int) -> None:
+        for fut in self._removal_waiters.pop(cid, []):
+            if not fut.done():
+                fut.set_result(code)
+
+    async def follow_running(self) -> None:
+        """After recover(): watch the containers that kept running while muslind was away."""
+        for c in self.all():
+            if self.runtime.state(c.id).running:
+                # A firewall reload while muslind was away must not leave published ports dead.
+                if c.published:
+                    await self.engine_call(self._republish, c)
+                await self.engine_call(self._bind_dns, c)
+                await self._serve_dns(c)
+                self._follow(c.id, await self.runtime.exit_waiter(c.id))

@@ -64,6 +64,8 @@ def bind_sockets(sandbox: str, udp_port: int, tcp_port: int, exact: bool = False
 
 
 class DNSService:
+    """Per container: ``bind`` (worker), ``serve`` and ``stop`` (event loop); see the module's docstring."""
+
     def __init__(self, store: Store, network: Callable[[str], Network]) -> None:
         self.store = store
         self.network = network  # a network by id (the store's record)

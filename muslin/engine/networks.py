@@ -41,6 +41,10 @@ ENDPOINT_DRIVERS = {"bridge", "macvlan"}
 
 
 class NetworkService:
+    """Networks, endpoints and published ports. State changes and kernel work run on the engine's
+    worker thread (the drivers' netlink handles live there); the queries (list, get, endpoints) only
+    read the store, from either thread."""
+
     def __init__(self, store: Store, config: DaemonConfig, firewall: Firewall | None) -> None:
         self.store = store
         self.config = config
