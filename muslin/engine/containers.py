@@ -29,10 +29,11 @@ from . import dns, etcfiles
 from . import ports as portmod
 from .config import DaemonConfig
 from .dns_service import DNSService
+from .drivers.base import PortPublisher
 from .firewall import PortSpec
-from .ports import PortBinding
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
+from .ports import PortBinding
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,6 @@ class ContainerService:
         items = self.all()
         running = sum(1 for c in items if self.state(c).running)
         return len(items), running, 0, len(items) - running
-
 
     def _save(self, c: Container) -> None:
         with self.store.transaction() as db:
@@ -380,7 +380,7 @@ class ContainerService:
                 self._last_exit[c.id] = exc.exit_code
             self.embedded_dns.discard(c.id)
             try:
-                self._unpublish(c, wired[0] if wired else None)
+                self._unpublish(c)
             except Exception:
                 log.exception("could not unpublish the ports of %s", c.name)
             for net, ep in reversed(wired):
@@ -415,21 +415,24 @@ class ContainerService:
             self.store.put_container(db, c.id, c.name, c.to_doc())
         driver.publish_ports(net, ep, assigned)
 
-    def _publishing_endpoint(self, c: Container) -> tuple[Network, Endpoint] | None:
-        """The endpoint the container's ports are published on (that of its first network), if live."""
+    def _published_on(self, c: Container) -> tuple[PortPublisher, Network, Endpoint] | None:
+        """Where the container's ports are published: the live endpoint of its first network, with
+        that network's driver; None when nothing is."""
         if not c.published or not c.attachments:
             return None
         eps = self.store.endpoints(network_id=c.attachments[0].network_id, container_id=c.id)
         if not eps or eps[0].address is None:
             return None
-        return self.networks.get(eps[0].network_id), eps[0]
+        net = self.networks.get(eps[0].network_id)
+        driver = self.networks.port_publisher(net)
+        return (driver, net, eps[0]) if driver is not None else None
 
-    def _unpublish(self, c: Container, on: tuple[Network, Endpoint] | None) -> None:
-        """Give back the container's host ports; their forwards go with them when ``on`` is where
-        they were programmed."""
-        driver = self.networks.port_publisher(on[0]) if on is not None and c.published else None
-        if on is not None and driver is not None:
-            driver.unpublish_ports(*on, c.published)
+    def _unpublish(self, c: Container) -> None:
+        """Give back the container's host ports and remove their forwards (before its endpoint goes)."""
+        on = self._published_on(c)
+        if on is not None:
+            driver, net, ep = on
+            driver.unpublish_ports(net, ep, c.published)
         with self.store.transaction() as db:
             self.store.unbind_ports(db, c.id)
         c.published = []
@@ -438,25 +441,25 @@ class ContainerService:
         """What the firewall must hold for every published port of a container with its endpoints."""
         specs = []
         for c in self.all():
-            on = self._publishing_endpoint(c)
-            driver = self.networks.port_publisher(on[0]) if on is not None else None
-            if on is not None and driver is not None:
-                specs.extend(driver.port_forwards(*on, c.published))
+            on = self._published_on(c)
+            if on is not None:
+                driver, net, ep = on
+                specs.extend(driver.port_forwards(net, ep, c.published))
         return specs
 
     def _republish(self, c: Container) -> None:
         """A running container's forwards back in place (a firewall reload while muslind was away)."""
-        on = self._publishing_endpoint(c)
-        driver = self.networks.port_publisher(on[0]) if on is not None else None
-        if on is not None and driver is not None:
-            driver.publish_ports(*on, c.published)
+        on = self._published_on(c)
+        if on is not None:
+            driver, net, ep = on
+            driver.publish_ports(net, ep, c.published)
 
     def release_networking(self, c: Container) -> None:
         """What a stopped container gives back: its ports and endpoints (the sandbox stays until rm)."""
         endpoints = self.store.endpoints(container_id=c.id)
         if not endpoints and not c.published:
             return
-        self._unpublish(c, self._publishing_endpoint(c))
+        self._unpublish(c)
         for ep in endpoints:
             net = self.networks.get(ep.network_id)
             self.networks.release_endpoint(net, ep, c.sandbox)
@@ -568,7 +571,7 @@ class ContainerService:
             raise Forbidden(f"container {c.id} is not connected to network {net.name}")
         for ep in self.store.endpoints(network_id=net.id, container_id=c.id):
             if c.attachments and c.attachments[0].network_id == net.id and c.published:
-                self._unpublish(c, (net, ep))
+                self._unpublish(c)
             self.networks.release_endpoint(net, ep, c.sandbox)
         c.attachments.remove(att)
         self._save(c)
@@ -621,7 +624,7 @@ class ContainerService:
         except NotModified:
             watch.cancel()  # already running: nothing failed to start
             raise
-        except Exception as exc:
+        except Exception:
             # Docker reports the failed start (the process's, the network's, a namespace owner gone),
             # and a --rm container goes away with it: a client waiting for condition=removed must not
             # wait forever. Unless it is gone already (removed meanwhile).
