@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,9 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute
 
-from muslin.fabric import files, firewall
+from muslin.fabric import bgppeers, files, firewall
 from muslin.fabric.backends import make_backend
+from muslin.fabric.backends.bgp import BgpBackend
 from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
 from muslin.fabric.config import ConfigError, NetworkConfig, parse_config
 from muslin.fabric.etcd import (Credentials, Endpoint, KeyValueStore, StoreError, TlsFiles, WatchResync,
@@ -62,6 +64,12 @@ class AgentOptions:
     forward_rules: bool = True
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
+    bird_dir: str | None = None  # None: "bird" next to the subnet file
+    bgp_poll: float = 1.0  # seconds between looks at the BGP sessions' state
+
+    @property
+    def state_dir(self) -> str:
+        return self.bird_dir or os.path.join(os.path.dirname(os.path.abspath(self.subnet_file)), "bird")
 
 
 def find_external_interface(ipr: IPRoute, ifaces: list[str], public_ip: IPv4Address | None,
@@ -235,7 +243,7 @@ class Agent:
         self.config = await self._wait_for_config(stop)
         assert self.store
         self.manager = SubnetManager(self.store, self.options.prefix, self.options.lease_ttl)
-        self.backend = await self._kernel(make_backend, self.config, self.ext, self.ipr)
+        self.backend = await self._kernel(make_backend, self.config, self.ext, self.ipr, self.options.state_dir)
         previous = previous_subnet(self.options.subnet_file, self.config.network)
         while True:
             try:
@@ -399,6 +407,27 @@ class Agent:
                 log.error("lease renewal failed: %s; retrying", exc)
                 delay = min(60.0, self.renew_delay() / 4)
 
+    async def _bgp_resources_loop(self, backend: BgpBackend) -> None:
+        """Keep the bgp backend's peers and reflectors equal to ``<prefix>/bgp/`` (no restart needed)."""
+        assert self.store
+        while True:
+            try:
+                resources, revision = await bgppeers.load(self.store, self.options.prefix)
+                await self._kernel(backend.set_resources, resources)
+                async for revision in bgppeers.changes(self.store, self.options.prefix, revision + 1):
+                    resources, _ = await bgppeers.load(self.store, self.options.prefix)
+                    await self._kernel(backend.set_resources, resources)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("BGP peers watch failed: %s; reading them again", exc)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _bgp_sessions_loop(self, backend: BgpBackend) -> None:
+        while True:
+            await self._kernel(backend.log_session_changes)
+            await asyncio.sleep(self.options.bgp_poll)
+
     async def _serve_healthz(self) -> asyncio.AbstractServer | None:
         if not self.options.healthz_port:
             return None
@@ -430,8 +459,10 @@ class Agent:
             except _StopRequested:
                 return
             server = await self._serve_healthz()
-            tasks = [asyncio.create_task(coro) for coro in
-                     (self._watch_loop(), self._renew_loop(), self._reconcile_loop())]
+            loops = [self._watch_loop(), self._renew_loop(), self._reconcile_loop()]
+            if isinstance(self.backend, BgpBackend):
+                loops += [self._bgp_resources_loop(self.backend), self._bgp_sessions_loop(self.backend)]
+            tasks = [asyncio.create_task(coro) for coro in loops]
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()

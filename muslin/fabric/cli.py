@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iptables-forward-rules", type=_bool, nargs="?", const=True, default=True)
     p.add_argument("--healthz-ip", default="0.0.0.0")
     p.add_argument("--healthz-port", type=int, default=0, help="0 disables /healthz")
+    p.add_argument("--bird-dir", default="",
+                   help="backend bgp: BIRD's config, control socket and pid file (default: bird/ next to the subnet file)")
     p.add_argument("--version", action="store_true")
     for name in GLOG_FLAGS:
         # glog's bools stand alone (-logtostderr) or take =value; -v also comes as "-v 2" (one dash).
@@ -125,7 +127,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         subnet_file=args.subnet_file, docker_opts_file=args.docker_opts_file or None,
         renew_margin_minutes=args.subnet_lease_renew_margin, lease_ttl=args.subnet_lease_ttl,
         ip_masq=args.ip_masq, iptables_resync=args.iptables_resync, forward_rules=args.iptables_forward_rules,
-        healthz_ip=args.healthz_ip, healthz_port=args.healthz_port)
+        healthz_ip=args.healthz_ip, healthz_port=args.healthz_port, bird_dir=args.bird_dir or None)
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> argparse.Namespace:

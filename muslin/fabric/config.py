@@ -15,7 +15,7 @@ from typing import Any
 # flanneld v0.20.2 (subnet/config.go parseBackendType): a config without Backend gets udp. Its docs say
 # vxlan; the code is what the article ran, hence the article's FLANNEL_MTU=1472 (1500 - 28).
 DEFAULT_BACKEND = "udp"
-BACKEND_TYPES = ("vxlan", "host-gw", "udp")
+BACKEND_TYPES = ("vxlan", "host-gw", "udp", "bgp")
 VXLAN_DEFAULT_PORT = 8472
 UDP_DEFAULT_PORT = 8285
 
@@ -32,6 +32,19 @@ class BackendConfig:
     mtu: int | None = None  # None: derived from the external interface
     direct_routing: bool = False
     explicit: bool = False  # whether the config named a backend (else flanneld's default, udp)
+    bgp: BgpSettings | None = None  # Type bgp only
+
+
+@dataclass(frozen=True)
+class BgpSettings:
+    """Backend bgp's keys (Calico's names where it has them)."""
+
+    as_number: int = 64512  # Calico's default AS
+    node_to_node_mesh: bool = True
+    graceful_restart: bool = True
+    restart_time: int = 120  # seconds peers keep our routes while our BIRD restarts
+    hold_time: int = 90  # BGP's default hold time; keepalives every third of it
+    bfd: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +125,31 @@ def parse_backend(raw: Any) -> BackendConfig:
     if mtu is not None and not 576 <= mtu <= 65535:
         raise ConfigError(f"network config: Backend.MTU {mtu} is out of range 576..65535")
     return BackendConfig(type=btype, vni=1 if vni is None else vni, port=port or None, mtu=mtu,
-                         direct_routing=bool(direct), explicit=True)
+                         direct_routing=bool(direct), explicit=True,
+                         bgp=_parse_bgp(b) if btype == "bgp" else None)
+
+
+def _parse_bgp(b: dict[str, Any]) -> BgpSettings:
+    where = "network config"
+    asn = _typed(b, "asnumber", int, where, "Backend.ASNumber")
+    mesh = _typed(b, "nodetonodemesh", bool, where, "Backend.NodeToNodeMesh")
+    graceful = _typed(b, "gracefulrestart", bool, where, "Backend.GracefulRestart")
+    restart_time = _typed(b, "restarttime", int, where, "Backend.RestartTime")
+    hold_time = _typed(b, "holdtime", int, where, "Backend.HoldTime")
+    bfd = _typed(b, "bfd", bool, where, "Backend.BFD")
+    if asn is not None and not 1 <= asn <= 4294967294:
+        raise ConfigError(f"network config: Backend.ASNumber {asn} is out of range 1..4294967294")
+    # RFC 4271's minimum is 3 seconds (its 0, no keepalives at all, would hide a dead peer for good).
+    if hold_time is not None and not 3 <= hold_time <= 65535:
+        raise ConfigError(f"network config: Backend.HoldTime {hold_time} must be 3..65535 seconds")
+    if restart_time is not None and not 1 <= restart_time <= 4095:
+        raise ConfigError(f"network config: Backend.RestartTime {restart_time} is out of range 1..4095 seconds")
+    d = BgpSettings()
+    return BgpSettings(as_number=d.as_number if asn is None else asn,
+                       node_to_node_mesh=d.node_to_node_mesh if mesh is None else mesh,
+                       graceful_restart=d.graceful_restart if graceful is None else graceful,
+                       restart_time=restart_time or d.restart_time,
+                       hold_time=d.hold_time if hold_time is None else hold_time, bfd=bool(bfd))
 
 
 def parse_config(text: str | bytes) -> NetworkConfig:

@@ -88,6 +88,9 @@ class Rig:
     def subnet_file(self, i: int) -> str:
         return os.path.join(self.workdir, f"node{i + 1}", "subnet.env")
 
+    def bird_dir(self, i: int) -> str:
+        return os.path.join(self.workdir, f"node{i + 1}", "bird")
+
     def log_path(self, i: int) -> str:
         return os.path.join(self.workdir, f"agent{i + 1}.log")
 

@@ -1,0 +1,174 @@
+"""bgp: container subnets routed over an L3 underlay by BIRD, as Calico does, with no encapsulation.
+
+Each node runs its own BIRD (``bird.py``) and exports only its own subnet (a blackhole route for it, which
+the bridge's connected route overrides); what BIRD learns goes into the kernel as plain routes. Sessions:
+the nodes of the lease table with each other (iBGP full mesh, or through route reflectors) and the
+BGPPeers from etcd (``bgppeers.py``). Every change re-renders bird.conf and reloads it, never restarting
+BIRD; the agent's restarts leave BIRD running, and a BIRD that died is started again by the next reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
+from muslin.fabric.bgppeers import BgpResources
+from muslin.fabric.bird import Bird, BirdConfig, BirdError, BgpNeighbor, ProtocolStatus, protocol_name, render_config
+from muslin.fabric.config import BgpSettings, NetworkConfig
+from muslin.fabric.subnets import Lease, LeaseAttrs
+from muslin.kernel import overlay
+
+log = logging.getLogger(__name__)
+
+
+def plan_neighbors(me: IPv4Address, settings: BgpSettings, nodes: Iterable[IPv4Address], resources: BgpResources,
+                   on_l2: Callable[[IPv4Address], bool]) -> tuple[BgpNeighbor, ...]:
+    """This node's BGP sessions.
+
+    With NodeToNodeMesh: every other node (full iBGP mesh), or, once any node is a route reflector, only
+    the reflectors (a reflector itself peers with every node, non-reflectors as its clients). Then every
+    BGPPeer for all nodes or for this one; a peer at a node's address replaces that node's mesh session.
+    """
+    asn = settings.as_number
+    neighbors: dict[IPv4Address, BgpNeighbor] = {}
+    if settings.node_to_node_mesh:
+        others = sorted(set(nodes) - {me})
+        reflectors = resources.reflectors & (set(others) | {me})
+        for node in others:
+            if reflectors and me not in reflectors and node not in reflectors:
+                continue
+            client = me in reflectors and node not in reflectors
+            neighbors[node] = BgpNeighbor(protocol_name("mesh", str(node)), node, asn, on_l2(node),
+                                          rr_client=client, reflect=me in reflectors)
+    for peer in resources.peers:
+        if peer.node is None or peer.node == me:
+            neighbors[peer.peer_ip] = BgpNeighbor(protocol_name("peer", peer.name), peer.peer_ip, peer.as_number,
+                                                  on_l2(peer.peer_ip))
+    return tuple(sorted(neighbors.values(), key=lambda n: n.name))
+
+
+class BgpBackend(Backend):
+    type = "bgp"
+
+    def __init__(self, config: NetworkConfig, ext: ExternalInterface, ipr: IPRoute, state_dir: str) -> None:
+        super().__init__(config, ext, ipr)
+        self.settings = config.backend.bgp or BgpSettings()
+        self.bird = Bird(Path(state_dir))
+        self._own: IPv4Network | None = None
+        self._nodes: dict[IPv4Network, IPv4Address] = {}
+        self._resources = BgpResources()
+        # A running BIRD keeps its config until we know the whole picture (leases and peers): rendering it
+        # from half of it after an agent restart would drop the sessions we have not read yet.
+        self._leases_known = False
+        self._resources_known = False
+        self._sessions: dict[str, str] = {}
+
+    @property
+    def mtu(self) -> int:
+        return self.config.backend.mtu or self.ext.mtu  # no encapsulation
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.ext.public_ip, "bgp")
+
+    def register_network(self, lease: Lease) -> LocalNetwork:
+        self._own = lease.subnet
+        self._sync()
+        return LocalNetwork(self.ext.name, self.mtu)
+
+    def _node_address(self, lease: Lease) -> IPv4Address | None:
+        if lease.attrs.backend_type != "bgp":
+            self.warn_once((lease.subnet, lease.attrs.to_json()), logging.WARNING,
+                           "peer %s (%s) runs backend %s, not bgp: not reachable from this node",
+                           lease.subnet, lease.attrs.public_ip, lease.attrs.backend_type or "udp")
+            return None
+        return lease.attrs.public_ip
+
+    def add_peer(self, lease: Lease) -> None:
+        if (address := self._node_address(lease)) is not None:
+            self._nodes[lease.subnet] = address
+            self._sync()
+
+    def remove_peer(self, lease: Lease) -> None:
+        if self._nodes.pop(lease.subnet, None) is not None:
+            self._sync()
+
+    def reconcile(self, peers: Iterable[Lease]) -> None:
+        self._nodes = {p.subnet: a for p in peers if (a := self._node_address(p)) is not None}
+        self._leases_known = True
+        self._sync(supervise=True)
+
+    def set_resources(self, resources: BgpResources) -> None:
+        if resources != self._resources or not self._resources_known:
+            log.info("BGP peers from etcd: %s; route reflectors: %s",
+                     ", ".join(f"{p.name}={p.peer_ip} AS {p.as_number}{f' for {p.node}' if p.node else ''}"
+                               for p in resources.peers) or "none",
+                     ", ".join(map(str, sorted(resources.reflectors))) or "none")
+        self._resources = resources
+        self._resources_known = True
+        self._sync()
+
+    def _on_l2(self, address: IPv4Address) -> bool:
+        gateway, oif = overlay.route_source(self.ipr, address)
+        return gateway is None and oif == self.ext.index
+
+    def bird_config(self) -> BirdConfig:
+        s = self.settings
+        neighbors = plan_neighbors(self.ext.address, s, self._nodes.values(), self._resources, self._on_l2)
+        return BirdConfig(router_id=self.ext.address, as_number=s.as_number, network=self.config.network,
+                          subnet_len=self.config.subnet_len, own_subnet=self._own, neighbors=neighbors,
+                          source_address=self.ext.address, graceful_restart=s.graceful_restart,
+                          restart_time=s.restart_time, hold_time=s.hold_time, bfd=s.bfd,
+                          log_file=str(self.bird.log_path))
+
+    def _sync(self, supervise: bool = False) -> None:
+        """Bring BIRD's config up to date; with supervise, also start a BIRD that is not running."""
+        if self._own is None:
+            return
+        running = self.bird.pid() is not None and (not supervise or self.bird.answering())
+        if running and not (self._leases_known and self._resources_known):
+            return
+        config = self.bird_config()
+        text = render_config(config)
+        if running:
+            if self.bird.config_path.exists() and self.bird.config_path.read_text() == text:
+                return
+            self.bird.check(text)
+            self.bird.write_config(text)
+            reply = self.bird.configure()
+            log.info("BIRD reconfigured (%s): %d BGP sessions", reply.splitlines()[-1][5:], len(config.neighbors))
+            return
+        self.bird.check(text)
+        self.bird.write_config(text)
+        pid = self.bird.start()
+        log.info("BIRD started (pid %d; config %s, control socket %s)", pid, self.bird.config_path,
+                 self.bird.socket_path)
+        self._sessions = {}
+
+    def sessions(self) -> list[ProtocolStatus]:
+        """The BGP sessions as BIRD reports them (``birdc show protocols``)."""
+        return [p for p in self.bird.protocols() if p.proto == "BGP"]
+
+    def log_session_changes(self) -> None:
+        """Log every session whose state changed since the last call (the agent polls this)."""
+        try:
+            rows = self.sessions()
+        except (OSError, BirdError) as exc:
+            if self._sessions.get("") != "down":
+                log.warning("BIRD does not answer on %s (%s); the next reconcile starts it again",
+                            self.bird.socket_path, exc)
+            self._sessions = {"": "down"}
+            return
+        current = {p.name: p.session_state for p in rows}
+        for row in rows:
+            before = self._sessions.get(row.name)
+            if before != row.session_state:
+                log.info("BGP session %s: %s -> %s%s", row.name, before or "new", row.session_state,
+                         f" ({row.info})" if row.info != row.session_state else "")
+        for name in set(self._sessions) - set(current) - {""}:
+            log.info("BGP session %s: removed", name)
+        self._sessions = current
