@@ -111,6 +111,9 @@ def parse_backend(raw: Any) -> BackendConfig:
     btype = _typed(b, "type", str, "network config", "Backend.Type")
     if not btype:  # flanneld looks up backend "" and fails: only a config without Backend defaults
         raise ConfigError("network config: Backend has no Type (give one, or leave Backend out for udp)")
+    if btype == "ipip":
+        raise ConfigError("network config: Backend.Type 'ipip' is not supported: this kernel has no ipip module; "
+                          "use bgp (plain routes, no encapsulation) or vxlan across routers")
     if btype not in BACKEND_TYPES:
         raise ConfigError(f"network config: Backend.Type {btype!r} is not supported "
                           f"(supported: {', '.join(BACKEND_TYPES)})")
@@ -144,6 +147,10 @@ def _parse_bgp(b: dict[str, Any]) -> BgpSettings:
         raise ConfigError(f"network config: Backend.HoldTime {hold_time} must be 3..65535 seconds")
     if restart_time is not None and not 1 <= restart_time <= 4095:
         raise ConfigError(f"network config: Backend.RestartTime {restart_time} is out of range 1..4095 seconds")
+    ipip = b.get("ipipmode", b.get("ipip"))
+    if ipip not in (None, False, "Never", "never", "Off", "off"):
+        raise ConfigError(f"network config: Backend.IPIPMode {json.dumps(ipip)} is not supported: this kernel has "
+                          "no ipip module, so bgp routes without encapsulation (IPIPMode Never)")
     d = BgpSettings()
     return BgpSettings(as_number=d.as_number if asn is None else asn,
                        node_to_node_mesh=d.node_to_node_mesh if mesh is None else mesh,
