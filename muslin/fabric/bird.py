@@ -16,7 +16,7 @@ import re
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -252,7 +252,7 @@ class Bird:
 
     state_dir: Path
     name: str = "bird"
-    _pid: int | None = field(default=None, repr=False)
+    netns_path: str | None = None  # start it in this network namespace (the agent's BIRD runs in its own)
 
     @property
     def config_path(self) -> Path:
@@ -318,7 +318,8 @@ class Bird:
         """Start the daemon on the written config (it forks into the background and outlives us)."""
         self.socket_path.unlink(missing_ok=True)
         self.pid_path.unlink(missing_ok=True)
-        proc = subprocess.run([BIRD, "-c", str(self.config_path), "-s", str(self.socket_path),
+        enter = ["nsenter", f"--net={self.netns_path}"] if self.netns_path else []
+        proc = subprocess.run([*enter, BIRD, "-c", str(self.config_path), "-s", str(self.socket_path),
                                "-P", str(self.pid_path)], capture_output=True, text=True, timeout=START_TIMEOUT,
                               stdin=subprocess.DEVNULL)
         if proc.returncode != 0:

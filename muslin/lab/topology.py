@@ -3,6 +3,11 @@
 ``<prefix>sw`` holds the bridge ``br0`` (the switch); ``<prefix>node1..N`` are the hosts, each with an
 ``eth0`` plugged into it and addressed 192.168.255.154, .155, ... /24 as in the article. Nothing is added
 to the caller's namespace. Everything is found again by prefix, so teardown works after a crash too.
+
+Routed (``routed=True``): two L2 segments joined by a router, as hosts in two racks. Odd nodes stay on
+``<prefix>sw`` (192.168.255.0/24), even nodes go to ``<prefix>sw2`` (192.168.254.0/24, so node2 is
+192.168.254.155); the router ``<prefix>rtr`` holds .1 on both (eth0, eth1) and is every host's default
+gateway. Only the router joins the segments: nothing floods from one to the other.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from muslin.kernel import netns
 
 UNDERLAY = IPv4Network("192.168.255.0/24")
+SECOND_SEGMENT = IPv4Network("192.168.254.0/24")
+ROUTER_IFACES = ("eth0", "eth1")  # on the first and the second segment
 FIRST_HOST = 154
 HOST_IFACE = "eth0"
 SWITCH_BRIDGE = "br0"
@@ -25,6 +32,8 @@ class Host:
     name: str  # the namespace name: <prefix>node<i>
     address: IPv4Address
     iface: str = HOST_IFACE
+    segment: IPv4Network = UNDERLAY
+    gateway: IPv4Address | None = None  # the router, when routed
 
     @property
     def netns(self) -> str:
@@ -36,10 +45,20 @@ class Underlay:
     prefix: str
     switch: str  # namespace holding the bridge
     hosts: tuple[Host, ...]
+    router: str | None = None  # namespace of the router between the segments, when routed
+
+    @property
+    def router_addresses(self) -> tuple[IPv4Address, ...]:
+        """The router's address on each segment (first segment first)."""
+        return tuple(segment.network_address + 1 for segment in (UNDERLAY, SECOND_SEGMENT)) if self.router else ()
 
 
-def switch_name(prefix: str) -> str:
-    return f"{prefix}sw"
+def switch_name(prefix: str, segment: int = 0) -> str:
+    return f"{prefix}sw{segment + 1 if segment else ''}"
+
+
+def router_name(prefix: str) -> str:
+    return f"{prefix}rtr"
 
 
 def host_name(prefix: str, number: int) -> str:
@@ -52,23 +71,48 @@ def _write_sysctl(ns: str, key: str, value: str) -> None:
         f.write(value)
 
 
-def create(prefix: str, count: int, first_host: int = FIRST_HOST) -> Underlay:
+def create(prefix: str, count: int, first_host: int = FIRST_HOST, routed: bool = False) -> Underlay:
     """Build (or complete) the underlay with ``count`` hosts; idempotent."""
     if not 1 <= count <= 254 - first_host:
         raise ValueError(f"host count {count} does not fit in {UNDERLAY} from .{first_host}")
-    switch = switch_name(prefix)
-    netns.create(switch)
+    segments = (UNDERLAY, SECOND_SEGMENT) if routed else (UNDERLAY,)
     hosts = []
-    with netns.iproute(switch) as sw:
-        if not sw.link_lookup(ifname=SWITCH_BRIDGE):
-            sw.link("add", ifname=SWITCH_BRIDGE, kind="bridge")
-        bridge = sw.link_lookup(ifname=SWITCH_BRIDGE)[0]
-        sw.link("set", index=bridge, state="up")
-        for number in range(1, count + 1):
-            host = Host(host_name(prefix, number), UNDERLAY.network_address + first_host + number - 1)
-            _plug(sw, bridge, host, f"p{number}")
-            hosts.append(host)
-    return Underlay(prefix, switch, tuple(hosts))
+    for index, segment in enumerate(segments):
+        switch = switch_name(prefix, index)
+        netns.create(switch)
+        with netns.iproute(switch) as sw:
+            bridge = _ensure_bridge(sw)
+            for number in range(1, count + 1):
+                if (number - 1) % len(segments) != index:
+                    continue
+                gateway = segment.network_address + 1 if routed else None
+                host = Host(host_name(prefix, number), segment.network_address + first_host + number - 1,
+                            segment=segment, gateway=gateway)
+                _plug(sw, bridge, host, f"p{number}")
+                hosts.append(host)
+            if routed:
+                _plug_router(prefix, sw, bridge, index, segment)
+    hosts.sort(key=lambda h: int(h.name[len(prefix) + len("node"):]))
+    for host in hosts:
+        if host.gateway is not None:
+            with netns.iproute(host.name) as h:
+                h.route("replace", dst="0.0.0.0/0", gateway=str(host.gateway))
+    return Underlay(prefix, switch_name(prefix), tuple(hosts), router_name(prefix) if routed else None)
+
+
+def _ensure_bridge(sw) -> int:
+    if not sw.link_lookup(ifname=SWITCH_BRIDGE):
+        sw.link("add", ifname=SWITCH_BRIDGE, kind="bridge")
+    bridge = sw.link_lookup(ifname=SWITCH_BRIDGE)[0]
+    sw.link("set", index=bridge, state="up")
+    return bridge
+
+
+def _plug_router(prefix: str, sw, bridge: int, index: int, segment: IPv4Network) -> None:
+    """The router's leg on one segment: a host-like port holding the segment's .1."""
+    router = router_name(prefix)
+    leg = Host(router, segment.network_address + 1, ROUTER_IFACES[index], segment)
+    _plug(sw, bridge, leg, f"r{index}")
 
 
 def _plug(sw, bridge: int, host: Host, port: str) -> None:
@@ -86,7 +130,7 @@ def _plug(sw, bridge: int, host: Host, port: str) -> None:
             index = h.link_lookup(ifname=f"{port}h")[0]
             h.link("set", index=index, ifname=host.iface)
         index = h.link_lookup(ifname=host.iface)[0]
-        address = IPv4Interface(f"{host.address}/{UNDERLAY.prefixlen}")
+        address = IPv4Interface(f"{host.address}/{host.segment.prefixlen}")
         if not any(a.get_attr("IFA_ADDRESS") == str(host.address) for a in h.get_addr(index=index, family=2)):
             h.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
         h.link("set", index=index, state="up")
@@ -99,9 +143,10 @@ def names(prefix: str) -> list[str]:
     """Namespaces of an underlay with this prefix that exist now (hosts first, the switch last)."""
     if not os.path.isdir(netns.NETNS_RUN_DIR):
         return []
+    infrastructure = (switch_name(prefix), switch_name(prefix, 1), router_name(prefix))
     found = sorted(n for n in os.listdir(netns.NETNS_RUN_DIR)
-                   if n.startswith(prefix) and (n == switch_name(prefix) or n[len(prefix):].startswith("node")))
-    return [n for n in found if n != switch_name(prefix)] + [n for n in found if n == switch_name(prefix)]
+                   if n.startswith(prefix) and (n in infrastructure or n[len(prefix):].startswith("node")))
+    return [n for n in found if n not in infrastructure] + [n for n in found if n in infrastructure]
 
 
 def processes_in(name: str) -> list[int]:

@@ -21,9 +21,9 @@ def make_rig() -> Iterator[Callable[..., Rig]]:
     """Factory: Rig(hosts=N) with a running etcd cluster; torn down, agents and all, at the end."""
     rigs: list[Rig] = []
 
-    def make(hosts: int = 2, tls: Callable[[str, Underlay], TlsConfig] | None = None) -> Rig:
+    def make(hosts: int = 2, tls: Callable[[str, Underlay], TlsConfig] | None = None, routed: bool = False) -> Rig:
         prefix = f"ft{uuid.uuid4().hex[:5]}"
-        underlay = topology.create(prefix, hosts)
+        underlay = topology.create(prefix, hosts, routed=routed)
         workdir = tempfile.mkdtemp(prefix=f"muslin-{prefix}-")
         rig = Rig(underlay, workdir, tls(workdir, underlay) if tls else None)
         rigs.append(rig)

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from ipaddress import IPv4Network
+
 from muslin.fabric.bird import Bird, parse_protocols
+from muslin.lab.tor import node_peers, start_tor
 from tests.fabric.rig import PREFIX, Rig, in_ns, ping, tcp_roundtrip, wait_for
 
 pytestmark = pytest.mark.root
@@ -78,3 +81,39 @@ def test_mesh_on_one_segment(make_rig) -> None:
     tcp_roundtrip(rig.containers[1], rig.containers[0], rig.container_ip(0))
     # The agent logs each session's state changes.
     wait_for(lambda: "BGP session mesh_" in rig.log(0) and "-> Established" in rig.log(0), 5, "session log")
+
+
+def start_routed(rig: Rig, count: int) -> tuple[list[dict[str, str]], Bird]:
+    """Nodes on two segments, the router's BIRD as their top of rack, no node-to-node mesh (Calico's ToR model)."""
+    tor = start_tor(rig.underlay, os.path.join(rig.workdir, "tor"), IPv4Network(NETWORK), 24, 64512)
+    for key, value in node_peers(rig.underlay, PREFIX).items():
+        rig.etcdctl("put", key, value)
+    return start_bgp(rig, count, {"NodeToNodeMesh": False}), tor
+
+
+def tor_sessions(tor: Bird) -> dict[str, str]:
+    return {p.name: p.session_state for p in tor.protocols() if p.proto == "BGP"}
+
+
+def test_routed_across_a_bgp_router(make_rig) -> None:
+    rig = make_rig(3, routed=True)
+    assert str(rig.hosts[1].address) == "192.168.254.155" and rig.underlay.router
+    envs, tor = start_routed(rig, 3)
+    wait_for(lambda: set(tor_sessions(tor).values()) == {"Established"} and len(tor_sessions(tor)) == 3, 20,
+             "the router's sessions with every node")
+    for i in range(3):
+        assert set(sessions(rig, i)) == {f"peer_tor_node{i + 1}"}
+        gateway = str(rig.hosts[i].gateway)
+        # Node 2 is alone on its segment: everything goes through the router. Nodes 1 and 3 share one, and
+        # the router passes on the other's own address as the next hop (no detour through it).
+        wanted = {subnet(env): (str(rig.hosts[j].address) if rig.hosts[j].segment == rig.hosts[i].segment
+                                else gateway) for j, env in enumerate(envs) if j != i}
+        wait_for(lambda i=i, wanted=wanted: bird_routes(rig, i) == wanted, 10, f"node {i + 1}'s learned routes")
+    router_routes = in_ns(rig.underlay.router, "ip", "-4", "route", "show", "proto", "bird").stdout
+    for i, env in enumerate(envs):
+        assert f"{subnet(env)} via {rig.hosts[i].address}" in router_routes
+    for i in range(3):
+        rig.add_container(i)
+    assert ping(rig.containers[0], rig.container_ip(1))
+    assert ping(rig.containers[1], rig.container_ip(2))
+    tcp_roundtrip(rig.containers[0], rig.containers[1], rig.container_ip(1))
