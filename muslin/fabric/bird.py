@@ -314,13 +314,17 @@ class Bird:
         if proc.returncode != 0:
             raise BirdError(f"BIRD refuses the generated config: {proc.stderr.strip() or proc.stdout.strip()}")
 
-    def start(self) -> int:
-        """Start the daemon on the written config (it forks into the background and outlives us)."""
+    def start(self, recover: bool = False) -> int:
+        """Start the daemon on the written config (it forks into the background and outlives us).
+
+        recover: after a crash, start in graceful restart recovery (``-R``): the routes the dead daemon left
+        in the kernel stay until the sessions are back and the peers have sent their routes again.
+        """
         self.socket_path.unlink(missing_ok=True)
         self.pid_path.unlink(missing_ok=True)
         enter = ["nsenter", f"--net={self.netns_path}"] if self.netns_path else []
         proc = subprocess.run([*enter, BIRD, "-c", str(self.config_path), "-s", str(self.socket_path),
-                               "-P", str(self.pid_path)], capture_output=True, text=True, timeout=START_TIMEOUT,
+                               "-P", str(self.pid_path), *(["-R"] if recover else [])], capture_output=True, text=True, timeout=START_TIMEOUT,
                               stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             raise BirdError(f"bird did not start: {proc.stderr.strip() or proc.stdout.strip()}")

@@ -117,3 +117,119 @@ def test_routed_across_a_bgp_router(make_rig) -> None:
     assert ping(rig.containers[0], rig.container_ip(1))
     assert ping(rig.containers[1], rig.container_ip(2))
     tcp_roundtrip(rig.containers[0], rig.containers[1], rig.container_ip(1))
+
+
+def test_node_leaving_takes_its_route_everywhere(make_rig) -> None:
+    rig = make_rig(3)
+    envs = start_bgp(rig, 3)
+    leaving = subnet(envs[2])
+    for i in range(2):
+        wait_for(lambda i=i: leaving in bird_routes(rig, i), 20, f"node {i + 1} learns node 3's route")
+    # Node 3 goes away: agent and BIRD. Graceful restart keeps its routes as stale while its lease lasts...
+    rig.stop_agent(2)
+    os.kill(bird_of(rig, 2).pid() or 0, 9)  # a crash: a clean stop would withdraw the routes at once
+    time.sleep(1)
+    assert all(leaving in bird_routes(rig, i) for i in range(2))
+    # ...and its lease going (expiry, or deleted here) removes the session and the route on every node.
+    rig.etcdctl("del", f"{PREFIX}/subnets/{leaving.replace('/', '-')}")
+    for i in range(2):
+        wait_for(lambda i=i: leaving not in bird_routes(rig, i), 10, f"node 3's route gone from node {i + 1}")
+        assert "mesh_192_168_255_156" not in sessions(rig, i)
+        assert leaving not in in_ns(rig.hosts[i].name, "ip", "route").stdout
+    assert "peer 172.21" in rig.log(0) and "BGP session mesh_192_168_255_156: Established -> " in rig.log(0)
+
+
+def test_peer_removed_and_added_in_etcd_without_restart(make_rig) -> None:
+    rig = make_rig(2, routed=True)
+    envs, tor = start_routed(rig, 2)
+    wait_for(lambda: bird_routes(rig, 0).get(subnet(envs[1])) == "192.168.255.1", 20, "node 1 learns node 2's route")
+    pid = bird_of(rig, 1).pid()
+    wait_for(lambda: "BGP session peer_tor_node2: new -> " in rig.log(1), 5, "the session logged")
+    key = f"{PREFIX}/bgp/peers/tor-node2"
+    value = rig.etcdctl("get", "--print-value-only", key).strip()
+    rig.etcdctl("del", key)
+    wait_for(lambda: sessions(rig, 1) == {}, 10, "node 2's session with the router removed")
+    wait_for(lambda: subnet(envs[1]) not in bird_routes(rig, 0), 10, "node 2's route gone from node 1")
+    wait_for(lambda: bird_routes(rig, 1) == {}, 10, "node 2's learned routes gone")
+    wait_for(lambda: "BGP session peer_tor_node2: removed" in rig.log(1), 5, "the removal logged")
+    rig.etcdctl("put", key, value)
+    wait_for(lambda: sessions(rig, 1) == {"peer_tor_node2": "Established"}, 20, "node 2's session back")
+    wait_for(lambda: bird_routes(rig, 0).get(subnet(envs[1])) == "192.168.255.1", 10, "node 2's route back")
+    assert bird_of(rig, 1).pid() == pid, "BIRD was restarted instead of reconfigured"
+
+
+def ping_loss(rig: Rig, client: str, address: str, action, seconds: float = 6, interval: float = 0.05) -> int:
+    """Packets lost by a ping running while action() runs (busybox ping: -i takes fractions of a second)."""
+    count = int(seconds / interval)
+    ping_proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{client}", "busybox", "ping", "-q", "-i", str(interval),
+                                  "-W", "1", "-c", str(count), address], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        action()
+        out, _ = ping_proc.communicate(timeout=seconds + 15)
+    finally:
+        if ping_proc.poll() is None:
+            ping_proc.kill()
+            ping_proc.wait()
+    sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out).groups())
+    assert sent == count, out
+    return sent - received
+
+
+def test_agent_restart_under_a_running_ping(make_rig) -> None:
+    rig = make_rig(2)
+    envs = start_bgp(rig, 2)
+    wait_for(lambda: subnet(envs[1]) in bird_routes(rig, 0) and subnet(envs[0]) in bird_routes(rig, 1), 20, "routes")
+    for i in range(2):
+        rig.add_container(i)
+    pids = [bird_of(rig, i).pid() for i in range(2)]
+
+    def restart_both() -> None:
+        for i in range(2):
+            rig.stop_agent(i)
+            rig.start_agent(i)
+        for i in range(2):
+            wait_for(lambda i=i: rig.log(i).count("BGP peers from etcd") >= 2, 10, f"agent {i + 1} running again")
+
+    lost = ping_loss(rig, rig.containers[0], rig.container_ip(1), restart_both)
+    assert lost <= 3, f"{lost} packets lost across agent restarts"
+    assert [bird_of(rig, i).pid() for i in range(2)] == pids  # the same daemons, sessions never dropped
+    assert sorted(bird_pids(rig)) == sorted(pids)
+    assert set(sessions(rig, 0).values()) == {"Established"}
+
+
+def test_bird_killed_is_restarted_and_traffic_goes_on(make_rig) -> None:
+    rig = make_rig(2)
+    envs = start_bgp(rig, 2)
+    wait_for(lambda: subnet(envs[1]) in bird_routes(rig, 0) and subnet(envs[0]) in bird_routes(rig, 1), 20, "routes")
+    for i in range(2):
+        rig.add_container(i)
+    old = bird_of(rig, 0).pid()
+    assert old is not None
+
+    def kill_bird() -> None:
+        os.kill(old, 9)
+        wait_for(lambda: bird_of(rig, 0).pid() not in (None, old), 10, "a new BIRD on node 1")
+
+    # The kernel keeps BIRD's routes when it dies and node 2 keeps ours (graceful restart) meanwhile.
+    lost = ping_loss(rig, rig.containers[0], rig.container_ip(1), kill_bird)
+    assert lost <= 3, f"{lost} packets lost while BIRD restarted"
+    wait_for(lambda: set(sessions(rig, 0).values()) == {"Established"}, 20, "the session back")
+    assert subnet(envs[1]) in bird_routes(rig, 0)
+    assert "BIRD does not answer" in rig.log(0) and rig.log(0).count("BIRD started") == 2
+    assert len(bird_pids(rig)) == 2
+
+
+def test_nothing_left_behind(make_rig) -> None:
+    rig = make_rig(2)
+    start_bgp(rig, 2)
+    wait_for(lambda: len(bird_pids(rig)) == 2, 10, "two BIRDs")
+    sockets = [bird_of(rig, i).socket_path for i in range(2)]
+    assert all(s.exists() for s in sockets)
+    for i in range(2):
+        rig.stop_agent(i)
+        bird_of(rig, i).stop()
+    assert bird_pids(rig) == []
+    for i in range(2):
+        # A stopped BIRD removes its socket; the routes it installed go with it.
+        assert in_ns(rig.hosts[i].name, "ip", "route", "show", "proto", "bird").stdout == ""

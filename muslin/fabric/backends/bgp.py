@@ -138,14 +138,19 @@ class BgpBackend(Backend):
             if self.bird.config_path.exists() and self.bird.config_path.read_text() == text:
                 return
             self.bird.check(text)
+            self.log_session_changes()  # what the reload ends shows in the log as it was before
             self.bird.write_config(text)
             reply = self.bird.configure()
             log.info("BIRD reconfigured (%s): %d BGP sessions", reply.splitlines()[-1][5:], len(config.neighbors))
+            self.log_session_changes()
             return
+        # A pid file left behind means BIRD died (it removes the file when it stops): recover gracefully.
+        crashed = self.bird.pid_path.exists() and self.settings.graceful_restart
         self.bird.check(text)
         self.bird.write_config(text)
-        pid = self.bird.start()
-        log.info("BIRD started (pid %d; config %s, control socket %s)", pid, self.bird.config_path,
+        pid = self.bird.start(recover=crashed)
+        log.info("BIRD started (pid %d%s; config %s, control socket %s)", pid,
+                 ", graceful restart recovery after a crash" if crashed else "", self.bird.config_path,
                  self.bird.socket_path)
         self._sessions = {}
 
