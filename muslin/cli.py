@@ -24,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = lab.add_subparsers(dest="action", required=True)
     up = lab_sub.add_parser("up", help="build hosts, etcd, muslin-flanneld, muslind and containers")
     up.add_argument("--nodes", type=int, default=2)
-    up.add_argument("--backend", choices=["vxlan", "udp", "host-gw"], default=None,
+    up.add_argument("--backend", choices=["vxlan", "udp", "host-gw", "bgp"], default=None,
                     help="Backend.Type of the network config (default: none, as in the article: udp)")
+    up.add_argument("--routed", action="store_true",
+                    help="nodes on two L2 segments joined by a router (with bgp: the router is their BGP peer)")
     lab_sub.add_parser("status", help="what runs on each node")
     ex = lab_sub.add_parser("exec", help="run a command on a node, with DOCKER_HOST set for its engine")
     ex.add_argument("node")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(args.root or DEFAULT_ROOT, out=lambda line: print(line, flush=True))
     try:
         if args.action == "up":
-            lab.up(args.nodes, args.backend)
+            lab.up(args.nodes, args.backend, args.routed)
             return 0
         if args.action == "status":
             return lab.status()

@@ -22,21 +22,25 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from muslin.fabric.bird import parse_protocols
 from muslin.fabric.config import DEFAULT_BACKEND
 from muslin.fabric.files import read_subnet_env
 from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.etcd import EtcdCluster
+from muslin.lab.tor import TOR_AS, node_peers, start_tor
 from muslin.runtime import shim_processes
 
 PREFIX = "lab-"
 DEFAULT_ROOT = Path("/run/muslin-lab")
 NETWORK = "172.21.0.0/16"
 ETCD_PREFIX = "/atomic.io/network"
-BACKENDS = ("vxlan", "udp", "host-gw")
+BACKENDS = ("vxlan", "udp", "host-gw", "bgp")
+NODE_AS = 64512
+NODE_BIRD_SOCKET = "/run/flannel/bird/bird.ctl"  # the agent's default: bird/ next to /run/flannel/subnet.env
 STATE_FILE = "lab.json"
 
 
@@ -88,6 +92,14 @@ class Lab:
 
     def backend(self) -> str:
         return self._state().get("backend", "")
+
+    def routed(self) -> bool:
+        return bool(self._state().get("routed", False))
+
+    def router(self) -> Node:
+        """The router between the segments (routed labs), as a node the lab's commands can run on."""
+        return Node(name="router", ns=topology.router_name(self.prefix), address=str(topology.UNDERLAY[1]),
+                    root=str(self.root / "router"))
 
     def node(self, name: str) -> Node:
         for n in self.nodes():
@@ -150,7 +162,7 @@ class Lab:
             raise LabError(f"step '{title}' failed: {type(exc).__name__}: {exc}") from exc
         self.out(f"    ok ({time.monotonic() - started:.1f}s)")
 
-    def up(self, count: int = 2, backend: str | None = None) -> float:
+    def up(self, count: int = 2, backend: str | None = None, routed: bool = False) -> float:
         """``backend`` None: the article's config as written, without Backend, so udp (flanneld's default)."""
         if backend is not None and backend not in BACKENDS:
             raise LabError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -161,18 +173,23 @@ class Lab:
         started = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         try:
-            nodes = self._hosts(count, backend or DEFAULT_BACKEND)
+            nodes = self._hosts(count, backend or DEFAULT_BACKEND, routed)
             self._etcd(nodes)
-            self._network_config(nodes[0], backend)
+            self._network_config(nodes[0], backend, routed)
+            if backend == "bgp" and routed:
+                self._top_of_rack(nodes)
             self._flannel(nodes)
             self._engines(nodes)
-            self._containers(nodes)
+            if backend == "bgp":
+                self._bgp_sessions(nodes, routed)
+            self._containers(nodes, expect_failure=routed and backend == "host-gw")
         except BaseException:
             self.out("\nlab up failed; `muslin lab down` removes what was made")
             raise
         total = time.monotonic() - started
         chosen = backend or f"{DEFAULT_BACKEND} (the article's config names none: flanneld's default)"
-        self.out(f"\nlab is up: {count} nodes, backend {chosen}, in {total:.1f}s")
+        self.out(f"\nlab is up: {count} nodes{' on two routed segments' if routed else ''}, backend {chosen}, "
+                 f"in {total:.1f}s")
         self._drawing()
         self.out("try: muslin lab exec node1 -- docker run -it --rm busybox")
         return total
@@ -185,18 +202,23 @@ class Lab:
         except RuntimeError as exc:  # no graphviz: the lab works all the same
             self.out(f"no topology drawing: {exc}")
 
-    def _hosts(self, count: int, backend: str) -> list[Node]:
-        with self.step(f"5.5.1-5.5.4 hosts: {count} namespaces on an underlay switch, ip_forward on"):
-            underlay = topology.create(self.prefix, count)
+    def _hosts(self, count: int, backend: str, routed: bool) -> list[Node]:
+        where = "two L2 segments joined by a router" if routed else "an underlay switch"
+        with self.step(f"5.5.1-5.5.4 hosts: {count} namespaces on {where}, ip_forward on"):
+            underlay = topology.create(self.prefix, count, routed=routed)
             nodes = [Node(name=f"node{i + 1}", ns=h.name, address=str(h.address), root=str(self.root / f"node{i + 1}"))
                      for i, h in enumerate(underlay.hosts)]
             for n in nodes:
                 for d in ("/run/flannel", "/etc/sysconfig", "/var/lib/muslin", "/run/muslin", "/var/log", "/var/lib/etcd"):
                     n.path(d).mkdir(parents=True, exist_ok=True)
                 n.path("/etc/hosts").write_text("".join(f"{m.address} {m.name}\n" for m in nodes))
-            (self.root / STATE_FILE).write_text(json.dumps({"backend": backend, "nodes": [asdict(n) for n in nodes]}))
-            for n in nodes:
-                self.out(f"    {n.name}: {n.address}/24 on eth0 (netns {n.ns}, files under {n.root})")
+            (self.root / STATE_FILE).write_text(json.dumps({"backend": backend, "routed": routed,
+                                                            "nodes": [asdict(n) for n in nodes]}))
+            for n, h in zip(nodes, underlay.hosts):
+                via = f", default via the router {h.gateway}" if h.gateway else ""
+                self.out(f"    {n.name}: {n.address}/24 on eth0{via} (netns {n.ns}, files under {n.root})")
+            if underlay.router:
+                self.out(f"    router: {', '.join(map(str, underlay.router_addresses))} (netns {underlay.router})")
         return nodes
 
     def _etcd(self, nodes: list[Node]) -> None:
@@ -211,13 +233,55 @@ class Lab:
                       "etcdctl", f"--endpoints={endpoints}", "endpoint", "health")
             self.show(nodes[0], "etcdctl member list", "etcdctl", f"--endpoints={endpoints}", "member", "list")
 
-    def _network_config(self, node: Node, backend: str | None) -> None:
+    def _network_config(self, node: Node, backend: str | None, routed: bool) -> None:
         with self.step("5.6.3 the flannel network config in etcd (the article's v2 `etcdctl mk`)"):
-            config = json.dumps({"Network": NETWORK, **({"Backend": {"Type": backend}} if backend else {})},
+            settings: dict[str, object] = {"Type": backend}
+            if backend == "bgp":
+                # Across a router, nodes peer with the top of rack rather than with each other (Calico's model).
+                settings.update({"ASNumber": NODE_AS, "NodeToNodeMesh": not routed})
+            config = json.dumps({"Network": NETWORK, **({"Backend": settings} if backend else {})},
                                 separators=(",", ":"))
             env = {**self.env(node), "ETCDCTL_API": "2"}
             self.show(node, f"etcdctl mk {ETCD_PREFIX}/config '{config}'", "etcdctl",
                       f"--endpoints=http://{node.address}:2379", "mk", f"{ETCD_PREFIX}/config", config, env=env)
+
+    def _top_of_rack(self, nodes: list[Node]) -> None:
+        with self.step(f"5.2.2.2 the router's BIRD as both segments' BGP peer (AS {TOR_AS}), one BGPPeer per node"):
+            underlay = topology.create(self.prefix, len(nodes), routed=True)  # idempotent: the one built
+            tor = start_tor(underlay, str(self.router().path("/run/bird")), IPv4Network(NETWORK), 24, NODE_AS)
+            self.out(f"    router: bird -c {tor.config_path} -s {tor.socket_path}")
+            env = {**self.env(nodes[0]), "ETCDCTL_API": "2"}
+            for key, value in node_peers(underlay, ETCD_PREFIX).items():
+                self.show(nodes[0], f"etcdctl mk {key} '{value}'", "etcdctl",
+                          f"--endpoints=http://{nodes[0].address}:2379", "mk", key, value, env=env)
+
+    def _bgp_sessions(self, nodes: list[Node], routed: bool) -> None:
+        with self.step("BGP: every node's sessions (birdc show protocols) and the routes BIRD installed"):
+            shown = [*nodes, self.router()] if routed else nodes
+            for n in shown:
+                wait_for(lambda n=n: self._sessions_established(n), 30,
+                         f"BGP sessions on {n.name} not established; see {self._bird_socket(n).with_suffix('.log')}")
+            for n in shown:
+                # A node's BIRD, as its agent started it, at the node's own paths; the router's under the lab root.
+                view = n.name != "router"
+                sock = NODE_BIRD_SOCKET if view else str(self._bird_socket(n))
+                self.show(n, f"birdc -s {sock} show protocols", "birdc", "-s", sock, "show", "protocols", view=view)
+                wanted = len(nodes) if n.name == "router" else len(nodes) - 1
+                wait_for(lambda n=n, wanted=wanted: len(self._bird_routes(n)) >= wanted, 20,
+                         f"{n.name} did not learn every subnet")
+                self.show(n, "ip route show proto bird", "ip", "route", "show", "proto", "bird")
+
+    def _bird_socket(self, node: Node) -> Path:
+        """BIRD's control socket as seen from here (the router's runs under the lab root, not a node's view)."""
+        return node.path("/run/bird/tor.ctl" if node.name == "router" else NODE_BIRD_SOCKET)
+
+    def _sessions_established(self, node: Node) -> bool:
+        proc = self.run(node, "birdc", "-s", str(self._bird_socket(node)), "show", "protocols", check=False)
+        states = [p.session_state for p in parse_protocols(proc.stdout) if p.proto == "BGP"]
+        return proc.returncode == 0 and bool(states) and all(s == "Established" for s in states)
+
+    def _bird_routes(self, node: Node) -> list[str]:
+        return self.run(node, "ip", "route", "show", "proto", "bird", check=False).stdout.splitlines()
 
     def _flannel(self, nodes: list[Node]) -> None:
         with self.step("5.6.2-5.6.5 muslin-flanneld on every node, from /etc/sysconfig/flanneld"):
@@ -250,13 +314,13 @@ class Lab:
                        "--exec-root", str(n.path("/run/muslin")), *shlex.split(opts)]
                 self.out(f"    {n.name}: ExecStart={shlex.join(['muslind', *cmd[1:]])}")
                 self.spawn(n, "muslind", cmd)
-            device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": "eth0"}[self.backend()]
+            device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": "eth0", "bgp": "eth0"}[self.backend()]
             for n in nodes:
                 wait_for(lambda n=n: self.run(n, "docker", "version", check=False).returncode == 0, 20,
                          f"muslind on {n.name} did not come up; see {n.path('/var/log/muslind.log')}")
                 self.show(n, f"ip a s muslin0; ip a s {device}", "sh", "-c", f"ip a s muslin0; ip a s {device}")
 
-    def _containers(self, nodes: list[Node]) -> None:
+    def _containers(self, nodes: list[Node], expect_failure: bool = False) -> None:
         with self.step("5.8 containers on every node, and a cross-host ping"):
             addresses = []
             for n in nodes:
@@ -264,14 +328,33 @@ class Lab:
                 out = self.show(n, f"docker exec bb-{n.name} ifconfig eth0", "docker", "exec", f"bb-{n.name}",
                                 "ifconfig", "eth0")
                 addresses.append(out.split("inet addr:")[1].split()[0])
-            first, last = nodes[0], nodes[-1]
+            first, last = nodes[0], nodes[1] if self.routed() else nodes[-1]  # node2: across the router
             result = self.run(first, "docker", "exec", f"bb-{first.name}", "ping", "-c", "3", "-W", "2",
-                              addresses[-1], check=False)
-            self.out(f"[root@{first.name} ~]# docker exec bb-{first.name} ping -c 3 {addresses[-1]}   # on {last.name}")
+                              addresses[nodes.index(last)], check=False)
+            self.out(f"[root@{first.name} ~]# docker exec bb-{first.name} ping -c 3 {addresses[nodes.index(last)]}"
+                     f"   # on {last.name}")
             self.out(result.stdout.rstrip())
+            if expect_failure:
+                self._explain_host_gw_across_router(first, last, result.stdout)
+                return
             if " 0% packet loss" not in result.stdout:
                 raise LabError(f"step '5.8 cross-host ping' failed: {first.name} -> {last.name} "
-                               f"({addresses[-1]}) lost packets:\n{result.stdout}{result.stderr}")
+                               f"({addresses[nodes.index(last)]}) lost packets:\n{result.stdout}{result.stderr}")
+
+    def _explain_host_gw_across_router(self, first: Node, last: Node, ping_output: str) -> None:
+        if " 0% packet loss" in ping_output:
+            raise LabError("host-gw reached a node behind the router: the routed underlay is not routed")
+        refusals = [line for line in first.path("/var/log/muslin-flanneld.log").read_text().splitlines()
+                    if "refusing host-gw peer" in line]
+        self.out(f"[root@{first.name} ~]# grep 'refusing host-gw peer' /var/log/muslin-flanneld.log")
+        self.out("\n".join(refusals) or "(no refusal logged yet)")
+        self.out(f"[root@{first.name} ~]# ip route")
+        self.out(self.run(first, "ip", "route").stdout.rstrip())
+        self.out(f"\n    As expected, host-gw fails across the router: it routes a peer's subnet via the peer's own\n"
+                 f"    address, a next hop that must be on this host's L2 segment, and {last.name} ({last.address}) is\n"
+                 f"    behind the router. So no route is installed, the packets follow the default route, and the\n"
+                 f"    router, which knows no container subnet, drops them. Across routers use --backend bgp\n"
+                 f"    (the router learns every subnet by BGP) or vxlan.")
 
     # -- status, exec, down ----------------------------------------------------------------------
     def status(self) -> int:
@@ -279,7 +362,8 @@ class Lab:
         if not nodes:
             self.out("no lab is up")
             return 1
-        self.out(f"lab: {len(nodes)} nodes, backend {self.backend()}, files under {self.root}")
+        self.out(f"lab: {len(nodes)} nodes{' on two routed segments' if self.routed() else ''}, "
+                 f"backend {self.backend()}, files under {self.root}")
         healthy = True
         for n in nodes:
             procs = {name: alive(n.path(f"/run/{name}.pid")) for name in ("etcd", "muslin-flanneld", "muslind")}

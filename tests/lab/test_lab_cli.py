@@ -44,6 +44,27 @@ def assert_nothing_left(lab: Lab) -> None:
             assert str(lab.root).encode() not in cmdline, cmdline
 
 
+def test_bgp_across_a_router_shows_sessions_routes_and_ping(lab: Lab) -> None:
+    lab.up(2, "bgp", routed=True)
+    text = "\n".join(lab.lines)
+    for expected in ("two L2 segments joined by a router", "node2: 192.168.254.155/24 on eth0, default via the router",
+                     "bgp/peers/tor-node1", "[root@node1 ~]# birdc -s /run/flannel/bird/bird.ctl show protocols",
+                     "[root@router ~]# birdc -s ", "node_192_168_254_155 BGP", "peer_tor_node1 BGP", "Established", "[root@node1 ~]# ip route show proto bird",
+                     "via 192.168.255.1 dev eth0", "blackhole 172.21.", "# on node2", " 0% packet loss",
+                     "lab is up: 2 nodes on two routed segments, backend bgp"):
+        assert expected in text, expected
+    assert "FLANNEL_MTU=1500" in lab.nodes()[0].path("/run/flannel/subnet.env").read_text()
+    assert lab.status() == 0
+
+
+def test_host_gw_across_a_router_fails_and_says_why(lab: Lab) -> None:
+    lab.up(2, "host-gw", routed=True)
+    text = "\n".join(lab.lines)
+    for expected in ("100% packet loss", "refusing host-gw peer", "is not on eth0's L2 segment (reached via 192.168.255.1)",
+                     "host-gw fails across the router", "use --backend bgp"):
+        assert expected in text, expected
+
+
 @pytest.mark.parametrize("backend", [None, "vxlan", "host-gw"])
 def test_up_shows_the_article_and_pings_across_hosts(lab: Lab, backend: str | None) -> None:
     lab.up(2, backend)

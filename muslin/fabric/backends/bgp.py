@@ -21,7 +21,7 @@ from muslin.fabric.bgppeers import BgpResources
 from muslin.fabric.bird import Bird, BirdConfig, BirdError, BgpNeighbor, ProtocolStatus, protocol_name, render_config
 from muslin.fabric.config import BgpSettings, NetworkConfig
 from muslin.fabric.subnets import Lease, LeaseAttrs
-from muslin.kernel import overlay
+from muslin.kernel import route
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class BgpBackend(Backend):
         self._sync()
 
     def _on_l2(self, address: IPv4Address) -> bool:
-        gateway, oif = overlay.route_source(self.ipr, address)
+        gateway, oif = route.route_source(self.ipr, address)
         return gateway is None and oif == self.ext.index
 
     def bird_config(self) -> BirdConfig:

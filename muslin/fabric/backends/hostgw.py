@@ -31,7 +31,7 @@ class HostGwBackend(Backend):
         if gateway is not None or oif != self.ext.index:
             self.warn_once((lease.subnet, lease.attrs.to_json(), gateway, oif), logging.ERROR,
                            "refusing host-gw peer %s: its PublicIP %s is not on %s's L2 segment (reached %s); "
-                           "host-gw needs every host on one L2 network, use vxlan across routers",
+                           "host-gw needs every host on one L2 network, use vxlan or bgp across routers",
                            lease.subnet, lease.attrs.public_ip, self.ext.name,
                            f"via {gateway}" if gateway else f"through link #{oif}" if oif else "by no route")
             return False
