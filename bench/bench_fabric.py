@@ -1,7 +1,11 @@
 """Fabric benchmark: container-to-container TCP throughput across two simulated hosts, per backend,
 against the same path built by hand in the kernel, in the same run; and lease-to-route convergence.
 
-    .venv/bin/python bench/bench_fabric.py [--seconds 4] [--trials 20] [--only throughput|convergence|udp]
+    .venv/bin/python bench/bench_fabric.py [--seconds 4] [--trials 20] [--only throughput|convergence|udp|bgp]
+
+bgp runs on its own routed underlay (two segments, the router's BIRD as top of rack): TCP through the
+router against the same routes set by hand, and the time from a new node's lease to its route on a peer
+behind the router and on the router.
 
 Every iperf3 run is bounded (-t seconds, and a subprocess timeout); everything runs in namespaces this
 script creates and removes. Prints one line per measurement and the ratios the issue sets goals for.
@@ -22,12 +26,15 @@ import tempfile
 import time
 import uuid
 from ipaddress import IPv4Network
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from muslin.kernel import netns  # noqa: E402
 from muslin.lab import topology  # noqa: E402
+from muslin.fabric.bird import Bird  # noqa: E402
 from muslin.lab.rig import PREFIX, Rig, in_ns, ping, wait_for  # noqa: E402
+from muslin.lab.tor import node_peers, start_tor  # noqa: E402
 
 
 def sh(ns: str, command: str) -> None:
@@ -205,14 +212,152 @@ def udp_throughput(rig: Rig, seconds: int, rounds: int) -> None:
           "(goal >= 1.0; flanneld's udp measured ~0.33 here)", flush=True)
 
 
+def bgp_agents(rig: Rig, hosts: range) -> None:
+    for i in hosts:
+        if os.path.exists(rig.subnet_file(i)):
+            os.unlink(rig.subnet_file(i))
+        rig.start_agent(i, "--iptables-resync=5")
+    for i in hosts:
+        rig.wait_subnet_file(i)
+
+
+def bgp_stop(rig: Rig, hosts: range) -> None:
+    """Agents and their BIRDs stopped (a clean BIRD stop withdraws its routes), leases deleted."""
+    for i in hosts:
+        if i in rig.agents:
+            rig.stop_agent(i)
+        Bird(Path(rig.bird_dir(i))).stop()
+        rig.etcdctl("del", "--prefix", f"{PREFIX}/subnets/")
+
+
+def routed_hand_made(rig: Rig, router: str, add: bool) -> None:
+    """The routes BGP would install, by hand: each node via the router, the router via each node."""
+    a, b = rig.hosts[0], rig.hosts[1]
+    verb = "add" if add else "del"
+    sh(a.name, f"ip route {verb} {HAND_SUBNETS[1]} via {a.gateway}")
+    sh(b.name, f"ip route {verb} {HAND_SUBNETS[0]} via {b.gateway}")
+    sh(router, f"ip route {verb} {HAND_SUBNETS[0]} via {a.address} && ip route {verb} {HAND_SUBNETS[1]} via {b.address}")
+    if add:
+        for i in range(2):
+            write_subnet_env(rig, i, HAND_SUBNETS[i], 1500)
+
+
+def has_route(ipr, subnet: IPv4Network) -> bool:
+    return any(r.get_attr("RTA_DST") == str(subnet.network_address) and r["dst_len"] == subnet.prefixlen
+               for r in ipr.get_routes(family=2, table=254))
+
+
+def bgp_convergence(rig: Rig, router: str, trials: int) -> tuple[list[float], list[float]]:
+    """Milliseconds from node 3's new lease (seen in etcd) to its route on node 2 (behind the router) and on
+    the router, node 3's agent and BIRD starting afresh each trial."""
+    on_peer: list[float] = []
+    on_router: list[float] = []
+    node3 = rig.hosts[2]
+    with netns.iproute(rig.hosts[1].name) as peer, netns.iproute(router) as rtr:
+        for _ in range(trials):
+            if os.path.exists(rig.subnet_file(2)):
+                os.unlink(rig.subnet_file(2))
+            before = set(lease_keys(node3.name, str(node3.address)))
+            rig.start_agent(2, "--iptables-resync=5")
+            leased: float | None = None
+            seen: dict[str, float] = {}
+            deadline = time.perf_counter() + 30
+            subnet: IPv4Network | None = None
+            while len(seen) < 2:
+                now = time.perf_counter()
+                if now > deadline:
+                    raise RuntimeError("node 3's route did not arrive in 30 s")
+                if leased is None:
+                    keys = lease_keys(node3.name, str(node3.address))
+                    mine = [k for k in keys if k not in before]
+                    if mine:
+                        leased = time.perf_counter()
+                        subnet = IPv4Network(mine[0].rsplit("/", 1)[1].replace("-", "/"))
+                    continue
+                assert subnet is not None
+                for name, ipr in (("peer", peer), ("router", rtr)):
+                    if name not in seen and has_route(ipr, subnet):
+                        seen[name] = (time.perf_counter() - leased) * 1000
+                time.sleep(0.0005)
+            on_peer.append(seen["peer"])
+            on_router.append(seen["router"])
+            rig.stop_agent(2)
+            Bird(Path(rig.bird_dir(2))).stop()
+            rig.etcdctl("del", f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}")  # type: ignore[union-attr]
+            wait_for(lambda: not has_route(peer, subnet), 10, "node 3's route withdrawn")  # type: ignore[arg-type]
+    return on_peer, on_router
+
+
+def lease_keys(host_ns: str, address: str) -> list[str]:
+    """Lease keys now in etcd, through the v3 JSON gateway (a socket inside host_ns: no process per look)."""
+    with netns.entered(host_ns):
+        conn = http.client.HTTPConnection(address, 2379, timeout=5)
+        conn.connect()
+    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    start = f"{PREFIX}/subnets/"
+    body = {"key": b64(start), "range_end": b64(start[:-1] + "0"), "keys_only": True}
+    conn.request("POST", "/v3/kv/range", json.dumps(body))
+    resp = json.loads(conn.getresponse().read())
+    conn.close()
+    return [base64.b64decode(kv["key"]).decode() for kv in resp.get("kvs", [])]
+
+
+def bgp_bench(seconds: int, rounds: int, trials: int) -> None:
+    prefix = f"bg{uuid.uuid4().hex[:5]}"
+    workdir = tempfile.mkdtemp(prefix=f"muslin-{prefix}-")
+    underlay = topology.create(prefix, 3, routed=True)
+    rig = Rig(underlay, workdir)
+    router = underlay.router
+    assert router
+    try:
+        rig.etcd.start()
+        start_tor(underlay, os.path.join(workdir, "tor"), IPv4Network("172.21.0.0/16"), 24, 64512)
+        for key, value in node_peers(underlay, PREFIX).items():
+            rig.etcdctl("put", key, value)
+        rig.put_config({"Network": "172.21.0.0/16", "Backend": {"Type": "bgp", "NodeToNodeMesh": False}})
+        hand: list[float] = []
+        ours: list[float] = []
+        for _ in range(rounds):
+            routed_hand_made(rig, router, True)
+            try:
+                hand.append(measure_pair(rig, seconds))
+            finally:
+                routed_hand_made(rig, router, False)
+            bgp_agents(rig, range(2))
+            try:
+                ours.append(measure_pair(rig, seconds))
+            finally:
+                bgp_stop(rig, range(2))
+            print(f"  bgp through the router: hand-made routes {hand[-1]:.2f} Gbit/s, "
+                  f"muslin-flanneld + BIRD {ours[-1]:.2f} Gbit/s", flush=True)
+        print(f"bgp: best {max(ours):.2f} vs {max(hand):.2f} Gbit/s; ratio of bests {max(ours) / max(hand):.3f}, "
+              f"of medians {statistics.median(ours) / statistics.median(hand):.3f} (goal vs hand-made routes >= 0.95)",
+              flush=True)
+        bgp_agents(rig, range(2))
+        peer, on_router = bgp_convergence(rig, router, trials)
+        print(f"bgp convergence new lease -> route over {len(peer)} trials: on a peer behind the router median "
+              f"{statistics.median(peer):.1f} ms (max {max(peer):.1f}), on the router median "
+              f"{statistics.median(on_router):.1f} ms (max {max(on_router):.1f})", flush=True)
+    finally:
+        for i in list(rig.agents):
+            rig.stop_agent(i, kill=True)
+        rig.etcd.stop()
+        clear_containers(rig)
+        topology.teardown(prefix)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternating hand-made/agent rounds per backend (the machine is shared: noise)")
-    parser.add_argument("--only", choices=("throughput", "convergence", "udp"), default=None)
+    parser.add_argument("--only", choices=("throughput", "convergence", "udp", "bgp"), default=None)
     args = parser.parse_args()
+    if args.only == "bgp":
+        bgp_bench(args.seconds, args.rounds, args.trials)
+        return 0
     prefix = f"bf{uuid.uuid4().hex[:5]}"
     workdir = tempfile.mkdtemp(prefix=f"muslin-{prefix}-")
     underlay = topology.create(prefix, 3)
