@@ -236,7 +236,8 @@ def routed_hand_made(rig: Rig, router: str, add: bool) -> None:
     verb = "add" if add else "del"
     sh(a.name, f"ip route {verb} {HAND_SUBNETS[1]} via {a.gateway}")
     sh(b.name, f"ip route {verb} {HAND_SUBNETS[0]} via {b.gateway}")
-    sh(router, f"ip route {verb} {HAND_SUBNETS[0]} via {a.address} && ip route {verb} {HAND_SUBNETS[1]} via {b.address}")
+    sh(router, f"ip route {verb} {HAND_SUBNETS[0]} via {a.address} && "
+               f"ip route {verb} {HAND_SUBNETS[1]} via {b.address}")
     if add:
         for i in range(2):
             write_subnet_env(rig, i, HAND_SUBNETS[i], 1500)
@@ -283,8 +284,10 @@ def bgp_convergence(rig: Rig, router: str, trials: int) -> tuple[list[float], li
             on_router.append(seen["router"])
             rig.stop_agent(2)
             Bird(Path(rig.bird_dir(2))).stop()
-            rig.etcdctl("del", f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}")  # type: ignore[union-attr]
-            wait_for(lambda: not has_route(peer, subnet), 10, "node 3's route withdrawn")  # type: ignore[arg-type]
+            assert subnet is not None
+            rig.etcdctl("del", f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}")
+            gone = subnet
+            wait_for(lambda: not has_route(peer, gone), 10, "node 3's route withdrawn")
     return on_peer, on_router
 
 

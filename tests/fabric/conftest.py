@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -12,7 +13,7 @@ import pytest
 from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.etcd import TlsConfig
-from muslin.lab.rig import Rig
+from muslin.lab.rig import Rig, wait_for
 from muslin.lab.topology import Underlay
 
 
@@ -40,6 +41,22 @@ def make_rig() -> Iterator[Callable[..., Rig]]:
         topology.teardown(rig.underlay.prefix)
         shutil.rmtree(rig.workdir, ignore_errors=True)
         assert topology.names(rig.underlay.prefix) == [], "underlay namespaces left behind"
+        # SIGKILLed processes take a moment to exit.
+        wait_for(lambda: not processes_naming(rig.workdir), 5, "the rig's processes (BIRD, agents, etcd) to go")
+
+
+def processes_naming(path: str) -> list[int]:
+    """Live processes whose command line names path (zombies have none)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if path.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 @pytest.fixture

@@ -233,3 +233,24 @@ def test_nothing_left_behind(make_rig) -> None:
     for i in range(2):
         # A stopped BIRD removes its socket; the routes it installed go with it.
         assert in_ns(rig.hosts[i].name, "ip", "route", "show", "proto", "bird").stdout == ""
+
+
+def test_route_reflector_instead_of_the_full_mesh(make_rig) -> None:
+    rig = make_rig(3)
+    reflector = rig.hosts[0].address
+    rig.etcdctl("put", f"{PREFIX}/bgp/nodes/{reflector}", json.dumps({"RouteReflector": True}))
+    envs = start_bgp(rig, 3)
+    rr = f"mesh_{str(reflector).replace('.', '_')}"
+    for i in (1, 2):
+        wait_for(lambda i=i: sessions(rig, i) == {rr: "Established"}, 20, f"node {i + 1} peers only with the reflector")
+    wait_for(lambda: len(sessions(rig, 0)) == 2 and set(sessions(rig, 0).values()) == {"Established"}, 20,
+             "the reflector's sessions with its clients")
+    assert "rr client;" in bird_of(rig, 0).config_path.read_text()
+    # Node 2 learns node 3's subnet through the reflector, with node 3 itself as the next hop.
+    wait_for(lambda: bird_routes(rig, 1).get(subnet(envs[2])) == str(rig.hosts[2].address), 10, "a reflected route")
+    rig.add_container(1)
+    rig.add_container(2)
+    assert ping(rig.containers[0], rig.container_ip(2))
+    # No reflector any more: back to the full mesh, without a restart.
+    rig.etcdctl("del", f"{PREFIX}/bgp/nodes/{reflector}")
+    wait_for(lambda: len(sessions(rig, 1)) == 2, 10, "the full mesh again")
