@@ -8,15 +8,15 @@ import os
 import re
 import subprocess
 import time
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 
-from ipaddress import IPv4Network
-
 from muslin.fabric.bird import Bird, parse_protocols
+from muslin.lab.rig import PREFIX, Rig, in_ns, ping, wait_for
 from muslin.lab.tor import node_peers, start_tor
-from tests.fabric.rig import PREFIX, Rig, in_ns, ping, tcp_roundtrip, wait_for
+from tests.fabric.traffic import tcp_roundtrip
 
 pytestmark = pytest.mark.root
 
