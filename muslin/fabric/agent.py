@@ -425,7 +425,12 @@ class Agent:
 
     async def _bgp_sessions_loop(self, backend: BgpBackend) -> None:
         while True:
-            await self._kernel(backend.log_session_changes)
+            try:
+                await self._kernel(backend.log_session_changes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a look at the sessions failing must not stop the agent
+                log.error("reading the BGP sessions failed: %s", exc)
             await asyncio.sleep(self.options.bgp_poll)
 
     async def _serve_healthz(self) -> asyncio.AbstractServer | None:
