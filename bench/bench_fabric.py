@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from muslin.kernel import netns  # noqa: E402
+from muslin.kernel import netns, route  # noqa: E402
 from muslin.lab import topology  # noqa: E402
 from muslin.fabric.bird import Bird  # noqa: E402
 from muslin.lab.rig import PREFIX, Rig, in_ns, ping, wait_for  # noqa: E402
@@ -159,8 +159,7 @@ def convergence(rig: Rig, trials: int) -> list[float]:
                 v3_put(rig.hosts[2].name, str(rig.hosts[2].address),
                        f"{PREFIX}/subnets/{subnet.network_address}-24", lease)
                 deadline = start + 5
-                while not any(r.get_attr("RTA_DST") == str(subnet.network_address) and r["dst_len"] == 24
-                              for r in ipr.get_routes(family=2, table=254)):
+                while not any(r.dst == subnet for r in route.ipv4_routes(ipr)):
                     if time.perf_counter() > deadline:
                         raise RuntimeError(f"no route for {subnet} after 5 s")
                     time.sleep(0.0005)

@@ -131,6 +131,12 @@ def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: in
     return index, None
 
 
+def ensure_hairpin(ipr: IPRoute, port_index: int) -> None:
+    """The bridge sends a port's frames back out of that port (a container reaching itself through
+    its own published port)."""
+    ipr.brport("set", index=port_index, mode=1)
+
+
 def add_macvlan_into(ipr: IPRoute, ifname: str, parent_index: int, netns_fd: int, mode: str, mac: str) -> None:
     """A macvlan of the parent, born inside the target namespace under its final name."""
     ipr.link("add", ifname=ifname, kind="macvlan", link=parent_index, macvlan_mode=mode, address=mac,

@@ -17,7 +17,7 @@ import signal
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from muslin.kernel import netns
+from muslin.kernel import address, link, netns, route
 
 UNDERLAY = IPv4Network("192.168.255.0/24")
 SECOND_SEGMENT = IPv4Network("192.168.254.0/24")
@@ -25,6 +25,7 @@ ROUTER_IFACES = ("eth0", "eth1")  # on the first and the second segment
 FIRST_HOST = 154
 HOST_IFACE = "eth0"
 SWITCH_BRIDGE = "br0"
+UNDERLAY_MTU = 1500
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,6 @@ def host_name(prefix: str, number: int) -> str:
     return f"{prefix}node{number}"
 
 
-def _write_sysctl(ns: str, key: str, value: str) -> None:
-    # /proc/sys/net follows the network namespace of the thread that opens it.
-    with netns.entered(ns), open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
-        f.write(value)
-
-
 def create(prefix: str, count: int, first_host: int = FIRST_HOST, routed: bool = False) -> Underlay:
     """Build (or complete) the underlay with ``count`` hosts; idempotent."""
     if not 1 <= count <= 254 - first_host:
@@ -81,7 +76,7 @@ def create(prefix: str, count: int, first_host: int = FIRST_HOST, routed: bool =
         switch = switch_name(prefix, index)
         netns.create(switch)
         with netns.iproute(switch) as sw:
-            bridge = _ensure_bridge(sw)
+            bridge = link.ensure_bridge(sw, SWITCH_BRIDGE, UNDERLAY_MTU)
             for number in range(1, count + 1):
                 if (number - 1) % len(segments) != index:
                     continue
@@ -96,16 +91,10 @@ def create(prefix: str, count: int, first_host: int = FIRST_HOST, routed: bool =
     for host in hosts:
         if host.gateway is not None:
             with netns.iproute(host.name) as h:
-                h.route("replace", dst="0.0.0.0/0", gateway=str(host.gateway))
+                index = link.index_of(h, host.iface)
+                assert index is not None  # plugged above
+                route.ensure_default_route(h, index, host.gateway)
     return Underlay(prefix, switch_name(prefix), tuple(hosts), router_name(prefix) if routed else None)
-
-
-def _ensure_bridge(sw) -> int:
-    if not sw.link_lookup(ifname=SWITCH_BRIDGE):
-        sw.link("add", ifname=SWITCH_BRIDGE, kind="bridge")
-    bridge = sw.link_lookup(ifname=SWITCH_BRIDGE)[0]
-    sw.link("set", index=bridge, state="up")
-    return bridge
 
 
 def _plug_router(prefix: str, sw, bridge: int, index: int, segment: IPv4Network) -> None:
@@ -118,25 +107,20 @@ def _plug_router(prefix: str, sw, bridge: int, index: int, segment: IPv4Network)
 def _plug(sw, bridge: int, host: Host, port: str) -> None:
     netns.create(host.name)
     with netns.iproute(host.name) as h:
-        if not h.link_lookup(ifname=host.iface):
-            if not sw.link_lookup(ifname=port):
-                sw.link("add", ifname=port, kind="veth", peer=f"{port}h")
-            peer = sw.link_lookup(ifname=f"{port}h")[0]
-            fd = os.open(host.netns, os.O_RDONLY)
+        index = link.index_of(h, host.iface)
+        if index is None:
+            link.delete_link(sw, port)  # a port whose host end never arrived (a crashed run)
+            fd = os.open(host.netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                sw.link("set", index=peer, net_ns_fd=fd)
+                link.add_veth_into(sw, port, host.iface, fd, UNDERLAY_MTU, link.random_mac(), bridge)
             finally:
                 os.close(fd)
-            index = h.link_lookup(ifname=f"{port}h")[0]
-            h.link("set", index=index, ifname=host.iface)
-        index = h.link_lookup(ifname=host.iface)[0]
-        address = IPv4Interface(f"{host.address}/{host.segment.prefixlen}")
-        if not any(a.get_attr("IFA_ADDRESS") == str(host.address) for a in h.get_addr(index=index, family=2)):
-            h.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
-        h.link("set", index=index, state="up")
-    port_index = sw.link_lookup(ifname=port)[0]
-    sw.link("set", index=port_index, master=bridge, state="up")
-    _write_sysctl(host.name, "net.ipv4.ip_forward", "1")
+            index = link.index_of(h, host.iface)
+            assert index is not None
+        address.ensure_address(h, index, IPv4Interface(f"{host.address}/{host.segment.prefixlen}"))
+        link.ensure_up(h, index)
+    with netns.entered(host.name):
+        netns.set_sysctl("net/ipv4/ip_forward", "1")
 
 
 def names(prefix: str) -> list[str]:

@@ -90,6 +90,8 @@ def test_veth_into_a_sandbox_echoes_the_peer_index_and_retires_in_its_own_namesp
         inside = link.link_by_index(peer_ipr, peer)
         assert (inside.name, inside.kind, inside.mtu, inside.mac) == ("eth0", "veth", 1450, "02:42:0a:4d:00:02")
         assert "master br-v" in ip(host, "-o", "link", "show", "vetht")
+        link.ensure_hairpin(ipr, index)
+        assert "hairpin on" in ip(host, "-d", "link", "show", "vetht")
         # Retired: the names are free at once, in both namespaces; the reaper deletes in the host's.
         assert link.retire_veth(ipr, "vetht", peer_ipr, "eth0")
         assert link.index_of(ipr, "vetht") is None and link.index_of(peer_ipr, "eth0") is None

@@ -133,8 +133,7 @@ class BridgeDriver(OnHostLinks):
                 raise RuntimeError(f"bridge {net.resolved['bridge']} of network {net.name} is missing")
             index, peer = link.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, int(net.resolved["mtu"]),
                                              ep.mac, master)
-            # Hairpin lets a container reach itself through its own published port.
-            ipr.brport("set", index=index, mode=1)
+            link.ensure_hairpin(ipr, index)
         finally:
             os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
