@@ -18,7 +18,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Interface
 
 from muslin.fabric.files import read_subnet_env
-from muslin.kernel import netns
+from muslin.kernel import address, link, netns, route
 from muslin.lab.etcd import EtcdCluster, TlsConfig
 from muslin.lab.topology import Host, Underlay
 
@@ -144,28 +144,21 @@ class Rig:
         name = f"{self.underlay.prefix}c{i + 1}x{number}"
         netns.create(name)
         self.containers.append(name)
-        address = IPv4Interface(f"{gateway.network[number]}/{gateway.network.prefixlen}")
+        own = IPv4Interface(f"{gateway.network[number]}/{gateway.network.prefixlen}")
         with netns.iproute(self.hosts[i].name) as h:
-            if not h.link_lookup(ifname="cbr0"):
-                h.link("add", ifname="cbr0", kind="bridge")
-            bridge = h.link_lookup(ifname="cbr0")[0]
-            if not h.get_addr(index=bridge, family=2):
-                h.addr("add", index=bridge, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
-            h.link("set", index=bridge, state="up", mtu=mtu)
-            port = f"v{number}"
-            h.link("add", ifname=port, kind="veth", peer="ceth0")
-            peer = h.link_lookup(ifname="ceth0")[0]
-            fd = os.open(netns.path_for(name), os.O_RDONLY)
+            bridge = link.ensure_bridge(h, "cbr0", mtu)
+            address.ensure_address(h, bridge, gateway)
+            fd = os.open(netns.path_for(name), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                h.link("set", index=peer, net_ns_fd=fd)
+                link.add_veth_into(h, f"v{number}", "eth0", fd, mtu, link.random_mac(), bridge)
             finally:
                 os.close(fd)
-            h.link("set", index=h.link_lookup(ifname=port)[0], master=bridge, state="up", mtu=mtu)
         with netns.iproute(name) as c:
-            idx = c.link_lookup(ifname="ceth0")[0]
-            c.link("set", index=idx, ifname="eth0", mtu=mtu, state="up")
-            c.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
-            c.route("add", dst="default", gateway=str(gateway.ip))
+            index = link.index_of(c, "eth0")
+            assert index is not None
+            address.ensure_address(c, index, own)
+            link.ensure_up(c, index)
+            route.ensure_default_route(c, index, gateway.ip)
         return name
 
     def container_ip(self, i: int, number: int = 2) -> str:
