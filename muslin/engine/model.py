@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from .settings import DriverSettings
+
 
 def new_id() -> str:
     return os.urandom(32).hex()
@@ -40,9 +42,9 @@ class Network:
     enable_ipv6: bool = False
     options: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
-    # Options the driver resolved from defaults and daemon flags (bridge name, MTU, ...): what it
-    # programs, kept apart from what the user asked for because inspect shows only the latter.
-    resolved: dict[str, str] = field(default_factory=dict)
+    # What the driver resolved from the options and the daemon's flags (None: a driver with nothing
+    # to program, host and null).
+    settings: DriverSettings | None = None
     predefined: bool = False
     subnet_from_user: bool = True  # False: IPAM chose it; then --ip is refused, as dockerd does
 

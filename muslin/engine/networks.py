@@ -12,7 +12,6 @@ as the first create.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Interface, IPv4Network
 
@@ -21,9 +20,9 @@ from muslin.kernel import address, link, netns, route
 
 from . import ipam
 from .config import DaemonConfig
-from .drivers import macvlan
 from .drivers.base import HostNetlink, NetworkDriver, PortPublisher
-from .drivers.bridge import OPT_BIND, OPT_DEFAULT, OPT_ICC, OPT_MASQ, OPT_MTU, OPT_NAME, BridgeDriver
+from .drivers.bridge import BridgeDriver
+from .drivers.bridge_options import OPT_BIND, OPT_DEFAULT, OPT_ICC, OPT_MASQ, OPT_MTU, OPT_NAME
 from .drivers.macvlan import MacvlanDriver
 from .drivers.passthrough import PassthroughDriver
 from .firewall import BridgeSpec, Firewall
@@ -33,7 +32,6 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 PREDEFINED = {"bridge": "bridge", "host": "host", "none": "null"}
-AUTO_BRIDGE = re.compile(r"br-[0-9a-f]{12}")  # the bridge names muslind makes up
 # Drivers Docker knows that muslind does not implement yet: refused with a clear message, not "not found".
 PLANNED_DRIVERS = {"ipvlan", "overlay"}
 # Drivers whose networks give containers endpoints of their own (host and null give none).
@@ -50,10 +48,9 @@ class NetworkService:
         self.config = config
         self._host = HostNetlink()
         self.bridge = BridgeDriver(config, firewall, self._host)
-        self.macvlan = MacvlanDriver(self._host)
         self.drivers: dict[str, NetworkDriver] = {
             "bridge": self.bridge,
-            "macvlan": self.macvlan,
+            "macvlan": MacvlanDriver(self._host),
             "host": PassthroughDriver("host"),
             "null": PassthroughDriver("null"),
         }
@@ -116,7 +113,7 @@ class NetworkService:
                 raise Conflict("the default bridge's settings (--bip, --mtu, --ip-masq, --icc, ...) changed, but "
                                "containers are still attached to it: stop them, or start muslind with the "
                                "previous settings")
-            if current is not None and current.resolved:
+            if current is not None and current.settings is not None:
                 self.bridge.delete_network(current)
             wanted.id = current.id if current else wanted.id
             wanted.created = current.created if current else wanted.created
@@ -125,33 +122,19 @@ class NetworkService:
                 self.store.put_network(db, wanted)
 
     def reconcile(self) -> None:
-        """Program every network of the store, and remove links named as muslind names them that the
-        store does not know (a create whose rollback failed, or state from an older data root). Links
-        with a user-chosen name are never removed: they may not be ours. A macvlan network whose parent
-        interface is gone is logged, not fatal: the interface is the user's to bring back."""
+        """Program every network of the store, and remove the links each driver calls its own that the
+        store does not know (a create whose rollback failed, or state from an older data root)."""
         nets = self.store.networks()
-        ipr = self._host.get()
-        link.reap_retired(ipr)
-        present = link.all_links(ipr)
-        bridges = {n.resolved.get("bridge") for n in nets}
-        for name in (found.name for found in present if found.kind == "bridge"):
-            if AUTO_BRIDGE.fullmatch(name) and name not in bridges:
-                log.warning("removing orphan bridge %s (no network of ours owns it)", name)
-                self.bridge.remove_orphan(name)
-        parents = {n.resolved.get("parent") for n in nets if n.resolved.get("created_parent")}
-        peers = {macvlan.DUMMY_PEER_PREFIX + n.id[:11] for n in nets if n.resolved.get("created_parent") == "dummy"}
-        for name in (found.name for found in present):
-            if macvlan.OWN_PARENT.fullmatch(name) and name not in parents | peers:
-                log.warning("removing orphan macvlan parent %s (no network of ours owns it)", name)
-                self.macvlan.remove_orphan(name)
+        link.reap_retired(self._host.get())
+        for driver in self.drivers.values():
+            for name in driver.orphans([n for n in nets if n.driver == driver.name]):
+                log.warning("removing orphan %s link %s (no network of ours owns it)", driver.name, name)
+                driver.remove_orphan(name)
         if self.bridge.firewall:
             self.bridge.firewall.remove_legacy_rules(self.firewall_specs())
         for net in nets:
-            if net.resolved:
-                try:
-                    self.drivers[net.driver].create_network(net)
-                except macvlan.ParentMissing as exc:
-                    log.error("network %s cannot be used until its parent is back: %s", net.name, exc.message)
+            if net.settings is not None:
+                self.drivers[net.driver].restore(net)
 
     def create(self, name: str, driver: str = "bridge", ipam_configs: Iterable[dict] = (),
                internal: bool = False, attachable: bool = False, ingress: bool = False,
@@ -208,7 +191,7 @@ class NetworkService:
 
     def firewall_specs(self) -> list[BridgeSpec]:
         """What the firewall must hold for every bridge network of the store."""
-        return [self.bridge.firewall_spec(n) for n in self.store.networks() if n.driver == "bridge" and n.resolved]
+        return [self.bridge.firewall_spec(n) for n in self.store.networks() if n.driver == "bridge" and n.settings is not None]
 
     def _namespace_subnets(self) -> list[IPv4Network]:
         ipr = self._host.get()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .model import Endpoint, IPAMPool, Network
+from .settings import BridgeSettings, DriverSettings, MacvlanMode, MacvlanSettings, ParentOrigin, Vlan
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
@@ -33,6 +34,48 @@ CREATE TABLE IF NOT EXISTS ports (
 """
 
 
+def _settings_to_doc(settings: DriverSettings | None) -> dict[str, Any] | None:
+    if isinstance(settings, BridgeSettings):
+        return {"bridge_name": settings.bridge_name, "mtu": settings.mtu, "icc": settings.icc,
+                "masquerade": settings.masquerade, "host_binding": str(settings.host_binding)}
+    if isinstance(settings, MacvlanSettings):
+        return {"parent": settings.parent, "mode": settings.mode.value, "origin": settings.origin.value,
+                "vlan": {"base": settings.vlan.base, "vid": settings.vlan.vid} if settings.vlan else None}
+    return None
+
+
+def _settings_from_doc(driver: str, doc: dict[str, Any] | None) -> DriverSettings | None:
+    if doc is None:
+        return None
+    if driver == "bridge":
+        return BridgeSettings(bridge_name=doc["bridge_name"], mtu=doc["mtu"], icc=doc["icc"],
+                              masquerade=doc["masquerade"], host_binding=IPv4Address(doc["host_binding"]))
+    if driver == "macvlan":
+        vlan = doc["vlan"]
+        return MacvlanSettings(parent=doc["parent"], mode=MacvlanMode(doc["mode"]), origin=ParentOrigin(doc["origin"]),
+                               vlan=Vlan(base=vlan["base"], vid=vlan["vid"]) if vlan else None)
+    raise ValueError(f"a network of driver {driver} has no settings")
+
+
+def _settings_from_resolved(driver: str, resolved: dict[str, str]) -> DriverSettings | None:
+    """The settings of a data root written before they were typed: a dict of strings named ``resolved``."""
+    if not resolved:
+        return None
+    if driver == "bridge":
+        return BridgeSettings(bridge_name=resolved["bridge"], mtu=int(resolved["mtu"]),
+                              icc=resolved["icc"] == "true", masquerade=resolved["masquerade"] == "true",
+                              host_binding=IPv4Address(resolved["host_binding_ipv4"]))
+    if driver == "macvlan":
+        parent, created = resolved["parent"], resolved["created_parent"]
+        vlan = None
+        if created == "vlan":
+            base, _, vid = parent.rpartition(".")
+            vlan = Vlan(base=base, vid=int(vid))
+        return MacvlanSettings(parent=parent, mode=MacvlanMode(resolved["mode"]),
+                               origin=ParentOrigin(created) if created else ParentOrigin.USER, vlan=vlan)
+    raise ValueError(f"a network of driver {driver} has no settings")
+
+
 def _network_to_doc(net: Network) -> str:
     doc = asdict(net)
     doc["pools"] = [
@@ -44,6 +87,7 @@ def _network_to_doc(net: Network) -> str:
         }
         for p in net.pools
     ]
+    doc["settings"] = _settings_to_doc(net.settings)
     return json.dumps(doc)
 
 
@@ -58,6 +102,10 @@ def _network_from_doc(text: str) -> Network:
         )
         for p in doc["pools"]
     ]
+    if "resolved" in doc:
+        doc["settings"] = _settings_from_resolved(doc["driver"], doc.pop("resolved"))
+    else:
+        doc["settings"] = _settings_from_doc(doc["driver"], doc["settings"])
     return Network(**doc)
 
 

@@ -1,4 +1,5 @@
-"""The driver contract: create/delete a network, join/leave an endpoint into a sandbox; and for drivers
+"""The driver contract: create/delete a network, join/leave an endpoint into a sandbox, at start restore
+what the kernel lacks and find the links of its own that no stored network explains; and for drivers
 with NAT (bridge), publishing an endpoint's ports."""
 
 from __future__ import annotations
@@ -60,13 +61,25 @@ class NetworkDriver(Protocol):
     name: str
 
     def prepare(self, net: Network, others: list[Network]) -> None:
-        """Validate the user's options and fill ``net.resolved``; raise EngineError on bad input."""
+        """Validate the user's options and set ``net.settings``; raise EngineError on bad input."""
 
     def create_network(self, net: Network) -> None:
         """Program the kernel for the network; idempotent, undoes its own partial work on failure."""
 
     def delete_network(self, net: Network) -> None:
         """Remove everything create_network programmed; idempotent."""
+
+    def restore(self, net: Network) -> None:
+        """At start: program what the kernel lacks for a stored network (create_network again), logging
+        rather than raising when what is missing is the user's to bring back."""
+
+    def orphans(self, nets: list[Network]) -> list[str]:
+        """Links in the daemon's namespace named as this driver names its own that none of ``nets``
+        (this driver's stored networks) explains: left by a create whose rollback failed, or by an
+        older data root. A link with a name the user chose is never one: it may not be ours."""
+
+    def remove_orphan(self, name: str) -> None:
+        """Remove an orphan link and whatever else of the driver's names it (firewall rules)."""
 
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         """Wire the endpoint into the sandbox (a netns path)."""

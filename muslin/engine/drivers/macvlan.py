@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 
@@ -24,11 +25,13 @@ from muslin.errors import Conflict, EngineError, InvalidArgument
 from muslin.kernel import link, netns
 
 from ..model import Endpoint, Network
+from ..settings import MacvlanMode, MacvlanSettings, ParentOrigin, Vlan
 from .base import OnHostLinks, configure_endpoint_link
+
+log = logging.getLogger(__name__)
 
 OPT_PARENT = "parent"
 OPT_MODE = "macvlan_mode"
-MODES = ("bridge", "private", "vepa", "passthru")
 VLAN_NAME = re.compile(r"(?P<base>[^.]+)\.(?P<vid>[0-9]{1,4})")
 DUMMY_PREFIX = "dm-"
 DUMMY_PEER_PREFIX = "dmp-"
@@ -44,6 +47,17 @@ def dummy_name(net: Network) -> str:
     return DUMMY_PREFIX + net.id[:12]
 
 
+def dummy_peer_name(net: Network) -> str:
+    """The other end, when the dummy parent had to be one end of a veth pair."""
+    return DUMMY_PEER_PREFIX + net.id[:11]
+
+
+def settings_of(net: Network) -> MacvlanSettings:
+    if not isinstance(net.settings, MacvlanSettings):
+        raise TypeError(f"network {net.name} has no macvlan settings")
+    return net.settings
+
+
 class MacvlanDriver(OnHostLinks):
     name = "macvlan"
 
@@ -54,50 +68,53 @@ class MacvlanDriver(OnHostLinks):
         if unknown:
             raise InvalidArgument(f"unknown option {unknown[0]!r} for the macvlan driver "
                                   f"(it knows {OPT_PARENT}, {OPT_MODE})")
-        mode = opts.get(OPT_MODE) or "bridge"
-        if mode not in MODES:
-            raise InvalidArgument(f"requested macvlan mode '{mode}' is not valid, "
-                                  "'bridge' mode is the macvlan driver default")
+        try:
+            mode = MacvlanMode(opts.get(OPT_MODE) or MacvlanMode.BRIDGE)
+        except ValueError:
+            raise InvalidArgument(f"requested macvlan mode '{opts[OPT_MODE]}' is not valid, "
+                                  "'bridge' mode is the macvlan driver default") from None
         parent = opts.get(OPT_PARENT, "")
-        created = ""
         if not parent:
-            parent, created = dummy_name(net), "dummy"
-        else:
-            for other in others:
-                if other.driver == self.name and other.resolved.get("parent") == parent:
-                    raise Conflict(f"network {DUMMY_PREFIX}{other.id[:12]} is already using parent interface {parent}")
-            found = link.find_link(self.host, parent)
-            if found is not None and found.loopback:
-                raise InvalidArgument(f"loopback interface is not a valid macvlan parent link: {parent}")
-            if found is None:
-                vlan = VLAN_NAME.fullmatch(parent)
-                if vlan is None or len(parent) > 15:
-                    raise InvalidArgument(f"invalid subinterface vlan name {parent}, example formatting is eth0.10")
-                if not 1 <= int(vlan["vid"]) <= 4094:
-                    raise InvalidArgument(f"vlan id out of range: {vlan['vid']} (1-4094) in parent {parent}")
-                if link.index_of(self.host, vlan["base"]) is None:
-                    raise InvalidArgument(f"-o parent interface was not found on the host: {vlan['base']}")
-                created = "vlan"
-        net.resolved = {"parent": parent, "mode": mode, "created_parent": created}
+            net.settings = MacvlanSettings(parent=dummy_name(net), mode=mode, origin=ParentOrigin.DUMMY)
+            return
+        for other in others:
+            if isinstance(other.settings, MacvlanSettings) and other.settings.parent == parent:
+                raise Conflict(f"network {DUMMY_PREFIX}{other.id[:12]} is already using parent interface {parent}")
+        found = link.find_link(self.host, parent)
+        if found is not None and found.loopback:
+            raise InvalidArgument(f"loopback interface is not a valid macvlan parent link: {parent}")
+        if found is not None:
+            net.settings = MacvlanSettings(parent=parent, mode=mode, origin=ParentOrigin.USER)
+            return
+        vlan = VLAN_NAME.fullmatch(parent)
+        if vlan is None or len(parent) > 15:
+            raise InvalidArgument(f"invalid subinterface vlan name {parent}, example formatting is eth0.10")
+        if not 1 <= int(vlan["vid"]) <= 4094:
+            raise InvalidArgument(f"vlan id out of range: {vlan['vid']} (1-4094) in parent {parent}")
+        if link.index_of(self.host, vlan["base"]) is None:
+            raise InvalidArgument(f"-o parent interface was not found on the host: {vlan['base']}")
+        net.settings = MacvlanSettings(parent=parent, mode=mode, origin=ParentOrigin.VLAN,
+                                       vlan=Vlan(base=vlan["base"], vid=int(vlan["vid"])))
 
     def create_network(self, net: Network) -> None:
-        parent, created = net.resolved["parent"], net.resolved["created_parent"]
+        settings = settings_of(net)
+        parent, origin = settings.parent, settings.origin
         existing = link.find_link(self.host, parent)
         try:
-            if created == "vlan":
-                vlan = VLAN_NAME.fullmatch(parent)
+            if origin is ParentOrigin.VLAN:
+                vlan = settings.vlan
                 assert vlan is not None
-                base = link.index_of(self.host, vlan["base"])
+                base = link.index_of(self.host, vlan.base)
                 if base is None:
-                    raise ParentMissing(f"-o parent interface was not found on the host: {vlan['base']}")
+                    raise ParentMissing(f"-o parent interface was not found on the host: {vlan.base}")
                 try:
-                    link.ensure_vlan(self.host, parent, base, int(vlan["vid"]))
+                    link.ensure_vlan(self.host, parent, base, vlan.vid)
                 except NetlinkError as exc:
                     raise EngineError(f"failed to create {parent} vlan link: {os.strerror(exc.code).lower()}") from None
-            elif created == "dummy":
+            elif origin is ParentOrigin.DUMMY:
                 # A kernel without dummy links gets one end of a veth pair whose other end stays up
                 # unused: the same thing for macvlans, a lower device that goes nowhere.
-                peer = DUMMY_PEER_PREFIX + net.id[:11]
+                peer = dummy_peer_name(net)
                 if existing is not None and existing.kind == "veth":
                     link.ensure_veth_pair(self.host, parent, peer)  # made so by an earlier start
                 else:
@@ -112,14 +129,34 @@ class MacvlanDriver(OnHostLinks):
         except FileExistsError as exc:  # a link of another kind holds the name: not ours to touch
             raise EngineError(f"cannot use {parent} as the parent of network {net.name}: {exc}") from None
         except Exception:
-            if created and existing is None:  # undo only what this call made
+            if origin is not ParentOrigin.USER and existing is None:  # undo only what this call made
                 with contextlib.suppress(Exception):
                     link.retire_link(self.host, parent)
             raise
 
     def delete_network(self, net: Network) -> None:
-        if net.resolved.get("created_parent"):
-            link.retire_link(self.host, net.resolved["parent"])
+        settings = settings_of(net)
+        if settings.origin is not ParentOrigin.USER:
+            link.retire_link(self.host, settings.parent)
+
+    def restore(self, net: Network) -> None:
+        """A network whose parent interface is gone is logged, not fatal: the interface is the user's
+        to bring back (its containers cannot start until then)."""
+        try:
+            self.create_network(net)
+        except ParentMissing as exc:
+            log.error("network %s cannot be used until its parent is back: %s", net.name, exc.message)
+
+    def orphans(self, nets: list[Network]) -> list[str]:
+        """Parents named as muslind names them that no network made; a VLAN parent has a name the user
+        chose, and is never taken for an orphan: it may not be ours."""
+        owned = set()
+        for net in nets:
+            settings = settings_of(net)
+            if settings.origin is ParentOrigin.DUMMY:
+                owned |= {settings.parent, dummy_peer_name(net)}
+        return [found.name for found in link.all_links(self.host)
+                if OWN_PARENT.fullmatch(found.name) and found.name not in owned]
 
     def remove_orphan(self, name: str) -> None:
         link.retire_link(self.host, name)
@@ -127,12 +164,13 @@ class MacvlanDriver(OnHostLinks):
     # -- endpoints -------------------------------------------------------------------------------
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         assert ep.address is not None
-        parent = link.index_of(self.host, net.resolved["parent"])
+        settings = settings_of(net)
+        parent = link.index_of(self.host, settings.parent)
         if parent is None:
-            raise EngineError(f"parent interface {net.resolved['parent']} of network {net.name} is missing")
+            raise EngineError(f"parent interface {settings.parent} of network {net.name} is missing")
         fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            link.add_macvlan_into(self.host, ep.ifname, parent, fd, net.resolved["mode"], ep.mac)
+            link.add_macvlan_into(self.host, ep.ifname, parent, fd, settings.mode, ep.mac)
         finally:
             os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().

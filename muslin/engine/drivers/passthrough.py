@@ -24,6 +24,15 @@ class PassthroughDriver:
     def delete_network(self, net: Network) -> None:
         pass
 
+    def restore(self, net: Network) -> None:
+        pass
+
+    def orphans(self, nets: list[Network]) -> list[str]:
+        return []
+
+    def remove_orphan(self, name: str) -> None:
+        pass
+
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         pass
 
