@@ -30,7 +30,8 @@ def _net(driver: str = "bridge", options: dict[str, str] | None = None, predefin
 
 
 def _flags(**flags: object) -> DaemonConfig:
-    return DaemonConfig(data_root=Path("/nonexistent/data"), exec_root=Path("/nonexistent/run"), **flags)  # type: ignore[arg-type]
+    paths = {"data_root": Path("/nonexistent/data"), "exec_root": Path("/nonexistent/run")}
+    return DaemonConfig(**paths, **flags)  # type: ignore[arg-type]
 
 
 # -- bridge: options + daemon flags --------------------------------------------------------------

@@ -44,9 +44,10 @@ class BridgeDriver(OnHostLinks):
     def prepare(self, net: Network, others: list[Network]) -> None:
         settings = bridge_settings(net, self.config)
         bridge = settings.bridge_name
-        for other in others:
-            if isinstance(other.settings, BridgeSettings) and other.settings.bridge_name == bridge and other.id != net.id:
-                raise Conflict(f"bridge name {bridge} is already used by network {other.name}")
+        used_by = {o.settings.bridge_name: o.name for o in others
+                   if o.id != net.id and isinstance(o.settings, BridgeSettings)}
+        if bridge in used_by:
+            raise Conflict(f"bridge name {bridge} is already used by network {used_by[bridge]}")
         if not net.predefined and link.index_of(self.host, bridge) is not None:
             raise Conflict(f"bridge name {bridge} is already taken by an interface on this host")
         net.settings = settings

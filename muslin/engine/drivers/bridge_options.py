@@ -32,7 +32,8 @@ def _bool(options: dict[str, str], key: str, default: bool) -> bool:
 
 def _check_ifname(name: str) -> None:
     if not name or len(name) > 15 or any(c in name for c in "/ \t\n:") or name in (".", ".."):
-        raise InvalidArgument(f"invalid bridge name {name!r}: an interface name has 1 to 15 characters, no '/', ':' or spaces")
+        raise InvalidArgument(f"invalid bridge name {name!r}: "
+                              "an interface name has 1 to 15 characters, no '/', ':' or spaces")
 
 
 def bridge_settings(net: Network, config: DaemonConfig) -> BridgeSettings:
