@@ -28,6 +28,15 @@ protocol bgp peer{other} {{
 """
 
 
+def _pid_written(pidfile: Path) -> int:
+    """bird's parent returns before the daemon has written its pid file: wait (bounded) for it."""
+    deadline = time.monotonic() + 5
+    while not (text := pidfile.read_text().strip() if pidfile.exists() else ""):
+        assert time.monotonic() < deadline, f"bird wrote no pid to {pidfile}"
+        time.sleep(0.01)
+    return int(text)
+
+
 @pytest.fixture
 def peers(make_netns, tmp_path: Path):
     names = [make_netns("bg-"), make_netns("bg-")]
@@ -48,7 +57,7 @@ def peers(make_netns, tmp_path: Path):
             conf.write_text(CONFIG.format(me=me, other=3 - me))
             subprocess.run(["nsenter", f"--net={netns.path_for(ns)}", require("bird"), "-c", str(conf), "-s",
                             str(tmp_path / f"bird{me}.ctl"), "-P", str(tmp_path / f"bird{me}.pid")], check=True)
-            pids.append(int((tmp_path / f"bird{me}.pid").read_text()))
+            pids.append(_pid_written(tmp_path / f"bird{me}.pid"))
         yield names
     finally:
         for pid in pids:
