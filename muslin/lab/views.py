@@ -18,7 +18,11 @@ def host_specs(lab: Lab) -> list[HostSpec]:
     nodes = lab.nodes()
     if not nodes:
         raise LabError("no lab is up (run `muslin lab up`)")
-    return [HostSpec(n.name, netns.path_for(n.ns), n.docker_host) for n in nodes]
+    specs = [HostSpec(n.name, netns.path_for(n.ns), n.docker_host) for n in nodes]
+    router = underlay.router_name(lab.prefix)
+    if netns.exists(router):  # a routed lab: the top-of-rack router is a host of its own, with no engine
+        specs.append(HostSpec("router", netns.path_for(router), None))
+    return specs
 
 
 def lab_topology(lab: Lab) -> Topology:

@@ -50,7 +50,10 @@ def speakers() -> dict[int, list[Speaker]]:
         except OSError:
             continue  # gone meanwhile
         path = args[args.index("-s") + 1] if "-s" in args[:-1] else DEFAULT_SOCKET
-        found.setdefault(inode, []).append(Speaker(int(entry), path))
+        # The path is as BIRD sees it: a lab node's BIRD runs in the node's own mount namespace, where
+        # /run is the node's. Reach it through the process's own root (or working directory).
+        seen_from_here = f"/proc/{entry}/root{path}" if path.startswith("/") else f"/proc/{entry}/cwd/{path}"
+        found.setdefault(inode, []).append(Speaker(int(entry), seen_from_here))
     return found
 
 
