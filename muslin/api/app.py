@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from muslin.engine.engine import Engine
 
-from . import containers, images, networks, system
+from . import containers, execs, images, networks, swarm, system
 from .http import Router, Server
 
 
@@ -13,5 +13,7 @@ def build_server(engine: Engine) -> Server:
     system.routes(router, engine)
     networks.routes(router, engine)
     containers.routes(router, engine)
+    execs.routes(router, engine)
     images.routes(router, engine)
+    swarm.routes(router, engine)
     return Server(router, system.server_headers())

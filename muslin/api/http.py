@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -18,16 +19,21 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 
 from muslin.api.tls import tls_handler
+from muslin.errors import EngineError
 
 log = logging.getLogger(__name__)
 
 VERSION_PREFIX = re.compile(r"^/v(\d+\.\d+)(/.*)$")
 READ_CHUNK = 65536
+# What one request may make the daemon hold: its head (request line and headers; Go's net/http allows
+# 1 MiB, the CLI sends a few KiB at most) and its body (JSON; image uploads have their own bound).
+MAX_HEAD_BYTES = 64 * 1024
+MAX_JSON_BODY = 8 * 1024 * 1024
 
 
 @dataclass
@@ -45,7 +51,7 @@ class Request:
             return {}
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise HTTPError(400, "invalid JSON in request body") from None
 
     def arg(self, name: str, default: str = "") -> str:
@@ -57,17 +63,6 @@ class Request:
         if value == "":
             return default
         return value.lower() not in ("0", "false", "no")
-
-    def filters(self) -> dict[str, list[str]]:
-        """Docker's ``filters`` query argument: {"key": ["v"]} or the old {"key": {"v": true}}."""
-        raw = self.arg("filters")
-        if not raw:
-            return {}
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise HTTPError(400, f"invalid filter {raw!r}") from None
-        return {k: (list(v) if isinstance(v, (list, dict)) else [str(v)]) for k, v in data.items()}
 
 
 def labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
@@ -119,27 +114,43 @@ class Hijack:
     content_type: str = "application/vnd.docker.raw-stream"
 
 
-Handler = Callable[[Request], Awaitable[Response | StreamResponse | Hijack]]
+Reply = Response | StreamResponse | Hijack
+Handler = Callable[[Request], Awaitable[Reply]]
+# A handler of a resource module, which takes what it serves (the engine) before the request.
+BoundHandler = Callable[[Any, Request], Awaitable[Reply]]
+Route = tuple[str, str, BoundHandler]
+
+
+@dataclass(frozen=True)
+class Match:
+    handler: Handler
+    params: dict[str, str]
+    max_body: int
 
 
 class Router:
     def __init__(self) -> None:
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._routes: list[tuple[str, re.Pattern[str], Handler, int]] = []
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
+    def add(self, method: str, pattern: str, handler: Handler, max_body: int = MAX_JSON_BODY) -> None:
         # "{name}" matches one path segment; "{name:path}" matches the rest (image names have slashes).
         regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", pattern)
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
-        self._routes.append((method, re.compile(f"^{regex}$"), handler))
+        self._routes.append((method, re.compile(f"^{regex}$"), handler, max_body))
 
-    def route(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
+    def add_all(self, served: Any, routes: list[Route], max_body: int = MAX_JSON_BODY) -> None:
+        for method, pattern, handler in routes:
+            self.add(method, pattern, functools.partial(handler, served), max_body)
+
+    def route(self, method: str, path: str) -> Match | None:
+        """The handler for a (still percent-encoded) path; its parameters decoded (``test%2001``)."""
         path_matched = False
-        for m, regex, handler in self._routes:
+        for m, regex, handler, max_body in self._routes:
             found = regex.match(path)
             if found:
                 path_matched = True
                 if m == method or (method == "HEAD" and m == "GET"):
-                    return handler, found.groupdict()
+                    return Match(handler, {k: unquote(v) for k, v in found.groupdict().items()}, max_body)
         if path_matched:
             raise HTTPError(405, f"method {method} not allowed for {path}")
         return None
@@ -200,22 +211,30 @@ class Server:
             conn.receive_data(data)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         while True:
-            event = await self._next_event(conn, reader)
-            if not isinstance(event, h11.Request):
-                return
-            body = bytearray()
-            while True:
-                part = await self._next_event(conn, reader)
-                if isinstance(part, h11.Data):
-                    body += part.data
-                elif isinstance(part, h11.EndOfMessage):
-                    break
-                else:
+            try:
+                event = await self._next_event(conn, reader)
+                if not isinstance(event, h11.Request):
                     return
-            request = self._make_request(event, bytes(body))
-            result = await self._dispatch(request)
+                if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEAD_BYTES:
+                    # h11 bounds only a head still incomplete; one that arrived whole in a read is bounded here.
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+                request = self._make_request(event)
+                try:
+                    match: Match | HTTPError | None = self.router.route(request.method, request.path)
+                except HTTPError as exc:
+                    match = exc  # answered once the body is read, keeping the connection usable
+                max_body = match.max_body if isinstance(match, Match) else MAX_JSON_BODY
+                request.body = await self._read_body(conn, reader, request, max_body)
+            except h11.RemoteProtocolError as exc:
+                # A malformed request, or a head past MAX_HEAD_BYTES (h11 hints 431): say so, then close.
+                await self._refuse(conn, writer, exc.error_status_hint, str(exc) or "malformed HTTP request")
+                return
+            except _BodyTooLarge as exc:
+                await self._refuse(conn, writer, 413, f"request body too large: more than {exc.limit} bytes")
+                return
+            result = await self._dispatch(request, match)
             if isinstance(result, Hijack):
                 await self._hijack(conn, reader, writer, result)
                 return
@@ -231,27 +250,58 @@ class Server:
             except h11.LocalProtocolError:
                 return
 
-    def _make_request(self, event: h11.Request, body: bytes) -> Request:
-        target = event.target.decode()
+    async def _read_body(self, conn: h11.Connection, reader: asyncio.StreamReader, request: Request,
+                         limit: int) -> bytes:
+        """The whole body, refused as soon as it is known to pass ``limit`` (declared or as it comes)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _BodyTooLarge(limit)
+        body = bytearray()
+        while True:
+            part = await self._next_event(conn, reader)
+            if isinstance(part, h11.Data):
+                body += part.data
+                if len(body) > limit:
+                    raise _BodyTooLarge(limit)
+            elif isinstance(part, h11.EndOfMessage):
+                return bytes(body)
+            else:
+                raise h11.RemoteProtocolError("connection closed inside a request body")
+
+    async def _refuse(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, message: str) -> None:
+        """An error answer to a request that cannot be served whole; the connection closes after it."""
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = json.dumps({"message": message}).encode() + b"\n"
+        headers = [*self._headers("application/json", [("Content-Length", str(len(body)))]), ("Connection", "close")]
+        try:
+            writer.write(conn.send(h11.Response(status_code=status, headers=headers)) + conn.send(h11.Data(data=body))
+                         + conn.send(h11.EndOfMessage()))
+            await writer.drain()
+        except (h11.LocalProtocolError, ConnectionError):
+            pass
+
+    @staticmethod
+    def _make_request(event: h11.Request) -> Request:
+        target = event.target.decode("latin-1")
         parts = urlsplit(target)
         path, version = parts.path, None
         found = VERSION_PREFIX.match(path)
         if found:
             version, path = found.group(1), found.group(2)
-        headers = {k.decode().lower(): v.decode() for k, v in event.headers}
-        return Request(method=event.method.decode(), path=path, query=parse_qs(parts.query, keep_blank_values=True),
-                       headers=headers, body=body, api_version=version)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+        return Request(method=event.method.decode("latin-1"), path=path,
+                       query=parse_qs(parts.query, keep_blank_values=True), headers=headers, body=b"",
+                       api_version=version)
 
-    async def _dispatch(self, request: Request) -> Response | StreamResponse | Hijack:
-        from muslin.errors import EngineError
-
+    async def _dispatch(self, request: Request, match: Match | HTTPError | None) -> Reply:
         try:
-            found = self.router.route(request.method, request.path)
-            if found is None:
+            if isinstance(match, HTTPError):
+                raise match
+            if match is None:
                 return error_response(404, "page not found")
-            handler, params = found
-            request.params = params
-            return await handler(request)
+            request.params = match.params
+            return await match.handler(request)
         except HTTPError as exc:
             return error_response(exc.status, exc.message)
         except EngineError as exc:
@@ -336,6 +386,12 @@ class Server:
         if trailing:
             _unread(reader, trailing)
         await hijack.session(reader, writer)
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
 
 
 def _unread(reader: asyncio.StreamReader, data: bytes) -> None:

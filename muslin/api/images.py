@@ -9,7 +9,7 @@ from typing import Any
 from muslin.engine.engine import Engine
 from muslin.runtime import Image
 
-from .http import HTTPError, Request, Response, Router, json_response
+from .http import HTTPError, Request, Response, Route, Router, json_response
 
 
 def _created_unix(image: Image) -> int:
@@ -42,53 +42,63 @@ def _progress(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\r\n"
 
 
+async def list_images(engine: Engine, req: Request) -> Response:
+    return json_response([image_summary(i) for i in engine.images.list()])
+
+
+async def inspect(engine: Engine, req: Request) -> Response:
+    return json_response(image_inspect(engine.images.get(req.params["name"])))
+
+
+async def remove(engine: Engine, req: Request) -> Response:
+    return json_response(await engine.call(engine.remove_image, req.params["name"], req.flag("force")))
+
+
+async def tag(engine: Engine, req: Request) -> Response:
+    repo, tag_ = req.arg("repo"), req.arg("tag") or "latest"
+    await engine.call(engine.images.tag, req.params["name"], f"{repo}:{tag_}")
+    return Response(status=201, content_type="text/plain")
+
+
+async def create(engine: Engine, req: Request) -> Response:
+    source = req.arg("fromSrc")
+    if source == "-":
+        repo, tag_ = req.arg("repo"), req.arg("tag")
+        has_tag = ":" in repo.rsplit("/", 1)[-1]
+        ref = (repo if has_tag or not tag_ else f"{repo}:{tag_}") if repo else None
+        image = await engine.call(engine.images.import_tar, io.BytesIO(req.body), ref, req.query.get("changes", []),
+                                  req.arg("message"))
+        return Response(body=_progress({"status": image.id}), content_type="application/json")
+    if source:
+        raise HTTPError(400, "importing from a URL is not supported: muslind reaches no network; pass the tarball on stdin")
+    name = req.arg("fromImage")
+    tag_ = req.arg("tag")
+    shown = f"{name}:{tag_}" if tag_ else name
+    # No registry is reachable from muslind: say so at once instead of hanging on a connect.
+    raise HTTPError(404, f"pull access denied for {shown}: muslind has no registry; "
+                         "use `docker load` or `docker import` (busybox is built in)")
+
+
+async def load(engine: Engine, req: Request) -> Response:
+    loaded = await engine.call(engine.images.load, io.BytesIO(req.body))
+    lines = b"".join(_progress({"stream": f"Loaded image: {ref}\n"}) for ref in loaded)
+    return Response(body=lines, content_type="application/json")
+
+
+# Tarballs come whole in the body (`docker import`, `docker load`): bounded, but far above JSON's bound.
+MAX_IMAGE_UPLOAD = 512 * 1024 * 1024
+UPLOADS: list[Route] = [
+    ("POST", "/images/create", create),
+    ("POST", "/images/load", load),
+]
+ROUTES: list[Route] = [
+    ("GET", "/images/json", list_images),
+    ("GET", "/images/{name:path}/json", inspect),
+    ("POST", "/images/{name:path}/tag", tag),
+    ("DELETE", "/images/{name:path}", remove),
+]
+
+
 def routes(router: Router, engine: Engine) -> None:
-    images = engine.images
-
-    async def list_images(req: Request) -> Response:
-        return json_response([image_summary(i) for i in images.list()])
-
-    async def inspect(req: Request) -> Response:
-        return json_response(image_inspect(images.get(req.params["name"])))
-
-    async def remove(req: Request) -> Response:
-        def remove_unless_used() -> list[dict]:
-            # On the worker, so no container can be created from the image between check and removal.
-            return images.remove(req.params["name"], req.flag("force"), engine.runtime.images_in_use())
-
-        return json_response(await engine.call(remove_unless_used))
-
-    async def tag(req: Request) -> Response:
-        repo, tag_ = req.arg("repo"), req.arg("tag") or "latest"
-        await engine.call(images.tag, req.params["name"], f"{repo}:{tag_}")
-        return Response(status=201, content_type="text/plain")
-
-    async def create(req: Request) -> Response:
-        source = req.arg("fromSrc")
-        if source == "-":
-            repo, tag_ = req.arg("repo"), req.arg("tag")
-            has_tag = ":" in repo.rsplit("/", 1)[-1]
-            ref = (repo if has_tag or not tag_ else f"{repo}:{tag_}") if repo else None
-            image = await engine.call(images.import_tar, io.BytesIO(req.body), ref, req.query.get("changes", []),
-                                      req.arg("message"))
-            return Response(body=_progress({"status": image.id}), content_type="application/json")
-        if source:
-            raise HTTPError(400, "importing from a URL is not supported: muslind reaches no network; pass the tarball on stdin")
-        name = req.arg("fromImage")
-        tag_ = req.arg("tag")
-        shown = f"{name}:{tag_}" if tag_ else name
-        # No registry is reachable from muslind: say so at once instead of hanging on a connect.
-        raise HTTPError(404, f"pull access denied for {shown}: muslind has no registry; "
-                             "use `docker load` or `docker import` (busybox is built in)")
-
-    async def load(req: Request) -> Response:
-        loaded = await engine.call(images.load, io.BytesIO(req.body))
-        lines = b"".join(_progress({"stream": f"Loaded image: {ref}\n"}) for ref in loaded)
-        return Response(body=lines, content_type="application/json")
-
-    router.add("GET", "/images/json", list_images)
-    router.add("POST", "/images/create", create)
-    router.add("POST", "/images/load", load)
-    router.add("GET", "/images/{name:path}/json", inspect)
-    router.add("POST", "/images/{name:path}/tag", tag)
-    router.add("DELETE", "/images/{name:path}", remove)
+    router.add_all(engine, UPLOADS, max_body=MAX_IMAGE_UPLOAD)
+    router.add_all(engine, ROUTES)

@@ -7,7 +7,8 @@ from typing import Any
 from muslin.engine.engine import Engine
 from muslin.engine.model import Endpoint, Network
 
-from .http import HTTPError, Request, Response, Router, json_response, labels_match
+from . import requests
+from .http import HTTPError, Request, Response, Route, Router, json_response, labels_match
 
 
 def ipam_config_json(net: Network) -> list[dict[str, Any]]:
@@ -72,64 +73,76 @@ def _matches(net: Network, filters: dict[str, list[str]]) -> bool:
                 return False
         if key == "label" and not labels_match(net.labels, values):
             return False
-        if key not in ("name", "id", "driver", "scope", "type", "label", "dangling"):
-            raise HTTPError(400, f"invalid filter '{key}'")
     return True
 
 
+LIST_FILTERS = {"name", "id", "driver", "scope", "type", "label", "dangling"}
+PRUNE_FILTERS = {"label"}
+
+
+async def list_networks(engine: Engine, req: Request) -> Response:
+    filters = requests.filters(req, LIST_FILTERS)
+    dangling = filters.pop("dangling", [])
+    if any(v not in ("true", "false", "1", "0") for v in dangling):
+        raise HTTPError(400, f"Invalid filter: 'dangling'='{dangling[0]}'")
+    out = []
+    for net in engine.networks.list():
+        # dangling: a network no container uses (the predefined ones never are)
+        if dangling and (dangling[-1] in ("true", "1")) != (not net.predefined and not engine.networks.endpoints(net)):
+            continue
+        if _matches(net, filters):
+            # Since API 1.28 the list leaves Containers empty (inspect has them), as dockerd does.
+            out.append(network_json(net, []))
+    return json_response(out)
+
+
+async def inspect_network(engine: Engine, req: Request) -> Response:
+    net = engine.networks.get(req.params["id"])
+    return json_response(network_json(net, engine.networks.endpoints(net)))
+
+
+async def create_network(engine: Engine, req: Request) -> Response:
+    net = await engine.call(engine.networks.create, requests.network_create(req))
+    return json_response({"Id": net.id, "Warning": ""}, 201)
+
+
+async def delete_network(engine: Engine, req: Request) -> Response:
+    await engine.call(engine.networks.delete, req.params["id"])
+    return Response(status=204, content_type="text/plain")
+
+
+async def prune_networks(engine: Engine, req: Request) -> Response:
+    labels = requests.filters(req, PRUNE_FILTERS).get("label", [])
+
+    def keep(net: Network) -> bool:
+        return not labels_match(net.labels, labels)
+
+    removed = await engine.call(engine.networks.prune, keep)
+    return json_response({"NetworksDeleted": removed or None})
+
+
+async def connect(engine: Engine, req: Request) -> Response:
+    container, settings = requests.network_connect(req)
+    await engine.call(engine.containers.connect, req.params["id"], container, settings)
+    return Response(status=200, content_type="text/plain")
+
+
+async def disconnect(engine: Engine, req: Request) -> Response:
+    container, force = requests.network_disconnect(req)
+    await engine.call(engine.containers.disconnect, req.params["id"], container, force)
+    return Response(status=200, content_type="text/plain")
+
+
+ROUTES: list[Route] = [
+    ("GET", "/networks", list_networks),
+    ("POST", "/networks/create", create_network),
+    ("POST", "/networks/prune", prune_networks),
+    ("GET", "/networks/{id}", inspect_network),
+    ("DELETE", "/networks/{id}", delete_network),
+    ("POST", "/networks/{id}/connect", connect),
+    ("POST", "/networks/{id}/disconnect", disconnect),
+]
+
+
 def routes(router: Router, engine: Engine) -> None:
-    nets = engine.networks
-
-    async def list_networks(req: Request) -> Response:
-        filters = req.filters()
-        out = []
-        for net in nets.list():
-            if _matches(net, filters):
-                # Since API 1.28 the list leaves Containers empty (inspect has them), as dockerd does.
-                out.append(network_json(net, []))
-        return json_response(out)
-
-    async def inspect_network(req: Request) -> Response:
-        net = nets.get(req.params["id"])
-        return json_response(network_json(net, nets.endpoints(net)))
-
-    async def create_network(req: Request) -> Response:
-        body = req.json()
-        if not isinstance(body, dict):
-            raise HTTPError(400, "invalid network create request")
-        ipam = body.get("IPAM") or {}
-        net = await engine.call(
-            nets.create,
-            name=body.get("Name") or "",
-            driver=body.get("Driver") or "bridge",
-            ipam_configs=ipam.get("Config") or [],
-            internal=bool(body.get("Internal")),
-            attachable=bool(body.get("Attachable")),
-            ingress=bool(body.get("Ingress")),
-            enable_ipv6=bool(body.get("EnableIPv6")),
-            options=body.get("Options") or {},
-            labels=body.get("Labels") or {},
-            ipam_driver=ipam.get("Driver") or "default",
-            ipam_options=ipam.get("Options") or {},
-        )
-        return json_response({"Id": net.id, "Warning": ""}, 201)
-
-    async def delete_network(req: Request) -> Response:
-        await engine.call(nets.delete, req.params["id"])
-        return Response(status=204, content_type="text/plain")
-
-    async def prune_networks(req: Request) -> Response:
-        filters = req.filters()
-        labels = filters.get("label", [])
-
-        def keep(net: Network) -> bool:
-            return not labels_match(net.labels, labels)
-
-        removed = await engine.call(nets.prune, keep)
-        return json_response({"NetworksDeleted": removed or None})
-
-    router.add("GET", "/networks", list_networks)
-    router.add("POST", "/networks/create", create_network)
-    router.add("POST", "/networks/prune", prune_networks)
-    router.add("GET", "/networks/{id}", inspect_network)
-    router.add("DELETE", "/networks/{id}", delete_network)
+    router.add_all(engine, ROUTES)

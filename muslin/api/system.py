@@ -9,7 +9,7 @@ import socket
 from muslin import __version__
 from muslin.engine.engine import Engine
 
-from .http import Request, Response, Router, json_response
+from .http import Request, Response, Route, Router, json_response
 
 API_VERSION = "1.50"
 MIN_API_VERSION = "1.24"
@@ -43,58 +43,66 @@ def _os_name() -> str:
     return "Linux"
 
 
+async def ping(engine: Engine, req: Request) -> Response:
+    return Response(body=b"OK", content_type="text/plain; charset=utf-8",
+                    headers=[("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache")])
+
+
+async def version(engine: Engine, req: Request) -> Response:
+    details = {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux",
+               "Arch": "amd64", "KernelVersion": platform.release(), "Experimental": "false"}
+    return json_response({
+        "Platform": {"Name": "muslin"},
+        "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+        "Version": __version__,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "muslin",
+        "GoVersion": f"python{platform.python_version()}",
+        "Os": "linux",
+        "Arch": "amd64",
+        "KernelVersion": platform.release(),
+        "BuildTime": "",
+    })
+
+
+async def info(engine: Engine, req: Request) -> Response:
+    counts = engine.containers.counts()
+    images = len(engine.images.list())
+    return json_response({
+        "ID": engine.networks.get("bridge").id[:36],
+        "Containers": counts[0],
+        "ContainersRunning": counts[1],
+        "ContainersPaused": counts[2],
+        "ContainersStopped": counts[3],
+        "Images": images,
+        "Driver": "overlay",
+        "DriverStatus": [],
+        "Plugins": {"Volume": [], "Network": engine.networks.driver_names(), "Authorization": None,
+                    "Log": ["json-file"]},
+        "MemoryLimit": False, "SwapLimit": False, "CpuCfsPeriod": False, "CpuCfsQuota": False,
+        "CPUShares": False, "CPUSet": False, "PidsLimit": False, "IPv4Forwarding": True,
+        "Debug": False, "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
+        "SystemTime": "", "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs", "CgroupVersion": "1",
+        "NEventsListener": 0, "KernelVersion": platform.release(), "OperatingSystem": _os_name(),
+        "OSVersion": "", "OSType": "linux", "Architecture": platform.machine(), "IndexServerAddress": "",
+        "RegistryConfig": None, "NCPU": os.cpu_count() or 1, "MemTotal": _mem_total(),
+        "DockerRootDir": str(engine.config.data_root), "Name": socket.gethostname(),
+        "Labels": [], "ExperimentalBuild": False, "ServerVersion": __version__,
+        "Runtimes": {"runc": {"path": "runc"}}, "DefaultRuntime": "runc",
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
+                  "Error": "", "RemoteManagers": None},
+        "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "",
+        "SecurityOptions": [], "Warnings": None,
+    })
+
+
+ROUTES: list[Route] = [
+    ("GET", "/_ping", ping),
+    ("GET", "/version", version),
+    ("GET", "/info", info),
+]
+
+
 def routes(router: Router, engine: Engine) -> None:
-    async def ping(req: Request) -> Response:
-        return Response(body=b"OK", content_type="text/plain; charset=utf-8",
-                        headers=[("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache")])
-
-    async def version(req: Request) -> Response:
-        details = {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux",
-                   "Arch": "amd64", "KernelVersion": platform.release(), "Experimental": "false"}
-        return json_response({
-            "Platform": {"Name": "muslin"},
-            "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
-            "Version": __version__,
-            "ApiVersion": API_VERSION,
-            "MinAPIVersion": MIN_API_VERSION,
-            "GitCommit": "muslin",
-            "GoVersion": f"python{platform.python_version()}",
-            "Os": "linux",
-            "Arch": "amd64",
-            "KernelVersion": platform.release(),
-            "BuildTime": "",
-        })
-
-    async def info(req: Request) -> Response:
-        counts = engine.containers.counts()
-        images = len(engine.images.list())
-        return json_response({
-            "ID": engine.networks.get("bridge").id[:36],
-            "Containers": counts[0],
-            "ContainersRunning": counts[1],
-            "ContainersPaused": counts[2],
-            "ContainersStopped": counts[3],
-            "Images": images,
-            "Driver": "overlay",
-            "DriverStatus": [],
-            "Plugins": {"Volume": [], "Network": engine.networks.driver_names(), "Authorization": None,
-                        "Log": ["json-file"]},
-            "MemoryLimit": False, "SwapLimit": False, "CpuCfsPeriod": False, "CpuCfsQuota": False,
-            "CPUShares": False, "CPUSet": False, "PidsLimit": False, "IPv4Forwarding": True,
-            "Debug": False, "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
-            "SystemTime": "", "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs", "CgroupVersion": "1",
-            "NEventsListener": 0, "KernelVersion": platform.release(), "OperatingSystem": _os_name(),
-            "OSVersion": "", "OSType": "linux", "Architecture": platform.machine(), "IndexServerAddress": "",
-            "RegistryConfig": None, "NCPU": os.cpu_count() or 1, "MemTotal": _mem_total(),
-            "DockerRootDir": str(engine.config.data_root), "Name": socket.gethostname(),
-            "Labels": [], "ExperimentalBuild": False, "ServerVersion": __version__,
-            "Runtimes": {"runc": {"path": "runc"}}, "DefaultRuntime": "runc",
-            "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
-                      "Error": "", "RemoteManagers": None},
-            "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "",
-            "SecurityOptions": [], "Warnings": None,
-        })
-
-    router.add("GET", "/_ping", ping)
-    router.add("GET", "/version", version)
-    router.add("GET", "/info", info)
+    router.add_all(engine, ROUTES)

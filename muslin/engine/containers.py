@@ -15,15 +15,15 @@ import contextlib
 import logging
 import os
 import random
-import re
+import signal
 from dataclasses import asdict, dataclass, field
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from muslin.errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound, NotModified
 from muslin.kernel import netns
-from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, NoSuchContainer, Runtime, StartFailed, State,
-                            capabilities, check_sysctls, normalize_capability)
+from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Runtime,
+                            StartFailed, State, Stream, capabilities, check_sysctls, normalize_capability)
 
 from . import dns, etcfiles
 from . import ports as portmod
@@ -34,6 +34,7 @@ from .firewall import PortSpec
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
 from .ports import PortBinding
+from .requests import ContainerCreate, EndpointRequest
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 # IPv4-only networks give containers no IPv6 (as Docker 26+): no link-local address on eth0, and no
 # IPv6 autoconfiguration work in the kernel for each veth.
 SANDBOX_SYSCTLS = {"net/ipv6/conf/default/disable_ipv6": "1"}
-NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 ADJECTIVES = ["admiring", "brave", "clever", "dreamy", "eager", "fervent", "gallant", "happy", "jolly",
               "keen", "loving", "modest", "nifty", "optimistic", "peaceful", "quirky", "relaxed", "serene",
               "tender", "upbeat", "vibrant", "wizardly", "youthful", "zealous"]
@@ -60,6 +60,16 @@ class NetworkAttachment:
     aliases: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ContainerFiles:
+    """Where a container's files live on the host (what inspect shows)."""
+
+    resolv_conf: str
+    hostname: str
+    hosts: str
+    log: str
+
+
 @dataclass
 class Container:
     id: str
@@ -75,6 +85,8 @@ class Container:
     bindings: list[PortBinding] = field(default_factory=list)  # requested -p
     published: list[PortBinding] = field(default_factory=list)  # assigned while running
     restart_count: int = 0
+    stop_signal: int = int(signal.SIGTERM)  # what stop sends first (Config.StopSignal)
+    stop_timeout: int | None = None  # seconds stop waits before SIGKILL (Config.StopTimeout); None: 10
 
     @property
     def joined_container(self) -> str | None:
@@ -96,10 +108,9 @@ class Container:
         return cls(**doc)
 
 
-def console_size_of(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
-        return value[0], value[1]
-    return None
+def _attachment(net: Network, cfg: EndpointRequest) -> NetworkAttachment:
+    return NetworkAttachment(network_id=net.id, ip=str(cfg.ipv4_address or ""), mac=cfg.mac_address,
+                             aliases=list(cfg.aliases))
 
 
 class ContainerService:
@@ -107,10 +118,11 @@ class ContainerService:
     connect/disconnect, recovery after a restart of muslind).
 
     Threads: the state changes (the sections marked "worker") run on the engine's worker thread, one
-    at a time, through ``engine_call``; ``run``, ``follow_running`` and the exit monitors and waiters
-    (the "event loop" section) run on the event loop and reach the worker only through
-    ``engine_call``. The worker reaches the loop only through ``loop.call_soon_threadsafe`` (removal
-    waiters) and the DNS service's ``*_soon`` calls. Lookups only read, from either thread.
+    at a time, through ``engine_call``; ``run``, ``follow_running``, the exit monitors and waiters, and
+    what clients await (stop, restart, attach, wait, followed logs: the "event loop" sections) run on
+    the event loop and reach the worker only through ``engine_call``. The worker reaches the loop only
+    through ``loop.call_soon_threadsafe`` (removal waiters) and the DNS service's ``*_soon`` calls.
+    Lookups only read, from either thread (and from the API's reader threads: logs).
     Loop-only state: ``_exit_waiters``, ``_removal_waiters``, ``_monitors``; worker-only: ``_last_exit``.
     """
 
@@ -146,6 +158,15 @@ class ContainerService:
     def state(self, c: Container) -> State:
         return self.runtime.state(c.id)
 
+    def files(self, c: Container) -> ContainerFiles:
+        return ContainerFiles(resolv_conf=str(self.runtime.etc_path(c.id, "resolv.conf")),
+                              hostname=str(self.runtime.etc_path(c.id, "hostname")),
+                              hosts=str(self.runtime.etc_path(c.id, "hosts")), log=self.runtime.log_path(c.id))
+
+    def logs(self, c: Container, flt: LogFilter) -> list[LogEntry]:
+        """The log so far (the API reads it off the loop: a long log takes a while)."""
+        return self.runtime.logs(c.id, flt)
+
     def counts(self) -> tuple[int, int, int, int]:
         items = self.all()
         running = sum(1 for c in items if self.state(c).running)
@@ -165,8 +186,7 @@ class ContainerService:
         return f"muslin_{os.urandom(4).hex()}"
 
     def _check_name(self, name: str, own_id: str = "") -> str:
-        if not NAME_RE.match(name):
-            raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        """A free name (its form is the API's to check: [a-zA-Z0-9][a-zA-Z0-9_.-]+, one leading "/")."""
         name = name.lstrip("/")
         for other in self.all():
             if other.name == name and other.id != own_id:
@@ -174,41 +194,36 @@ class ContainerService:
                                f'"{other.id}". You have to remove (or rename) that container to be able to reuse that name.')
         return name
 
-    def create(self, name: str, body: dict[str, Any]) -> Container:
-        image_ref = body.get("Image") or ""
-        if not image_ref:
-            raise InvalidArgument("No image specified")
-        image = self.images.get(image_ref)
-        host = dict(body.get("HostConfig") or {})
-        name = self._check_name(name) if name else self._unique_name()
+    def create(self, req: ContainerCreate) -> Container:
+        image = self.images.get(req.image)
+        name = self._check_name(req.name) if req.name else self._unique_name()
         cid = new_id()
         try:
-            mode, attachments = self._network_mode(host, body.get("NetworkingConfig") or {})
+            mode, attachments = self._network_mode(req)
         except NotFound as exc:
             # Not a 404: the CLI takes a 404 from create for a missing image and goes to pull it.
             raise InvalidArgument(exc.message) from None
-        self._check_mode_conflicts(mode, body, host)
-        bindings = portmod.parse_bindings(host.get("PortBindings"), {**image.config.get("ExposedPorts", {}),
-                                          **(body.get("ExposedPorts") or {})}, bool(host.get("PublishAllPorts")))
+        self._check_mode_conflicts(mode, req)
+        image_exposed = portmod.valid_port_keys(image.config.get("ExposedPorts") or {})
+        bindings = portmod.bindings_of(req.port_bindings, [*image_exposed, *req.exposed_ports], req.publish_all_ports)
         if mode == "host" or mode == "none":
             bindings = []  # Docker discards published ports in these modes
         if mode.startswith("container:") and bindings:
             raise InvalidArgument("conflicting options: port publishing and the container type network mode")
         # --cap-add/--cap-drop/--privileged/--sysctl: what a network lab container needs (NET_ADMIN to
         # change its routes, net.ipv4.ip_forward=1 to be a router), checked before anything is made.
-        for key in ("CapAdd", "CapDrop"):
-            names = host.get(key) or []
-            names = [names] if isinstance(names, str) else names  # the API's StrSlice: one string or a list
-            host[key] = [normalize_capability(n) for n in names] or None
-        caps = capabilities(host["CapAdd"] or [], host["CapDrop"] or [], bool(host.get("Privileged")))
-        sysctls = {str(k): str(v) for k, v in (host.get("Sysctls") or {}).items()}
-        check_sysctls(sysctls, host_network=mode == "host")
-        c = Container(id=cid, name=name, created=now_rfc3339(), image=image_ref, image_id=image.id,
-                      config=body, host_config=host, network_mode=mode, attachments=attachments,
-                      bindings=bindings)
-        hostname = body.get("Hostname") or cid[:12]
+        host = dict(req.host_config)
+        host["CapAdd"] = [normalize_capability(n) for n in req.cap_add] or None
+        host["CapDrop"] = [normalize_capability(n) for n in req.cap_drop] or None
+        caps = capabilities(host["CapAdd"] or [], host["CapDrop"] or [], req.privileged)
+        check_sysctls(req.sysctls, host_network=mode == "host")
+        c = Container(id=cid, name=name, created=now_rfc3339(), image=req.image, image_id=image.id,
+                      config=dict(req.config), host_config=host, network_mode=mode, attachments=attachments,
+                      bindings=bindings, stop_signal=req.stop_signal or int(signal.SIGTERM),
+                      stop_timeout=req.stop_timeout)
+        hostname = req.hostname or cid[:12]
         if mode == "host":
-            hostname = body.get("Hostname") or os.uname().nodename
+            hostname = req.hostname or os.uname().nodename
         joined = self.get(c.joined_container) if c.joined_container else None
         if joined is not None:
             c.sandbox = joined.sandbox
@@ -217,15 +232,14 @@ class ContainerService:
             c.sandbox = netns.create(str(self.sandbox_root / cid[:12]), SANDBOX_SYSCTLS)
         try:
             spec = ContainerSpec(
-                id=cid, image=image.id, args=self._argv(body, image.config), env=list(body.get("Env") or []),
-                workdir=body.get("WorkingDir") or "", user=body.get("User") or "", tty=bool(body.get("Tty")),
-                open_stdin=bool(body.get("OpenStdin")), hostname=hostname,
-                console_size=console_size_of(host.get("ConsoleSize")), domainname=body.get("Domainname") or "",
+                id=cid, image=image.id, args=self._argv(req, image.config), env=list(req.env),
+                workdir=req.working_dir, user=req.user, tty=req.tty, open_stdin=req.open_stdin, hostname=hostname,
+                console_size=req.console_size, domainname=req.domainname,
                 netns_path=c.sandbox, hosts=self._hosts_file(c, [], hostname),
                 resolv_conf=self._resolv_conf(host, embedded_dns=self._uses_embedded_dns(c)),
-                capabilities=tuple(caps), privileged=bool(host.get("Privileged")), sysctls=sysctls)
+                capabilities=tuple(caps), privileged=req.privileged, sysctls=dict(req.sysctls))
             self.runtime.create(spec)
-            c.config = {**body, "Hostname": hostname}
+            c.config = {**c.config, "Hostname": hostname}
             self._save(c)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -237,40 +251,33 @@ class ContainerService:
         return c
 
     @staticmethod
-    def _argv(body: dict[str, Any], image_config: dict[str, Any]) -> list[str]:
-        entrypoint = body.get("Entrypoint")
-        cmd = body.get("Cmd")
-        if isinstance(entrypoint, str):
-            entrypoint = [entrypoint]
-        if isinstance(cmd, str):
-            cmd = [cmd]
-        if entrypoint is None:
-            entrypoint = image_config.get("Entrypoint") or []
-            if cmd is None:
-                cmd = image_config.get("Cmd") or []
-        elif cmd is None:
-            cmd = []
+    def _argv(req: ContainerCreate, image_config: dict[str, Any]) -> list[str]:
+        """An entrypoint given replaces the image's and its Cmd; a Cmd given replaces only the Cmd."""
+        if req.entrypoint is None:
+            entrypoint = list(image_config.get("Entrypoint") or [])
+            cmd = list(req.cmd) if req.cmd is not None else list(image_config.get("Cmd") or [])
+        else:
+            entrypoint, cmd = list(req.entrypoint), list(req.cmd or [])
         return [*entrypoint, *cmd]
 
     @staticmethod
-    def _check_mode_conflicts(mode: str, body: dict[str, Any], host: dict[str, Any]) -> None:
+    def _check_mode_conflicts(mode: str, req: ContainerCreate) -> None:
         """What dockerd refuses for a container that lives in another's (or the host's) namespace: it
         would be silently ignored otherwise."""
         joined = mode.startswith("container:")
-        if joined and body.get("Hostname"):
+        if joined and req.hostname:
             raise InvalidArgument("conflicting options: hostname and the network mode")
-        if joined and host.get("ExtraHosts"):
+        if joined and req.extra_hosts:
             raise InvalidArgument("conflicting options: custom host-to-IP mapping and the network mode")
-        if joined and host.get("Dns"):
+        if joined and req.dns:
             raise InvalidArgument("conflicting options: dns and the network mode")
-        endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
-        macs = [body.get("MacAddress"), host.get("MacAddress"), *((e or {}).get("MacAddress") for e in endpoints.values())]
+        macs = [req.mac_address, *(e.mac_address for e in req.endpoints.values())]
         if (joined or mode == "host") and any(macs):
             raise InvalidArgument("conflicting options: mac-address and the network mode")
 
-    def _network_mode(self, host: dict[str, Any], networking: dict[str, Any]) -> tuple[str, list[NetworkAttachment]]:
-        mode = host.get("NetworkMode") or "default"
-        endpoints = networking.get("EndpointsConfig") or {}
+    def _network_mode(self, req: ContainerCreate) -> tuple[str, list[NetworkAttachment]]:
+        mode = req.network_mode or "default"
+        endpoints = req.endpoints
         if mode in ("default", "bridge"):
             mode = "bridge"
         if mode in ("host", "none"):
@@ -285,19 +292,18 @@ class ContainerService:
             return f"container:{target.id}", []
         attachments = []
         primary = self.networks.get(mode)
-        wanted = [(primary, endpoints.get(mode) or endpoints.get(primary.name) or endpoints.get("default") or {})]
+        no_settings = EndpointRequest()
+        wanted = [(primary, endpoints.get(mode) or endpoints.get(primary.name) or endpoints.get("default") or no_settings)]
         for key, cfg in endpoints.items():
             if key in (mode, primary.name, "default"):
                 continue
-            wanted.append((self.networks.get(key), cfg or {}))
+            wanted.append((self.networks.get(key), cfg))
         for net, cfg in wanted:
             if net.driver not in ENDPOINT_DRIVERS:
                 raise InvalidArgument(f"container cannot be connected to network {net.name} ({net.driver}) together with others")
-            ipam_cfg = cfg.get("IPAMConfig") or {}
-            attachments.append(NetworkAttachment(network_id=net.id, ip=ipam_cfg.get("IPv4Address") or "",
-                                                 mac=cfg.get("MacAddress") or "", aliases=list(cfg.get("Aliases") or [])))
-        if host.get("MacAddress") and attachments and not attachments[0].mac:
-            attachments[0].mac = host["MacAddress"]
+            attachments.append(_attachment(net, cfg))
+        if req.mac_address and attachments and not attachments[0].mac:
+            attachments[0].mac = req.mac_address
         return primary.id if not primary.predefined else primary.name, attachments
 
     # -- files the container sees (worker) --------------------------------------------------------------
@@ -484,6 +490,16 @@ class ContainerService:
         self._remove(c)  # the runtime's forced delete kills a running container and waits for it
         return c
 
+    def prune(self, keep: Callable[[Container], bool]) -> list[str]:
+        """Remove every stopped container that ``keep`` lets go; their ids."""
+        removed = []
+        for c in self.all():
+            if self.state(c).running or keep(c):
+                continue
+            self._remove(c)
+            removed.append(c.id)
+        return removed
+
     def _remove(self, c: Container) -> None:
         # The exit monitor may not have released the networking yet (rm right after an exit).
         self.release_networking(c)
@@ -516,8 +532,24 @@ class ContainerService:
                 ep.container_name = c.name
                 self.store.put_endpoint(db, ep)
 
+    # -- the process, as clients drive it (worker): signals and terminal size ---------------------------
+    def kill(self, ref: str, sig: int) -> None:
+        c = self.get(ref)
+        if not self.state(c).running:
+            raise Conflict(f"cannot kill container: {c.id}: container {c.id} is not running")
+        self.runtime.kill(c.id, sig)
+
+    def resize(self, ref: str, height: int, width: int) -> None:
+        c = self.get(ref)
+        try:
+            self.runtime.resize(c.id, height, width)
+        except (Conflict, InvalidArgument):
+            # The CLI resizes right after start, racing a short process's exit (and sends 0x0 when it
+            # has no terminal size): dockerd lets that pass too.
+            pass
+
     # -- networks of a container (worker) ---------------------------------------------------------------
-    def connect(self, net_ref: str, container_ref: str, cfg: dict[str, Any]) -> None:
+    def connect(self, net_ref: str, container_ref: str, cfg: EndpointRequest) -> None:
         net = self.networks.get(net_ref)
         c = self.get(container_ref)
         if not c.owns_sandbox:
@@ -529,9 +561,7 @@ class ContainerService:
             raise Forbidden(f"container cannot be connected to {net.driver} network {net.name}")
         if any(a.network_id == net.id for a in c.attachments):
             raise Forbidden(f"endpoint with name {c.name} already exists in network {net.name}")
-        ipam_cfg = cfg.get("IPAMConfig") or {}
-        att = NetworkAttachment(network_id=net.id, ip=ipam_cfg.get("IPv4Address") or "",
-                                mac=cfg.get("MacAddress") or "", aliases=list(cfg.get("Aliases") or []))
+        att = _attachment(net, cfg)
         embedded_dns_before = self._uses_embedded_dns(c)
         running = self.state(c).running
         if running:
@@ -701,3 +731,51 @@ class ContainerService:
                 await self.engine_call(self._bind_dns, c)
                 await self._serve_dns(c)
                 self._follow(c.id, await self.runtime.exit_waiter(c.id))
+
+    # -- the process, as clients drive it (event loop): stop, restart, attach, wait, follow the logs ---
+    async def stop(self, ref: str, timeout: float | None = None, sig: int | None = None) -> None:
+        """Signal (the container's StopSignal, else SIGTERM), wait up to ``timeout`` seconds (its
+        StopTimeout, else 10), then SIGKILL; return once the exit is handled (networking released)."""
+        c = self.get(ref)
+        if not self.state(c).running:
+            raise NotModified("container already stopped")
+        done = self.exit_future(c.id)
+        await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
+        await done
+
+    async def restart(self, ref: str, timeout: float | None = None, sig: int | None = None) -> None:
+        c = self.get(ref)
+        if self.state(c).running:
+            done = self.exit_future(c.id)
+            await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
+            await done
+        await self.run(c.id)
+
+    @staticmethod
+    def _stop_timeout(c: Container, timeout: float | None) -> float:
+        if timeout is None:
+            timeout = c.stop_timeout
+        if timeout is None:
+            return 10.0
+        return float(timeout) if timeout >= 0 else float(2**31)  # -1: wait as long as it takes
+
+    async def attach(self, ref: str, stdin: bool, stdout: bool, stderr: bool) -> tuple[Container, Stream]:
+        c = self.get(ref)
+        stream = await self.runtime.attach(c.id, stdin=stdin, stdout=stdout, stderr=stderr,
+                                           stdin_once=bool(c.config.get("StdinOnce")))
+        return c, stream
+
+    async def wait(self, ref: str, condition: str) -> asyncio.Future[int]:
+        """A future of the exit code for Docker's wait conditions (not-running, next-exit, removed)."""
+        c = self.get(ref)
+        if condition == "removed":
+            return self.removal_future(c.id)
+        if condition == "next-exit" or self.state(c).running:
+            return self.exit_future(c.id)
+        await self.settled(c.id)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.set_result(self.state(c).exit_code)
+        return fut
+
+    def follow_logs(self, c: Container, flt: LogFilter) -> AsyncIterator[LogEntry]:
+        return self.runtime.follow_logs(c.id, flt)

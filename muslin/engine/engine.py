@@ -20,6 +20,7 @@ from muslin.runtime import ImageStore, Runtime
 from .config import DaemonConfig
 from .containers import ContainerService
 from .dns_service import DNSService
+from .execs import ExecService
 from .firewall import IptablesFirewall
 from .guard import FirewallGuard
 from .networks import NetworkService
@@ -47,6 +48,7 @@ class Engine:
         self.dns = DNSService(self.store, self.networks.get)
         self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.dns,
                                            self.call)
+        self.execs = ExecService(self.containers, self.runtime)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.guard = FirewallGuard(lambda: self.call(self.restore_firewall)) if self.firewall else None
 
@@ -61,6 +63,10 @@ class Engine:
         self.images.ensure_busybox()
         self.networks.start()
         self.containers.recover()
+
+    def remove_image(self, ref: str, force: bool) -> list[dict[str, str]]:
+        """On the worker, so no container can be created from the image between check and removal."""
+        return self.images.remove(ref, force, self.runtime.images_in_use())
 
     def restore_firewall(self) -> int:
         """Put back any missing rule of the networks and published ports; how many that was."""

@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from muslin.errors import Conflict, Forbidden, InvalidArgument
 
 from .model import IPAMPool
+from .requests import IPAMPoolRequest
 
 
 def default_pools() -> Iterator[IPv4Network]:
@@ -39,9 +40,9 @@ def parse_address(text: str, what: str) -> IPv4Address:
     return addr  # type: ignore[return-value]
 
 
-def pool_from_config(cfg: dict) -> IPAMPool:
+def pool_from_config(cfg: IPAMPoolRequest) -> IPAMPool:
     """One entry of Docker's IPAM.Config, checked: gateway, range and aux addresses inside the subnet."""
-    subnet_text = cfg.get("Subnet") or ""
+    subnet_text = cfg.subnet
     if not subnet_text:
         raise InvalidArgument("IPAM config without a Subnet is not supported")
     subnet = parse_network(subnet_text)
@@ -51,17 +52,17 @@ def pool_from_config(cfg: dict) -> IPAMPool:
         # dockerd refuses host bits in the subnet the same way.
         raise InvalidArgument(f"invalid subnet {subnet_text}: it has host bits set, did you mean {subnet}?")
     pool = IPAMPool(subnet=subnet)
-    if cfg.get("Gateway"):
-        pool.gateway = parse_address(cfg["Gateway"], "gateway")
+    if cfg.gateway:
+        pool.gateway = parse_address(cfg.gateway, "gateway")
         if pool.gateway not in subnet:
             raise InvalidArgument(f"no matching subnet for gateway {pool.gateway}")
         if pool.gateway in (subnet.network_address, subnet.broadcast_address):
             raise InvalidArgument(f"invalid gateway {pool.gateway}: it is the subnet's network or broadcast address")
-    if cfg.get("IPRange"):
-        pool.ip_range = parse_network(cfg["IPRange"], "ip-range")
+    if cfg.ip_range:
+        pool.ip_range = parse_network(cfg.ip_range, "ip-range")
         if not pool.ip_range.subnet_of(subnet):
             raise InvalidArgument(f"no matching subnet for range {pool.ip_range}")
-    for name, text in (cfg.get("AuxiliaryAddresses") or {}).items():
+    for name, text in cfg.aux_addresses.items():
         addr = parse_address(text, f"auxiliary ({name})")
         if addr not in subnet:
             raise InvalidArgument(f"no matching subnet for aux-address {addr}")

@@ -12,7 +12,7 @@ as the first create.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from ipaddress import IPv4Interface, IPv4Network
 
 from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound
@@ -27,6 +27,7 @@ from .drivers.macvlan import MacvlanDriver
 from .drivers.passthrough import PassthroughDriver
 from .firewall import BridgeSpec, Firewall
 from .model import Endpoint, IPAMPool, Network, new_id, now_rfc3339
+from .requests import NetworkCreate
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -136,33 +137,29 @@ class NetworkService:
             if net.settings is not None:
                 self.drivers[net.driver].restore(net)
 
-    def create(self, name: str, driver: str = "bridge", ipam_configs: Iterable[dict] = (),
-               internal: bool = False, attachable: bool = False, ingress: bool = False,
-               enable_ipv6: bool = False, options: dict[str, str] | None = None,
-               labels: dict[str, str] | None = None, ipam_driver: str = "default",
-               ipam_options: dict[str, str] | None = None) -> Network:
+    def create(self, req: NetworkCreate) -> Network:
+        name, driver = req.name, req.driver or "bridge"
         if not name:
             raise InvalidArgument("network name cannot be empty")
         if name in PREDEFINED:
             raise Forbidden(f"{name} is a pre-defined network and cannot be created")
-        driver = driver or "bridge"
         if driver in PLANNED_DRIVERS:
             raise InvalidArgument(f"the {driver} driver is not available in muslind yet; available: {', '.join(self.driver_names())}")
         if driver not in self.drivers:
             raise NotFound(f"plugin \"{driver}\" not found")
-        if enable_ipv6:
+        if req.enable_ipv6:
             raise InvalidArgument("IPv6 networks are not supported by muslind yet")
-        if ipam_driver not in ("", "default"):
-            raise NotFound(f"plugin \"{ipam_driver}\" not found")
-        configs = list(ipam_configs or [])
+        if req.ipam_driver not in ("", "default"):
+            raise NotFound(f"plugin \"{req.ipam_driver}\" not found")
+        configs = list(req.ipam_pools)
         if len(configs) > 1:
             raise InvalidArgument("muslind supports one IPv4 pool per network")
         others = self.store.networks()
         if any(n.name == name for n in others):
             raise Conflict(f"network with name {name} already exists")
-        net = Network(id=new_id(), name=name, driver=driver, created=now_rfc3339(), internal=internal,
-                      attachable=attachable, ingress=ingress, options=dict(options or {}),
-                      labels=dict(labels or {}), ipam_options=dict(ipam_options or {}))
+        net = Network(id=new_id(), name=name, driver=driver, created=now_rfc3339(), internal=req.internal,
+                      attachable=req.attachable, ingress=req.ingress, options=dict(req.options),
+                      labels=dict(req.labels), ipam_options=dict(req.ipam_options))
         taken = [(n.name, n.pool.subnet) for n in others if n.pool]
         if configs:
             pool = ipam.pool_from_config(configs[0])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
 from muslin.errors import Conflict, InvalidArgument
 
@@ -27,48 +27,37 @@ class PortBinding:
 
 
 def parse_port_key(key: str) -> tuple[int, str]:
+    """Docker's "port[/proto]" key of ExposedPorts and PortBindings."""
     port, _, proto = key.partition("/")
-    proto = proto or "tcp"
+    proto = proto.lower() or "tcp"
     if proto not in ("tcp", "udp", "sctp"):
         raise InvalidArgument(f"invalid proto: {proto}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise InvalidArgument(f"invalid containerPort: {port}") from None
-    if not 1 <= number <= 65535:
-        raise InvalidArgument(f"invalid containerPort: {port}")
-    return number, proto
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidArgument(f"invalid port specification: {port!r}".replace("'", '"'))
+    return int(port), proto
 
 
-def parse_bindings(port_bindings: dict | None, exposed: dict | None, publish_all: bool) -> list[PortBinding]:
-    out: list[PortBinding] = []
-    for key, entries in (port_bindings or {}).items():
-        cport, proto = parse_port_key(key)
-        for entry in entries or [{}]:
-            host_ip = (entry or {}).get("HostIp") or ""
-            if host_ip:
-                try:
-                    IPv4Address(host_ip)
-                except ValueError:
-                    if host_ip != "::":
-                        raise InvalidArgument(f"invalid host IP {host_ip!r}: only IPv4 is supported") from None
-                    continue  # an IPv6-only binding has no effect on an IPv4-only engine
-            text = ((entry or {}).get("HostPort") or "").strip()
-            if "-" in text:
-                raise InvalidArgument(f"host port ranges are not supported yet: {text}")
-            try:
-                hport = int(text) if text else 0
-            except ValueError:
-                raise InvalidArgument(f"invalid hostPort: {text}") from None
-            if not 0 <= hport <= 65535:
-                raise InvalidArgument(f"invalid hostPort: {text}")
-            out.append(PortBinding(cport, proto, host_ip, hport))
+def valid_port_keys(exposed: dict) -> list[str]:
+    """The well-formed "port/proto" keys of an image's ExposedPorts (an imported image may say anything)."""
+    out = []
+    for key in exposed:
+        try:
+            port, proto = parse_port_key(str(key))
+        except InvalidArgument:
+            continue
+        out.append(f"{port}/{proto}")
+    return out
+
+
+def bindings_of(explicit: Iterable[PortBinding], exposed: Iterable[str], publish_all: bool) -> list[PortBinding]:
+    """The -p bindings, and with -P one to a port of the engine's choice for every other exposed port."""
+    out = list(explicit)
     if publish_all:
         bound = {b.key for b in out}
-        for key in exposed or {}:
-            cport, proto = parse_port_key(key)
-            if f"{cport}/{proto}" not in bound:
-                out.append(PortBinding(cport, proto, "", 0))
+        for key in dict.fromkeys(exposed):
+            if key not in bound:
+                port, proto = parse_port_key(key)
+                out.append(PortBinding(port, proto, "", 0))
     return out
 
 

@@ -5,21 +5,22 @@ from hypothesis import given, strategies as st
 
 from muslin.engine import ipam
 from muslin.errors import Conflict, Forbidden, InvalidArgument
+from muslin.engine.requests import IPAMPoolRequest
 
 
 def test_pool_from_config_checks_gateway_range_and_aux() -> None:
-    pool = ipam.pool_from_config({"Subnet": "10.10.0.0/24", "Gateway": "10.10.0.1", "IPRange": "10.10.0.128/25",
-                                  "AuxiliaryAddresses": {"router": "10.10.0.254"}})
+    pool = ipam.pool_from_config(IPAMPoolRequest(subnet="10.10.0.0/24", gateway="10.10.0.1", ip_range="10.10.0.128/25",
+                                                 aux_addresses={"router": "10.10.0.254"}))
     assert pool.ip_range == IPv4Network("10.10.0.128/25")
     assert ipam.next_free(pool, set()) == IPv4Address("10.10.0.129")  # as dockerd: not the range's first
     for bad, msg in [
-        ({"Subnet": "10.10.0.0/24", "Gateway": "10.11.0.1"}, "gateway"),
-        ({"Subnet": "10.10.0.0/24", "IPRange": "10.11.0.0/25"}, "range"),
-        ({"Subnet": "10.10.0.0/24", "AuxiliaryAddresses": {"a": "10.12.0.1"}}, "aux"),
-        ({"Subnet": "10.10.0.1/24"}, "host bits"),
-        ({"Subnet": "10.10.0.0"}, "CIDR"),
-        ({"Subnet": "banana"}, "CIDR"),
-        ({"Subnet": "10.10.0.0/24", "Gateway": "10.10.0.0"}, "network or broadcast"),
+        (IPAMPoolRequest(subnet="10.10.0.0/24", gateway="10.11.0.1"), "gateway"),
+        (IPAMPoolRequest(subnet="10.10.0.0/24", ip_range="10.11.0.0/25"), "range"),
+        (IPAMPoolRequest(subnet="10.10.0.0/24", aux_addresses={"a": "10.12.0.1"}), "aux"),
+        (IPAMPoolRequest(subnet="10.10.0.1/24"), "host bits"),
+        (IPAMPoolRequest(subnet="10.10.0.0"), "CIDR"),
+        (IPAMPoolRequest(subnet="banana"), "CIDR"),
+        (IPAMPoolRequest(subnet="10.10.0.0/24", gateway="10.10.0.0"), "network or broadcast"),
     ]:
         with pytest.raises(InvalidArgument, match=msg):
             ipam.pool_from_config(bad)
@@ -40,7 +41,7 @@ def test_bridge_mac_is_02_42_plus_the_address() -> None:
 
 @given(prefix=st.integers(min_value=24, max_value=29), taken=st.sets(st.integers(min_value=0, max_value=255)))
 def test_next_free_never_returns_reserved_or_taken(prefix: int, taken: set[int]) -> None:
-    pool = ipam.pool_from_config({"Subnet": f"10.0.0.0/{prefix}", "Gateway": "10.0.0.1"})
+    pool = ipam.pool_from_config(IPAMPoolRequest(subnet=f"10.0.0.0/{prefix}", gateway="10.0.0.1"))
     allocated = {IPv4Address("10.0.0.0") + t for t in taken if IPv4Address("10.0.0.0") + t in pool.subnet}
     try:
         addr = ipam.next_free(pool, allocated)

@@ -1,0 +1,215 @@
+"""Docker's JSON for containers: inspect, the list's summaries, and the STATUS text `docker ps` prints."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from muslin.engine.containers import Container
+from muslin.engine.engine import Engine
+from muslin.errors import NotFound
+from muslin.engine.model import Endpoint
+from muslin.engine.ports import valid_port_keys
+from muslin.runtime import State
+
+NEVER = "0001-01-01T00:00:00Z"
+
+
+def rfc3339_ns(ns: int) -> str:
+    if not ns:
+        return NEVER
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:09d}Z"
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's go-units HumanDuration, which `docker ps` prints in STATUS."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    return f"{hours // 24 // 7} weeks"
+
+
+def status_text(st: State) -> str:
+    now = time.time()
+    if st.running:
+        return f"Up {human_duration(now - st.started_at / 1e9)}"
+    if st.status == "exited" and st.finished_at:
+        return f"Exited ({st.exit_code}) {human_duration(now - st.finished_at / 1e9)} ago"
+    return "Created"
+
+
+def _endpoint_settings(ep: Endpoint | None, network_id: str, aliases: list[str] | None,
+                       ipam_ip: str = "") -> dict[str, Any]:
+    return {
+        "IPAMConfig": {"IPv4Address": ipam_ip} if ipam_ip else None,
+        "Links": None,
+        "Aliases": aliases or None,
+        "MacAddress": ep.mac if ep else "",
+        "DriverOpts": None,
+        "GwPriority": 0,
+        "NetworkID": network_id,
+        "EndpointID": ep.id if ep else "",
+        "Gateway": str(ep.gateway) if ep and ep.gateway else "",
+        "IPAddress": str(ep.address.ip) if ep and ep.address else "",
+        "IPPrefixLen": ep.address.network.prefixlen if ep and ep.address else 0,
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": None,
+    }
+
+
+class ContainerViews:
+    """Renders the engine's containers as Docker's JSON."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def networks_of(self, c: Container) -> dict[str, dict[str, Any]]:
+        nets = self.engine.networks
+        eps = {ep.network_id: ep for ep in self.engine.store.endpoints(container_id=c.id)}
+        if c.network_mode in ("host", "none"):
+            net = nets.get(c.network_mode)
+            return {net.name: _endpoint_settings(None, net.id, None)}
+        if c.joined_container:
+            return {}
+        out = {}
+        for att in c.attachments:
+            try:
+                net = nets.get(att.network_id)
+            except NotFound:
+                continue
+            out[net.name] = _endpoint_settings(eps.get(net.id), net.id, att.aliases, att.ip)
+        return out
+
+    def ports_of(self, c: Container, running: bool) -> dict[str, Any]:
+        ports: dict[str, Any] = {}
+        for key in self._exposed(c):
+            ports[key] = None
+        for b in c.bindings:
+            ports.setdefault(f"{b.container_port}/{b.proto}", None)
+        if running:
+            for b in c.published:
+                key = f"{b.container_port}/{b.proto}"
+                ports[key] = (ports.get(key) or []) + [{"HostIp": b.host_ip or "0.0.0.0", "HostPort": str(b.host_port)}]
+        return ports
+
+    def _image_config(self, c: Container) -> dict[str, Any]:
+        try:
+            return self.engine.images.get(c.image_id).config
+        except NotFound:  # removed with --force while the container lives on
+            return {}
+
+    def _exposed(self, c: Container) -> list[str]:
+        """The exposed "port/proto" keys of the image and the container. Only well-formed ones: a record
+        stored by an older muslind (or an image imported with anything in EXPOSE) must not break a list."""
+        image_ports = self._image_config(c).get("ExposedPorts") or {}
+        own_ports = c.config.get("ExposedPorts") or {}
+        keys = valid_port_keys(image_ports if isinstance(image_ports, dict) else {})
+        keys += valid_port_keys(own_ports if isinstance(own_ports, dict) else {})
+        return list(dict.fromkeys(keys))
+
+    def inspect(self, c: Container) -> dict[str, Any]:
+        st = self.engine.containers.state(c)
+        files = self.engine.containers.files(c)
+        networks = self.networks_of(c)
+        primary = networks.get("bridge") if c.network_mode == "bridge" else None
+        sandbox_id = c.id if c.sandbox else ""
+        args = st.process.args
+        config = dict(c.config)
+        config.update({"Env": st.process.env, "Cmd": c.config.get("Cmd") or self._image_config(c).get("Cmd"),
+                       "Image": c.image, "WorkingDir": st.process.cwd, "User": st.process.user})
+        host_config = dict(c.host_config)
+        host_config.setdefault("NetworkMode", "default")
+        host_config["LogConfig"] = {"Type": "json-file", "Config": {}}
+        return {
+            "Id": c.id,
+            "Created": c.created,
+            "Path": args[0] if args else "",
+            "Args": args[1:],
+            "State": {
+                "Status": st.status, "Running": st.running, "Paused": False, "Restarting": False,
+                "OOMKilled": False, "Dead": False, "Pid": st.pid if st.running else 0, "ExitCode": st.exit_code,
+                "Error": st.error, "StartedAt": rfc3339_ns(st.started_at), "FinishedAt": rfc3339_ns(st.finished_at),
+            },
+            "Image": c.image_id,
+            "ResolvConfPath": files.resolv_conf,
+            "HostnamePath": files.hostname,
+            "HostsPath": files.hosts,
+            "LogPath": files.log,
+            "Name": "/" + c.name,
+            "RestartCount": c.restart_count,
+            "Driver": "overlay",
+            "Platform": "linux",
+            "MountLabel": "",
+            "ProcessLabel": "",
+            "AppArmorProfile": "",
+            "ExecIDs": None,
+            "HostConfig": host_config,
+            "GraphDriver": {"Data": {}, "Name": "overlay"},
+            "Mounts": [],
+            "Config": config,
+            "NetworkSettings": {
+                "Bridge": "",
+                "SandboxID": sandbox_id,
+                "SandboxKey": c.sandbox or "",
+                "Ports": self.ports_of(c, st.running),
+                "HairpinMode": False,
+                "LinkLocalIPv6Address": "",
+                "LinkLocalIPv6PrefixLen": 0,
+                "SecondaryIPAddresses": None,
+                "SecondaryIPv6Addresses": None,
+                "EndpointID": primary["EndpointID"] if primary else "",
+                "Gateway": primary["Gateway"] if primary else "",
+                "GlobalIPv6Address": "",
+                "GlobalIPv6PrefixLen": 0,
+                "IPAddress": primary["IPAddress"] if primary else "",
+                "IPPrefixLen": primary["IPPrefixLen"] if primary else 0,
+                "IPv6Gateway": "",
+                "MacAddress": primary["MacAddress"] if primary else "",
+                "Networks": networks,
+            },
+        }
+
+    def summary(self, c: Container, st: State) -> dict[str, Any]:
+        ports = []
+        for b in (c.published if st.running else []):
+            ports.append({"IP": b.host_ip or "0.0.0.0", "PrivatePort": b.container_port,
+                          "PublicPort": b.host_port, "Type": b.proto})
+        for key in self._exposed(c):
+            port, _, proto = key.partition("/")
+            if not any(p["PrivatePort"] == int(port) for p in ports):
+                ports.append({"PrivatePort": int(port), "Type": proto})
+        mode = c.host_config.get("NetworkMode") or "default"
+        return {
+            "Id": c.id,
+            "Names": ["/" + c.name],
+            "Image": c.image,
+            "ImageID": c.image_id,
+            "Command": " ".join(st.process.args),
+            "Created": int(st.created_at / 1e9) if st.created_at else int(time.time()),
+            "Ports": ports,
+            "Labels": c.config.get("Labels") or {},
+            "State": st.status,
+            "Status": status_text(st),
+            "HostConfig": {"NetworkMode": mode},
+            "NetworkSettings": {"Networks": self.networks_of(c)},
+            "Mounts": [],
+        }

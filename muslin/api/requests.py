@@ -1,0 +1,426 @@
+"""Docker's JSON and query strings to the engine's typed requests: the one place that validates them.
+
+Every field is checked by type (with the message Go's JSON decoder gives dockerd, so the CLI prints
+what it prints against Docker) and by form (ports, addresses, names, signals, environment entries),
+before the engine sees anything: a bad request is a 400 and changes nothing. Whether a name is free or
+a network exists is the engine's to decide.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal as signals
+from ipaddress import IPv4Address, ip_address
+from typing import Any
+
+from muslin.errors import InvalidArgument
+from muslin.engine.ports import PortBinding, parse_port_key
+from muslin.engine.requests import ContainerCreate, EndpointRequest, ExecCreate, IPAMPoolRequest, NetworkCreate
+
+from .http import HTTPError, Request
+
+# Docker's names of containers (daemon/names.RestrictedNamePattern: two characters at least); network
+# names take the same characters, and one is enough (`docker network create a` works with dockerd).
+NAME_PATTERNS = {"container": re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+"),
+                 "network": re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")}
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+DOMAIN_RE = re.compile(r"\.?[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?")
+MAX_SIGNAL = 64  # SIGRTMAX on Linux
+JSON_TYPES = {str: "string", bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
+
+
+def bad(message: str) -> HTTPError:
+    return HTTPError(400, message)
+
+
+class Fields:
+    """A JSON object whose fields are read by Go type, named like the Go struct dockerd decodes into."""
+
+    def __init__(self, data: Any, struct: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise bad(f"json: cannot unmarshal {_json_type(data)} into Go value of type {struct}")
+        self.data = data
+        self.struct = struct
+
+    def _wrong(self, key: str, value: Any, go_type: str) -> HTTPError:
+        return bad(f"json: cannot unmarshal {_json_type(value)} into Go struct field {self.struct}.{key} of type {go_type}")
+
+    def raw(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def str(self, key: str) -> str:
+        value = self.data.get(key)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self._wrong(key, value, "string")
+        return value
+
+    def bool(self, key: str) -> bool:
+        value = self.data.get(key)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise self._wrong(key, value, "bool")
+        return value
+
+    def int(self, key: str, go_type: str = "int") -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise self._wrong(key, value, go_type)
+        return int(value)
+
+    def str_list(self, key: str) -> list[str] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._wrong(key, value if not isinstance(value, list) else next(v for v in value if not isinstance(v, str)),
+                              "[]string" if not isinstance(value, list) else "string")
+        return list(value)
+
+    def str_slice(self, key: str) -> list[str] | None:
+        """Docker's StrSlice (Cmd, Entrypoint, CapAdd, ...): one string or a list of them."""
+        value = self.data.get(key)
+        if isinstance(value, str):
+            return [value]
+        return self.str_list(key)
+
+    def str_map(self, key: str) -> dict[str, str]:
+        value = self.data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self._wrong(key, value, "map[string]string")
+        for v in value.values():
+            if not isinstance(v, str):
+                raise self._wrong(key, v, "string")
+        return dict(value)
+
+    def obj(self, key: str, struct: str) -> Fields:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise self._wrong(key, value, struct)
+        return Fields(value, struct)
+
+    def obj_map(self, key: str, struct: str) -> dict[str, Fields]:
+        """A map of objects, e.g. EndpointsConfig: name -> EndpointSettings (null entries allowed)."""
+        value = self.data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self._wrong(key, value, f"map[string]*{struct}")
+        return {str(k): Fields(v, struct) for k, v in value.items()}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+# -- values --------------------------------------------------------------------------------------
+def name(value: str, what: str = "container") -> str:
+    if not NAME_PATTERNS[what].fullmatch(value.removeprefix("/")):
+        raise bad(f"Invalid {what} name ({value}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    return value.removeprefix("/")
+
+
+def signal(value: str) -> int:
+    """A signal by number or name, with or without SIG (Docker's signal.ParseSignal)."""
+    if value.isdigit():
+        number = int(value)
+        if not 0 < number <= MAX_SIGNAL:
+            raise bad(f"Invalid signal: {value}")
+        return number
+    upper = value.upper()
+    found = getattr(signals, upper if upper.startswith("SIG") else "SIG" + upper, None)
+    if not isinstance(found, signals.Signals) or upper.startswith("SIG_"):
+        raise bad(f"Invalid signal: {value}")
+    return int(found)
+
+
+def mac(value: str) -> str:
+    if not MAC_RE.fullmatch(value):
+        raise bad(f"{value} is not a valid mac address")
+    return value.lower()
+
+
+def ipv4(value: str) -> IPv4Address:
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise bad(f"invalid IPv4 address: {value}") from None
+
+
+def ip(value: str) -> str:
+    try:
+        return str(ip_address(value))
+    except ValueError:
+        raise bad(f"IP address is not correctly formatted: {value}") from None
+
+
+def env_entry(value: str) -> str:
+    if value.startswith("=") or not value or "\x00" in value:
+        raise bad(f"invalid environment variable: {value}")
+    return value
+
+
+def extra_host(value: str) -> str:
+    host, sep, addr = value.partition(":")
+    if not sep or not host or not addr:
+        raise bad(f'bad format for add-host: "{value}"')
+    if addr != "host-gateway":
+        try:
+            ip_address(addr.strip("[]"))
+        except ValueError:
+            raise bad(f'invalid IP address in add-host: "{addr}"') from None
+    return value
+
+
+def dns_search(value: str) -> str:
+    if not DOMAIN_RE.fullmatch(value) or len(value) > 255:
+        raise bad(f"{value} is not a valid domain")
+    return value
+
+
+def console_size(value: Any, struct: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**16 for v in value)):
+        raise bad(f"json: cannot unmarshal {_json_type(value)} into Go struct field {struct}.ConsoleSize of type [2]uint")
+    return (value[0], value[1]) if value[0] and value[1] else None
+
+
+def port_key(key: str) -> str:
+    try:
+        port, proto = parse_port_key(key)
+    except InvalidArgument as exc:
+        raise bad(exc.message) from None
+    return f"{port}/{proto}"
+
+
+def port_bindings(host: Fields) -> list[PortBinding]:
+    value = host.raw("PortBindings")
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise host._wrong("PortBindings", value, "nat.PortMap")
+    out: list[PortBinding] = []
+    for key, entries in value.items():
+        try:
+            cport, proto = parse_port_key(str(key))
+        except InvalidArgument as exc:
+            raise bad(exc.message) from None
+        if entries is None:
+            entries = [{}]
+        if not isinstance(entries, list):
+            raise host._wrong("PortBindings", entries, "[]nat.PortBinding")
+        for entry in entries or [{}]:
+            fields = Fields(entry, "nat.PortBinding")
+            host_ip = fields.str("HostIp")
+            if host_ip:
+                try:
+                    version = ip_address(host_ip).version
+                except ValueError:
+                    raise bad(f"invalid host IP: {host_ip}") from None
+                if version == 6:
+                    continue  # an IPv6-only binding has no effect on an IPv4-only engine
+            text = fields.str("HostPort").strip()
+            if "-" in text:
+                raise bad(f"host port ranges are not supported yet: {text}")
+            if text and (not text.isdigit() or int(text) > 65535):
+                raise bad(f'invalid port specification: "{text}"')
+            out.append(PortBinding(cport, proto, host_ip, int(text or 0)))
+    return out
+
+
+def endpoint(fields: Fields) -> EndpointRequest:
+    """EndpointSettings: the IPv4 address asked for, the MAC, the aliases."""
+    ipam = fields.obj("IPAMConfig", "network.EndpointIPAMConfig")
+    address = ipam.str("IPv4Address")
+    ipam.str("IPv6Address")
+    return EndpointRequest(ipv4_address=ipv4(address) if address else None,
+                           mac_address=mac(fields.str("MacAddress")) if fields.str("MacAddress") else "",
+                           aliases=tuple(fields.str_list("Aliases") or ()))
+
+
+# -- requests ------------------------------------------------------------------------------------
+def container_create(req: Request) -> ContainerCreate:
+    body = Fields(req.json(), "ContainerConfigWrapper")
+    host = body.obj("HostConfig", "container.HostConfig")
+    networking = body.obj("NetworkingConfig", "network.NetworkingConfig")
+    image = body.str("Image")
+    if not image:
+        raise bad("No image specified")
+    requested = req.arg("name")
+    exposed = body.raw("ExposedPorts")
+    if exposed is not None and not isinstance(exposed, dict):
+        raise body._wrong("ExposedPorts", exposed, "nat.PortSet")
+    exposed_keys = [port_key(str(k)) for k in (exposed or {})]
+    env = [env_entry(e) for e in body.str_list("Env") or []]
+    entrypoint, cmd = body.str_slice("Entrypoint"), body.str_slice("Cmd")
+    working_dir = body.str("WorkingDir")
+    stop_signal = body.str("StopSignal")
+    stop_timeout = body.int("StopTimeout")
+    mac_address = body.str("MacAddress")
+    for key in ("Hostname", "Domainname", "User"):
+        body.str(key)
+    body.str_map("Labels")
+    network_mode = host.str("NetworkMode")
+    if network_mode not in ("", "default", "bridge", "host", "none") and not network_mode.startswith("container:"):
+        name(network_mode, "network")
+    if network_mode.startswith("container:") and not network_mode.split(":", 1)[1]:
+        raise bad("container: network mode needs a container name or id")
+    endpoints = {key: endpoint(fields) for key, fields in networking.obj_map("EndpointsConfig", "network.EndpointSettings").items()}
+    dns = [ip(s) for s in host.str_list("Dns") or []]
+    searches = [dns_search(s) for s in host.str_list("DnsSearch") or []]
+    dns_options = host.str_list("DnsOptions") or []
+    extra_hosts = [extra_host(h) for h in host.str_list("ExtraHosts") or []]
+    cap_add, cap_drop = host.str_slice("CapAdd") or [], host.str_slice("CapDrop") or []
+    sysctls = host.str_map("Sysctls")
+    for key in ("AutoRemove", "Privileged", "PublishAllPorts"):
+        host.bool(key)
+    for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr", "NetworkDisabled"):
+        body.bool(key)
+    config = {k: v for k, v in body.data.items() if k not in ("HostConfig", "NetworkingConfig")}
+    if exposed is not None:
+        config["ExposedPorts"] = {key: {} for key in exposed_keys}  # normalised as dockerd stores them
+    host_config = dict(host.data)
+    return ContainerCreate(
+        image=image, name=name(requested) if requested else "",
+        entrypoint=tuple(entrypoint) if entrypoint is not None else None,
+        cmd=tuple(cmd) if cmd is not None else None, env=tuple(env),
+        working_dir=working_dir, user=body.str("User"), hostname=body.str("Hostname"),
+        domainname=body.str("Domainname"), tty=body.bool("Tty"), open_stdin=body.bool("OpenStdin"),
+        mac_address=mac(mac_address) if mac_address else "", exposed_ports=tuple(exposed_keys),
+        network_mode=network_mode or "default", endpoints=endpoints,
+        port_bindings=tuple(port_bindings(host)), publish_all_ports=host.bool("PublishAllPorts"),
+        dns=tuple(dns), dns_search=tuple(searches), dns_options=tuple(dns_options), extra_hosts=tuple(extra_hosts),
+        cap_add=tuple(cap_add), cap_drop=tuple(cap_drop), privileged=host.bool("Privileged"),
+        sysctls=sysctls, console_size=console_size(host.raw("ConsoleSize"), "container.HostConfig"),
+        stop_signal=signal(stop_signal) if stop_signal else None, stop_timeout=stop_timeout,
+        config=config, host_config=host_config)
+
+
+def network_create(req: Request) -> NetworkCreate:
+    body = Fields(req.json(), "types.NetworkCreateRequest")
+    net_name = body.str("Name")
+    if not net_name:
+        raise bad("invalid name: ")
+    name(net_name, "network")
+    ipam = body.obj("IPAM", "network.IPAM")
+    pools_raw = ipam.raw("Config")
+    if pools_raw is not None and not isinstance(pools_raw, list):
+        raise ipam._wrong("Config", pools_raw, "[]network.IPAMConfig")
+    pools = []
+    for entry in pools_raw or []:
+        pool = Fields(entry, "network.IPAMConfig")
+        pools.append(IPAMPoolRequest(subnet=pool.str("Subnet"), gateway=pool.str("Gateway"),
+                                     ip_range=pool.str("IPRange"), aux_addresses=pool.str_map("AuxiliaryAddresses")))
+    return NetworkCreate(name=net_name, driver=body.str("Driver") or "bridge", ipam_driver=ipam.str("Driver") or "default",
+                         ipam_pools=tuple(pools), ipam_options=ipam.str_map("Options"), internal=body.bool("Internal"),
+                         attachable=body.bool("Attachable"), ingress=body.bool("Ingress"),
+                         enable_ipv6=body.bool("EnableIPv6"), options=body.str_map("Options"),
+                         labels=body.str_map("Labels"))
+
+
+def network_connect(req: Request) -> tuple[str, EndpointRequest]:
+    body = Fields(req.json(), "types.NetworkConnect")
+    return container_ref(body.str("Container")), endpoint(body.obj("EndpointConfig", "network.EndpointSettings"))
+
+
+def network_disconnect(req: Request) -> tuple[str, bool]:
+    body = Fields(req.json(), "types.NetworkDisconnect")
+    return container_ref(body.str("Container")), body.bool("Force")
+
+
+def container_ref(value: str) -> str:
+    if not value:
+        raise bad("no container specified")
+    return value
+
+
+def exec_create(req: Request) -> ExecCreate:
+    body = Fields(req.json(), "types.ExecConfig")
+    cmd = body.str_list("Cmd") or []
+    if not cmd:
+        raise bad("No exec command specified")
+    working_dir = body.str("WorkingDir")
+    if working_dir and not working_dir.startswith("/"):
+        raise bad(f"the working directory '{working_dir}' is invalid, it needs to be an absolute path")
+    for key in ("AttachStdout", "AttachStderr", "Detach"):
+        body.bool(key)
+    return ExecCreate(cmd=tuple(cmd), env=tuple(env_entry(e) for e in body.str_list("Env") or []),
+                      working_dir=working_dir, user=body.str("User"), tty=body.bool("Tty"),
+                      attach_stdin=body.bool("AttachStdin"),
+                      console_size=console_size(body.raw("ConsoleSize"), "types.ExecConfig"),
+                      privileged=body.bool("Privileged"))
+
+
+def exec_start(req: Request) -> bool:
+    """Whether to detach."""
+    body = Fields(req.json(), "types.ExecStartCheck")
+    body.bool("Tty")
+    console_size(body.raw("ConsoleSize"), "types.ExecStartCheck")
+    return body.bool("Detach")
+
+
+# -- query parameters ----------------------------------------------------------------------------
+def query_int(req: Request, key: str, default: int | None = None) -> int | None:
+    text = req.arg(key)
+    if text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise bad(f'strconv.Atoi: parsing "{text}": invalid syntax') from None
+
+
+def query_seconds(req: Request, key: str) -> float | None:
+    """A time as Unix seconds with an optional fraction (logs since/until); None when absent or 0."""
+    text = req.arg(key)
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise bad(f'strconv.ParseInt: parsing "{text}": invalid syntax') from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise bad(f'strconv.ParseInt: parsing "{text}": invalid syntax')
+    return value or None
+
+
+def query_signal(req: Request, key: str = "signal") -> int | None:
+    text = req.arg(key)
+    return signal(text) if text else None
+
+
+def filters(req: Request, allowed: set[str]) -> dict[str, list[str]]:
+    """Docker's ``filters`` argument: {"key": ["v", ...]} or the older {"key": {"v": true}}."""
+    raw = req.arg("filters")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise bad(f"invalid filter: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad(f"invalid filter: {raw}")
+    out: dict[str, list[str]] = {}
+    for key, values in data.items():
+        if key not in allowed:
+            raise bad(f"invalid filter '{key}'")
+        if isinstance(values, dict) and all(isinstance(v, bool) for v in values.values()):
+            out[key] = [str(v) for v, on in values.items() if on]
+        elif isinstance(values, list) and all(isinstance(v, str) for v in values):
+            out[key] = list(values)
+        else:
+            raise bad(f"invalid filter: the value of '{key}' must be a list of strings")
+    return out

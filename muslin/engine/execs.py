@@ -1,0 +1,37 @@
+"""Exec instances: extra processes in a running container (`docker exec`)."""
+
+from __future__ import annotations
+
+from muslin.errors import Conflict, InvalidArgument
+from muslin.runtime import ExecState, Runtime, Stream
+
+from .containers import ContainerService
+from .requests import ExecCreate
+
+
+class ExecService:
+    def __init__(self, containers: ContainerService, runtime: Runtime) -> None:
+        self.containers = containers
+        self.runtime = runtime
+
+    def create(self, container_ref: str, req: ExecCreate) -> str:
+        c = self.containers.get(container_ref)
+        if not self.containers.state(c).running:
+            raise Conflict(f"Container {c.id} is not running")
+        if not req.cmd:
+            raise InvalidArgument("No exec command specified")
+        return self.runtime.exec_create(c.id, list(req.cmd), list(req.env), req.working_dir, req.user, req.tty,
+                                        req.attach_stdin, req.console_size, req.privileged)
+
+    def inspect(self, exec_id: str) -> ExecState:
+        return self.runtime.exec_inspect(exec_id)
+
+    async def start(self, exec_id: str, detach: bool) -> Stream | None:
+        return await self.runtime.exec_start(exec_id, detach=detach)
+
+    def resize(self, exec_id: str, height: int, width: int) -> None:
+        self.runtime.exec_inspect(exec_id)  # a missing exec is a 404, whatever its size
+        try:
+            self.runtime.exec_resize(exec_id, height, width)
+        except (Conflict, InvalidArgument):
+            pass  # as for containers: the CLI's resize races the exec's end, and 0x0 means no terminal
