@@ -152,7 +152,7 @@ class ContainerService:
         if len(matches) == 1:
             return Container.from_doc(matches[0])
         if len(matches) > 1:
-            raise EngineError(f"multiple IDs found with provided prefix: {ref}")  # as dockerd, a 500
+            raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")  # the client's to narrow
         raise NotFound(f"No such container: {ref}")
 
     def state(self, c: Container) -> State:

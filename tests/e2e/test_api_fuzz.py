@@ -1,0 +1,141 @@
+"""The Engine API spec, fuzzed against a muslind in its own namespace (schemathesis).
+
+Every operation of the swagger gets requests built from its schema, valid and not; some aimed at a live
+container and network. muslind must answer each without a 5xx (the swarm routes' 503 is Docker's own
+answer for a node outside a swarm) and within a timeout, and once everything the fuzz made is removed,
+the daemon's namespace holds exactly the links and firewall rules it held before.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from docker.transport import UnixHTTPAdapter
+from hypothesis import HealthCheck, Phase, given, settings
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC_NAME = "specs/docker-engine-api-swagger.yaml"
+BUDGET_SECONDS = 45.0  # generation and requests together; the spec has 107 operations
+EXAMPLES_PER_OPERATION = 15
+REQUEST_TIMEOUT = 10.0
+# Operations that hold the connection by design (hijacked streams, waits, event streams): a fuzz
+# request to them measures the container's lifetime, not the API.
+LONG_POLLS = {("POST", "/containers/{id}/attach"), ("GET", "/containers/{id}/attach/ws"),
+              ("POST", "/containers/{id}/wait"), ("POST", "/exec/{id}/start"), ("GET", "/events"),
+              ("GET", "/containers/{id}/stats")}
+SWARM_PATHS = re.compile(r"^/(swarm|nodes|services|tasks|secrets|configs)(/|$)")
+TARGET_CONTAINER = "fuzz-target"
+TARGET_NETWORK = "fuzznet"
+
+
+def spec_path() -> Path:
+    """shared/ sits beside the repository (CI's clone, /work/main); a worktree finds it beside the main one."""
+    candidates = [REPO.parent / "shared" / SPEC_NAME]
+    common = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                            capture_output=True, text=True).stdout.strip()
+    if common:
+        candidates.append(Path(common).parent.parent / "shared" / SPEC_NAME)
+    found = next((p for p in candidates if p.is_file()), None)
+    assert found is not None, f"the Engine API spec is not at any of {candidates}"
+    return found
+
+
+@schemathesis.serializer("application/x-tar")
+def tar_body(ctx: Any, value: Any) -> dict[str, Any]:
+    """`docker import`/`load`/`build` bodies: bytes as generated, anything else as JSON (also refused)."""
+    return {"data": value if isinstance(value, bytes) else json.dumps(value).encode()}
+
+
+def kernel_state(daemon) -> tuple[frozenset[str], frozenset[str]]:  # noqa: ANN001
+    links = frozenset(line.split(": ")[1].split("@")[0] for line in daemon.sh("ip", "-o", "link").splitlines()
+                      if ": " in line)
+    rules = frozenset(line for line in daemon.sh("iptables-save").splitlines()
+                      if line.startswith(("-A", ":", "*")) and not line.startswith("#"))
+    # Chain counters ("[0:0]") change with traffic, not with what the daemon programs.
+    return links, frozenset(re.sub(r"\[\d+:\d+\]", "", r) for r in rules)
+
+
+def aim(case: Any, rng: random.Random) -> None:
+    """Point some cases at live objects, so more than the 404 path of each handler runs."""
+    params = case.path_parameters or {}
+    path = case.operation.path
+    if "id" in params and rng.random() < 0.5:
+        if path.startswith("/containers/"):
+            params["id"] = TARGET_CONTAINER
+        elif path.startswith("/networks/"):
+            params["id"] = TARGET_NETWORK
+    if path == "/containers/{id}/logs" and isinstance(case.query, dict):
+        case.query["follow"] = False  # following would last as long as the container
+    if isinstance(case.query, dict) and isinstance(case.query.get("t"), int) and not 0 <= case.query["t"] <= 1:
+        case.query["t"] = 1  # a stop told to wait 2510 s (or forever: t < 0) waits that long, as with dockerd
+    if path == "/containers/create" and isinstance(case.body, dict) and rng.random() < 0.5:
+        case.body["Image"] = "busybox"  # past the image lookup, into the body's checks
+
+
+def test_spec_fuzz_answers_no_5xx_and_leaves_the_kernel_as_it_was(daemon) -> None:
+    schema = schemathesis.openapi.from_path(str(spec_path()))
+    operations = [r.ok() for r in schema.get_all_operations()]
+    operations = [op for op in operations if (op.method.upper(), op.path) not in LONG_POLLS]
+    assert len(operations) > 90
+
+    links_before, rules_before = kernel_state(daemon)
+    session = requests.Session()
+    # Every http:// request of this session goes to the daemon's unix socket.
+    session.mount("http://", UnixHTTPAdapter(f"http+unix://{daemon.sock}", timeout=REQUEST_TIMEOUT))
+    base_url = "http://localhost/v1.50"
+    failures: list[str] = []
+    calls = 0
+    rng = random.Random(4242)
+    deadline = time.monotonic() + BUDGET_SECONDS
+    try:
+        daemon.docker("network", "create", "--subnet", "10.99.0.0/24", TARGET_NETWORK)
+        # sleep ignores SIGTERM as pid 1: a short stop timeout keeps each fuzzed stop and restart brief.
+        daemon.docker("run", "-d", "--name", TARGET_CONTAINER, "--network", TARGET_NETWORK, "--stop-timeout", "1",
+                      "busybox", "sleep", "600")
+        for op in operations:
+            if time.monotonic() > deadline:
+                break
+
+            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
+                      phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy())
+            def fuzz(case: Any) -> None:
+                nonlocal calls
+                if time.monotonic() > deadline:
+                    return
+                aim(case, rng)
+                calls += 1
+                try:
+                    response = case.call(base_url=base_url, session=session, timeout=REQUEST_TIMEOUT)
+                except requests.RequestException as exc:
+                    failures.append(f"{case.operation.label}: no answer ({exc!r})\n  {case.as_curl_command()}")
+                    return
+                swarm_503 = response.status_code == 503 and SWARM_PATHS.match(case.operation.path)
+                if response.status_code >= 500 and not swarm_503:
+                    failures.append(f"{case.operation.label}: {response.status_code} {response.text[:300]}\n"
+                                    f"  {case.as_curl_command()}")
+
+            fuzz()
+    finally:
+        ids = daemon.docker("ps", "-aq", check=False).stdout.split()
+        if ids:
+            daemon.docker("rm", "-f", *ids, check=False)
+        for net in daemon.docker("network", "ls", "-q", "--filter", "type=custom", check=False).stdout.split():
+            daemon.docker("network", "rm", net, check=False)
+    assert calls > 300, f"only {calls} requests within the budget"
+    assert not failures, f"{len(failures)} of {calls} requests failed:\n" + "\n".join(failures[:20])
+    assert daemon.docker("image", "inspect", "busybox", check=False).returncode == 0
+    links_after, rules_after = kernel_state(daemon)
+    assert links_after == links_before, (links_after ^ links_before)
+    assert rules_after == rules_before, (rules_after ^ rules_before)
