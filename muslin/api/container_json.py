@@ -7,9 +7,9 @@ from typing import Any
 
 from muslin.engine.containers import Container
 from muslin.engine.engine import Engine
-from muslin.errors import NotFound
 from muslin.engine.model import Endpoint
 from muslin.engine.ports import valid_port_keys
+from muslin.errors import NotFound
 from muslin.runtime import State
 
 NEVER = "0001-01-01T00:00:00Z"

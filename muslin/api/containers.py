@@ -7,7 +7,7 @@ one engine call, and renders the result (``container_json``) or the stream.
 from __future__ import annotations
 
 import asyncio
-import logging
+import signal
 from collections.abc import AsyncIterator
 
 from muslin.engine.containers import Container
@@ -19,8 +19,6 @@ from . import requests
 from .container_json import ContainerViews
 from .http import Hijack, HTTPError, Request, Response, Route, Router, StreamResponse, json_response, labels_match
 from .streams import content_type, mux, pump_session
-
-log = logging.getLogger(__name__)
 
 LIST_FILTERS = {"ancestor", "exited", "id", "label", "name", "network", "status"}
 PRUNE_FILTERS = {"label"}
@@ -166,7 +164,7 @@ async def stop(engine: Engine, req: Request) -> Response:
 
 
 async def kill(engine: Engine, req: Request) -> Response:
-    sig = requests.query_signal(req) or 9
+    sig = requests.query_signal(req) or signal.SIGKILL
     await engine.call(engine.containers.kill, req.params["id"], sig)
     return no_content()
 

@@ -14,9 +14,9 @@ import signal as signals
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from muslin.errors import InvalidArgument
 from muslin.engine.ports import PortBinding, parse_port_key
 from muslin.engine.requests import ContainerCreate, EndpointRequest, ExecCreate, IPAMPoolRequest, NetworkCreate
+from muslin.errors import InvalidArgument
 
 from .http import HTTPError, Request
 
@@ -79,9 +79,11 @@ class Fields:
         value = self.data.get(key)
         if value is None:
             return None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self._wrong(key, value if not isinstance(value, list) else next(v for v in value if not isinstance(v, str)),
-                              "[]string" if not isinstance(value, list) else "string")
+        if not isinstance(value, list):
+            raise self._wrong(key, value, "[]string")
+        for item in value:
+            if not isinstance(item, str):
+                raise self._wrong(key, item, "string")
         return list(value)
 
     def str_slice(self, key: str) -> list[str] | None:
@@ -270,8 +272,6 @@ def container_create(req: Request) -> ContainerCreate:
     stop_signal = body.str("StopSignal")
     stop_timeout = body.int("StopTimeout")
     mac_address = body.str("MacAddress")
-    for key in ("Hostname", "Domainname", "User"):
-        body.str(key)
     body.str_map("Labels")
     network_mode = host.str("NetworkMode")
     if network_mode not in ("", "default", "bridge", "host", "none") and not network_mode.startswith("container:"):
