@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,13 @@ TARGET_NETWORK = "fuzznet"
 
 
 def spec_path() -> Path:
-    """shared/ sits beside the repository (CI's clone, /work/main); a worktree finds it beside the main one."""
-    candidates = [REPO.parent / "shared" / SPEC_NAME]
-    common = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-                            capture_output=True, text=True).stdout.strip()
-    if common:
-        candidates.append(Path(common).parent.parent / "shared" / SPEC_NAME)
+    """shared/ sits beside the repository (CI's clone, /work/main); a git worktree finds it beside its
+    main checkout (its .git file names <main>/.git/worktrees/<name>)."""
+    roots = [REPO]
+    dot_git = REPO / ".git"
+    if dot_git.is_file():
+        roots.append(Path(dot_git.read_text().partition("gitdir:")[2].strip()).parents[2])
+    candidates = [root.parent / "shared" / SPEC_NAME for root in roots]
     found = next((p for p in candidates if p.is_file()), None)
     assert found is not None, f"the Engine API spec is not at any of {candidates}"
     return found
