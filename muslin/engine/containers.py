@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from muslin.errors import Conflict, EngineError, Forbidden, InvalidArgument, NotFound, NotModified
+from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound, NotModified
 from muslin.kernel import netns
 from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Runtime,
                             StartFailed, State, Stream, capabilities, check_sysctls, normalize_capability)
@@ -739,17 +739,18 @@ class ContainerService:
         c = self.get(ref)
         if not self.state(c).running:
             raise NotModified("container already stopped")
-        done = self.exit_future(c.id)
-        await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
-        await done
+        await self._stop(c, timeout, sig)
 
     async def restart(self, ref: str, timeout: float | None = None, sig: int | None = None) -> None:
         c = self.get(ref)
         if self.state(c).running:
-            done = self.exit_future(c.id)
-            await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
-            await done
+            await self._stop(c, timeout, sig)
         await self.run(c.id)
+
+    async def _stop(self, c: Container, timeout: float | None, sig: int | None) -> None:
+        done = self.exit_future(c.id)  # before the signal: the exit may be handled before stop returns
+        await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
+        await done
 
     @staticmethod
     def _stop_timeout(c: Container, timeout: float | None) -> float:

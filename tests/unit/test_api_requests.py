@@ -65,6 +65,8 @@ def test_container_create_as_the_cli_sends_it() -> None:
     ({"Image": "busybox", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "70000"}]}}}, "invalid port specification"),
     ({"Image": "busybox", "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "x.y"}]}}}, "invalid host IP"),
     ({"Image": "busybox", "HostConfig": {"PortBindings": {"80/tcp": "x"}}}, "PortBindings"),
+    ({"Image": "busybox", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8000-8010"}]}}},
+     "host port ranges are not supported yet: 8000-8010"),
     ({"Image": "busybox", "MacAddress": "zz:zz"}, "zz:zz is not a valid mac address"),
     ({"Image": "busybox", "HostConfig": {"Dns": ["abc"]}}, "IP address is not correctly formatted: abc"),
     ({"Image": "busybox", "HostConfig": {"Dns": "1.1.1.1"}}, "HostConfig.Dns of type []string"),
@@ -84,6 +86,13 @@ def test_container_create_as_the_cli_sends_it() -> None:
 ])
 def test_container_create_refuses_bad_fields(body: Any, message: str) -> None:
     assert message in refused(requests.container_create, request(body))
+
+
+def test_an_ipv6_only_port_binding_is_dropped() -> None:
+    # The CLI sends one for "[::]:8080:80"; it has no effect on an IPv4-only engine.
+    body = {"Image": "busybox", "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "::", "HostPort": "8080"},
+                                                                           {"HostIp": "127.0.0.1", "HostPort": ""}]}}}
+    assert requests.container_create(request(body)).port_bindings == (PortBinding(80, "tcp", "127.0.0.1", 0),)
 
 
 def test_container_names_follow_dockers_pattern() -> None:

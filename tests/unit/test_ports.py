@@ -8,36 +8,24 @@ from muslin.engine.ports import PortBinding
 def test_port_keys_take_tcp_by_default_and_refuse_bad_ones() -> None:
     assert ports.parse_port_key("80") == (80, "tcp")
     assert ports.parse_port_key("53/udp") == (53, "udp")
+    assert ports.parse_port_key("53/UDP") == (53, "udp")
     assert ports.parse_port_key("9/sctp") == (9, "sctp")
-    for bad, message in (("80/icmp", "invalid proto"), ("http/tcp", "invalid containerPort"),
-                         ("0/tcp", "invalid containerPort"), ("65536", "invalid containerPort")):
+    for bad, message in (("80/icmp", "invalid proto"), ("http/tcp", 'invalid port specification: "http"'),
+                         ("0/tcp", 'invalid port specification: "0"'), ("65536", 'invalid port specification: "65536"')):
         with pytest.raises(InvalidArgument, match=message):
             ports.parse_port_key(bad)
 
 
-def test_bindings_from_port_bindings() -> None:
-    parsed = ports.parse_bindings({"80/tcp": [{"HostIp": "", "HostPort": "8080"}, {"HostIp": "127.0.0.1", "HostPort": ""}],
-                                   "53/udp": None}, None, False)
-    assert parsed == [PortBinding(80, "tcp", "", 8080), PortBinding(80, "tcp", "127.0.0.1", 0),
-                      PortBinding(53, "udp", "", 0)]
-    # An IPv6-only binding has no effect on an IPv4-only engine (the CLI sends one for "[::]:8080:80").
-    assert ports.parse_bindings({"80/tcp": [{"HostIp": "::", "HostPort": "8080"}]}, None, False) == []
-
-
-def test_bad_bindings_are_refused_with_dockers_words() -> None:
-    for entry, message in (({"HostIp": "fe80::1", "HostPort": "80"}, "only IPv4"),
-                           ({"HostIp": "not-an-ip", "HostPort": "80"}, "only IPv4"),
-                           ({"HostPort": "http"}, "invalid hostPort"),
-                           ({"HostPort": "70000"}, "invalid hostPort"),
-                           ({"HostPort": "8000-8010"}, "host port ranges are not supported")):
-        with pytest.raises(InvalidArgument, match=message):
-            ports.parse_bindings({"80/tcp": [entry]}, None, False)
+def test_an_images_exposed_ports_keep_only_the_well_formed_keys() -> None:
+    assert ports.valid_port_keys({"80": {}, "53/udp": {}, "abc/tcp": {}, "80/icmp": {}}) == ["80/tcp", "53/udp"]
 
 
 def test_publish_all_adds_every_exposed_port_not_bound_already() -> None:
-    parsed = ports.parse_bindings({"80/tcp": [{"HostPort": "8080"}]}, {"80/tcp": {}, "443/tcp": {}, "53/udp": {}}, True)
-    assert parsed == [PortBinding(80, "tcp", "", 8080), PortBinding(443, "tcp", "", 0), PortBinding(53, "udp", "", 0)]
-    assert ports.parse_bindings(None, {"443/tcp": {}}, False) == []  # exposed alone publishes nothing
+    explicit = [PortBinding(80, "tcp", "", 8080)]
+    assert ports.bindings_of(explicit, ["80/tcp", "443/tcp", "53/udp", "443/tcp"], True) == [
+        PortBinding(80, "tcp", "", 8080), PortBinding(443, "tcp", "", 0), PortBinding(53, "udp", "", 0)]
+    assert ports.bindings_of([], ["443/tcp"], False) == []  # exposed alone publishes nothing
+    assert ports.bindings_of(explicit, ["443/tcp"], False) == explicit
 
 
 def test_assign_keeps_given_ports_and_picks_free_ephemeral_ones(monkeypatch: pytest.MonkeyPatch) -> None:
