@@ -125,10 +125,14 @@ def test_node_leaving_takes_its_route_everywhere(make_rig) -> None:
     leaving = subnet(envs[2])
     for i in range(2):
         wait_for(lambda i=i: leaving in bird_routes(rig, i), 20, f"node {i + 1} learns node 3's route")
+    # The agent polls session states: wait until it has seen the session up, or the drop below could
+    # come before it ever logged "Established".
+    wait_for(lambda: re.search(r"BGP session mesh_192_168_255_156: \S+ -> Established", rig.log(0)),
+             10, "the session logged up")
     # Node 3 goes away: agent and BIRD. Graceful restart keeps its routes as stale while its lease lasts...
     rig.stop_agent(2)
     os.kill(bird_of(rig, 2).pid() or 0, 9)  # a crash: a clean stop would withdraw the routes at once
-    wait_for(lambda: "BGP session mesh_192_168_255_156: Established -> " in rig.log(0), 5, "the session drop logged")
+    wait_for(lambda: "BGP session mesh_192_168_255_156: Established -> " in rig.log(0), 10, "the session drop logged")
     assert all(leaving in bird_routes(rig, i) for i in range(2))
     # ...and its lease going (expiry, or deleted here) removes the session and the route on every node.
     rig.etcdctl("del", f"{PREFIX}/subnets/{leaving.replace('/', '-')}")
