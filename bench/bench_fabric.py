@@ -341,12 +341,17 @@ def bgp_bench(seconds: int, rounds: int, trials: int) -> None:
               f"{statistics.median(peer):.1f} ms (max {max(peer):.1f}), on the router median "
               f"{statistics.median(on_router):.1f} ms (max {max(on_router):.1f})", flush=True)
     finally:
-        for i in list(rig.agents):
-            rig.stop_agent(i, kill=True)
-        rig.etcd.stop()
-        clear_containers(rig)
-        topology.teardown(prefix)
-        shutil.rmtree(workdir, ignore_errors=True)
+        tear_down(rig, prefix, workdir)
+
+
+def tear_down(rig: Rig, prefix: str, workdir: str) -> None:
+    """Everything a bench rig made: agents, etcd, containers, the underlay and its files."""
+    for i in list(rig.agents):
+        rig.stop_agent(i, kill=True)
+    rig.etcd.stop()
+    clear_containers(rig)
+    topology.teardown(prefix)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> int:
@@ -375,12 +380,7 @@ def main() -> int:
             print(f"convergence lease->route over {len(ms)} trials: median {statistics.median(ms):.1f} ms, "
                   f"max {max(ms):.1f} ms (goal: median <= 50 ms)")
     finally:
-        for i in list(rig.agents):
-            rig.stop_agent(i, kill=True)
-        rig.etcd.stop()
-        clear_containers(rig)
-        topology.teardown(prefix)
-        shutil.rmtree(workdir, ignore_errors=True)
+        tear_down(rig, prefix, workdir)
     return 0
 
 
