@@ -94,8 +94,11 @@ def to_dot(topology: Topology) -> str:
             out.append(f'  {_q(a)} -> {_q(b)} [id={_q(a + "--" + b)}, style={"solid" if up else "dashed"}, '
                        f'color="{"#9673a6" if up else "#c62828"}", label={_q("BGP " + session.state)}, '
                        'constraint=false];')
+    # Direct routes between hosts: host-gw programs them itself, the bgp backend learns them from BIRD.
+    routes_by = {"host-gw": "host-gw routes",
+                 "bgp": "routes learned over BGP"}.get(topology.backend or "", "routes")
     for (a, b), lines in routed.items():
-        label = "\\n".join(["host-gw routes"] + sorted(lines))
+        label = "\\n".join([routes_by] + sorted(lines))
         out.append(f'  {_q(a)} -> {_q(b)} [id={_q(a + "--" + b)}, style=dashed, color="#2e7d32", '
                    f'fontcolor="#2e7d32", label="{label}", constraint=false];')
     out.append("}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import replace
+
+import pytest
 
 from muslin.kernel import nftrace
 from muslin.kernel.nftrace import Packet, Probe, TraceEvent
@@ -124,6 +127,18 @@ def test_drawing_graph_has_hosts_tunnels_and_the_switch() -> None:
     assert '"iface/node2/eth0" -> "switch/br0"' in dot
     # one tunnel edge between the two hosts, not one per direction
     assert dot.count('label="vxlan VNI 1 UDP 8472"') == 1
+
+
+@pytest.mark.parametrize("backend, label", [("host-gw", "host-gw routes"), ("bgp", "routes learned over BGP")])
+def test_direct_routes_between_hosts_are_named_by_the_backend(backend: str, label: str) -> None:
+    """No tunnel: each host routes the other's subnet via its underlay address, as host-gw and bgp do."""
+    topology = two_hosts()
+    hosts = tuple(replace(h, tunnels=(), routes=(Route(f"172.21.{3 - n}.0/24", f"192.168.255.{156 - n}", "eth0", None,
+                                                       "overlay"),))
+                  for n, h in enumerate(topology.hosts, start=1))
+    dot = render_svg.to_dot(replace(topology, hosts=hosts, backend=backend))
+    assert dot.count(f'label="{label}\\n') == 1
+    assert "node1: 172.21.2.0/24 via 192.168.255.155" in dot
 
 
 def test_text_tree() -> None:
