@@ -23,6 +23,8 @@ from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
+MS_SHARED = 1 << 20
+MS_REC = 0x4000
 MNT_DETACH = 0x2
 NETLINK_ROUTE = 0
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3)
@@ -64,6 +66,20 @@ def exists(name_or_path: str) -> bool:
     return _is_nsfs(path_for(name_or_path))
 
 
+def _ensure_mount_point(directory: str) -> None:
+    """Make the pin directory a shared mount of its own, as `ip netns add` does before its first pin.
+
+    Otherwise a later `ip netns add` binds the directory over itself and hides the pins made before,
+    which then can neither be unmounted nor unlinked through the directory (three namespaces of an
+    early test run stayed so until the directory's mount was lifted)."""
+    real = os.path.realpath(directory)
+    with open("/proc/self/mountinfo") as f:
+        if any(line.split()[4] == real for line in f):
+            return
+    _mount_bind(real, real)
+    _check(_libc.mount(b"none", real.encode(), None, MS_SHARED | MS_REC, None), f"make {real} shared")
+
+
 def _is_nsfs(path: str) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -87,6 +103,7 @@ def create(name_or_path: str, sysctls: dict[str, str] | None = None) -> str:
     if _is_nsfs(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    _ensure_mount_point(os.path.dirname(path))
     if not os.path.exists(path):
         with open(path, "x"):
             pass

@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 
@@ -31,3 +32,23 @@ def test_iptables_batch_applies_inside_namespace_only(host_ns) -> None:
         inside = iptables.read("nat")
     assert "MUSLIN-T" in inside.chains
     assert inside.has("-A MUSLIN-T -s 10.9.0.0/24 -j MASQUERADE")
+
+
+def test_pins_stay_removable_after_ip_netns_prepares_the_directory(tmp_path) -> None:
+    """What `ip netns add` does to the pin directory: make it shared, and where that fails (not a mount
+    point) bind it over itself first, which hides every pin made before. Ours makes it a mount point
+    before the first pin, so ip only shares it and the pin stays removable."""
+    pins = tmp_path / "pins"
+    path = netns.create(str(pins / "one"))
+    try:
+        if subprocess.run(["mount", "--make-shared", str(pins)], capture_output=True).returncode != 0:
+            subprocess.run(["mount", "--bind", str(pins), str(pins)], check=True)
+            subprocess.run(["mount", "--make-shared", str(pins)], check=True)
+        netns.remove(path)
+        assert not os.path.exists(path)
+    finally:
+        while subprocess.run(["umount", "-l", str(pins)], capture_output=True).returncode == 0:
+            pass
+        if os.path.exists(path):
+            subprocess.run(["umount", "-l", path], capture_output=True)
+            os.unlink(path)
