@@ -9,6 +9,7 @@ from muslin.engine.containers import Container
 from muslin.engine.engine import Engine
 from muslin.engine.model import Endpoint
 from muslin.engine.ports import valid_port_keys
+from muslin.engine.resources import INT_FIELDS, STR_FIELDS
 from muslin.errors import NotFound
 from muslin.runtime import State
 
@@ -46,8 +47,13 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24 // 7} weeks"
 
 
-def status_text(st: State) -> str:
+def status_text(st: State, restarting: bool = False) -> str:
+    """Docker's State.String(): what `docker ps` prints under STATUS."""
     now = time.time()
+    if restarting:
+        return f"Restarting ({st.exit_code}) {human_duration(now - st.finished_at / 1e9)} ago"
+    if st.paused:
+        return f"Up {human_duration(now - st.started_at / 1e9)} (Paused)"
     if st.running:
         return f"Up {human_duration(now - st.started_at / 1e9)}"
     if st.status == "exited" and st.finished_at:
@@ -126,8 +132,13 @@ class ContainerViews:
         keys += valid_port_keys(own_ports if isinstance(own_ports, dict) else {})
         return list(dict.fromkeys(keys))
 
+    def status(self, c: Container, st: State) -> str:
+        """State.Status: the runtime's, or "restarting" while a restart policy's back-off runs."""
+        return "restarting" if self.engine.containers.restarting(c) else st.status
+
     def inspect(self, c: Container) -> dict[str, Any]:
         st = self.engine.containers.state(c)
+        restarting = self.engine.containers.restarting(c)
         files = self.engine.containers.files(c)
         networks = self.networks_of(c)
         primary = networks.get("bridge") if c.network_mode == "bridge" else None
@@ -138,6 +149,11 @@ class ContainerViews:
                        "Image": c.image, "WorkingDir": st.process.cwd, "User": st.process.user})
         host_config = dict(c.host_config)
         host_config.setdefault("NetworkMode", "default")
+        host_config.setdefault("RestartPolicy", {"Name": "", "MaximumRetryCount": 0})
+        for key in INT_FIELDS:
+            host_config.setdefault(key, None if key == "PidsLimit" else 0)  # a pointer in Go: null
+        for key in STR_FIELDS:
+            host_config.setdefault(key, "")
         host_config["LogConfig"] = {"Type": "json-file", "Config": {}}
         return {
             "Id": c.id,
@@ -145,7 +161,8 @@ class ContainerViews:
             "Path": args[0] if args else "",
             "Args": args[1:],
             "State": {
-                "Status": st.status, "Running": st.running, "Paused": False, "Restarting": False,
+                "Status": self.status(c, st), "Running": st.running or restarting, "Paused": st.paused,
+                "Restarting": restarting,
                 "OOMKilled": False, "Dead": False, "Pid": st.pid if st.running else 0, "ExitCode": st.exit_code,
                 "Error": st.error, "StartedAt": rfc3339_ns(st.started_at), "FinishedAt": rfc3339_ns(st.finished_at),
             },
@@ -207,8 +224,8 @@ class ContainerViews:
             "Created": int(st.created_at / 1e9) if st.created_at else int(time.time()),
             "Ports": ports,
             "Labels": c.config.get("Labels") or {},
-            "State": st.status,
-            "Status": status_text(st),
+            "State": self.status(c, st),
+            "Status": status_text(st, self.engine.containers.restarting(c)),
             "HostConfig": {"NetworkMode": mode},
             "NetworkSettings": {"Networks": self.networks_of(c)},
             "Mounts": [],

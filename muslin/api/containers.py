@@ -36,7 +36,7 @@ def _matches(c: Container, st: State, views: ContainerViews, filters: dict[str, 
             return False
         if key == "id" and not any(c.id.startswith(v) for v in values):
             return False
-        if key == "status" and st.status not in values:
+        if key == "status" and views.status(c, st) not in values:
             return False
         if key == "exited" and (st.status != "exited" or str(st.exit_code) not in values):
             return False
@@ -74,7 +74,7 @@ async def list_containers(engine: Engine, req: Request) -> Response:
             st = engine.containers.state(c)
         except NotFound:  # removed while the list was made
             continue
-        if not show_all and not st.running and "status" not in filters:
+        if not show_all and not st.running and not engine.containers.restarting(c) and "status" not in filters:
             continue
         if _matches(c, st, views, filters):
             out.append((st.created_at, views.summary(c, st)))
@@ -165,7 +165,22 @@ async def stop(engine: Engine, req: Request) -> Response:
 
 async def kill(engine: Engine, req: Request) -> Response:
     sig = requests.query_signal(req) or signal.SIGKILL
-    await engine.call(engine.containers.kill, req.params["id"], sig)
+    await engine.containers.kill(req.params["id"], sig)
+    return no_content()
+
+
+async def update(engine: Engine, req: Request) -> Response:
+    await engine.call(engine.containers.update, req.params["id"], requests.container_update(req))
+    return json_response({"Warnings": None})
+
+
+async def pause(engine: Engine, req: Request) -> Response:
+    await engine.call(engine.containers.pause, req.params["id"])
+    return no_content()
+
+
+async def unpause(engine: Engine, req: Request) -> Response:
+    await engine.call(engine.containers.unpause, req.params["id"])
     return no_content()
 
 
@@ -194,8 +209,8 @@ async def prune(engine: Engine, req: Request) -> Response:
     def keep(c: Container) -> bool:
         return not labels_match(c.config.get("Labels") or {}, labels)
 
-    removed = await engine.call(engine.containers.prune, keep)
-    return json_response({"ContainersDeleted": removed or None, "SpaceReclaimed": 0})
+    removed, space = await engine.call(engine.containers.prune, keep)
+    return json_response({"ContainersDeleted": removed or None, "SpaceReclaimed": space})
 
 
 ROUTES: list[Route] = [
@@ -210,6 +225,9 @@ ROUTES: list[Route] = [
     ("GET", "/containers/{id}/logs", logs),
     ("POST", "/containers/{id}/stop", stop),
     ("POST", "/containers/{id}/kill", kill),
+    ("POST", "/containers/{id}/update", update),
+    ("POST", "/containers/{id}/pause", pause),
+    ("POST", "/containers/{id}/unpause", unpause),
     ("POST", "/containers/{id}/restart", restart),
     ("POST", "/containers/{id}/rename", rename),
     ("DELETE", "/containers/{id}", remove),

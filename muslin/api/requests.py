@@ -14,8 +14,11 @@ import signal as signals
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
+from muslin.engine import restarts
 from muslin.engine.ports import PortBinding, parse_port_key
-from muslin.engine.requests import ContainerCreate, EndpointRequest, ExecCreate, IPAMPoolRequest, NetworkCreate
+from muslin.engine.requests import (ContainerCreate, ContainerUpdate, EndpointRequest, ExecCreate, IPAMPoolRequest,
+                                    NetworkCreate)
+from muslin.engine.resources import INT_FIELDS, STR_FIELDS
 from muslin.errors import InvalidArgument
 
 from .http import HTTPError, Request
@@ -253,10 +256,48 @@ def endpoint(fields: Fields) -> EndpointRequest:
                            aliases=tuple(fields.str_list("Aliases") or ()))
 
 
+def go_field_names(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Keys renamed to the Go struct's field names: Go's JSON decoder matches them case-insensitively
+    (docker-py sends "CPURealtimeRuntime"), and dockerd shows them back by their own names."""
+    by_lower = {n.lower(): n for n in names}
+    return {by_lower.get(k.lower(), k) if isinstance(k, str) else k: v for k, v in data.items()}
+
+
+def restart_policy(fields: Fields) -> dict[str, Any] | None:
+    """HostConfig.RestartPolicy, checked as dockerd does; None when absent."""
+    if fields.raw("RestartPolicy") is None:
+        return None
+    raw = fields.obj("RestartPolicy", "container.RestartPolicy")
+    try:
+        policy = restarts.validate(raw.str("Name"), raw.int("MaximumRetryCount") or 0)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    return policy.to_json()
+
+
+def resource_fields(fields: Fields) -> dict[str, Any]:
+    """The cgroup limits of a HostConfig or an update, checked by type (their values are the engine's)."""
+    out: dict[str, Any] = {}
+    for key in INT_FIELDS:
+        value = fields.int(key, "int64")
+        if value is not None:
+            out[key] = value
+    for key in STR_FIELDS:
+        if fields.raw(key) is not None:
+            out[key] = fields.str(key)
+    return out
+
+
+HOST_CONFIG_FIELDS = (*INT_FIELDS, *STR_FIELDS, "RestartPolicy")
+
+
 # -- requests ------------------------------------------------------------------------------------
 def container_create(req: Request) -> ContainerCreate:
     body = Fields(req.json(), "ContainerConfigWrapper")
     host = body.obj("HostConfig", "container.HostConfig")
+    host.data = go_field_names(host.data, HOST_CONFIG_FIELDS)
+    resources = resource_fields(host)
+    policy = restart_policy(host)
     networking = body.obj("NetworkingConfig", "network.NetworkingConfig")
     image = body.str("Image")
     if not image:
@@ -292,7 +333,9 @@ def container_create(req: Request) -> ContainerCreate:
     config = {k: v for k, v in body.data.items() if k not in ("HostConfig", "NetworkingConfig")}
     if exposed is not None:
         config["ExposedPorts"] = {key: {} for key in exposed_keys}  # normalised as dockerd stores them
-    host_config = dict(host.data)
+    host_config = {**host.data, **resources}
+    if policy is not None:
+        host_config["RestartPolicy"] = policy
     return ContainerCreate(
         image=image, name=name(requested) if requested else "",
         entrypoint=tuple(entrypoint) if entrypoint is not None else None,
@@ -339,6 +382,12 @@ def network_connect(req: Request) -> tuple[str, EndpointRequest]:
 def network_disconnect(req: Request) -> tuple[str, bool]:
     body = Fields(req.json(), "types.NetworkDisconnect")
     return container_ref(body.str("Container")), body.bool("Force")
+
+
+def container_update(req: Request) -> ContainerUpdate:
+    body = Fields(req.json(), "container.UpdateConfig")
+    body.data = go_field_names(body.data, HOST_CONFIG_FIELDS)
+    return ContainerUpdate(resources=resource_fields(body), restart_policy=restart_policy(body))
 
 
 def container_ref(value: str) -> str:

@@ -25,7 +25,7 @@ from muslin.kernel import netns
 from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Runtime,
                             StartFailed, State, Stream, capabilities, check_sysctls, normalize_capability)
 
-from . import dns, etcfiles
+from . import dns, etcfiles, resources
 from . import ports as portmod
 from .config import DaemonConfig
 from .dns_service import DNSService
@@ -34,10 +34,12 @@ from .firewall import PortSpec
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
 from .ports import PortBinding
-from .requests import ContainerCreate, EndpointRequest
+from .requests import ContainerCreate, ContainerUpdate, EndpointRequest
+from .restarts import RestartPolicy, RestartSupervisor, restart_after_daemon_start
 from .store import Store
 
 log = logging.getLogger(__name__)
+KILL_WAIT_SECONDS = 10.0  # how long a SIGKILL's kill waits for the exit (a process in D state may lag)
 
 # IPv4-only networks give containers no IPv6 (as Docker 26+): no link-local address on eth0, and no
 # IPv6 autoconfiguration work in the kernel for each veth.
@@ -85,6 +87,7 @@ class Container:
     bindings: list[PortBinding] = field(default_factory=list)  # requested -p
     published: list[PortBinding] = field(default_factory=list)  # assigned while running
     restart_count: int = 0
+    manually_stopped: bool = False  # stopped or killed by the user since its last start (unless-stopped)
     stop_signal: int = int(signal.SIGTERM)  # what stop sends first (Config.StopSignal)
     stop_timeout: int | None = None  # seconds stop waits before SIGKILL (Config.StopTimeout); None: 10
 
@@ -141,6 +144,7 @@ class ContainerService:
         self._monitors: dict[str, asyncio.Task] = {}
         self._last_exit: dict[str, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.restarts = RestartSupervisor(lambda cid: self.run(cid, by_user=False))
 
     # -- lookups: they only read the store and the runtime's state, from either thread ------------------
     def all(self) -> list[Container]:
@@ -169,8 +173,10 @@ class ContainerService:
 
     def counts(self) -> tuple[int, int, int, int]:
         items = self.all()
-        running = sum(1 for c in items if self.state(c).running)
-        return len(items), running, 0, len(items) - running
+        states = [self.state(c) for c in items]
+        paused = sum(1 for st in states if st.paused)
+        running = sum(1 for st in states if st.running) - paused
+        return len(items), running, paused, len(items) - running - paused
 
     def _save(self, c: Container) -> None:
         with self.store.transaction() as db:
@@ -217,6 +223,9 @@ class ContainerService:
         host["CapDrop"] = [normalize_capability(n) for n in req.cap_drop] or None
         caps = capabilities(host["CapAdd"] or [], host["CapDrop"] or [], req.privileged)
         check_sysctls(req.sysctls, host_network=mode == "host")
+        if req.host_config.get("AutoRemove") and not RestartPolicy.of(req.host_config).none:
+            raise InvalidArgument("can't create 'AutoRemove' container with restart policy")
+        resources.check(host)
         c = Container(id=cid, name=name, created=now_rfc3339(), image=req.image, image_id=image.id,
                       config=dict(req.config), host_config=host, network_mode=mode, attachments=attachments,
                       bindings=bindings, stop_signal=req.stop_signal or int(signal.SIGTERM),
@@ -237,7 +246,8 @@ class ContainerService:
                 console_size=req.console_size, domainname=req.domainname,
                 netns_path=c.sandbox, hosts=self._hosts_file(c, [], hostname),
                 resolv_conf=self._resolv_conf(host, embedded_dns=self._uses_embedded_dns(c)),
-                capabilities=tuple(caps), privileged=req.privileged, sysctls=dict(req.sysctls))
+                capabilities=tuple(caps), privileged=req.privileged, sysctls=dict(req.sysctls),
+                resources=resources.resources_of(host))
             self.runtime.create(spec)
             c.config = {**c.config, "Hostname": hostname}
             self._save(c)
@@ -350,7 +360,8 @@ class ContainerService:
                                     dns.EMBEDDED_ADDRESS if embedded_dns else None, etcfiles.HostResolvConf.read())
 
     # -- start (worker) ---------------------------------------------------------------------------------
-    def start(self, ref: str) -> Container:
+    def start(self, ref: str, by_user: bool = True) -> Container:
+        """``by_user``: the user's start (not a restart policy's), which resets the restart count."""
         c = self.get(ref)
         st = self.state(c)
         if st.running:
@@ -381,6 +392,8 @@ class ContainerService:
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
             self._bind_dns(c, fresh_sandbox)
             self.runtime.start(c.id)
+            if by_user:
+                c.restart_count, c.manually_stopped = 0, False
         except BaseException as exc:
             if isinstance(exc, StartFailed):
                 self._last_exit[c.id] = exc.exit_code
@@ -484,21 +497,27 @@ class ContainerService:
 
     def remove(self, ref: str, force: bool) -> Container:
         c = self.get(ref)
-        if self.state(c).running:
-            if not force:
-                raise Conflict(f"cannot remove container \"/{c.name}\": container is running: stop the container before removing or force remove")
+        st = self.state(c)
+        if not force and (st.running or self.restarts.restarting(c.id)):
+            procedure = "Stop the container before attempting removal or force remove"
+            if st.paused:
+                procedure = "Unpause and then stop the container before attempting removal or force remove"
+            state = "paused" if st.paused else "running" if st.running else "restarting"
+            raise Conflict(f"You cannot remove a {state} container {c.id}. {procedure}")
         self._remove(c)  # the runtime's forced delete kills a running container and waits for it
         return c
 
-    def prune(self, keep: Callable[[Container], bool]) -> list[str]:
-        """Remove every stopped container that ``keep`` lets go; their ids."""
-        removed = []
+    def prune(self, keep: Callable[[Container], bool]) -> tuple[list[str], int]:
+        """Remove every stopped container that ``keep`` lets go; their ids and the bytes their writable
+        layers held."""
+        removed, space = [], 0
         for c in self.all():
-            if self.state(c).running or keep(c):
+            if self.state(c).running or self.restarts.restarting(c.id) or keep(c):
                 continue
+            space += self.runtime.rw_size(c.id)
             self._remove(c)
             removed.append(c.id)
-        return removed
+        return removed, space
 
     def _remove(self, c: Container) -> None:
         # The exit monitor may not have released the networking yet (rm right after an exit).
@@ -514,6 +533,7 @@ class ContainerService:
             self.store.delete_container(db, c.id)
         self.embedded_dns.stop_soon(c.id)
         if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.restarts.forget, c.id)
             self.loop.call_soon_threadsafe(self._notify_removed, c.id, code)
         log.info("removed container %s (%s)", c.name, c.id[:12])
 
@@ -533,11 +553,55 @@ class ContainerService:
                 self.store.put_endpoint(db, ep)
 
     # -- the process, as clients drive it (worker): signals and terminal size ---------------------------
-    def kill(self, ref: str, sig: int) -> None:
+    def _signal(self, ref: str, sig: int) -> None:
+        """Send the signal of a `docker kill`: from now on the container counts as stopped by the user
+        (unless-stopped)."""
         c = self.get(ref)
         if not self.state(c).running:
-            raise Conflict(f"cannot kill container: {c.id}: container {c.id} is not running")
-        self.runtime.kill(c.id, sig)
+            raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
+        c.manually_stopped = True
+        self._save(c)
+        self.runtime.kill(c.id, sig, thaw=self._final_signal(c, sig))
+
+    @staticmethod
+    def _final_signal(c: Container, sig: int) -> bool:
+        """dockerd's ExitOnNext: after SIGKILL, the container's own StopSignal, or any signal when it has
+        none, the exit is final (no restart) and a paused container is thawed to act on it."""
+        return sig == int(signal.SIGKILL) or not c.config.get("StopSignal") or sig == c.stop_signal
+
+    def update(self, ref: str, req: ContainerUpdate) -> None:
+        """`docker update`: new limits (applied at once to a running container) and restart policy."""
+        c = self.get(ref)
+        host = resources.updated(c.host_config, req.resources)
+        if req.resources.get("Memory") and not req.resources.get("MemorySwap") \
+                and 0 < (host.get("MemorySwap") or 0) < req.resources["Memory"]:
+            raise InvalidArgument(f"Cannot update container {c.id}: Memory limit should be smaller than already set "
+                                  "memoryswap limit, update the memoryswap at the same time")
+        if req.restart_policy is not None and req.restart_policy["Name"]:
+            if c.host_config.get("AutoRemove") and req.restart_policy["Name"] != "no":
+                raise InvalidArgument(f"Cannot update container {c.id}: Restart policy cannot be updated because "
+                                      "AutoRemove is enabled for the container")
+            host["RestartPolicy"] = req.restart_policy
+        resources.check(host)
+        if req.resources:
+            self.runtime.update(c.id, resources.resources_of(host))
+        c.host_config = host
+        self._save(c)
+
+    def pause(self, ref: str) -> None:
+        c = self.get(ref)
+        st = self.state(c)
+        if not st.running:
+            raise Conflict(f"Container {c.id} is not running")
+        if st.paused:
+            raise Conflict(f"Container {c.id} is already paused")
+        self.runtime.pause(c.id)
+
+    def unpause(self, ref: str) -> None:
+        c = self.get(ref)
+        if not self.state(c).paused:
+            raise Conflict(f"Container {c.id} is not paused")
+        self.runtime.unpause(c.id)
 
     def resize(self, ref: str, height: int, width: int) -> None:
         c = self.get(ref)
@@ -638,8 +702,9 @@ class ContainerService:
                     netns.remove(str(entry))
 
     # -- event loop: runs, exits and waits; the worker's part through engine_call -----------------------
-    async def run(self, ref: str) -> None:
-        """Start a container and follow it to its exit.
+    async def run(self, ref: str, by_user: bool = True) -> None:
+        """Start a container and follow it to its exit. ``by_user``: the user's start (or a start at
+        muslind's), not a restart policy's: the back-off and restart count begin afresh.
 
         The exit watch is opened before the start: a process as short as `echo hi` can be gone before a
         watch opened afterwards would reach the shim.
@@ -647,10 +712,12 @@ class ContainerService:
         c = self.get(ref)
         if self.runtime.state(c.id).running:  # before settled(), which would wait for this run's end
             raise NotModified("container already started")
+        if by_user:
+            self.restarts.user_started(c.id)
         await self.settled(c.id)  # a previous run's exit is handled before this run begins
         watch = await self.runtime.exit_waiter(c.id, next_run=True)
         try:
-            await self.engine_call(self.start, c.id)
+            await self.engine_call(self.start, c.id, by_user)
         except NotModified:
             watch.cancel()  # already running: nothing failed to start
             raise
@@ -692,6 +759,7 @@ class ContainerService:
             code = await watch.wait()
             self.embedded_dns.stop(cid)
             await self.engine_call(self._after_exit, cid, code)
+            await self._apply_restart_policy(cid, code)
         except Exception:
             # Waiters (`docker stop`, `wait`) are answered all the same: a hung CLI helps nobody.
             log.exception("handling the exit of container %s failed", cid[:12])
@@ -699,6 +767,27 @@ class ContainerService:
             for fut in self._exit_waiters.pop(cid, []):
                 if not fut.done():
                     fut.set_result(code)
+
+    async def _apply_restart_policy(self, cid: str, code: int) -> None:
+        """After an exit: schedule the restart its policy asks for (counted at once, as dockerd shows it)."""
+        try:
+            c = self.get(cid)
+            st = self.state(c)
+        except (NotFound, NoSuchContainer):  # removed (--rm, rm -f)
+            return
+        ran_for = max(st.finished_at - st.started_at, 0) / 1e9
+        if self.restarts.exited(cid, RestartPolicy.of(c.host_config), code, c.manually_stopped, ran_for):
+            await self.engine_call(self._count_restart, cid)
+
+    def _count_restart(self, cid: str) -> None:
+        """(worker)"""
+        c = self.get(cid)
+        c.restart_count += 1
+        self._save(c)
+
+    def restarting(self, c: Container) -> bool:
+        """Waiting out a restart policy's back-off (Docker shows it Running, Restarting, status "restarting")."""
+        return self.restarts.restarting(c.id)
 
     async def settled(self, cid: str) -> None:
         """Return once an exit that already happened has been fully handled (networking released)."""
@@ -731,26 +820,72 @@ class ContainerService:
                 await self.engine_call(self._bind_dns, c)
                 await self._serve_dns(c)
                 self._follow(c.id, await self.runtime.exit_waiter(c.id))
+        await self._restart_after_daemon_start()
+
+    async def _restart_after_daemon_start(self) -> None:
+        """Start again what dockerd starts when it starts: containers that ran before, stopped now, whose
+        policy says so (always; unless-stopped unless the user stopped it; on-failure after a failure)."""
+        for c in self.all():
+            st = self.state(c)
+            if st.running or not st.started_at:
+                continue
+            if restart_after_daemon_start(RestartPolicy.of(c.host_config), st.exit_code, c.manually_stopped,
+                                          c.restart_count):
+                try:
+                    await self.run(c.id)
+                except Exception as exc:
+                    log.warning("could not start container %s again: %s", c.name, exc)
 
     # -- the process, as clients drive it (event loop): stop, restart, attach, wait, follow the logs ---
     async def stop(self, ref: str, timeout: float | None = None, sig: int | None = None) -> None:
         """Signal (the container's StopSignal, else SIGTERM), wait up to ``timeout`` seconds (its
         StopTimeout, else 10), then SIGKILL; return once the exit is handled (networking released)."""
         c = self.get(ref)
+        if self.restarts.user_stopped(c.id):  # it was waiting to restart: now it stays stopped
+            await self.engine_call(self._mark_stopped, c.id)
+            return
         if not self.state(c).running:
             raise NotModified("container already stopped")
         await self._stop(c, timeout, sig)
 
     async def restart(self, ref: str, timeout: float | None = None, sig: int | None = None) -> None:
         c = self.get(ref)
+        self.restarts.user_stopped(c.id)
         if self.state(c).running:
             await self._stop(c, timeout, sig)
         await self.run(c.id)
 
     async def _stop(self, c: Container, timeout: float | None, sig: int | None) -> None:
+        self.restarts.user_stopped(c.id)
+        await self.engine_call(self._mark_stopped, c.id)
         done = self.exit_future(c.id)  # before the signal: the exit may be handled before stop returns
         await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
         await done
+
+    def _mark_stopped(self, cid: str) -> None:
+        """(worker)"""
+        c = self.get(cid)
+        c.manually_stopped = True
+        self._save(c)
+
+    async def kill(self, ref: str, sig: int) -> None:
+        """Send a signal; for SIGKILL, return once the container is dead and its exit handled (dockerd's
+        kill waits so, and a client inspecting right after must see it stopped)."""
+        c = self.get(ref)
+        if self.restarts.restarting(c.id):
+            raise Conflict(f"Container {c.id} is restarting, wait until the container is running")
+        if self._final_signal(c, sig):
+            self.restarts.user_stopped(c.id)
+        done = self.exit_future(c.id) if sig == int(signal.SIGKILL) else None
+        try:
+            await self.engine_call(self._signal, ref, sig)
+        except BaseException:
+            if done is not None:
+                done.cancel()
+            raise
+        if done is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done, KILL_WAIT_SECONDS)
 
     @staticmethod
     def _stop_timeout(c: Container, timeout: float | None) -> float:

@@ -16,8 +16,13 @@ class ExecService:
 
     def create(self, container_ref: str, req: ExecCreate) -> str:
         c = self.containers.get(container_ref)
-        if not self.containers.state(c).running:
+        st = self.containers.state(c)
+        if self.containers.restarting(c):
+            raise Conflict(f"Container {c.id} is restarting, wait until the container is running")
+        if not st.running:
             raise Conflict(f"Container {c.id} is not running")
+        if st.paused:
+            raise Conflict(f"Container {container_ref} is paused, unpause the container before exec")
         if not req.cmd:
             raise InvalidArgument("No exec command specified")
         return self.runtime.exec_create(c.id, list(req.cmd), list(req.env), req.working_dir, req.user, req.tty,

@@ -62,6 +62,15 @@ class ContainerCreate:
 
 
 @dataclass(frozen=True)
+class ContainerUpdate:
+    """POST /containers/{id}/update: Docker's resource fields given (by their HostConfig names) and the
+    new RestartPolicy (None: unchanged)."""
+
+    resources: dict[str, Any] = field(default_factory=dict)
+    restart_policy: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class IPAMPoolRequest:
     """One entry of a network's IPAM.Config, each address still as the client wrote it (the engine's
     IPAM checks that they form a usable pool)."""

@@ -23,7 +23,12 @@ lab may use is what this module exports, listed below; everything else in the pa
     ``async wait_exit(id, next_run=False) -> int``      the two above in one
     ``start(id) -> pid``                                raises StartFailed(.exit_code 127/126/128),
                                                         NotModified if running
-    ``kill(id, sig)``;  ``async stop(id, timeout=10, sig=SIGTERM) -> bool``;  ``async restart(id, timeout)``
+    ``kill(id, sig, thaw=False)``;  ``async stop(id, timeout=10, sig=SIGTERM) -> bool``;  ``async restart(id, timeout)``
+    ``pause(id)``;  ``unpause(id)``                     runc pause/resume (the freezer); State.paused
+    ``update(id, Resources)``                           runc update of a running one; kept in config.json
+    ``cgroups(id) -> Cgroups``                          the running container's cgroup directories
+                                                        (``pids()``, ``read(controller, file)``, ``frozen()``)
+    ``rw_size(id) -> int``                              bytes of the writable layer
     ``resize(id, height, width)``;  ``write_etc(id, hosts=None, resolv_conf=None)``
     ``delete(id, force=False)``                         Conflict if running and not forced
     ``state(id) -> State``;  ``list() -> list[State]``;  ``images_in_use() -> {image_id: container_id}``
@@ -53,13 +58,14 @@ on a container is async. Networking is the engine's: it passes the network names
 ``ContainerSpec.netns_path`` (None shares the daemon's own, for ``--network host``).
 """
 
+from .cgroups import Cgroups
 from .client import Stream
 from .errors import NoSuchContainer, NoSuchExec, NoSuchImage, NotRunning, StartFailed
 from .images import Image, ImageStore
 from .logs import LogEntry, LogFilter
 from .runtime import ExecState, ExitWaiter, Runtime, State, shim_processes
-from .spec import ContainerSpec, ProcessConfig, capabilities, check_sysctls, normalize_capability
+from .spec import ContainerSpec, ProcessConfig, Resources, capabilities, check_sysctls, normalize_capability
 
-__all__ = ["ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
-           "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "ProcessConfig", "Runtime", "StartFailed",
+__all__ = ["Cgroups", "ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
+           "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "ProcessConfig", "Resources", "Runtime", "StartFailed",
            "State", "Stream", "capabilities", "check_sysctls", "normalize_capability", "shim_processes"]

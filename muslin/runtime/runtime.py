@@ -33,12 +33,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import client, shim
+from .cgroups import Cgroups
 from .shim import protocol
 from .errors import (Conflict, EngineError, InvalidArgument, NoSuchContainer, NoSuchExec, NotModified, NotRunning,
                      StartFailed)
 from .images import ImageStore
 from .logs import LogEntry, LogFilter, follow as follow_log, read as read_log
-from .spec import (ETC_FILES, ID_PATTERN, ContainerSpec, ProcessConfig, User, bounding_capabilities, merge_env,
+from .spec import (ETC_FILES, ID_PATTERN, ContainerSpec, ProcessConfig, Resources, User, bounding_capabilities, merge_env,
                    oci_config, oci_process, process_env, resolve_process, resolve_user)
 
 # The shim package's directory, run as ``python3 -I -S SHIM_PATH STATE_ROOT`` (see shim/__init__.py).
@@ -55,8 +56,8 @@ class State:
     """What ``docker inspect`` shows under State (times are ns since the epoch, 0 for never)."""
 
     id: str
-    status: str  # "created" | "running" | "exited"
-    running: bool
+    status: str  # "created" | "running" | "paused" | "exited"
+    running: bool  # also while paused, as Docker's State.Running
     pid: int
     exit_code: int
     error: str
@@ -68,6 +69,7 @@ class State:
     tty: bool
     open_stdin: bool
     shim_pid: int
+    paused: bool = False  # frozen by ``pause`` (the cgroup freezer)
 
 
 @dataclass(frozen=True)
@@ -429,10 +431,17 @@ class Runtime:
                 raise NotRunning(cid) from None
             raise
 
-    def kill(self, cid: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, cid: str, sig: int = signal.SIGKILL, thaw: bool = False) -> None:
+        """Signal the container's init; ``thaw``: unpause it after, so that a paused one acts on it (as
+        dockerd does for SIGKILL and the stop signal)."""
         if not self.state(cid).running:
             raise NotRunning(cid)
+        self._signal(cid, sig, thaw)
+
+    def _signal(self, cid: str, sig: int, thaw: bool) -> None:
         self._shim_request(cid, {"op": "kill", "signal": int(sig)})
+        if thaw:
+            self._thaw(cid)
 
     def resize(self, cid: str, height: int, width: int) -> None:
         if height <= 0 or width <= 0:
@@ -441,6 +450,45 @@ class Runtime:
             self._shim_request(cid, {"op": "resize", "height": height, "width": width})
         except client.ShimError as exc:
             raise Conflict(exc.message) from None
+
+    def _runc(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([self.runc, "--root", str(self.runc_root), *args], input=stdin,
+                              capture_output=True, check=False, timeout=30)
+
+    def _runc_error(self, proc: subprocess.CompletedProcess) -> str:
+        return proc.stderr.decode(errors="replace").strip().splitlines()[-1:][0] if proc.stderr.strip() else "runc failed"
+
+    def pause(self, cid: str) -> None:
+        """Freeze every process of the container (runc pause: the cgroup freezer)."""
+        if not self.state(cid).running:
+            raise NotRunning(cid)
+        proc = self._runc("pause", cid)
+        if proc.returncode:
+            raise EngineError(f"cannot pause container {cid}: {self._runc_error(proc)}")
+
+    def unpause(self, cid: str) -> None:
+        if not self.state(cid).running:
+            raise NotRunning(cid)
+        proc = self._runc("resume", cid)
+        if proc.returncode:
+            raise EngineError(f"cannot unpause container {cid}: {self._runc_error(proc)}")
+
+    def _thaw(self, cid: str) -> None:
+        """Let a paused container act on the signal it was just sent (dying needs it to run)."""
+        if self.state(cid).paused:
+            with contextlib.suppress(EngineError, NotRunning):
+                self.unpause(cid)
+
+    def update(self, cid: str, resources: Resources) -> None:
+        """Apply new cgroup limits to the running container (runc update) and keep them for its next run."""
+        bundle = self._dir(cid) / "config.json"
+        config = json.loads(bundle.read_text())
+        config["linux"]["resources"] = {**config["linux"].get("resources", {}), **resources.to_oci()}
+        if self.state(cid).running:
+            proc = self._runc("update", "--resources", "-", cid, stdin=json.dumps(resources.to_oci()).encode())
+            if proc.returncode:
+                raise InvalidArgument(f"Cannot update container {cid}: {self._runc_error(proc)}")
+        _write_json(bundle, config)
 
     async def stop(self, cid: str, timeout: float = 10.0, sig: int = signal.SIGTERM) -> bool:
         """Signal, wait up to ``timeout`` seconds, then SIGKILL. False if it was not running."""
@@ -452,10 +500,10 @@ class Runtime:
             return False
         try:
             with contextlib.suppress(NotRunning):
-                await asyncio.to_thread(self._shim_request, cid, {"op": "kill", "signal": int(sig)})
+                await asyncio.to_thread(self._signal, cid, sig, True)
             if not await self._drain(waiter, timeout):
                 with contextlib.suppress(NotRunning):
-                    await asyncio.to_thread(self._shim_request, cid, {"op": "kill", "signal": int(signal.SIGKILL)})
+                    await asyncio.to_thread(self._signal, cid, signal.SIGKILL, True)
                 if not await self._drain(waiter, KILL_WAIT_SECONDS):
                     raise EngineError(f"container {cid} did not die after SIGKILL")
         finally:
@@ -490,6 +538,7 @@ class Runtime:
             if state.running:
                 with contextlib.suppress(client.ShimGone, client.ShimError, OSError):
                     client.request(state_dir, {"op": "kill", "signal": int(signal.SIGKILL)})
+                self._thaw(cid)  # a frozen process cannot die
             else:
                 with contextlib.suppress(client.ShimGone, client.ShimError, OSError):
                     client.request(state_dir, {"op": "shutdown"})
@@ -520,7 +569,10 @@ class Runtime:
         started_at = int(started.get("started_at", 0))
         finished_at = int(exited.get("finished_at", 0))
         running = bool(started_at) and not exited and bool(shim_pid)
-        if running:
+        paused = running and self._frozen(int(started.get("pid", 0)))
+        if paused:
+            status = "paused"
+        elif running:
             status = "running"
         elif started_at:
             status = "exited"
@@ -532,7 +584,37 @@ class Runtime:
                      exit_code=exit_code, error=exited.get("error", ""), created_at=meta["created_at"],
                      started_at=started_at, finished_at=finished_at, image_id=meta["image_id"],
                      process=ProcessConfig(**meta["process"]), tty=spec["tty"], open_stdin=spec["open_stdin"],
-                     shim_pid=shim_pid)
+                     shim_pid=shim_pid, paused=paused)
+
+    @staticmethod
+    def _frozen(pid: int) -> bool:
+        try:
+            return Cgroups.of_pid(pid).frozen()
+        except (OSError, ValueError):  # exited in between: not paused
+            return False
+
+    def cgroups(self, cid: str) -> Cgroups:
+        """The running container's cgroup directories (NotRunning if it is not)."""
+        state = self.state(cid)
+        if not state.running:
+            raise NotRunning(cid)
+        try:
+            return Cgroups.of_pid(state.pid)
+        except (OSError, ValueError):
+            raise NotRunning(cid) from None
+
+    def rw_size(self, cid: str) -> int:
+        """Bytes of the container's writable layer (what Docker's SizeRw and prune's SpaceReclaimed count):
+        the files of upper/, each inode once."""
+        total, seen = 0, set()
+        for root, dirs, files in os.walk(self._dir(cid) / "upper"):
+            for name in files + dirs:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(os.path.join(root, name))
+                    if (st.st_dev, st.st_ino) not in seen and not os.path.isdir(os.path.join(root, name)):
+                        seen.add((st.st_dev, st.st_ino))
+                        total += st.st_size
+        return total
 
     def list(self) -> list[State]:
         ids = sorted(p.name for p in (self.root / "containers").iterdir() if (p / "container.json").exists())

@@ -40,6 +40,43 @@ NAMESPACED_SYSCTLS = re.compile(r"net\..+|kernel\.(msgmax|msgmnb|msgmni|sem|shma
 ETC_FILES = ("hosts", "hostname", "resolv.conf")
 
 
+@dataclass(frozen=True)
+class Resources:
+    """Cgroup limits of a container (Docker's HostConfig resources), 0 or "" for none set."""
+
+    cpu_shares: int = 0
+    cpu_period: int = 0  # microseconds
+    cpu_quota: int = 0  # microseconds per period; -1 for none
+    cpu_rt_period: int = 0
+    cpu_rt_runtime: int = 0
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    memory: int = 0  # bytes
+    memory_swap: int = 0  # memory + swap, bytes; -1 for unlimited
+    memory_reservation: int = 0
+    pids_limit: int = 0  # -1 for unlimited
+    blkio_weight: int = 0
+
+    def to_oci(self) -> dict:
+        """The OCI LinuxResources of what is set (what `runc update --resources` and config.json take)."""
+        cpu = {key: value for key, value in (
+            ("shares", self.cpu_shares), ("period", self.cpu_period), ("quota", self.cpu_quota),
+            ("realtimePeriod", self.cpu_rt_period), ("realtimeRuntime", self.cpu_rt_runtime),
+            ("cpus", self.cpuset_cpus), ("mems", self.cpuset_mems)) if value}
+        memory = {key: value for key, value in (
+            ("limit", self.memory), ("swap", self.memory_swap), ("reservation", self.memory_reservation)) if value}
+        out: dict = {}
+        if cpu:
+            out["cpu"] = cpu
+        if memory:
+            out["memory"] = memory
+        if self.pids_limit:
+            out["pids"] = {"limit": self.pids_limit}
+        if self.blkio_weight:
+            out["blockIO"] = {"weight": self.blkio_weight}
+        return out
+
+
 @dataclass
 class ContainerSpec:
     """A container as the engine decided it. Empty fields take the image's defaults."""
@@ -61,6 +98,7 @@ class ContainerSpec:
     capabilities: tuple[str, ...] = tuple(DEFAULT_CAPABILITIES)  # see ``capabilities``
     privileged: bool = False  # all capabilities, no masked or read-only paths, /sys writable
     sysctls: dict[str, str] = field(default_factory=dict)  # applied by runc inside the container's namespaces
+    resources: Resources = field(default_factory=Resources)  # cgroup limits
 
 
 @dataclass(frozen=True)
@@ -248,7 +286,7 @@ def oci_config(spec: ContainerSpec, process: dict, lower_dirs: list[str], bundle
         "linux": {
             "namespaces": namespaces,
             "cgroupsPath": f"/muslin-{spec.id}",
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "resources": {"devices": [{"allow": False, "access": "rwm"}], **spec.resources.to_oci()},
             **({} if spec.privileged else {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS}),
             **({"sysctl": dict(spec.sysctls)} if spec.sysctls else {}),
         },

@@ -1,0 +1,172 @@
+"""The container lifecycle as the docker CLI drives it: kill, pause, restart policies (also across a
+muslind restart), update."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import docker as docker_sdk
+import pytest
+
+from muslin.runtime import Cgroups
+
+pytestmark = pytest.mark.root
+
+WAIT_S = 15.0
+
+
+def inspect(daemon, name: str) -> dict:
+    return json.loads(daemon.docker("inspect", name).stdout)[0]
+
+
+def wait_for(what: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout} s")
+        time.sleep(0.05)
+
+
+def test_kill_waits_for_death_and_signals_are_checked(daemon) -> None:
+    daemon.docker("run", "-d", "--name", "k1", "busybox", "sh", "-c", 'trap "exit 7" USR1; while :; do sleep 0.1; done')
+    daemon.docker("kill", "k1")
+    state = inspect(daemon, "k1")["State"]  # no wait: SIGKILL's kill returns once it is dead
+    assert (state["Running"], state["Status"], state["ExitCode"]) == (False, "exited", 137)
+    again = daemon.docker("kill", "k1", check=False)
+    assert again.returncode != 0 and "is not running" in again.stderr
+    daemon.docker("start", "k1")
+    for bad in ("BOGUS", "99", "SIG_IGN"):
+        refused = daemon.docker("kill", "-s", bad, "k1", check=False)
+        assert refused.returncode != 0 and "Invalid signal" in refused.stderr, refused.stderr
+    daemon.docker("kill", "-s", "USR1", "k1")  # delivered: its trap makes it exit
+    wait_for(lambda: inspect(daemon, "k1")["State"]["ExitCode"] == 7)
+
+
+def test_pause_freezes_and_refuses_what_docker_refuses(daemon) -> None:
+    daemon.docker("run", "-d", "--name", "p1", "busybox", "sh", "-c", "while true; do date +%s%N > /t; sleep 0.05; done")
+    daemon.docker("pause", "p1")
+    state = inspect(daemon, "p1")["State"]
+    assert (state["Status"], state["Running"], state["Paused"]) == ("paused", True, True)
+    assert "(Paused)" in daemon.docker("ps", "--format", "{{.Status}}").stdout
+    assert daemon.docker("ps", "-q", "--filter", "status=paused").stdout.strip()
+    pid = state["Pid"]
+    cgroups = Cgroups.of_pid(pid)
+    assert cgroups.frozen() and pid in cgroups.pids()
+    for args, message in ((("pause", "p1"), "is already paused"),
+                          (("exec", "p1", "true"), "is paused, unpause the container before exec"),
+                          (("rm", "p1"), "You cannot remove a paused container")):
+        refused = daemon.docker(*args, check=False)
+        assert refused.returncode != 0 and message in refused.stderr, (args, refused.stderr)
+    daemon.docker("unpause", "p1")
+    assert inspect(daemon, "p1")["State"]["Status"] == "running"
+    refused = daemon.docker("unpause", "p1", check=False)
+    assert refused.returncode != 0 and "is not paused" in refused.stderr
+    daemon.docker("exec", "p1", "true")
+    daemon.docker("pause", "p1")
+    daemon.docker("stop", "-t", "1", "p1")  # the stop signal thaws it so that it can die, as dockerd
+    assert inspect(daemon, "p1")["State"]["Status"] == "exited"
+    daemon.docker("start", "p1")
+    daemon.docker("pause", "p1")
+    daemon.docker("rm", "-f", "p1")
+    assert daemon.docker("ps", "-aq").stdout.strip() == ""
+
+
+def test_restart_policies_back_off_count_and_stop(daemon) -> None:
+    daemon.docker("run", "-d", "--name", "f2", "--restart", "on-failure:2", "busybox", "sh", "-c", "exit 3")
+    wait_for(lambda: (lambda c: c["RestartCount"] == 2 and c["State"]["Status"] == "exited")(inspect(daemon, "f2")))
+    time.sleep(0.5)  # the third failure is final: no further restart comes
+    info = inspect(daemon, "f2")
+    assert (info["RestartCount"], info["State"]["Status"], info["State"]["ExitCode"]) == (2, "exited", 3)
+    assert info["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+
+    daemon.docker("run", "-d", "--name", "a1", "--restart", "always", "busybox", "sh", "-c", "sleep 0.3; exit 1")
+    wait_for(lambda: inspect(daemon, "a1")["RestartCount"] >= 2)
+    statuses: set[str] = set()
+
+    def seen_restarting() -> bool:
+        state = inspect(daemon, "a1")["State"]
+        statuses.add(state["Status"])
+        return state["Restarting"] and state["Running"]
+
+    wait_for(seen_restarting)
+    assert "Restarting (1)" in daemon.docker("ps", "--format", "{{.Status}}", "--filter", "name=a1").stdout or \
+        inspect(daemon, "a1")["State"]["Status"] in ("running", "restarting")
+    refused = daemon.docker("rm", "a1", check=False)
+    assert refused.returncode != 0 and "top the container before" in refused.stderr
+    daemon.docker("stop", "-t", "1", "a1")
+    count = inspect(daemon, "a1")["RestartCount"]
+    time.sleep(0.8)
+    info = inspect(daemon, "a1")
+    assert info["State"]["Status"] == "exited" and info["RestartCount"] == count
+    daemon.docker("start", "a1")  # the user's start begins a fresh count
+    assert inspect(daemon, "a1")["RestartCount"] == 0
+
+    daemon.docker("run", "-d", "--name", "k2", "--restart", "always", "busybox", "sleep", "1000")
+    daemon.docker("kill", "k2")  # killed by the user: not restarted, whatever the policy
+    time.sleep(0.5)
+    assert inspect(daemon, "k2")["State"]["Status"] == "exited"
+
+
+def test_restart_policies_are_checked(daemon) -> None:
+    for policy, message in (("always:3", "maximum retry count cannot be used with restart policy 'always'"),
+                            ("bogus", "invalid restart policy 'bogus'")):
+        refused = daemon.docker("create", "--restart", policy, "busybox", check=False)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    client = docker_sdk.APIClient(base_url=daemon.env["DOCKER_HOST"], version="1.41")
+    try:
+        with pytest.raises(docker_sdk.errors.APIError) as err:
+            client.create_container("busybox", "true", host_config=client.create_host_config(
+                auto_remove=True, restart_policy={"Name": "always"}))
+        assert err.value.status_code == 400 and "AutoRemove" in str(err.value)
+        with pytest.raises(docker_sdk.errors.APIError) as err:
+            client.create_container("busybox", "true", host_config=client.create_host_config(
+                restart_policy={"Name": "on-failure", "MaximumRetryCount": -1}))
+        assert "cannot be negative" in str(err.value)
+    finally:
+        client.close()
+    assert daemon.docker("ps", "-aq").stdout.strip() == ""
+
+
+def test_restart_policy_after_muslind_restarts(daemon) -> None:
+    """As dockerd when it starts: always and unless-stopped containers that had stopped run again,
+    unless-stopped ones stopped by the user do not, `always` ones do even then."""
+    for name, policy in (("always1", "always"), ("unless1", "unless-stopped"), ("unless2", "unless-stopped"),
+                         ("none1", "no"), ("always2", "always")):
+        daemon.docker("run", "-d", "--name", name, "--restart", policy, "busybox", "sleep", "1000")
+    daemon.docker("stop", "-t", "0", "unless2", "always2")
+    pids = [inspect(daemon, n)["State"]["Pid"] for n in ("always1", "unless1", "none1")]
+    daemon.stop()
+    for pid in pids:  # what a reboot does to them while muslind is away
+        os.kill(pid, signal.SIGKILL)
+    daemon.start()
+    statuses = {n: inspect(daemon, n)["State"]["Status"]
+                for n in ("always1", "unless1", "unless2", "none1", "always2")}
+    assert statuses == {"always1": "running", "unless1": "running", "unless2": "exited", "none1": "exited",
+                        "always2": "running"}
+
+
+def test_update_applies_limits_to_the_running_container(daemon) -> None:
+    daemon.docker("run", "-d", "--name", "u1", "-m", "64m", "busybox", "sleep", "1000")
+    pid = inspect(daemon, "u1")["State"]["Pid"]
+    cgroups = Cgroups.of_pid(pid)
+    assert int(cgroups.read("memory", "memory.limit_in_bytes") or 0) == 64 << 20
+    daemon.docker("update", "--memory", "96m", "--memory-swap", "192m", "--cpu-shares", "512", "--pids-limit", "50",
+                  "--cpus", "0.5", "--restart", "on-failure:3", "u1")
+    host = inspect(daemon, "u1")["HostConfig"]
+    assert (host["Memory"], host["MemorySwap"], host["CpuShares"], host["PidsLimit"], host["NanoCpus"]) == \
+        (96 << 20, 192 << 20, 512, 50, 500_000_000)
+    assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    assert int(cgroups.read("memory", "memory.limit_in_bytes") or 0) == 96 << 20
+    assert int(cgroups.read("cpu", "cpu.shares") or 0) == 512
+    assert int(cgroups.read("cpu", "cpu.cfs_quota_us") or 0) == 50_000
+    assert int(cgroups.read("pids", "pids.max") or 0) == 50
+    refused = daemon.docker("update", "--memory", "1m", "u1", check=False)
+    assert refused.returncode != 0 and "Minimum memory limit allowed is 6MB" in refused.stderr
+    assert inspect(daemon, "u1")["HostConfig"]["Memory"] == 96 << 20
+    daemon.docker("restart", "-t", "0", "u1")  # the new limits hold for the next run too
+    cgroups = Cgroups.of_pid(inspect(daemon, "u1")["State"]["Pid"])
+    assert int(cgroups.read("memory", "memory.limit_in_bytes") or 0) == 96 << 20
