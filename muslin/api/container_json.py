@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from muslin.engine.containers import Container
+from muslin.engine.containers import Container, NetworkAttachment
 from muslin.engine.engine import Engine
 from muslin.engine.model import Endpoint
 from muslin.engine.ports import valid_port_keys
@@ -61,14 +61,25 @@ def status_text(st: State, restarting: bool = False) -> str:
     return "Created"
 
 
-def _endpoint_settings(ep: Endpoint | None, network_id: str, aliases: list[str] | None,
-                       ipam_ip: str = "") -> dict[str, Any]:
+def _ipam_config(att: NetworkAttachment | None) -> dict[str, Any] | None:
+    """EndpointSettings.IPAMConfig as the client gave it (dockerd leaves out the empty fields)."""
+    if att is None:
+        return None
+    doc: dict[str, Any] = {}
+    if att.ip:
+        doc["IPv4Address"] = att.ip
+    if att.link_local_ips:
+        doc["LinkLocalIPs"] = list(att.link_local_ips)
+    return doc or None
+
+
+def _endpoint_settings(ep: Endpoint | None, network_id: str, att: NetworkAttachment | None) -> dict[str, Any]:
     return {
-        "IPAMConfig": {"IPv4Address": ipam_ip} if ipam_ip else None,
-        "Links": None,
-        "Aliases": aliases or None,
-        "MacAddress": ep.mac if ep else "",
-        "DriverOpts": None,
+        "IPAMConfig": _ipam_config(att),
+        "Links": (att.links or None) if att else None,
+        "Aliases": (att.aliases or None) if att else None,
+        "MacAddress": ep.mac if ep else (att.mac if att else ""),  # before start: the one asked for
+        "DriverOpts": (att.driver_opts or None) if att else None,
         "GwPriority": 0,
         "NetworkID": network_id,
         "EndpointID": ep.id if ep else "",
@@ -102,7 +113,7 @@ class ContainerViews:
                 net = nets.get(att.network_id)
             except NotFound:
                 continue
-            out[net.name] = _endpoint_settings(eps.get(net.id), net.id, att.aliases, att.ip)
+            out[net.name] = _endpoint_settings(eps.get(net.id), net.id, att)
         return out
 
     def ports_of(self, c: Container, running: bool) -> dict[str, Any]:
@@ -154,6 +165,7 @@ class ContainerViews:
             host_config.setdefault(key, None if key == "PidsLimit" else 0)  # a pointer in Go: null
         for key in STR_FIELDS:
             host_config.setdefault(key, "")
+        host_config["Links"] = self.engine.containers.linking.inspect_links(c)
         host_config["LogConfig"] = {"Type": "json-file", "Config": {}}
         return {
             "Id": c.id,
@@ -205,7 +217,8 @@ class ContainerViews:
             },
         }
 
-    def summary(self, c: Container, st: State) -> dict[str, Any]:
+    def summary(self, c: Container, st: State, link_names: list[str] | None = None) -> dict[str, Any]:
+        """``link_names``: the ``/parent/alias`` names parents give it, listed after its own."""
         ports = []
         for b in (c.published if st.running else []):
             ports.append({"IP": b.host_ip or "0.0.0.0", "PrivatePort": b.container_port,
@@ -217,7 +230,7 @@ class ContainerViews:
         mode = c.host_config.get("NetworkMode") or "default"
         return {
             "Id": c.id,
-            "Names": ["/" + c.name],
+            "Names": ["/" + c.name, *(link_names or [])],
             "Image": c.image,
             "ImageID": c.image_id,
             "Command": " ".join(st.process.args),

@@ -69,7 +69,9 @@ async def list_containers(engine: Engine, req: Request) -> Response:
     limit = requests.query_int(req, "limit", 0) or 0
     views = ContainerViews(engine)
     out = []
-    for c in engine.containers.all():
+    everyone = engine.containers.all()
+    link_names = engine.containers.linking.link_names(everyone)
+    for c in everyone:
         try:
             st = engine.containers.state(c)
         except NotFound:  # removed while the list was made
@@ -77,7 +79,7 @@ async def list_containers(engine: Engine, req: Request) -> Response:
         if not show_all and not st.running and not engine.containers.restarting(c) and "status" not in filters:
             continue
         if _matches(c, st, views, filters):
-            out.append((st.created_at, views.summary(c, st)))
+            out.append((st.created_at, views.summary(c, st, link_names.get(c.id))))
     out.sort(key=lambda item: item[0], reverse=True)
     items = [doc for _, doc in out]
     return json_response(items[:limit] if limit > 0 else items)
@@ -191,7 +193,10 @@ async def restart(engine: Engine, req: Request) -> Response:
 
 
 async def remove(engine: Engine, req: Request) -> Response:
-    await engine.call(engine.containers.remove, req.params["id"], req.flag("force"))
+    if req.flag("link"):  # the id is a link's "parent/alias": only the link goes
+        await engine.call(engine.containers.remove_link, req.params["id"])
+    else:
+        await engine.call(engine.containers.remove, req.params["id"], req.flag("force"))
     return no_content()
 
 
@@ -230,7 +235,7 @@ ROUTES: list[Route] = [
     ("POST", "/containers/{id}/unpause", unpause),
     ("POST", "/containers/{id}/restart", restart),
     ("POST", "/containers/{id}/rename", rename),
-    ("DELETE", "/containers/{id}", remove),
+    ("DELETE", "/containers/{id:path}", remove),  # a link's name has a slash: parent/alias
 ]
 
 

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 from muslin.engine import restarts
+from muslin.engine.links import LinkRef, parse_link
 from muslin.engine.ports import PortBinding, parse_port_key
 from muslin.engine.requests import (ContainerCreate, ContainerUpdate, EndpointRequest, ExecCreate, IPAMPoolRequest,
                                     NetworkCreate)
@@ -246,14 +247,37 @@ def port_bindings(host: Fields) -> list[PortBinding]:
     return out
 
 
+def link(value: str) -> LinkRef:
+    try:
+        return parse_link(value)
+    except InvalidArgument as exc:
+        raise bad(exc.message) from None
+
+
+def link_local_ip(value: str) -> IPv4Address:
+    try:
+        address = ip_address(value)
+    except ValueError:
+        raise bad(f"invalid link-local IP address: {value}") from None
+    if not isinstance(address, IPv4Address):
+        raise bad(f"IPv6 link-local addresses are not supported by muslind: {value}")
+    return address
+
+
 def endpoint(fields: Fields) -> EndpointRequest:
-    """EndpointSettings: the IPv4 address asked for, the MAC, the aliases."""
+    """EndpointSettings: the IPv4 address asked for, the MAC, aliases, links, link-local addresses and
+    the driver's options."""
     ipam = fields.obj("IPAMConfig", "network.EndpointIPAMConfig")
     address = ipam.str("IPv4Address")
     ipam.str("IPv6Address")
+    links = fields.str_list("Links") or []
+    for value in links:
+        link(value)
     return EndpointRequest(ipv4_address=ipv4(address) if address else None,
                            mac_address=mac(fields.str("MacAddress")) if fields.str("MacAddress") else "",
-                           aliases=tuple(fields.str_list("Aliases") or ()))
+                           aliases=tuple(fields.str_list("Aliases") or ()), links=tuple(links),
+                           link_local_ips=tuple(link_local_ip(a) for a in ipam.str_list("LinkLocalIPs") or []),
+                           driver_opts=fields.str_map("DriverOpts"))
 
 
 def go_field_names(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -324,6 +348,7 @@ def container_create(req: Request) -> ContainerCreate:
     searches = [dns_search(s) for s in host.str_list("DnsSearch") or []]
     dns_options = host.str_list("DnsOptions") or []
     extra_hosts = [extra_host(h) for h in host.str_list("ExtraHosts") or []]
+    links = [link(value) for value in host.str_list("Links") or []]
     cap_add, cap_drop = host.str_slice("CapAdd") or [], host.str_slice("CapDrop") or []
     sysctls = host.str_map("Sysctls")
     for key in ("AutoRemove", "Privileged", "PublishAllPorts"):
@@ -346,6 +371,7 @@ def container_create(req: Request) -> ContainerCreate:
         network_mode=network_mode or "default", endpoints=endpoints,
         port_bindings=tuple(port_bindings(host)), publish_all_ports=host.bool("PublishAllPorts"),
         dns=tuple(dns), dns_search=tuple(searches), dns_options=tuple(dns_options), extra_hosts=tuple(extra_hosts),
+        links=tuple(links),
         cap_add=tuple(cap_add), cap_drop=tuple(cap_drop), privileged=host.bool("Privileged"),
         sysctls=sysctls, console_size=console_size(host.raw("ConsoleSize"), "container.HostConfig"),
         stop_signal=signal(stop_signal) if stop_signal else None, stop_timeout=stop_timeout,

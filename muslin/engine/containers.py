@@ -18,6 +18,7 @@ import random
 import signal
 from dataclasses import asdict, dataclass, field
 from collections.abc import AsyncIterator, Awaitable, Callable
+from ipaddress import IPv4Address
 from typing import Any
 
 from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound, NotModified
@@ -25,12 +26,13 @@ from muslin.kernel import netns
 from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Runtime,
                             StartFailed, State, Stream, capabilities, check_sysctls, normalize_capability)
 
-from . import dns, etcfiles, resources
+from . import dns, etcfiles, links, resources
 from . import ports as portmod
 from .config import DaemonConfig
 from .dns_service import DNSService
 from .drivers.base import PortPublisher
 from .firewall import PortSpec
+from .linking import LegacyLink, LegacyLinks
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
 from .ports import PortBinding
@@ -60,6 +62,9 @@ class NetworkAttachment:
     ip: str = ""
     mac: str = ""
     aliases: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)  # "name:alias": names the embedded DNS answers for it
+    link_local_ips: list[str] = field(default_factory=list)
+    driver_opts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Container:
     manually_stopped: bool = False  # stopped or killed by the user since its last start (unless-stopped)
     stop_signal: int = int(signal.SIGTERM)  # what stop sends first (Config.StopSignal)
     stop_timeout: int | None = None  # seconds stop waits before SIGKILL (Config.StopTimeout); None: 10
+    links: list[LegacyLink] = field(default_factory=list)  # HostConfig.Links (``linking``)
 
     @property
     def joined_container(self) -> str | None:
@@ -108,12 +114,20 @@ class Container:
         doc["attachments"] = [NetworkAttachment(**a) for a in doc.get("attachments", [])]
         doc["bindings"] = [PortBinding(**b) for b in doc.get("bindings", [])]
         doc["published"] = [PortBinding(**b) for b in doc.get("published", [])]
+        doc["links"] = [LegacyLink(**link) for link in doc.get("links", [])]
         return cls(**doc)
 
 
 def _attachment(net: Network, cfg: EndpointRequest) -> NetworkAttachment:
     return NetworkAttachment(network_id=net.id, ip=str(cfg.ipv4_address or ""), mac=cfg.mac_address,
-                             aliases=list(cfg.aliases))
+                             aliases=list(cfg.aliases), links=list(cfg.links),
+                             link_local_ips=[str(a) for a in cfg.link_local_ips], driver_opts=dict(cfg.driver_opts))
+
+
+def _endpoint_extras(att: NetworkAttachment) -> dict[str, Any]:
+    """What an endpoint takes from its attachment besides address, MAC and aliases."""
+    return {"link_aliases": links.endpoint_aliases(att.links),
+            "link_local": [IPv4Address(a) for a in att.link_local_ips]}
 
 
 class ContainerService:
@@ -145,6 +159,7 @@ class ContainerService:
         self._last_exit: dict[str, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.restarts = RestartSupervisor(lambda cid: self.run(cid, by_user=False))
+        self.linking = LegacyLinks(self)
 
     # -- lookups: they only read the store and the runtime's state, from either thread ------------------
     def all(self) -> list[Container]:
@@ -157,6 +172,9 @@ class ContainerService:
             return Container.from_doc(matches[0])
         if len(matches) > 1:
             raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")  # the client's to narrow
+        child = self.linking.child_by_link_name(ref) if "/" in ref else None  # a link's "parent/alias"
+        if child is not None:
+            return child
         raise NotFound(f"No such container: {ref}")
 
     def state(self, c: Container) -> State:
@@ -210,6 +228,7 @@ class ContainerService:
             # Not a 404: the CLI takes a 404 from create for a missing image and goes to pull it.
             raise InvalidArgument(exc.message) from None
         self._check_mode_conflicts(mode, req)
+        legacy_links = self.linking.register(name, req.links, mode)
         image_exposed = portmod.valid_port_keys(image.config.get("ExposedPorts") or {})
         bindings = portmod.bindings_of(req.port_bindings, [*image_exposed, *req.exposed_ports], req.publish_all_ports)
         if mode == "host" or mode == "none":
@@ -229,7 +248,7 @@ class ContainerService:
         c = Container(id=cid, name=name, created=now_rfc3339(), image=req.image, image_id=image.id,
                       config=dict(req.config), host_config=host, network_mode=mode, attachments=attachments,
                       bindings=bindings, stop_signal=req.stop_signal or int(signal.SIGTERM),
-                      stop_timeout=req.stop_timeout)
+                      stop_timeout=req.stop_timeout, links=legacy_links)
         hostname = req.hostname or cid[:12]
         if mode == "host":
             hostname = req.hostname or os.uname().nodename
@@ -332,7 +351,7 @@ class ContainerService:
         if any(e.endswith(":" + etcfiles.HOST_GATEWAY) for e in entries):
             pool = self.networks.get("bridge").pool
             gateway = pool.gateway if pool else None
-        extra = etcfiles.extra_hosts(entries, gateway)
+        extra = etcfiles.extra_hosts(entries, gateway) + self.linking.hosts_lines(c)
         if c.network_mode == "host":  # the host's names, as dockerd gives a --network host container
             own = etcfiles.read_host_hosts()
             if own is not None:
@@ -378,17 +397,21 @@ class ContainerService:
         if c.owns_sandbox and c.sandbox:
             netns.create(c.sandbox, SANDBOX_SYSCTLS)  # gone after a reboot (on a tmpfs); a no-op otherwise
         self.release_networking(c)  # what an exit not yet handled still holds
+        self.linking.check_children(c)
         wired: list[tuple[Network, Endpoint]] = []
         try:
             for i, att in enumerate(c.attachments):
                 net = self.networks.get(att.network_id)
                 ep = self.networks.allocate_endpoint(net, c.id, c.name, f"eth{i}", ip=att.ip, mac=att.mac,
-                                                     aliases=att.aliases, hostname=c.config.get("Hostname") or "")
+                                                     aliases=att.aliases, hostname=c.config.get("Hostname") or "",
+                                                     **_endpoint_extras(att))
                 assert c.sandbox is not None
                 self.networks.wire_endpoint(net, ep, c.sandbox)
                 wired.append((net, ep))
             if c.bindings and wired:
                 self._publish(c, *wired[0])
+            if c.links:
+                self.runtime.set_start_env(c.id, self.linking.start_env(c))
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
             self._bind_dns(c, fresh_sandbox)
             self.runtime.start(c.id)
@@ -409,6 +432,8 @@ class ContainerService:
                     log.exception("could not release the endpoint of %s on %s", c.name, net.name)
             raise
         self._save(c)
+        for parent in self.linking.running_parents(c):  # their /etc/hosts follow the child's new address
+            self._rewrite_hosts(parent)
         return c
 
     def _bind_dns(self, c: Container, fresh_sandbox: bool = False) -> bool:
@@ -543,6 +568,13 @@ class ContainerService:
         except Exception:
             return 0
 
+    def remove_link(self, ref: str) -> None:
+        """``docker rm --link parent/alias``: only the link goes (``linking``)."""
+        parent = self.linking.unlink(ref)
+        self._save(parent)
+        if self.state(parent).running:
+            self._rewrite_hosts(parent)
+
     def rename(self, ref: str, new_name: str) -> None:
         c = self.get(ref)
         c.name = self._check_name(new_name, c.id)
@@ -632,7 +664,7 @@ class ContainerService:
             used = {e.ifname for e in self.store.endpoints(container_id=c.id)}
             ifname = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
             ep = self.networks.allocate_endpoint(net, c.id, c.name, ifname, ip=att.ip, mac=att.mac, aliases=att.aliases,
-                                                 hostname=c.config.get("Hostname") or "")
+                                                 hostname=c.config.get("Hostname") or "", **_endpoint_extras(att))
             assert c.sandbox is not None
             self.networks.wire_endpoint(net, ep, c.sandbox)
         c.attachments.append(att)

@@ -179,16 +179,26 @@ class DNSService:
         # Endpoints carry their container's name and aliases (rename updates them), so a query reads
         # only the endpoints of the networks the asker is on.
         # A name is the container's name, short id, hostname or an alias, alone or as <name>.<network>.
+        mine_all = [e for e in self.store.endpoints(container_id=cid) if not self.network(e.network_id).predefined]
+        # An endpoint's link alias comes first and only on that endpoint's network (dockerd's order).
+        for mine in mine_all:
+            target = mine.link_aliases.get(name)
+            if target is not None:
+                linked = self._names_on(mine.network_id, target, target)
+                if linked:
+                    return linked
         found: list[IPv4Address] = []
-        for mine in self.store.endpoints(container_id=cid):
-            net = self.network(mine.network_id)
-            if net.predefined:
-                continue
-            suffix = "." + net.name.lower()
-            short = name[:-len(suffix)] if name.endswith(suffix) else name
-            for ep in self.store.endpoints(network_id=mine.network_id):
-                names = {ep.container_name.lower(), ep.container_id[:12], ep.hostname.lower(),
-                         *(a.lower() for a in ep.aliases)} - {""}
-                if ep.address is not None and (name in names or short in names):
-                    found.append(ep.address.ip)
+        for mine in mine_all:
+            suffix = "." + self.network(mine.network_id).name.lower()
+            found += self._names_on(mine.network_id, name, name[:-len(suffix)] if name.endswith(suffix) else name)
         return found or None
+
+    def _names_on(self, network_id: str, name: str, short: str) -> list[IPv4Address]:
+        """Addresses of the endpoints on the network that go by ``name`` or ``short``."""
+        found = []
+        for ep in self.store.endpoints(network_id=network_id):
+            names = {ep.container_name.lower(), ep.container_id[:12], ep.hostname.lower(),
+                     *(a.lower() for a in ep.aliases)} - {""}
+            if ep.address is not None and (name in names or short in names):
+                found.append(ep.address.ip)
+        return found

@@ -47,6 +47,7 @@ class Network:
     settings: DriverSettings | None = None
     predefined: bool = False
     subnet_from_user: bool = True  # False: IPAM chose it; then --ip is refused, as dockerd does
+    scope: str = "local"  # what create asked for ("local" or "" for a local driver, as dockerd keeps it)
 
     @property
     def pool(self) -> IPAMPool | None:
@@ -65,3 +66,6 @@ class Endpoint:
     aliases: list[str] = field(default_factory=list)
     gateway: IPv4Address | None = None
     hostname: str = ""  # the container's --hostname, a name the embedded DNS answers too
+    # Endpoint Links as the embedded DNS answers them for this container only: alias -> name.
+    link_aliases: dict[str, str] = field(default_factory=dict)
+    link_local: list[IPv4Interface] = field(default_factory=list)  # IPAMConfig.LinkLocalIPs, each a /16

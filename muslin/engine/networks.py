@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound
 from muslin.kernel import address, link, netns, route
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 PREDEFINED = {"bridge": "bridge", "host": "host", "none": "null"}
 # Drivers Docker knows that muslind does not implement yet: refused with a clear message, not "not found".
 PLANNED_DRIVERS = {"ipvlan", "overlay"}
+# IPAMConfig.LinkLocalIPs go on the interface with libnetwork's link-local mask, whatever the address.
+LINK_LOCAL_PREFIX = 16
 # Drivers whose networks give containers endpoints of their own (host and null give none).
 ENDPOINT_DRIVERS = {"bridge", "macvlan"}
 
@@ -219,7 +221,8 @@ class NetworkService:
     # -- endpoints ---------------------------------------------------------------------------------
     def allocate_endpoint(self, net: Network, container_id: str, container_name: str, ifname: str,
                           ip: str = "", mac: str = "", aliases: list[str] | None = None,
-                          hostname: str = "") -> Endpoint:
+                          hostname: str = "", link_aliases: dict[str, str] | None = None,
+                          link_local: list[IPv4Address] | None = None) -> Endpoint:
         """Reserve an address and record the endpoint (not yet wired)."""
         if net.driver not in ENDPOINT_DRIVERS:
             raise InvalidArgument(f"network {net.name} ({net.driver}) takes no endpoints")
@@ -245,7 +248,9 @@ class NetworkService:
                           address=IPv4Interface(f"{address}/{pool.subnet.prefixlen}"),
                           mac=mac or ipam.bridge_mac(address), ifname=ifname,
                           aliases=list(aliases or []), hostname=hostname,
-                          gateway=None if net.internal else pool.gateway)  # internal: no way out, no default route
+                          gateway=None if net.internal else pool.gateway,  # internal: no way out, no default route
+                          link_aliases=dict(link_aliases or {}),
+                          link_local=[IPv4Interface(f"{a}/{LINK_LOCAL_PREFIX}") for a in link_local or []])
             self.store.put_endpoint(db, ep)
         return ep
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
+from .links import LinkRef
 from .ports import PortBinding
 
 
@@ -22,6 +23,9 @@ class EndpointRequest:
     ipv4_address: IPv4Address | None = None
     mac_address: str = ""  # lower-case, colon-separated, or "" for the address-derived one
     aliases: tuple[str, ...] = ()
+    links: tuple[str, ...] = ()  # "name:alias" as given (inspect shows them back), each a valid link
+    link_local_ips: tuple[IPv4Address, ...] = ()
+    driver_opts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class ContainerCreate:
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
     extra_hosts: tuple[str, ...] = ()  # "name:address" (address may be "host-gateway")
+    links: tuple[LinkRef, ...] = ()  # HostConfig.Links: legacy links on the default bridge
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
@@ -96,6 +101,7 @@ class NetworkCreate:
     enable_ipv6: bool = False
     options: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    scope: str = ""  # "" = the driver's own (local)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ def _endpoint_to_doc(ep: Endpoint) -> str:
     doc = asdict(ep)
     doc["address"] = str(ep.address) if ep.address else None
     doc["gateway"] = str(ep.gateway) if ep.gateway else None
+    doc["link_local"] = [str(a) for a in ep.link_local]
     return json.dumps(doc)
 
 
@@ -120,6 +121,7 @@ def _endpoint_from_doc(text: str) -> Endpoint:
     doc = json.loads(text)
     doc["address"] = IPv4Interface(doc["address"]) if doc["address"] else None
     doc["gateway"] = IPv4Address(doc["gateway"]) if doc["gateway"] else None
+    doc["link_local"] = [IPv4Interface(a) for a in doc.get("link_local", [])]
     return Endpoint(**doc)
 
 

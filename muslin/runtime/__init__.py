@@ -30,6 +30,7 @@ lab may use is what this module exports, listed below; everything else in the pa
                                                         (``pids()``, ``read(controller, file)``, ``frozen()``)
     ``rw_size(id) -> int``                              bytes of the writable layer
     ``resize(id, height, width)``;  ``write_etc(id, hosts=None, resolv_conf=None)``
+    ``set_start_env(id, extra)``                        variables before Config.Env from the next start on
     ``delete(id, force=False)``                         Conflict if running and not forced
     ``state(id) -> State``;  ``list() -> list[State]``;  ``images_in_use() -> {image_id: container_id}``
     ``recover() -> list[State]``                        after a daemon restart: live shims are kept,

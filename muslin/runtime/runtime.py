@@ -246,6 +246,23 @@ class Runtime:
             raise
         return process
 
+    def set_start_env(self, cid: str, extra: list[str]) -> None:
+        """Variables the caller works out at each start (a legacy link's child address), put before
+        Config.Env, which overrides them, as dockerd's daemon environment; execs get them too."""
+        meta = self._meta(cid)
+        spec, bundle = meta["spec"], self._dir(cid)
+        env = process_env(merge_env(list(extra), list(meta["process"]["env"])), spec["hostname"] or cid[:12],
+                          spec["tty"])
+        if meta["oci_process"]["env"] == env:
+            return
+        config = _read_json(bundle / "config.json")
+        if config is None:
+            raise NoSuchContainer(cid)
+        config["process"]["env"] = env
+        meta["oci_process"]["env"] = env
+        _write_json(bundle / "config.json", config)
+        _write_json(bundle / "container.json", meta)
+
     def write_etc(self, cid: str, hosts: str | None = None, resolv_conf: str | None = None) -> None:
         """Rewrite /etc/hosts or /etc/resolv.conf in place (the bind mount follows the inode)."""
         self._meta(cid)

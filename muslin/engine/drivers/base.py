@@ -45,13 +45,15 @@ class OnHostLinks:
 
 
 def configure_endpoint_link(ipr: IPRoute, ep: Endpoint, index: int | None = None) -> None:
-    """Inside the container's namespace: the endpoint's address, up, and the default route via its
+    """Inside the container's namespace: the endpoint's addresses, up, and the default route via its
     gateway. ``index``: the link's, when the caller knows it already (a lookup less on the attach path)."""
     assert ep.address is not None
     index = index or link.index_of(ipr, ep.ifname)
     if index is None:
         raise FileNotFoundError(f"{ep.ifname} is missing in the container namespace")
     address.ensure_address(ipr, index, ep.address)
+    for extra in ep.link_local:  # IPAMConfig.LinkLocalIPs: more addresses of the same interface
+        address.ensure_address(ipr, index, extra)
     link.ensure_up(ipr, index)
     if ep.gateway is not None:
         route.ensure_default_route(ipr, index, ep.gateway)
