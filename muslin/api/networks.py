@@ -44,7 +44,8 @@ def network_json(net: Network, endpoints: list[Endpoint]) -> dict[str, Any]:
         "Driver": net.driver,
         "EnableIPv4": True,
         "EnableIPv6": net.enable_ipv6,
-        "IPAM": {"Driver": net.ipam_driver, "Options": dict(net.ipam_options), "Config": ipam_config_json(net)},
+        "IPAM": {"Driver": net.ipam_driver, "Options": dict(net.ipam_options) or None,  # dockerd: null when none
+                 "Config": ipam_config_json(net)},
         "Internal": net.internal,
         "Attachable": net.attachable,
         "Ingress": net.ingress,
@@ -98,6 +99,9 @@ async def list_networks(engine: Engine, req: Request) -> Response:
 
 async def inspect_network(engine: Engine, req: Request) -> Response:
     net = engine.networks.get(req.params["id"])
+    scope = req.arg("scope")
+    if scope and scope != "local":  # every network of a single engine is local
+        raise HTTPError(404, f"network {req.params['id']} not found")
     return json_response(network_json(net, engine.networks.endpoints(net)))
 
 

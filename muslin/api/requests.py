@@ -24,10 +24,9 @@ from muslin.errors import InvalidArgument
 
 from .http import HTTPError, Request
 
-# Docker's names of containers (daemon/names.RestrictedNamePattern: two characters at least); network
-# names take the same characters, and one is enough (`docker network create a` works with dockerd).
-NAME_PATTERNS = {"container": re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+"),
-                 "network": re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")}
+# Docker's names of containers (daemon/names.RestrictedNamePattern: two characters at least). Network
+# names have no pattern in dockerd: "test 01", "a/b" or "ünï" are all created.
+CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 DOMAIN_RE = re.compile(r"\.?[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?")
 MAX_SIGNAL = 64  # SIGRTMAX on Linux
@@ -131,9 +130,10 @@ def _json_type(value: Any) -> str:
 
 
 # -- values --------------------------------------------------------------------------------------
-def name(value: str, what: str = "container") -> str:
-    if not NAME_PATTERNS[what].fullmatch(value.removeprefix("/")):
-        raise bad(f"Invalid {what} name ({value}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+def name(value: str) -> str:
+    """A container's name, one leading "/" allowed."""
+    if not CONTAINER_NAME.fullmatch(value.removeprefix("/")):
+        raise bad(f"Invalid container name ({value}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     return value.removeprefix("/")
 
 
@@ -255,10 +255,13 @@ def link(value: str) -> LinkRef:
 
 
 def link_local_ip(value: str) -> IPv4Address:
+    """dockerd accepts any string at create and refuses a start with this message; refused here at once."""
     try:
         address = ip_address(value)
     except ValueError:
-        raise bad(f"invalid link-local IP address: {value}") from None
+        address = None
+    if address is None or not address.is_link_local:
+        raise bad(f"invalid link local IP address: {value}")
     if not isinstance(address, IPv4Address):
         raise bad(f"IPv6 link-local addresses are not supported by muslind: {value}")
     return address
@@ -339,8 +342,6 @@ def container_create(req: Request) -> ContainerCreate:
     mac_address = body.str("MacAddress")
     body.str_map("Labels")
     network_mode = host.str("NetworkMode")
-    if network_mode not in ("", "default", "bridge", "host", "none") and not network_mode.startswith("container:"):
-        name(network_mode, "network")
     if network_mode.startswith("container:") and not network_mode.split(":", 1)[1]:
         raise bad("container: network mode needs a container name or id")
     endpoints = {key: endpoint(fields) for key, fields in networking.obj_map("EndpointsConfig", "network.EndpointSettings").items()}
@@ -383,7 +384,6 @@ def network_create(req: Request) -> NetworkCreate:
     net_name = body.str("Name")
     if not net_name:
         raise bad("invalid name: ")
-    name(net_name, "network")
     ipam = body.obj("IPAM", "network.IPAM")
     pools_raw = ipam.raw("Config")
     if pools_raw is not None and not isinstance(pools_raw, list):
@@ -397,7 +397,7 @@ def network_create(req: Request) -> NetworkCreate:
                          ipam_pools=tuple(pools), ipam_options=ipam.str_map("Options"), internal=body.bool("Internal"),
                          attachable=body.bool("Attachable"), ingress=body.bool("Ingress"),
                          enable_ipv6=body.bool("EnableIPv6"), options=body.str_map("Options"),
-                         labels=body.str_map("Labels"))
+                         labels=body.str_map("Labels"), scope=body.str("Scope"))
 
 
 def network_connect(req: Request) -> tuple[str, EndpointRequest]:

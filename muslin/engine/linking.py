@@ -166,7 +166,7 @@ class LegacyLinks:
         child = self.child_by_link_name(ref)
         if child is None:
             self.containers.get(ref)  # neither a link nor a container: 404
-            raise Conflict("Conflict, cannot remove the default link name")
+            raise Conflict("Conflict, cannot remove the default link name of the container")
         parent_ref, _, alias = ref.strip("/").rpartition("/")
         parent = self.containers.get(parent_ref)
         parent.links = [link for link in parent.links if link.alias != alias]

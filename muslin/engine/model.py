@@ -47,7 +47,6 @@ class Network:
     settings: DriverSettings | None = None
     predefined: bool = False
     subnet_from_user: bool = True  # False: IPAM chose it; then --ip is refused, as dockerd does
-    scope: str = "local"  # what create asked for ("local" or "" for a local driver, as dockerd keeps it)
 
     @property
     def pool(self) -> IPAMPool | None:

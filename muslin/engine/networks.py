@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 PREDEFINED = {"bridge": "bridge", "host": "host", "none": "null"}
 # Drivers Docker knows that muslind does not implement yet: refused with a clear message, not "not found".
 PLANNED_DRIVERS = {"ipvlan", "overlay"}
+NOT_A_SWARM_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to '
+                       'connect this node to swarm and try again.')
 # IPAMConfig.LinkLocalIPs go on the interface with libnetwork's link-local mask, whatever the address.
 LINK_LOCAL_PREFIX = 16
 # Drivers whose networks give containers endpoints of their own (host and null give none).
@@ -149,6 +151,12 @@ class NetworkService:
             raise InvalidArgument(f"the {driver} driver is not available in muslind yet; available: {', '.join(self.driver_names())}")
         if driver not in self.drivers:
             raise NotFound(f"plugin \"{driver}\" not found")
+        if req.scope == "swarm":
+            raise Forbidden("cannot create a swarm scoped network when swarm is not active")
+        if req.scope not in ("", "local"):  # dockerd: a 500 with this message, outside a swarm
+            raise Forbidden(NOT_A_SWARM_MANAGER)
+        if req.ingress:  # only an overlay of a swarm can be one
+            raise Forbidden("Ingress network can only be global scope network")
         if req.enable_ipv6:
             raise InvalidArgument("IPv6 networks are not supported by muslind yet")
         if req.ipam_driver not in ("", "default"):

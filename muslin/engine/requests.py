@@ -101,7 +101,7 @@ class NetworkCreate:
     enable_ipv6: bool = False
     options: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
-    scope: str = ""  # "" = the driver's own (local)
+    scope: str = ""  # "" = the driver's own: local, the only one outside a swarm
 
 
 @dataclass(frozen=True)

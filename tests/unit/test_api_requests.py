@@ -11,6 +11,7 @@ import pytest
 
 from muslin.api import requests
 from muslin.api.http import HTTPError, Request
+from muslin.engine.links import LinkRef
 from muslin.engine.ports import PortBinding
 from muslin.engine.requests import EndpointRequest
 
@@ -49,6 +50,8 @@ def test_container_create_as_the_cli_sends_it() -> None:
     assert req.cap_add == ("NET_ADMIN",) and req.console_size == (24, 80)
     assert req.stop_signal == signal.SIGINT and req.stop_timeout == 3
     assert req.network_mode == "mybr0" and req.extra_hosts == ("gw:host-gateway",)
+    links = requests.container_create(request({"Image": "b", "HostConfig": {"Links": ["db:data", "/web:/x/cache"]}})).links
+    assert links == (LinkRef("db", "data"), LinkRef("web", "cache"))
 
 
 @pytest.mark.parametrize("body, message", [
@@ -75,7 +78,14 @@ def test_container_create_as_the_cli_sends_it() -> None:
     ({"Image": "busybox", "HostConfig": {"ExtraHosts": ["h:notip"]}}, 'invalid IP address in add-host: "notip"'),
     ({"Image": "busybox", "HostConfig": {"Sysctls": {"a": 5}}}, "Sysctls of type string"),
     ({"Image": "busybox", "HostConfig": {"CapAdd": 5}}, "CapAdd"),
-    ({"Image": "busybox", "HostConfig": {"NetworkMode": "a b"}}, "Invalid network name (a b)"),
+    ({"Image": "busybox", "HostConfig": {"Links": ["a:b:c"]}}, "bad format for links: a:b:c"),
+    ({"Image": "busybox", "HostConfig": {"Links": [""]}}, "empty string specified for links"),
+    ({"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"n": {"Links": ["x:"]}}}}, "bad format for links: x:"),
+    ({"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"bridge": {"IPAMConfig": {"LinkLocalIPs": ["10.1.1.1"]}}}}},
+     "invalid link local IP address: 10.1.1.1"),
+    ({"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"bridge": {"IPAMConfig": {"LinkLocalIPs": ["no"]}}}}},
+     "invalid link local IP address: no"),
+    ({"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"bridge": {"DriverOpts": {"a": 1}}}}}, "DriverOpts"),
     ({"Image": "busybox", "HostConfig": {"ConsoleSize": [1]}}, "ConsoleSize"),
     ({"Image": "busybox", "StopSignal": "FOO"}, "Invalid signal: FOO"),
     ({"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"bridge": {"IPAMConfig": {"IPv4Address": "bad"}}}}},
@@ -118,11 +128,16 @@ def test_network_create_and_connect() -> None:
         {"Subnet": "192.168.100.0/24", "Gateway": "192.168.100.1", "AuxiliaryAddresses": {"r": "192.168.100.9"}}]},
         "Options": {"com.docker.network.bridge.name": "docker1"}, "Internal": True}))
     assert req.name == "mybr0" and req.internal and req.ipam_pools[0].aux_addresses == {"r": "192.168.100.9"}
-    assert "Invalid network name (a b)" in refused(requests.network_create, request({"Name": "a b"}))
+    # dockerd takes any name for a network.
+    for name in ("test 01", "a/b", "x%y", "ünï", "-lead"):
+        assert requests.network_create(request({"Name": name})).name == name
+    assert requests.network_create(request({"Name": "n", "Scope": "swarm"})).scope == "swarm"
     assert "Driver of type string" in refused(requests.network_create, request({"Name": "n1", "Driver": 5}))
     assert "Options" in refused(requests.network_create, request({"Name": "n1", "Options": {"a": 1}}))
-    container, settings = requests.network_connect(request({"Container": "c1", "EndpointConfig": {"Aliases": ["x"]}}))
-    assert container == "c1" and settings.aliases == ("x",)
+    container, settings = requests.network_connect(request({"Container": "c1", "EndpointConfig": {
+        "Aliases": ["x"], "Links": ["up:bar"], "DriverOpts": {"o": "on"}, "IPAMConfig": {"LinkLocalIPs": ["169.254.8.8"]}}}))
+    assert container == "c1" and settings.aliases == ("x",) and settings.links == ("up:bar",)
+    assert settings.driver_opts == {"o": "on"} and settings.link_local_ips == (IPv4Address("169.254.8.8"),)
     assert "NetworkConnect" in refused(requests.network_connect, request([]))
     assert "no container" in refused(requests.network_disconnect, request({"Force": True}))
 
