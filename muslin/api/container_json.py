@@ -8,6 +8,7 @@ from typing import Any
 from muslin.engine.containers import Container, NetworkAttachment
 from muslin.engine.engine import Engine
 from muslin.engine.model import Endpoint
+from muslin.engine.health import STARTING, Health
 from muslin.engine.ports import valid_port_keys
 from muslin.engine.resources import INT_FIELDS, STR_FIELDS
 from muslin.errors import NotFound
@@ -47,13 +48,16 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24 // 7} weeks"
 
 
-def status_text(st: State, restarting: bool = False) -> str:
+def status_text(st: State, restarting: bool = False, health: Health | None = None) -> str:
     """Docker's State.String(): what `docker ps` prints under STATUS."""
     now = time.time()
     if restarting:
         return f"Restarting ({st.exit_code}) {human_duration(now - st.finished_at / 1e9)} ago"
     if st.paused:
         return f"Up {human_duration(now - st.started_at / 1e9)} (Paused)"
+    if st.running and health is not None:
+        shown = "health: starting" if health.status == STARTING else health.status
+        return f"Up {human_duration(now - st.started_at / 1e9)} ({shown})"
     if st.running:
         return f"Up {human_duration(now - st.started_at / 1e9)}"
     if st.status == "exited" and st.finished_at:
@@ -143,6 +147,19 @@ class ContainerViews:
         keys += valid_port_keys(own_ports if isinstance(own_ports, dict) else {})
         return list(dict.fromkeys(keys))
 
+    def _health_json(self, c: Container) -> dict[str, Any]:
+        health = self.engine.containers.health.health(c.id)
+        if health is None:
+            return {}
+        return {"Health": {"Status": health.status, "FailingStreak": health.failing_streak, "Log": [
+            {"Start": rfc3339_ns(r.start), "End": rfc3339_ns(r.end), "ExitCode": r.exit_code, "Output": r.output}
+            for r in health.log]}}
+
+    def health_status(self, c: Container) -> str:
+        """What the `health` filter matches: starting, healthy, unhealthy, or none."""
+        health = self.engine.containers.health.health(c.id)
+        return health.status if health is not None else "none"
+
     def status(self, c: Container, st: State) -> str:
         """State.Status: the runtime's, or "restarting" while a restart policy's back-off runs."""
         return "restarting" if self.engine.containers.restarting(c) else st.status
@@ -177,6 +194,7 @@ class ContainerViews:
                 "Restarting": restarting,
                 "OOMKilled": False, "Dead": False, "Pid": st.pid if st.running else 0, "ExitCode": st.exit_code,
                 "Error": st.error, "StartedAt": rfc3339_ns(st.started_at), "FinishedAt": rfc3339_ns(st.finished_at),
+                **self._health_json(c),
             },
             "Image": c.image_id,
             "ResolvConfPath": files.resolv_conf,
@@ -238,7 +256,7 @@ class ContainerViews:
             "Ports": ports,
             "Labels": c.config.get("Labels") or {},
             "State": self.status(c, st),
-            "Status": status_text(st, self.engine.containers.restarting(c)),
+            "Status": status_text(st, self.engine.containers.restarting(c), self.engine.containers.health.health(c.id)),
             "HostConfig": {"NetworkMode": mode},
             "NetworkSettings": {"Networks": self.networks_of(c)},
             "Mounts": [],

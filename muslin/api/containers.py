@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from muslin.engine.containers import Container
 from muslin.engine.engine import Engine
+from muslin.engine.health import STATUSES as HEALTH_STATUSES
 from muslin.errors import NotFound, NotModified
 from muslin.runtime import LogEntry, LogFilter, State
 
@@ -20,7 +21,7 @@ from .container_json import ContainerViews
 from .http import Hijack, HTTPError, Request, Response, Route, Router, StreamResponse, json_response, labels_match
 from .streams import content_type, mux, pump_session
 
-LIST_FILTERS = {"ancestor", "exited", "id", "label", "name", "network", "status"}
+LIST_FILTERS = {"ancestor", "exited", "health", "id", "label", "name", "network", "status"}
 PRUNE_FILTERS = {"label"}
 STATUSES = {"created", "restarting", "running", "removing", "paused", "exited", "dead"}
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
@@ -37,6 +38,8 @@ def _matches(c: Container, st: State, views: ContainerViews, filters: dict[str, 
         if key == "id" and not any(c.id.startswith(v) for v in values):
             return False
         if key == "status" and views.status(c, st) not in values:
+            return False
+        if key == "health" and views.health_status(c) not in values:
             return False
         if key == "exited" and (st.status != "exited" or str(st.exit_code) not in values):
             return False
@@ -63,6 +66,9 @@ async def list_containers(engine: Engine, req: Request) -> Response:
     for value in filters.get("status", []):
         if value not in STATUSES:
             raise HTTPError(400, f"Unrecognised filter value for status: {value}")
+    for value in filters.get("health", []):
+        if value not in HEALTH_STATUSES:
+            raise HTTPError(400, f"Unrecognised filter value for health: {value}")
     for value in filters.get("exited", []):
         if not value.lstrip("-").isdigit():
             raise HTTPError(400, f"invalid filter 'exited={value}'")

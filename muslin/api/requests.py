@@ -14,7 +14,7 @@ import signal as signals
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from muslin.engine import restarts
+from muslin.engine import health, restarts
 from muslin.engine.links import LinkRef, parse_link
 from muslin.engine.ports import PortBinding, parse_port_key
 from muslin.engine.requests import (ContainerCreate, ContainerUpdate, EndpointRequest, ExecCreate, IPAMPoolRequest,
@@ -318,6 +318,21 @@ def resource_fields(fields: Fields) -> dict[str, Any]:
 HOST_CONFIG_FIELDS = (*INT_FIELDS, *STR_FIELDS, "RestartPolicy")
 
 
+def healthcheck(body: Fields) -> None:
+    """Config.Healthcheck, checked by type and as dockerd checks its values."""
+    if body.raw("Healthcheck") is None:
+        return
+    hc = body.obj("Healthcheck", "container.HealthConfig")
+    hc.str_list("Test")
+    for key in ("Interval", "Timeout", "StartPeriod"):
+        hc.int(key, "time.Duration")
+    hc.int("Retries")
+    try:
+        health.check(hc.data)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+
+
 # -- requests ------------------------------------------------------------------------------------
 def container_create(req: Request) -> ContainerCreate:
     body = Fields(req.json(), "ContainerConfigWrapper")
@@ -335,6 +350,7 @@ def container_create(req: Request) -> ContainerCreate:
         raise body._wrong("ExposedPorts", exposed, "nat.PortSet")
     exposed_keys = [port_key(str(k)) for k in (exposed or {})]
     env = [env_entry(e) for e in body.str_list("Env") or []]
+    healthcheck(body)
     entrypoint, cmd = body.str_slice("Entrypoint"), body.str_slice("Cmd")
     working_dir = body.str("WorkingDir")
     stop_signal = body.str("StopSignal")

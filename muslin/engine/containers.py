@@ -37,6 +37,7 @@ from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
 from .ports import PortBinding
 from .requests import ContainerCreate, ContainerUpdate, EndpointRequest
+from .health import Healthcheck, HealthMonitor, merged as merged_healthcheck
 from .restarts import RestartPolicy, RestartSupervisor, restart_after_daemon_start
 from .store import Store
 
@@ -160,6 +161,7 @@ class ContainerService:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.restarts = RestartSupervisor(lambda cid: self.run(cid, by_user=False))
         self.linking = LegacyLinks(self)
+        self.health = HealthMonitor(runtime)
 
     # -- lookups: they only read the store and the runtime's state, from either thread ------------------
     def all(self) -> list[Container]:
@@ -245,8 +247,12 @@ class ContainerService:
         if req.host_config.get("AutoRemove") and not RestartPolicy.of(req.host_config).none:
             raise InvalidArgument("can't create 'AutoRemove' container with restart policy")
         resources.check(host)
+        config = dict(req.config)
+        healthcheck = merged_healthcheck(req.config.get("Healthcheck"), image.config.get("Healthcheck"))
+        if healthcheck is not None:
+            config["Healthcheck"] = healthcheck
         c = Container(id=cid, name=name, created=now_rfc3339(), image=req.image, image_id=image.id,
-                      config=dict(req.config), host_config=host, network_mode=mode, attachments=attachments,
+                      config=config, host_config=host, network_mode=mode, attachments=attachments,
                       bindings=bindings, stop_signal=req.stop_signal or int(signal.SIGTERM),
                       stop_timeout=req.stop_timeout, links=legacy_links)
         hostname = req.hostname or cid[:12]
@@ -559,6 +565,7 @@ class ContainerService:
         self.embedded_dns.stop_soon(c.id)
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.restarts.forget, c.id)
+            self.loop.call_soon_threadsafe(self.health.forget, c.id)
             self.loop.call_soon_threadsafe(self._notify_removed, c.id, code)
         log.info("removed container %s (%s)", c.name, c.id[:12])
 
@@ -769,6 +776,19 @@ class ContainerService:
             raise
         await self._serve_dns(c)
         self._follow(c.id, watch)
+        self._start_health(c)
+
+    def _start_health(self, c: Container) -> None:
+        """Probe its healthcheck, if it has one, from this start on (event loop)."""
+        st = self.state(c)
+        self.health.start(c.id, Healthcheck.of(c.config.get("Healthcheck")), st.started_at,
+                          lambda: self._paused(c.id))
+
+    def _paused(self, cid: str) -> bool:
+        try:
+            return self.runtime.state(cid).paused
+        except NoSuchContainer:
+            return False
 
     async def _serve_dns(self, c: Container) -> None:
         """Serve what _bind_dns bound (event loop)."""
@@ -789,6 +809,7 @@ class ContainerService:
         code = 255
         try:
             code = await watch.wait()
+            self.health.stop(cid)
             self.embedded_dns.stop(cid)
             await self.engine_call(self._after_exit, cid, code)
             await self._apply_restart_policy(cid, code)
@@ -852,6 +873,7 @@ class ContainerService:
                 await self.engine_call(self._bind_dns, c)
                 await self._serve_dns(c)
                 self._follow(c.id, await self.runtime.exit_waiter(c.id))
+                self._start_health(c)
         await self._restart_after_daemon_start()
 
     async def _restart_after_daemon_start(self) -> None:

@@ -39,6 +39,7 @@ lab may use is what this module exports, listed below; everything else in the pa
     ``follow_logs(id, LogFilter)``                      async iterator, ends when the container stops
     ``exec_create(id, args, env=None, workdir="", user="", tty=False, stdin=False) -> exec_id``
     ``async exec_start(exec_id, detach=False) -> Stream | None``; raises StartFailed(.exit_code)
+    ``exec_forget(exec_id)``                            drop a finished exec's record
     ``exec_inspect(exec_id) -> ExecState``;  ``exec_resize(exec_id, h, w)``;  ``exec_kill(exec_id, sig)``
     ``close()``                                         stops the shim spawner; containers run on
 

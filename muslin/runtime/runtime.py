@@ -760,6 +760,13 @@ class Runtime:
         except client.ShimError as exc:
             raise Conflict(exc.message) from None
 
+    def exec_forget(self, exec_id: str) -> None:
+        """Drop a finished exec's record (the healthchecks' probes, which nobody inspects)."""
+        ex = self._execs.pop(exec_id, None)
+        if ex is not None:
+            with contextlib.suppress(OSError):
+                (self._dir(ex["container_id"]) / "execs" / f"{exec_id}.json").unlink()
+
     def exec_kill(self, exec_id: str, sig: int) -> None:
         ex = self._exec(exec_id)
         self._shim_request(ex["container_id"], {"op": "kill", "exec_id": exec_id, "signal": int(sig)})

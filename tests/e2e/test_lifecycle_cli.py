@@ -170,3 +170,46 @@ def test_update_applies_limits_to_the_running_container(daemon) -> None:
     daemon.docker("restart", "-t", "0", "u1")  # the new limits hold for the next run too
     cgroups = Cgroups.of_pid(inspect(daemon, "u1")["State"]["Pid"])
     assert int(cgroups.read("memory", "memory.limit_in_bytes") or 0) == 96 << 20
+
+
+def test_healthchecks_in_inspect_ps_and_filters(daemon) -> None:
+    daemon.docker("run", "-d", "--name", "h1", "--health-cmd", "test -e /ok && echo fine", "--health-interval", "200ms",
+                  "--health-retries", "2", "busybox", "sleep", "1000")
+    daemon.docker("run", "-d", "--name", "plain", "busybox", "sleep", "1000")
+    info = inspect(daemon, "h1")
+    assert info["Config"]["Healthcheck"] == {"Test": ["CMD-SHELL", "test -e /ok && echo fine"],
+                                             "Interval": 200_000_000, "Retries": 2}
+    assert "Health" not in inspect(daemon, "plain")["State"]
+    wait_for(lambda: inspect(daemon, "h1")["State"]["Health"]["Status"] == "unhealthy")
+    health = inspect(daemon, "h1")["State"]["Health"]
+    assert health["FailingStreak"] >= 2 and health["Log"][-1]["ExitCode"] == 1
+    assert "(unhealthy)" in daemon.docker("ps", "--format", "{{.Status}}", "--filter", "name=h1").stdout
+    assert daemon.docker("ps", "--format", "{{.Names}}", "--filter", "health=unhealthy").stdout.split() == ["h1"]
+    assert daemon.docker("ps", "--format", "{{.Names}}", "--filter", "health=none").stdout.split() == ["plain"]
+    refused = daemon.docker("ps", "--filter", "health=sick", check=False)
+    assert refused.returncode != 0 and "Unrecognised filter value for health: sick" in refused.stderr
+    daemon.docker("exec", "h1", "touch", "/ok")
+    wait_for(lambda: inspect(daemon, "h1")["State"]["Health"]["Status"] == "healthy")
+    health = inspect(daemon, "h1")["State"]["Health"]
+    assert health["FailingStreak"] == 0 and health["Log"][-1]["Output"] == "fine\n"
+    assert len(health["Log"]) <= 5
+    assert "(healthy)" in daemon.docker("ps", "--format", "{{.Status}}", "--filter", "name=h1").stdout
+
+    daemon.docker("run", "-d", "--name", "h2", "--health-cmd", "sleep 5", "--health-interval", "100ms",
+                  "--health-timeout", "200ms", "busybox", "sleep", "1000")
+    wait_for(lambda: bool(inspect(daemon, "h2")["State"]["Health"]["Log"]))
+    first = inspect(daemon, "h2")["State"]["Health"]["Log"][0]
+    assert (first["ExitCode"], first["Output"]) == (-1, "Health check exceeded timeout (200ms)")
+
+    daemon.docker("run", "-d", "--name", "h3", "--no-healthcheck", "busybox", "sleep", "1000")
+    info = inspect(daemon, "h3")
+    assert info["Config"]["Healthcheck"] == {"Test": ["NONE"]} and "Health" not in info["State"]
+    client = docker_sdk.APIClient(base_url=daemon.env["DOCKER_HOST"], version="1.41")
+    try:  # the CLI checks these itself; the daemon must too
+        for hc, message in (({"test": ["CMD", "true"], "retries": -1}, "Retries in Healthcheck cannot be negative"),
+                            ({"test": ["CMD", "true"], "interval": 100}, "Interval in Healthcheck cannot be less than 1ms")):
+            with pytest.raises(docker_sdk.errors.APIError) as err:
+                client.create_container("busybox", "true", healthcheck=hc)
+            assert err.value.status_code == 400 and message in str(err.value)
+    finally:
+        client.close()
