@@ -11,6 +11,7 @@ parsed only as far as the caller needs. The message layouts are the kernel's (``
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -32,6 +33,7 @@ NLA_HEADER = struct.Struct("=HH")  # length, type
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error acks without a copy of the request
 SO_RCVBUFFORCE = 33
+SIOCGSKNS = 0x894C  # a socket's network namespace, as a new fd
 RECEIVE_BUFFER = 4 << 20
 READ_SIZE = 1 << 18
 # Messages per datagram: the kernel queues one ack per message before we read any, so a bounded batch
@@ -93,6 +95,15 @@ class RtnlSocket:
             self.sock.close()
             raise
         self._sequence = 0
+
+    @classmethod
+    def beside(cls, handle: object) -> RtnlSocket:
+        """A socket in the namespace of another netlink socket (an IPRoute, say: anything with fileno())."""
+        namespace = fcntl.ioctl(handle.fileno(), SIOCGSKNS)  # type: ignore[attr-defined]
+        try:
+            return cls(f"/proc/self/fd/{namespace}")
+        finally:
+            os.close(namespace)
 
     def close(self) -> None:
         self.sock.close()

@@ -9,6 +9,7 @@ gets a plain route via its PublicIP instead.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -18,7 +19,7 @@ from pyroute2 import IPRoute
 from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
 from muslin.fabric.config import VXLAN_DEFAULT_PORT, NetworkConfig
 from muslin.fabric.subnets import Lease, LeaseAttrs
-from muslin.kernel import address, link, neighbour, route, tunnel
+from muslin.kernel import address, link, neighbour, route, rtnl, tunnel
 
 log = logging.getLogger(__name__)
 VXLAN_OVERHEAD = 50
@@ -42,6 +43,12 @@ def _vtep_mac(lease: Lease) -> str | None:
     return mac.lower() if isinstance(mac, str) else None
 
 
+def _vtep(lease: Lease) -> tuple[str, IPv4Address] | None:
+    """(VtepMAC, PublicIP): the fdb entry the lease needs."""
+    mac = _vtep_mac(lease)
+    return None if mac is None else (mac, lease.attrs.public_ip)
+
+
 class VxlanBackend(Backend):
     type = "vxlan"
 
@@ -52,6 +59,8 @@ class VxlanBackend(Backend):
         # makes a netlink call fail, and the agent's retry starts a new round that recreates it.
         self._link: link.LinkInfo | None = None
         self._peers: dict[IPv4Network, Lease] = {}  # what add_peer/reconcile programmed
+        self._vtep_users: Counter[tuple[str, IPv4Address]] = Counter()  # leases per (VtepMAC, PublicIP)
+        self.rtnl = rtnl.RtnlSocket.beside(ipr)
 
     @property
     def device_name(self) -> str:
@@ -78,7 +87,8 @@ class VxlanBackend(Backend):
         address.ensure_only_address(self.ipr, device.index, IPv4Interface(f"{lease.subnet.network_address}/32"))
         return LocalNetwork(self.device_name, self.mtu)
 
-    def _state_for(self, lease: Lease, device_index: int) -> _PeerState | None:
+    def _state_for(self, lease: Lease, device_index: int, on_l2: bool | None = None) -> _PeerState | None:
+        """on_l2: whether the lease's PublicIP is on our segment, if already looked up (DirectRouting)."""
         if lease.attrs.backend_type != "vxlan":
             self.warn_once((lease.subnet, lease.attrs.to_json()), logging.WARNING,
                            "peer %s (%s) runs backend %s, not vxlan: not reachable from this node",
@@ -89,59 +99,102 @@ class VxlanBackend(Backend):
             self.warn_once((lease.subnet, lease.attrs.to_json()), logging.WARNING,
                            "peer %s has no VtepMAC in its lease; skipped", lease.subnet)
             return None
-        if self.config.backend.direct_routing and self._on_our_l2(lease.attrs.public_ip):
-            return _PeerState(lease.subnet, lease.attrs.public_ip, self.ext.index, False, None)
+        if self.config.backend.direct_routing:
+            if on_l2 is None:
+                on_l2 = self._on_our_l2(route.route_sources(self.rtnl, [lease.attrs.public_ip])[lease.attrs.public_ip])
+            if on_l2:
+                return _PeerState(lease.subnet, lease.attrs.public_ip, self.ext.index, False, None)
         gateway = lease.subnet.network_address
         return _PeerState(lease.subnet, gateway, device_index, True, (mac, lease.attrs.public_ip))
 
-    def _on_our_l2(self, address: IPv4Address) -> bool:
-        gateway, oif = route.route_source(self.ipr, address)
+    def _on_our_l2(self, source: tuple[IPv4Address | None, int | None]) -> bool:
+        gateway, oif = source
         return gateway is None and oif == self.ext.index
 
-    def _program(self, state: _PeerState, device_index: int) -> None:
+    @staticmethod
+    def _program(state: _PeerState, device_index: int) -> list[rtnl.Request]:
+        """The requests that put one peer's state in the kernel, route last (it is the one that draws traffic)."""
+        requests = []
         if state.vtep is not None:
             mac, remote = state.vtep
-            neighbour.ensure_neighbour(self.ipr, device_index, state.gateway, mac)
-            neighbour.ensure_fdb(self.ipr, device_index, mac, remote)
-        route.ensure_route(self.ipr, state.subnet, state.oif, state.gateway, onlink=state.onlink)
+            requests += [neighbour.neighbour_request(device_index, state.gateway, mac),
+                         neighbour.fdb_request(device_index, mac, remote)]
+        requests.append(route.replace_request(state.subnet, state.oif, state.gateway, onlink=state.onlink))
+        return requests
+
+    def _set_peers(self, peers: dict[IPv4Network, Lease]) -> None:
+        self._peers = peers
+        self._vtep_users = Counter(v for p in peers.values() if (v := _vtep(p)) is not None)
 
     def add_peer(self, lease: Lease) -> None:
         device = self._device()
+        self._forget(lease.subnet)
         self._peers[lease.subnet] = lease
+        if (vtep := _vtep(lease)) is not None:
+            self._vtep_users[vtep] += 1
         state = self._state_for(lease, device.index)
         if state is not None:
-            self._program(state, device.index)
+            self.rtnl.execute(self._program(state, device.index))
+
+    def _forget(self, subnet: IPv4Network) -> Lease | None:
+        old = self._peers.pop(subnet, None)
+        if old is not None and (vtep := _vtep(old)) is not None:
+            self._vtep_users[vtep] -= 1
+            if self._vtep_users[vtep] <= 0:
+                del self._vtep_users[vtep]
+        return old
 
     def remove_peer(self, lease: Lease) -> None:
-        self._peers.pop(lease.subnet, None)
-        route.remove_route(self.ipr, lease.subnet)
+        self._forget(lease.subnet)
+        requests = [route.delete_request(lease.subnet)]
         device = self._link or link.find_link(self.ipr, self.device_name)
-        if device is None:
-            return
-        neighbour.remove_neighbour(self.ipr, device.index, lease.subnet.network_address)
-        mac = _vtep_mac(lease)
-        # One node may hold several leases (e.g. while its old one has not expired), all behind one VTEP:
-        # its fdb entry stays while any of them is still a peer.
-        shared = any(_vtep_mac(p) == mac and p.attrs.public_ip == lease.attrs.public_ip
-                     for p in self._peers.values())
-        if mac is not None and not shared:
-            neighbour.remove_fdb(self.ipr, device.index, mac, lease.attrs.public_ip)
+        if device is not None:
+            requests.append(neighbour.neighbour_delete_request(device.index, lease.subnet.network_address))
+            vtep = _vtep(lease)
+            # One node may hold several leases (e.g. while its old one has not expired), all behind one VTEP:
+            # its fdb entry stays while any of them is still a peer.
+            if vtep is not None and not self._vtep_users.get(vtep):
+                requests.append(neighbour.fdb_delete_request(device.index, *vtep))
+        self.rtnl.execute(requests)
 
     def reconcile(self, peers: Iterable[Lease]) -> None:
+        """Dump what the kernel holds, compare it with the peers, and send only the difference, in one batch:
+        a round with nothing to fix writes nothing."""
         device = self._device()
-        self._peers = {p.subnet: p for p in peers}
-        states = [s for s in (self._state_for(p, device.index) for p in self._peers.values()) if s is not None]
+        self._set_peers({p.subnet: p for p in peers})
+        on_l2: dict[IPv4Address, bool] = {}
+        if self.config.backend.direct_routing:
+            sources = route.route_sources(self.rtnl, (p.attrs.public_ip for p in self._peers.values()))
+            on_l2 = {ip: self._on_our_l2(source) for ip, source in sources.items()}
+        states = [s for s in (self._state_for(p, device.index, on_l2.get(p.attrs.public_ip, False))
+                              for p in self._peers.values()) if s is not None]
+        present_routes = {r.dst: r for r in route.dump_routes(self.rtnl, self.config.network)}
+        present_neigh = neighbour.dump_permanent_neighbours(self.rtnl, device.index)
+        present_fdb = neighbour.dump_fdb(self.rtnl, device.index)
+        requests: list[rtnl.Request] = []
         wanted_routes = {s.subnet for s in states}
-        for present in route.routes_within(self.ipr, self.config.network):
+        for present in present_routes.values():
             if present.oif in (device.index, self.ext.index) and present.dst not in wanted_routes:
                 log.info("removing stale route %s", present.dst)
-                route.remove_route(self.ipr, present.dst)
+                requests.append(route.delete_request(present.dst))
         wanted_neigh = {s.gateway: s.vtep[0] for s in states if s.vtep}
-        for ip, mac in neighbour.permanent_neighbours(self.ipr, device.index).items():
+        for ip, mac in present_neigh.items():
             if wanted_neigh.get(ip) != mac:
-                neighbour.remove_neighbour(self.ipr, device.index, ip)
+                requests.append(neighbour.neighbour_delete_request(device.index, ip))
         wanted_fdb = {s.vtep for s in states if s.vtep}
-        for mac, remote in neighbour.fdb_entries(self.ipr, device.index) - wanted_fdb:
-            neighbour.remove_fdb(self.ipr, device.index, mac, remote)
+        for mac, remote in present_fdb - wanted_fdb:
+            requests.append(neighbour.fdb_delete_request(device.index, mac, remote))
         for state in states:
-            self._program(state, device.index)
+            if state.vtep is not None:
+                mac, remote = state.vtep
+                if present_neigh.get(state.gateway) != mac:
+                    requests.append(neighbour.neighbour_request(device.index, state.gateway, mac))
+                if state.vtep not in present_fdb:
+                    requests.append(neighbour.fdb_request(device.index, mac, remote))
+            routed = present_routes.get(state.subnet)
+            if routed is None or routed.gateway != state.gateway or routed.oif != state.oif:
+                requests.append(route.replace_request(state.subnet, state.oif, state.gateway, onlink=state.onlink))
+        self.rtnl.execute(requests)
+
+    def close(self) -> None:
+        self.rtnl.close()
