@@ -12,8 +12,8 @@ host-gw: a route per peer; udp keeps its peers in the forwarder's memory only, s
   peer's state, read from the kernel over netlink (median of --runs, each from a clean kernel);
 - RSS of the agent once synced and after the latency samples (VmRSS, and the peak VmHWM);
 - a new lease -> its route, at the full peer count (--samples, median and p95), and its removal;
-- etcd traffic per lease change, from etcd's /metrics: watch messages and other requests, bytes sent
-  and received, less the same number of writes outside the watched prefix (the writer's own share).
+- etcd traffic per lease change: watch messages and other requests from etcd's /metrics, and the bytes
+  on the agent's link (the writer reaches etcd inside etcd's namespace, so they are the agent's alone).
 
 No flanneld binary exists on this machine (no Debian package; building it needs Go modules from the
 network), so flanneld's figures are those stated in issue #11 for the same setup, printed as such.
@@ -296,18 +296,16 @@ def wait_route(sock: rtnl.RtnlSocket, subnet: IPv4Network, present: bool, start:
 class Traffic:
     watch_messages: float
     other_requests: dict[str, float]
+    received_bytes: float  # by the agent's host on its underlay link, headers included
     sent_bytes: float
-    received_bytes: float
 
 
-GRPC_SENT = "etcd_network_client_grpc_sent_bytes_total"
-GRPC_RECEIVED = "etcd_network_client_grpc_received_bytes_total"
 WATCH_SENT = 'grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}'
 
 
 def _started(metrics: dict[str, float]) -> dict[str, float]:
-    """Unary requests started, by method (Put and DeleteRange are the writer's)."""
-    found = {}
+    """Unary requests started, by method (the gateway's calls included; Put and DeleteRange are the writer's)."""
+    found: dict[str, float] = {}
     for name, value in metrics.items():
         if name.startswith("grpc_server_started_total{") and 'grpc_type="unary"' in name:
             method = name.split('grpc_method="', 1)[1].split('"', 1)[0]
@@ -315,17 +313,22 @@ def _started(metrics: dict[str, float]) -> dict[str, float]:
     return found
 
 
-def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
+def link_bytes(ns: str) -> tuple[int, int]:
+    """(received, sent) bytes of eth0 in ns: all the agent's traffic with etcd, whatever the protocol."""
+    out = subprocess.run(["nsenter", f"--net={netns.path_for(ns)}", "ip", "-s", "-j", "link", "show", "dev", "eth0"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return stats["rx"]["bytes"], stats["tx"]["bytes"]
 
 
 def latency_and_traffic(setup: Setup, backend: str, samples: int) -> tuple[list[float], list[float], Traffic]:
-    """New-lease -> route and removal -> no route (ms), and etcd traffic per lease change."""
+    """New-lease -> route and removal -> no route (ms), and etcd traffic per lease change. The writer talks
+    to etcd inside etcd's namespace, so the agent's link carries only the agent's own traffic."""
     assert setup.gateway
     gw = setup.gateway
     added, removed = [], []
     with rtnl.RtnlSocket(setup.agent_ns) as sock:
-        before = gw.metrics()
+        before, link_before = gw.metrics(), link_bytes(setup.agent_ns)
         for n in range(samples):
             subnet = IPv4Network(f"10.250.{n}.0/24")
             start = time.perf_counter()
@@ -335,20 +338,14 @@ def latency_and_traffic(setup: Setup, backend: str, samples: int) -> tuple[list[
             gw.delete(lease_key(subnet))
             removed.append(wait_route(sock, subnet, False, start))
             time.sleep(0.05)
-        middle = gw.metrics()
-        # The same writes outside the watched prefix: what the writer costs etcd by itself.
-        for n in range(samples):
-            gw.put(f"{PREFIX}/bench-control", lease_value(backend, peer_ip(5000 + n), 60000 + n))
-            gw.delete(f"{PREFIX}/bench-control")
-            time.sleep(0.05)
-        after = gw.metrics()
+        after, link_after = gw.metrics(), link_bytes(setup.agent_ns)
     changes = 2 * samples
-    watched, control = _delta(before, middle), _delta(middle, after)
-    requests = _delta(_started(before), _started(middle))
+    requests = _started(after)
+    for method, count in _started(before).items():
+        requests[method] = requests.get(method, 0) - count
     other = {m: v / changes for m, v in requests.items() if v and m not in ("Put", "DeleteRange")}
-    traffic = Traffic(watched.get(WATCH_SENT, 0) / changes, other,
-                      (watched.get(GRPC_SENT, 0) - control.get(GRPC_SENT, 0)) / changes,
-                      (watched.get(GRPC_RECEIVED, 0) - control.get(GRPC_RECEIVED, 0)) / changes)
+    traffic = Traffic((after.get(WATCH_SENT, 0) - before.get(WATCH_SENT, 0)) / changes, other,
+                      (link_after[0] - link_before[0]) / changes, (link_after[1] - link_before[1]) / changes)
     return added, removed, traffic
 
 
@@ -406,8 +403,8 @@ def bench_backend(setup: Setup, backend: str, peers: int, runs: int, samples: in
           flush=True)
     others = ", ".join(f"{m} {v:.2f}" for m, v in sorted(traffic.other_requests.items())) or "none"
     print(f"  etcd per lease change: {traffic.watch_messages:.2f} watch messages, other requests: {others}; "
-          f"{traffic.sent_bytes:.0f} bytes sent, {traffic.received_bytes:.0f} received "
-          f"(one lease value is {len(lease_value(backend, peer_ip(0), 0))} bytes)", flush=True)
+          f"agent's link: {traffic.received_bytes:.0f} bytes in, {traffic.sent_bytes:.0f} out, headers and TCP "
+          f"acks included (one lease value is {len(lease_value(backend, peer_ip(0), 0))} bytes)", flush=True)
 
 
 def main() -> int:

@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"muslin-flanneld {VERSION}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("pyroute2", "grpc", "asyncio"):
+    for noisy in ("pyroute2", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         options = options_from(args)

@@ -233,3 +233,42 @@ def test_conditional_put_against_real_etcd(make_rig, api: str) -> None:
     proc = in_ns(rig.hosts[0].name, sys.executable, "-c", CONDITIONAL_PUT, api, rig.etcd.endpoints[0],
                  env={"PYTHONPATH": REPO})
     assert proc.returncode == 0 and "conditional put ok" in proc.stdout, proc.stderr
+
+
+WATCH = """
+import asyncio, base64, json, sys, urllib.request
+from muslin.fabric.etcd import Endpoint, EtcdV3Store, WatchResync
+
+async def main(url):
+    store = EtcdV3Store([Endpoint.parse(url)])
+    prefix = "/atomic.io/network/subnets/"
+    assert await store.create(prefix + "172.21.1.0-24", b"one", 60)
+    _, revision = await store.list(prefix)
+    events = store.watch(prefix, revision + 1)
+    waiting = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0.2)
+    await store.put(prefix + "172.21.2.0-24", b"two" * 400, None)  # bigger than a chunk of the stream
+    put = await asyncio.wait_for(waiting, 5)
+    await store.delete(prefix + "172.21.1.0-24")
+    await store.put("/atomic.io/network/config", b"{}", None)  # outside the prefix: no event
+    deleted = await asyncio.wait_for(anext(events), 5)
+    await events.aclose()
+    assert (put.kind, put.key, put.value, put.expires) == ("put", prefix + "172.21.2.0-24", b"two" * 400, False)
+    assert (deleted.kind, deleted.key, deleted.value) == ("delete", prefix + "172.21.1.0-24", None)
+    assert deleted.revision == put.revision + 1 > revision
+    body = json.dumps({"revision": deleted.revision + 1}).encode()
+    await store.put("/atomic.io/network/config", b"{}", None)
+    urllib.request.urlopen(urllib.request.Request(url + "/v3/kv/compaction", body), timeout=5).read()
+    try:
+        await asyncio.wait_for(anext(store.watch(prefix, revision + 1)), 5)
+    except WatchResync:
+        print("watch ok")
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_v3_watch_events_and_compaction_against_real_etcd(make_rig) -> None:
+    rig = make_rig(1)
+    proc = in_ns(rig.hosts[0].name, sys.executable, "-c", WATCH, rig.etcd.endpoints[0], env={"PYTHONPATH": REPO})
+    assert proc.returncode == 0 and "watch ok" in proc.stdout, proc.stderr
