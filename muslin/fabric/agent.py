@@ -16,19 +16,21 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from pyroute2 import IPRoute
 
 from muslin.fabric import bgppeers, files, firewall
 from muslin.fabric.backends import make_backend
-from muslin.fabric.backends.bgp import BgpBackend
 from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
 from muslin.fabric.config import ConfigError, NetworkConfig, parse_config
 from muslin.fabric.etcd import (Credentials, Endpoint, KeyValueStore, StoreError, TlsFiles, WatchResync,
                                 find_config_store)
 from muslin.fabric.subnets import DEFAULT_LEASE_TTL, Lease, LeaseAttrs, LeaseEvent, NetworkExhausted, SubnetManager
 from muslin.kernel import address, link, route
+
+if TYPE_CHECKING:  # loaded by make_backend only for backend bgp (BIRD's modules are no cost to the others)
+    from muslin.fabric.backends.bgp import BgpBackend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -465,8 +467,9 @@ class Agent:
                 return
             server = await self._serve_healthz()
             loops = [self._watch_loop(), self._renew_loop(), self._reconcile_loop()]
-            if isinstance(self.backend, BgpBackend):
-                loops += [self._bgp_resources_loop(self.backend), self._bgp_sessions_loop(self.backend)]
+            if self.backend is not None and self.backend.type == "bgp":
+                bgp = cast("BgpBackend", self.backend)
+                loops += [self._bgp_resources_loop(bgp), self._bgp_sessions_loop(bgp)]
             tasks = [asyncio.create_task(coro) for coro in loops]
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -17,11 +17,16 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
-from muslin.fabric.agent import Agent, AgentError, AgentOptions
 from muslin.fabric.etcd import API_CHOICES, Credentials, TlsFiles, parse_endpoints
 from muslin.fabric.files import DEFAULT_SUBNET_FILE
 from muslin.fabric.subnets import DEFAULT_LEASE_TTL
+from muslin.kernel import pyroute2_lean
+
+# The agent (and pyroute2 with it) is imported where it is used: main() first loads pyroute2 lean.
+if TYPE_CHECKING:
+    from muslin.fabric.agent import AgentOptions
 
 VERSION = "0.1.0"
 DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
@@ -113,6 +118,7 @@ def apply_env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) 
 
 def options_from(args: argparse.Namespace) -> AgentOptions:
     """The agent's options; ValueError says which flag is wrong."""
+    from muslin.fabric.agent import AgentOptions
     public_ip = IPv4Address(args.public_ip) if args.public_ip else None
     if not 0 < args.subnet_lease_renew_margin < 24 * 60:  # flanneld's range: within the 24 h lease
         raise ValueError(f"--subnet-lease-renew-margin {args.subnet_lease_renew_margin} is out of range 1..1439")
@@ -142,6 +148,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> argparse.Namespace:
 
 
 async def _run(options: AgentOptions) -> int:
+    from muslin.fabric.agent import Agent, AgentError
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -162,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         print(f"muslin-flanneld {VERSION}")
         return 0
+    pyroute2_lean.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("pyroute2", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import random
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -55,7 +56,7 @@ class LeaseAttrs:
             raise ValueError("lease value is not a JSON object")
         low = {k.lower(): v for k, v in doc.items()}
         try:
-            public_ip = IPv4Address(low.get("publicip") or "")
+            public_ip = parse_ipv4(low.get("publicip") or "")
         except ValueError:
             raise ValueError(f"lease PublicIP {low.get('publicip')!r} is not an IPv4 address") from None
         data = low.get("backenddata")
@@ -74,14 +75,22 @@ def subnet_key(prefix: str, subnet: IPv4Network) -> str:
     return f"{prefix.rstrip('/')}/subnets/{subnet.network_address}-{subnet.prefixlen}"
 
 
+def parse_ipv4(text: str) -> IPv4Address:
+    """IPv4Address(text), strict dotted quad, a few times faster (inet_pton): a listing parses thousands."""
+    try:
+        return IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, TypeError):
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
 def subnet_from_key(key: str) -> IPv4Network | None:
     """``.../subnets/10.5.55.0-24`` -> 10.5.55.0/24; None for keys that are not lease keys."""
     name = key.rsplit("/", 1)[-1]
     address, sep, length = name.partition("-")
-    if not sep:
+    if not sep or not length.isdigit() or int(length) > 32:
         return None
     try:
-        return IPv4Network(f"{address}/{length}")
+        return IPv4Network((int(parse_ipv4(address)), int(length)))
     except ValueError:
         return None
 

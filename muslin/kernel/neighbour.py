@@ -115,24 +115,24 @@ def neighbour_request(index: int, ip: IPv4Address, mac: str) -> rtnl.Request:
     """``ensure_neighbour`` as one request of a batch."""
     body = (NDMSG.pack(AF_INET, index, NUD_PERMANENT, 0, 0) + rtnl.attr(NDA_DST, ip.packed)
             + rtnl.attr(NDA_LLADDR, _mac_bytes(mac)))
-    return rtnl.Request(RTM_NEWNEIGH, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body, f"neigh replace {ip}")
+    return rtnl.Request(RTM_NEWNEIGH, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body, "neigh replace", ip)
 
 
 def neighbour_delete_request(index: int, ip: IPv4Address) -> rtnl.Request:
     """``remove_neighbour`` as one request of a batch: one already gone is no error."""
     body = NDMSG.pack(AF_INET, index, 0, 0, 0) + rtnl.attr(NDA_DST, ip.packed)
-    return rtnl.Request(RTM_DELNEIGH, 0, body, f"neigh del {ip}", rtnl.MISSING)
+    return rtnl.Request(RTM_DELNEIGH, 0, body, "neigh del", ip, rtnl.MISSING)
 
 
 def fdb_request(index: int, mac: str, remote: IPv4Address) -> rtnl.Request:
     """``ensure_fdb`` as one request of a batch."""
     body = (NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0) + rtnl.attr(NDA_LLADDR, _mac_bytes(mac))
             + rtnl.attr(NDA_DST, remote.packed))
-    return rtnl.Request(RTM_NEWNEIGH, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body, f"fdb replace {mac} {remote}")
+    return rtnl.Request(RTM_NEWNEIGH, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body, f"fdb replace {mac} dst", remote)
 
 
 def fdb_delete_request(index: int, mac: str, remote: IPv4Address) -> rtnl.Request:
     """``remove_fdb`` as one request of a batch: an entry already gone is no error."""
     body = (NDMSG.pack(AF_BRIDGE, index, 0, NTF_SELF, 0) + rtnl.attr(NDA_LLADDR, _mac_bytes(mac))
             + rtnl.attr(NDA_DST, remote.packed))
-    return rtnl.Request(RTM_DELNEIGH, 0, body, f"fdb del {mac} {remote}", rtnl.MISSING)
+    return rtnl.Request(RTM_DELNEIGH, 0, body, f"fdb del {mac} dst", remote, rtnl.MISSING)

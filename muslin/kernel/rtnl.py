@@ -53,7 +53,8 @@ class Request:
     kind: int
     flags: int
     body: bytes
-    what: str  # for errors: "route replace 10.5.74.0/24"
+    what: str  # for errors, with subject: "route replace" 10.5.74.0/24 (formatted only when one is raised)
+    subject: object
     tolerated: frozenset[int] = frozenset()  # errnos that are no failure (ESRCH for removing what is gone)
 
 
@@ -175,7 +176,7 @@ class RtnlSocket:
                     del waiting[sequence]
                     code = -struct.unpack_from("=i", payload)[0]
                     if code and code not in request.tolerated and failure is None:
-                        failure = RtnlError(code, f"{request.what}: {os.strerror(code)}")
+                        failure = RtnlError(code, f"{request.what} {request.subject}: {os.strerror(code)}")
         if failure is not None:
             raise failure
         return replies
