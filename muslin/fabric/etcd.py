@@ -43,7 +43,7 @@ class WatchResync(RuntimeError):
     """The watch cannot resume from the requested revision (history compacted): list again."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     key: str
     value: bytes
@@ -51,7 +51,7 @@ class Entry:
     expires: bool  # False for keys kept without TTL (flannel's reservations)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     kind: Literal["put", "delete"]
     key: str

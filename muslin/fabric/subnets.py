@@ -31,7 +31,7 @@ class NetworkExhausted(RuntimeError):
     """No subnet is free; no lease was taken."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     public_ip: IPv4Address
     backend_type: str | None = None  # flannel's udp backend leaves it out
@@ -63,7 +63,7 @@ class LeaseAttrs:
         return cls(public_ip, low.get("backendtype") or None, data if isinstance(data, dict) else None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     subnet: IPv4Network
     attrs: LeaseAttrs
@@ -119,7 +119,7 @@ def choose_subnet(config: NetworkConfig, taken: set[IPv4Network], rng: random.Ra
 LeaseEventKind = Literal["added", "removed"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseEvent:
     kind: LeaseEventKind
     subnet: IPv4Network

@@ -35,7 +35,7 @@ RTN_UNICAST = 1
 U32 = struct.Struct("=I")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteEntry:
     dst: IPv4Network
     gateway: IPv4Address | None  # None: dst is on the link itself

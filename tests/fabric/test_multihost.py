@@ -193,18 +193,20 @@ def test_peer_lease_expiry_removes_it(make_rig) -> None:
     # A short TTL: the agent must renew its own lease in time (at TTL/2 when the margin exceeds the TTL).
     start_nodes(rig, "host-gw", 1, "--subnet-lease-ttl=3")
     own = next(iter(rig.leases()))
-    lease_id = re.search(r"lease ([0-9a-f]+) granted", rig.etcdctl("lease", "grant", "2")).group(1)
-    rig.etcdctl("put", f"{PREFIX}/subnets/172.21.99.0-24",
-                json.dumps({"PublicIP": "192.168.255.155", "PublicIPv6": None, "BackendType": "host-gw"}),
-                f"--lease={lease_id}")
     # A host-gw peer whose PublicIP is not on our L2 segment is refused, with a reason.
     rig.etcdctl("put", f"{PREFIX}/subnets/172.21.98.0-24",
                 json.dumps({"PublicIP": "10.200.0.9", "PublicIPv6": None, "BackendType": "host-gw"}))
-    wait_route(rig, 0, "172.21.99.0/24")
     wait_for(lambda: "refusing host-gw peer 172.21.98.0/24: its PublicIP 10.200.0.9 is not on eth0's L2" in rig.log(0),
              5, "refusal in the log")
     assert "172.21.98.0" not in kernel(rig, 0, "ip route")
-    wait_route(rig, 0, "172.21.99.0/24", present=False, timeout=10)
+    # The expiring peer's TTL runs from the grant, and each etcdctl is a process: on a loaded machine a
+    # 2 s TTL could run out before the route was first looked for (the test flaked so, the agent had not).
+    lease_id = re.search(r"lease ([0-9a-f]+) granted", rig.etcdctl("lease", "grant", "6")).group(1)
+    rig.etcdctl("put", f"{PREFIX}/subnets/172.21.99.0-24",
+                json.dumps({"PublicIP": "192.168.255.155", "PublicIPv6": None, "BackendType": "host-gw"}),
+                f"--lease={lease_id}")
+    wait_route(rig, 0, "172.21.99.0/24")
+    wait_route(rig, 0, "172.21.99.0/24", present=False, timeout=15)
     assert own in rig.leases() and "renewed lease" in rig.log(0)
 
     # A reservation (a lease key without TTL) naming node 2's address is what node 2 gets, and stays one.

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 VXLAN_OVERHEAD = 50
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _PeerState:
     """What one peer lease asks of the kernel."""
 
