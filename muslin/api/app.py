@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from muslin.engine.engine import Engine
 
-from . import containers, execs, images, networks, swarm, system
+from . import container_stats, containers, execs, images, networks, swarm, system
 from .http import Router, Server
 
 
@@ -13,6 +13,7 @@ def build_server(engine: Engine) -> Server:
     system.routes(router, engine)
     networks.routes(router, engine)
     containers.routes(router, engine)
+    container_stats.routes(router, engine)
     execs.routes(router, engine)
     images.routes(router, engine)
     swarm.routes(router, engine)

@@ -23,7 +23,7 @@ from typing import Any
 
 from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound, NotModified
 from muslin.kernel import netns
-from muslin.runtime import (ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Runtime,
+from muslin.runtime import (Cgroups, ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Runtime,
                             StartFailed, State, Stream, capabilities, check_sysctls, normalize_capability)
 
 from . import dns, etcfiles, links, resources
@@ -626,6 +626,18 @@ class ContainerService:
             self.runtime.update(c.id, resources.resources_of(host))
         c.host_config = host
         self._save(c)
+
+    def running_cgroups(self, ref: str) -> tuple[Container, Cgroups]:
+        """A running container and its cgroups, for top and stats (Conflict if it is not running)."""
+        c = self.get(ref)
+        if self.restarts.restarting(c.id):
+            raise Conflict(f"Container {c.id} is restarting, wait until the container is running")
+        try:
+            return c, self.runtime.cgroups(c.id)
+        except NoSuchContainer:
+            raise NotFound(f"No such container: {ref}") from None
+        except Conflict:
+            raise Conflict(f"Container {c.id} is not running") from None
 
     def pause(self, ref: str) -> None:
         c = self.get(ref)

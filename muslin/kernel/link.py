@@ -234,3 +234,32 @@ def reap_retired(ipr: IPRoute) -> None:
 
 def wait_for_reaper() -> None:
     _reaper.submit(lambda: None).result()
+
+
+@dataclass(frozen=True)
+class LinkCounters:
+    """A link's traffic counters (IFLA_STATS64), what `docker stats` shows per interface."""
+
+    rx_bytes: int
+    rx_packets: int
+    rx_errors: int
+    rx_dropped: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errors: int
+    tx_dropped: int
+
+
+def counters(ipr: IPRoute) -> dict[str, LinkCounters]:
+    """The counters of every link but loopback, by name."""
+    out = {}
+    for msg in ipr.get_links():
+        if msg["flags"] & IFF_LOOPBACK:
+            continue
+        stats = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
+        if stats is None:
+            continue
+        out[msg.get_attr("IFLA_IFNAME")] = LinkCounters(
+            stats["rx_bytes"], stats["rx_packets"], stats["rx_errors"], stats["rx_dropped"],
+            stats["tx_bytes"], stats["tx_packets"], stats["tx_errors"], stats["tx_dropped"])
+    return out

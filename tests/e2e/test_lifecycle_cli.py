@@ -213,3 +213,42 @@ def test_healthchecks_in_inspect_ps_and_filters(daemon) -> None:
             assert err.value.status_code == 400 and message in str(err.value)
     finally:
         client.close()
+
+
+def test_top_and_stats(daemon) -> None:
+    daemon.docker("run", "-d", "--name", "t1", "busybox", "sh", "-c", "sleep 1000 & exec sleep 999")
+    daemon.docker("run", "-d", "--name", "other", "busybox", "sleep", "998")
+    pid = inspect(daemon, "t1")["State"]["Pid"]
+    rows = daemon.docker("top", "t1").stdout.splitlines()
+    assert rows[0].split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    commands = sorted(" ".join(r.split()[7:]) for r in rows[1:])
+    assert commands == ["sleep 1000", "sleep 999"] and str(pid) in rows[1] + rows[2]
+    rows = daemon.docker("top", "t1", "-o", "pid,comm").stdout.splitlines()
+    assert rows[0].split() == ["PID", "COMMAND"] and len(rows) == 3
+    for args, message in ((("top", "t1", "-o", "comm"), "Couldn't find PID field in ps output"),
+                          (("top", "t1", "-o", "user=PID"), 'specifying "user=PID" is not allowed')):
+        refused = daemon.docker(*args, check=False)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+
+    client = docker_sdk.APIClient(base_url=daemon.env["DOCKER_HOST"], version="1.41")
+    try:
+        daemon.docker("exec", "t1", "ping", "-c", "2", "-W", "1", inspect(daemon, "other")["NetworkSettings"]["IPAddress"])
+        one = client.stats("t1", stream=False)
+        assert one["name"] == "/t1" and one["pids_stats"]["current"] == 2
+        assert one["cpu_stats"]["system_cpu_usage"] > one["precpu_stats"]["system_cpu_usage"] > 0
+        assert one["cpu_stats"]["online_cpus"] == os.cpu_count()
+        assert 0 < one["memory_stats"]["usage"] <= one["memory_stats"]["limit"]
+        assert one["networks"]["eth0"]["tx_packets"] >= 2 and one["networks"]["eth0"]["rx_bytes"] > 0
+        shot = client.stats("t1", stream=False, one_shot=True)
+        assert shot["precpu_stats"]["cpu_usage"]["total_usage"] == 0 and shot["preread"] == "0001-01-01T00:00:00Z"
+        stream = client.stats("t1", decode=True)
+        first, second = next(stream), next(stream)
+        assert second["precpu_stats"] == first["cpu_stats"]
+        stream.close()
+    finally:
+        client.close()
+    line = daemon.docker("stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}} {{.NetIO}}", "t1").stdout.split()
+    assert line[:2] == ["t1", "2"] and line[2].endswith("B")
+    daemon.docker("stop", "-t", "0", "t1")
+    refused = daemon.docker("top", "t1", check=False)
+    assert refused.returncode != 0 and "is not running" in refused.stderr
