@@ -642,6 +642,8 @@ class ContainerService:
     def pause(self, ref: str) -> None:
         c = self.get(ref)
         st = self.state(c)
+        if self.restarts.restarting(c.id):
+            raise Conflict(f"Container {c.id} is restarting, wait until the container is running")
         if not st.running:
             raise Conflict(f"Container {c.id} is not running")
         if st.paused:
@@ -761,8 +763,11 @@ class ContainerService:
         watch opened afterwards would reach the shim.
         """
         c = self.get(ref)
-        if self.runtime.state(c.id).running:  # before settled(), which would wait for this run's end
-            raise NotModified("container already started")
+        st = self.runtime.state(c.id)
+        if st.paused:
+            raise Conflict("cannot start a paused container, try unpause instead")
+        if st.running or (by_user and self.restarts.restarting(c.id)):  # before settled(), which would
+            raise NotModified("container already started")  # wait for this run's end
         if by_user:
             self.restarts.user_started(c.id)
         await self.settled(c.id)  # a previous run's exit is handled before this run begins

@@ -67,6 +67,8 @@ def test_pause_freezes_and_refuses_what_docker_refuses(daemon) -> None:
     assert refused.returncode != 0 and "is not paused" in refused.stderr
     daemon.docker("exec", "p1", "true")
     daemon.docker("pause", "p1")
+    refused = daemon.docker("start", "p1", check=False)
+    assert refused.returncode != 0 and "cannot start a paused container, try unpause instead" in refused.stderr
     daemon.docker("stop", "-t", "1", "p1")  # the stop signal thaws it so that it can die, as dockerd
     assert inspect(daemon, "p1")["State"]["Status"] == "exited"
     daemon.docker("start", "p1")
