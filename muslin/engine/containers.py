@@ -195,7 +195,8 @@ class ContainerService:
         items = self.all()
         states = [self.state(c) for c in items]
         paused = sum(1 for st in states if st.paused)
-        running = sum(1 for st in states if st.running) - paused
+        # As dockerd's counters: a container waiting to restart counts as running.
+        running = sum(1 for c, st in zip(items, states) if st.running or self.restarts.restarting(c.id)) - paused
         return len(items), running, paused, len(items) - running - paused
 
     def _save(self, c: Container) -> None:

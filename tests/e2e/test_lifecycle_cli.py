@@ -3,9 +3,12 @@ muslind restart), update."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import signal
+import tarfile
 import time
 from collections.abc import Callable
 
@@ -254,3 +257,42 @@ def test_top_and_stats(daemon) -> None:
     daemon.docker("stop", "-t", "0", "t1")
     refused = daemon.docker("top", "t1", check=False)
     assert refused.returncode != 0 and "is not running" in refused.stderr
+
+
+def _image_archive(path, healthcheck: dict) -> None:
+    """A `docker load` archive of one busybox layer whose image config has a HEALTHCHECK."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        tar.add("/usr/bin/busybox", arcname="bin/busybox")
+        for applet in ("sh", "sleep", "echo"):
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
+    layer_bytes = layer.getvalue()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"], "Healthcheck": healthcheck},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_bytes).hexdigest()]}
+                         }).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": ["checked:1"], "Layers": ["layer/layer.tar"]}]).encode()
+    with tarfile.open(path, "w") as out:
+        for name, data in ((config_name, config), ("layer/layer.tar", layer_bytes), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+
+
+def test_the_image_healthcheck_is_inherited(daemon, tmp_path) -> None:
+    """An image whose config has a HEALTHCHECK: its containers are probed by it, what `docker run` gives
+    overriding it field by field."""
+    healthcheck = {"Test": ["CMD-SHELL", "echo from-image; exit 1"], "Interval": 100_000_000, "Retries": 1}
+    _image_archive(tmp_path / "checked.tar", healthcheck)
+    daemon.docker("load", "-i", str(tmp_path / "checked.tar"))
+    daemon.docker("run", "-d", "--name", "img1", "checked:1", "sleep", "1000")
+    daemon.docker("run", "-d", "--name", "img2", "--health-retries", "3", "checked:1", "sleep", "1000")
+    assert inspect(daemon, "img1")["Config"]["Healthcheck"] == healthcheck
+    assert inspect(daemon, "img2")["Config"]["Healthcheck"] == {**healthcheck, "Retries": 3}
+    wait_for(lambda: inspect(daemon, "img1")["State"]["Health"]["Status"] == "unhealthy")
+    assert inspect(daemon, "img1")["State"]["Health"]["Log"][0]["Output"] == "from-image\n"
+    daemon.docker("rm", "-f", "img1", "img2")
+    daemon.docker("rmi", "checked:1")
