@@ -250,7 +250,7 @@ class Agent:
         while True:
             try:
                 await self._take_lease(previous)
-                await self._resync()
+                await self._resync(just_installed=True)
                 return
             except NetworkExhausted as exc:
                 raise AgentError(str(exc)) from exc
@@ -262,14 +262,18 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------ loops
 
-    async def _resync(self) -> None:
-        """Re-list the lease table and make the kernel match it."""
-        assert self.manager and self.lease
+    async def _resync(self, just_installed: bool = False) -> None:
+        """Re-list the lease table and make the kernel match it. just_installed: our lease, device, address
+        and firewall were set up a moment ago (at start), so only the peers need programming."""
+        assert self.manager and self.lease and self.backend
         lease = self.lease
         leases, revision = await self.manager.list_leases()
         self._set_peers(leases, revision)
         if not any(p.subnet == lease.subnet and p.attrs.public_ip == lease.attrs.public_ip for p in leases):
             await self._retake_lease("our lease is gone from etcd", lease)
+        elif just_installed:
+            await self._kernel(self.backend.reconcile, list(self.peers.values()))
+            return
         await self._reconcile_kernel()
 
     async def _reconcile_kernel(self) -> None:
