@@ -32,6 +32,7 @@ from .config import DaemonConfig
 from .dns_service import DNSService
 from .drivers.base import PortPublisher
 from .firewall import PortSpec
+from .gateway import GatewayCandidate, gateway_endpoint
 from .linking import LegacyLink, LegacyLinks
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .networks import ENDPOINT_DRIVERS, NetworkService
@@ -92,6 +93,7 @@ class Container:
     sandbox: str | None = None
     bindings: list[PortBinding] = field(default_factory=list)  # requested -p
     published: list[PortBinding] = field(default_factory=list)  # assigned while running
+    published_network: str = ""  # the id of the network whose endpoint holds them (the gateway's)
     restart_count: int = 0
     manually_stopped: bool = False  # stopped or killed by the user since its last start (unless-stopped)
     stop_signal: int = int(signal.SIGTERM)  # what stop sends first (Config.StopSignal)
@@ -415,8 +417,9 @@ class ContainerService:
                 assert c.sandbox is not None
                 self.networks.wire_endpoint(net, ep, c.sandbox)
                 wired.append((net, ep))
-            if c.bindings and wired:
-                self._publish(c, *wired[0])
+            # Each endpoint with a gateway adds a default route unless there is one: the first one's holds.
+            holder = next((ep.id for _, ep in wired if ep.gateway is not None), None)
+            self._follow_gateway(c, [GatewayCandidate(net, ep) for net, ep in wired], holder)
             if c.links:
                 self.runtime.set_start_env(c.id, self.linking.start_env(c))
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
@@ -450,16 +453,38 @@ class ContainerService:
         return self.embedded_dns.bind(c.id, c.name, c.sandbox, fresh_sandbox)
 
     # -- published ports: the network's driver programs them, the container records them (worker) -------
-    def _publish(self, c: Container, net: Network, ep: Endpoint) -> None:
-        """Publish the container's -p on its first network, if that network's driver has NAT."""
+    def _follow_gateway(self, c: Container, candidates: list[GatewayCandidate], route_holder: str | None = None) -> None:
+        """The default route and the published ports on the endpoint that gives the container its gateway
+        (``gateway``), moved there when a start, connect or disconnect changed which one that is.
+        ``route_holder``: the id of the endpoint known to hold the default route already, if any."""
+        chosen = gateway_endpoint(candidates)
+        if chosen is not None and chosen.endpoint.id != route_holder:
+            assert c.sandbox is not None
+            self.networks.route_default_via(chosen.endpoint, c.sandbox)
+        on = self._published_on(c)
+        if on is not None and chosen is not None and on[2].id == chosen.endpoint.id:
+            return
+        moved_from = c.published
+        if c.published:
+            self._unpublish(c)
+        if c.bindings and chosen is not None:
+            self._publish(c, chosen.network, chosen.endpoint, moved_from)
+
+    def _live_gateway_candidates(self, c: Container) -> list[GatewayCandidate]:
+        return [GatewayCandidate(self.networks.get(ep.network_id), ep) for ep in self.store.endpoints(container_id=c.id)]
+
+    def _publish(self, c: Container, net: Network, ep: Endpoint, moved_from: list[PortBinding]) -> None:
+        """Publish the container's -p on its gateway endpoint, if that network's driver has NAT. Ports
+        moving from another endpoint keep the host ports they had."""
         driver = self.networks.port_publisher(net)
         if driver is None:
             return
         taken = [(proto, ip, port) for proto, ip, port, owner in self.store.ports() if owner != c.id]
-        assigned = driver.assign_ports(net, ep, c.bindings, taken)
+        assigned = driver.assign_ports(net, ep, portmod.keep_host_ports(c.bindings, moved_from), taken)
         # Recorded before the rules exist, in one transaction with the port rows: after a crash in
         # between, release_networking still knows which rules to remove.
         c.published = assigned
+        c.published_network = net.id
         with self.store.transaction() as db:
             for b in assigned:
                 self.store.bind_port(db, b.proto, b.host_ip, b.host_port, c.id)
@@ -467,11 +492,12 @@ class ContainerService:
         driver.publish_ports(net, ep, assigned)
 
     def _published_on(self, c: Container) -> tuple[PortPublisher, Network, Endpoint] | None:
-        """Where the container's ports are published: the live endpoint of its first network, with
-        that network's driver; None when nothing is."""
+        """Where the container's ports are published: its live endpoint on the network that holds them,
+        with that network's driver; None when nothing is."""
         if not c.published or not c.attachments:
             return None
-        eps = self.store.endpoints(network_id=c.attachments[0].network_id, container_id=c.id)
+        # Records older than published_network published on the first network.
+        eps = self.store.endpoints(network_id=c.published_network or c.attachments[0].network_id, container_id=c.id)
         if not eps or eps[0].address is None:
             return None
         net = self.networks.get(eps[0].network_id)
@@ -487,6 +513,7 @@ class ContainerService:
         with self.store.transaction() as db:
             self.store.unbind_ports(db, c.id)
         c.published = []
+        c.published_network = ""
 
     def published_port_specs(self) -> list[PortSpec]:
         """What the firewall must hold for every published port of a container with its endpoints."""
@@ -690,6 +717,8 @@ class ContainerService:
             assert c.sandbox is not None
             self.networks.wire_endpoint(net, ep, c.sandbox)
         c.attachments.append(att)
+        if running:
+            self._follow_gateway(c, self._live_gateway_candidates(c))
         self._save(c)
         if running:
             self._rewrite_hosts(c)
@@ -717,14 +746,19 @@ class ContainerService:
         att = next((a for a in c.attachments if a.network_id == net.id), None)
         if att is None:
             raise Forbidden(f"container {c.id} is not connected to network {net.name}")
-        for ep in self.store.endpoints(network_id=net.id, container_id=c.id):
-            if c.attachments and c.attachments[0].network_id == net.id and c.published:
-                self._unpublish(c)
+        leaving = self.store.endpoints(network_id=net.id, container_id=c.id)
+        running = bool(c.sandbox) and self.state(c).running
+        if leaving and running:
+            # The default route and the published ports move to the next gateway endpoint before this
+            # one goes (the forwards name its address).
+            self._follow_gateway(c, [x for x in self._live_gateway_candidates(c) if x.network.id != net.id])
+        elif c.published and (c.published_network or c.attachments[0].network_id) == net.id:
+            self._unpublish(c)
+        for ep in leaving:
             self.networks.release_endpoint(net, ep, c.sandbox)
         c.attachments.remove(att)
         self._save(c)
-        if c.sandbox and self.state(c).running:
-            self.networks.keep_default_route(self._endpoints_in_order(c), c.sandbox)
+        if running:
             self._rewrite_hosts(c)
 
     # -- recovery after a restart of muslind (worker) ---------------------------------------------------

@@ -262,16 +262,14 @@ class NetworkService:
             self.store.put_endpoint(db, ep)
         return ep
 
-    def keep_default_route(self, remaining: list[Endpoint], sandbox: str) -> None:
-        """After a network left a running container: if it took the default route along, the first
-        remaining network with a gateway gives one, as dockerd re-picks the gateway."""
-        for ep in remaining:
-            if ep.gateway is not None:
-                with netns.iproute(sandbox) as ipr:
-                    index = link.index_of(ipr, ep.ifname)
-                    if index is not None:
-                        route.ensure_default_route(ipr, index, ep.gateway)
-                return
+    def route_default_via(self, ep: Endpoint, sandbox: str) -> None:
+        """The container's default route through this endpoint's gateway, replacing the one it had
+        (dockerd moves it when the container's gateway endpoint changes)."""
+        assert ep.gateway is not None
+        with netns.iproute(sandbox) as ipr:
+            index = link.index_of(ipr, ep.ifname)
+            if index is not None:
+                route.replace_default_route(ipr, index, ep.gateway)
 
     def wire_endpoint(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         try:

@@ -61,6 +61,23 @@ def bindings_of(explicit: Iterable[PortBinding], exposed: Iterable[str], publish
     return out
 
 
+def keep_host_ports(requested: list[PortBinding], assigned: list[PortBinding]) -> list[PortBinding]:
+    """The requested bindings, those asking for any host port given the one they were assigned before
+    (published ports that move to another endpoint keep their host ports)."""
+    chosen: dict[tuple[int, str], list[int]] = {}
+    for b in assigned:
+        chosen.setdefault((b.container_port, b.proto), []).append(b.host_port)
+    for b in requested:  # what was asked for by number is not what the engine chose
+        ports = chosen.get((b.container_port, b.proto), [])
+        if b.host_port and b.host_port in ports:
+            ports.remove(b.host_port)
+    out = []
+    for b in requested:
+        ports = chosen.get((b.container_port, b.proto), [])
+        out.append(PortBinding(b.container_port, b.proto, b.host_ip, ports.pop(0)) if b.host_port == 0 and ports else b)
+    return out
+
+
 def clashes(a_ip: str, b_ip: str) -> bool:
     """Two bindings of one port clash when either listens everywhere or both name the same address."""
     return a_ip in ("", "0.0.0.0") or b_ip in ("", "0.0.0.0") or a_ip == b_ip

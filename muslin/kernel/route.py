@@ -93,6 +93,11 @@ def ensure_default_route(ipr: IPRoute, oif: int, gateway: IPv4Address) -> None:
             raise
 
 
+def replace_default_route(ipr: IPRoute, oif: int, gateway: IPv4Address) -> None:
+    """The default route via ``gateway`` on the link, in place of whichever default route there was."""
+    ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=oif, table=RT_TABLE_MAIN)
+
+
 def remove_route(ipr: IPRoute, dst: IPv4Network) -> None:
     try:
         ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN)

@@ -58,3 +58,15 @@ def test_conflicts_by_protocol_and_address() -> None:
     assert ports.assign([PortBinding(80, "tcp", "10.0.0.2", 8080), PortBinding(53, "udp", "", 8080)],
                         [("tcp", "10.0.0.1", 8080)]) == [PortBinding(80, "tcp", "10.0.0.2", 8080),
                                                          PortBinding(53, "udp", "", 8080)]
+
+
+def test_ports_moving_to_another_endpoint_keep_the_host_ports_the_engine_chose() -> None:
+    requested = [PortBinding(80, "tcp", "", 8080), PortBinding(80, "tcp", "", 0), PortBinding(53, "udp", "", 0),
+                 PortBinding(22, "tcp", "", 0)]
+    before = [PortBinding(80, "tcp", "", 8080), PortBinding(80, "tcp", "", 34567), PortBinding(53, "udp", "", 40000)]
+    # The explicit 8080 is not handed to the "any port" binding of the same container port; one that was
+    # never assigned (22) still asks for any.
+    assert ports.keep_host_ports(requested, before) == [
+        PortBinding(80, "tcp", "", 8080), PortBinding(80, "tcp", "", 34567), PortBinding(53, "udp", "", 40000),
+        PortBinding(22, "tcp", "", 0)]
+    assert ports.keep_host_ports(requested, []) == requested
