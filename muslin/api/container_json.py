@@ -84,7 +84,7 @@ def _endpoint_settings(ep: Endpoint | None, network_id: str, att: NetworkAttachm
         "Aliases": (att.aliases or None) if att else None,
         "MacAddress": ep.mac if ep else (att.mac if att else ""),  # before start: the one asked for
         "DriverOpts": (att.driver_opts or None) if att else None,
-        "GwPriority": 0,
+        "GwPriority": att.gw_priority if att else 0,
         "NetworkID": network_id,
         "EndpointID": ep.id if ep else "",
         "Gateway": str(ep.gateway) if ep and ep.gateway else "",

@@ -280,7 +280,7 @@ def endpoint(fields: Fields) -> EndpointRequest:
                            mac_address=mac(fields.str("MacAddress")) if fields.str("MacAddress") else "",
                            aliases=tuple(fields.str_list("Aliases") or ()), links=tuple(links),
                            link_local_ips=tuple(link_local_ip(a) for a in ipam.str_list("LinkLocalIPs") or []),
-                           driver_opts=fields.str_map("DriverOpts"))
+                           driver_opts=fields.str_map("DriverOpts"), gw_priority=fields.int("GwPriority") or 0)
 
 
 def go_field_names(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

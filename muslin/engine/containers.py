@@ -67,6 +67,7 @@ class NetworkAttachment:
     links: list[str] = field(default_factory=list)  # "name:alias": names the embedded DNS answers for it
     link_local_ips: list[str] = field(default_factory=list)
     driver_opts: dict[str, str] = field(default_factory=dict)
+    gw_priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ class Container:
 def _attachment(net: Network, cfg: EndpointRequest) -> NetworkAttachment:
     return NetworkAttachment(network_id=net.id, ip=str(cfg.ipv4_address or ""), mac=cfg.mac_address,
                              aliases=list(cfg.aliases), links=list(cfg.links),
-                             link_local_ips=[str(a) for a in cfg.link_local_ips], driver_opts=dict(cfg.driver_opts))
+                             link_local_ips=[str(a) for a in cfg.link_local_ips], driver_opts=dict(cfg.driver_opts),
+                             gw_priority=cfg.gw_priority)
 
 
 def _endpoint_extras(att: NetworkAttachment) -> dict[str, Any]:
@@ -419,7 +421,8 @@ class ContainerService:
                 wired.append((net, ep))
             # Each endpoint with a gateway adds a default route unless there is one: the first one's holds.
             holder = next((ep.id for _, ep in wired if ep.gateway is not None), None)
-            self._follow_gateway(c, [GatewayCandidate(net, ep) for net, ep in wired], holder)
+            priority = {a.network_id: a.gw_priority for a in c.attachments}
+            self._follow_gateway(c, [GatewayCandidate(net, ep, priority[net.id]) for net, ep in wired], holder)
             if c.links:
                 self.runtime.set_start_env(c.id, self.linking.start_env(c))
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
@@ -471,7 +474,9 @@ class ContainerService:
             self._publish(c, chosen.network, chosen.endpoint, moved_from)
 
     def _live_gateway_candidates(self, c: Container) -> list[GatewayCandidate]:
-        return [GatewayCandidate(self.networks.get(ep.network_id), ep) for ep in self.store.endpoints(container_id=c.id)]
+        priority = {a.network_id: a.gw_priority for a in c.attachments}
+        return [GatewayCandidate(self.networks.get(ep.network_id), ep, priority.get(ep.network_id, 0))
+                for ep in self.store.endpoints(container_id=c.id)]
 
     def _publish(self, c: Container, net: Network, ep: Endpoint, moved_from: list[PortBinding]) -> None:
         """Publish the container's -p on its gateway endpoint, if that network's driver has NAT. Ports

@@ -26,6 +26,7 @@ class EndpointRequest:
     links: tuple[str, ...] = ()  # "name:alias" as given (inspect shows them back), each a valid link
     link_local_ips: tuple[IPv4Address, ...] = ()
     driver_opts: dict[str, str] = field(default_factory=dict)
+    gw_priority: int = 0  # the highest among a container's endpoints gives its gateway (``gateway``)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,12 @@ def test_published_ports_follow_the_gateway_endpoint_on_connect_and_disconnect(d
     daemon.docker("run", "-d", "--name", "onbridge", "-p", "8085:80", "busybox", "sh", "-c", HTTPD)
     daemon.docker("network", "connect", "aaa", "onbridge")
     assert _dnat_targets(daemon, 8085) == ["10.92.0.2:80"] and _answers(outside, 8085)
+    # A gateway priority outranks the name order (--gw-priority, EndpointSettings.GwPriority).
+    daemon.docker("network", "connect", "--gw-priority", "5", "zzz", "onbridge")
+    assert _dnat_targets(daemon, 8085) == ["10.91.0.4:80"] and _answers(outside, 8085)
+    assert _default_route(daemon, "onbridge").startswith("default via 10.91.0.1 ")
+    (doc,) = json.loads(daemon.docker("inspect", "onbridge").stdout)
+    assert doc["NetworkSettings"]["Networks"]["zzz"]["GwPriority"] == 5
 
     daemon.docker("rm", "-f", "web", "inner", "onbridge")
     rules = daemon.sh("iptables-save")
