@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from muslin.engine.engine import Engine
 
-from . import container_stats, containers, execs, images, networks, swarm, system
+from . import archive, container_stats, containers, execs, images, networks, swarm, system, volumes
 from .http import Router, Server
 
 
@@ -14,6 +14,8 @@ def build_server(engine: Engine) -> Server:
     networks.routes(router, engine)
     containers.routes(router, engine)
     container_stats.routes(router, engine)
+    archive.routes(router, engine)
+    volumes.routes(router, engine)
     execs.routes(router, engine)
     images.routes(router, engine)
     swarm.routes(router, engine)

@@ -9,6 +9,7 @@ from muslin.engine.containers import Container, NetworkAttachment
 from muslin.engine.engine import Engine
 from muslin.engine.model import Endpoint
 from muslin.engine.health import STARTING, Health
+from muslin.engine.mounts import MountPoint
 from muslin.engine.ports import valid_port_keys
 from muslin.engine.resources import INT_FIELDS, STR_FIELDS
 from muslin.errors import NotFound
@@ -97,6 +98,21 @@ def _endpoint_settings(ep: Endpoint | None, network_id: str, att: NetworkAttachm
     }
 
 
+def mounts_json(mounts: list[MountPoint]) -> list[dict[str, Any]]:
+    """inspect's (and the list's) Mounts: a volume has a Name and a Driver, the others have none."""
+    out = []
+    for m in (m for m in mounts if m.listed):
+        doc: dict[str, Any] = {"Type": m.type}
+        if m.type == "volume":
+            doc["Name"] = m.name
+        doc.update({"Source": m.source, "Destination": m.destination})
+        if m.type == "volume":
+            doc["Driver"] = m.driver
+        doc.update({"Mode": m.mode, "RW": m.rw, "Propagation": m.propagation})
+        out.append(doc)
+    return out
+
+
 class ContainerViews:
     """Renders the engine's containers as Docker's JSON."""
 
@@ -183,7 +199,8 @@ class ContainerViews:
         for key in STR_FIELDS:
             host_config.setdefault(key, "")
         host_config["Links"] = self.engine.containers.linking.inspect_links(c)
-        host_config["LogConfig"] = {"Type": "json-file", "Config": {}}
+        host_config.setdefault("LogConfig", {"Type": "json-file", "Config": {}})  # a record from before it was kept
+        host_config.setdefault("Runtime", "runc")
         return {
             "Id": c.id,
             "Created": c.created,
@@ -211,7 +228,7 @@ class ContainerViews:
             "ExecIDs": None,
             "HostConfig": host_config,
             "GraphDriver": {"Data": {}, "Name": "overlay"},
-            "Mounts": [],
+            "Mounts": mounts_json(c.mounts),
             "Config": config,
             "NetworkSettings": {
                 "Bridge": "",
@@ -259,5 +276,5 @@ class ContainerViews:
             "Status": status_text(st, self.engine.containers.restarting(c), self.engine.containers.health.health(c.id)),
             "HostConfig": {"NetworkMode": mode},
             "NetworkSettings": {"Networks": self.networks_of(c)},
-            "Mounts": [],
+            "Mounts": mounts_json(c.mounts),
         }

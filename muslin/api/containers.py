@@ -136,6 +136,8 @@ async def resize(engine: Engine, req: Request) -> Response:
 
 async def logs(engine: Engine, req: Request) -> Response | StreamResponse:
     c = engine.containers.get(req.params["id"])
+    if (c.host_config.get("LogConfig") or {}).get("Type") == "none":
+        raise HTTPError(501, "configured logging driver does not support reading")
     stdout, stderr = req.flag("stdout"), req.flag("stderr")
     if not stdout and not stderr:
         raise HTTPError(400, "Bad parameters: you must choose at least one stream")
@@ -202,7 +204,7 @@ async def remove(engine: Engine, req: Request) -> Response:
     if req.flag("link"):  # the id is a link's "parent/alias": only the link goes
         await engine.call(engine.containers.remove_link, req.params["id"])
     else:
-        await engine.call(engine.containers.remove, req.params["id"], req.flag("force"))
+        await engine.call(engine.containers.remove, req.params["id"], req.flag("force"), req.flag("v"))
     return no_content()
 
 

@@ -104,6 +104,7 @@ class StreamResponse:
     chunks: AsyncIterator[bytes]
     status: int = 200
     content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -329,7 +330,7 @@ class Server:
 
     async def _stream(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       request: Request, response: StreamResponse) -> bool:
-        headers = self._headers(response.content_type, [("Transfer-Encoding", "chunked")])
+        headers = self._headers(response.content_type, [*response.headers, ("Transfer-Encoding", "chunked")])
         writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
         await writer.drain()
         # The client may leave before the body ends (`docker run -d` drops its wait): watch for its EOF,

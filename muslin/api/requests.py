@@ -18,10 +18,11 @@ from muslin.engine import health, restarts
 from muslin.engine.links import LinkRef, parse_link
 from muslin.engine.ports import PortBinding, parse_port_key
 from muslin.engine.requests import (ContainerCreate, ContainerUpdate, EndpointRequest, ExecCreate, IPAMPoolRequest,
-                                    NetworkCreate)
+                                    NetworkCreate, VolumeCreate)
 from muslin.engine.resources import INT_FIELDS, STR_FIELDS
 from muslin.errors import InvalidArgument
 
+from . import mount_requests
 from .http import HTTPError, Request
 
 # Docker's names of containers (daemon/names.RestrictedNamePattern: two characters at least). Network
@@ -30,6 +31,12 @@ CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 DOMAIN_RE = re.compile(r"\.?[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?")
 MAX_SIGNAL = 64  # SIGRTMAX on Linux
+RUNTIMES = ("runc",)  # HostConfig.Runtime; "" is the default, runc
+# The log drivers muslind takes (it keeps every log as json-file does; "none" keeps it unreadable) and
+# the options each accepts, as dockerd validates them at create.
+LOG_DRIVERS = {"json-file": {"max-file", "max-size", "compress", "labels", "labels-regex", "env", "env-regex", "tag"},
+               "local": {"max-file", "max-size", "compress"},
+               "none": None}
 JSON_TYPES = {str: "string", bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
 
 
@@ -372,10 +379,17 @@ def container_create(req: Request) -> ContainerCreate:
         host.bool(key)
     for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr", "NetworkDisabled"):
         body.bool(key)
+    mounts = mount_requests.container_mounts(host, Fields)
+    volumes = mount_requests.volume_targets(body.raw("Volumes"), body)
+    group_add = host.str_list("GroupAdd") or []
+    runtime = host.str("Runtime") or RUNTIMES[0]
+    if runtime not in RUNTIMES:
+        raise bad(f"Unknown runtime specified {runtime}")
     config = {k: v for k, v in body.data.items() if k not in ("HostConfig", "NetworkingConfig")}
     if exposed is not None:
         config["ExposedPorts"] = {key: {} for key in exposed_keys}  # normalised as dockerd stores them
-    host_config = {**host.data, **resources}
+    host_config = {**host.data, **resources, "Runtime": runtime,
+                   "LogConfig": log_config(host.obj("LogConfig", "container.LogConfig"))}
     if policy is not None:
         host_config["RestartPolicy"] = policy
     return ContainerCreate(
@@ -392,7 +406,30 @@ def container_create(req: Request) -> ContainerCreate:
         cap_add=tuple(cap_add), cap_drop=tuple(cap_drop), privileged=host.bool("Privileged"),
         sysctls=sysctls, console_size=console_size(host.raw("ConsoleSize"), "container.HostConfig"),
         stop_signal=signal(stop_signal) if stop_signal else None, stop_timeout=stop_timeout,
+        mounts=tuple(mounts), volumes=tuple(volumes), group_add=tuple(group_add),
         config=config, host_config=host_config)
+
+
+def log_config(fields: Fields) -> dict[str, Any]:
+    """HostConfig.LogConfig as dockerd stores it: the default driver named, options checked."""
+    driver = fields.str("Type") or "json-file"
+    options = fields.str_map("Config")
+    if driver not in LOG_DRIVERS:
+        raise bad(f'error looking up logging plugin {driver}: plugin "{driver}" not found')
+    allowed = LOG_DRIVERS[driver]
+    for key in options:
+        if allowed is not None and key not in allowed:
+            raise bad(f"unknown log opt '{key}' for {driver} log driver")
+    return {"Type": driver, "Config": options}
+
+
+def volume_create(req: Request) -> VolumeCreate:
+    body = Fields(req.json(), "volume.CreateOptions")
+    volume_name = body.str("Name")
+    if volume_name:
+        mount_requests.volume_name(volume_name)
+    return VolumeCreate(name=volume_name, driver=body.str("Driver") or "local", labels=body.str_map("Labels"),
+                        options=body.str_map("DriverOpts"))
 
 
 def network_create(req: Request) -> NetworkCreate:

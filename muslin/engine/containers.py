@@ -35,12 +35,14 @@ from .firewall import PortSpec
 from .gateway import GatewayCandidate, gateway_endpoint
 from .linking import LegacyLink, LegacyLinks
 from .model import Endpoint, Network, new_id, now_rfc3339
+from .mounts import MountPoint
 from .networks import ENDPOINT_DRIVERS, NetworkService
 from .ports import PortBinding
 from .requests import ContainerCreate, ContainerUpdate, EndpointRequest
 from .health import Healthcheck, HealthMonitor, merged as merged_healthcheck
 from .restarts import RestartPolicy, RestartSupervisor, restart_after_daemon_start
 from .store import Store
+from .volumes import VolumeService
 
 log = logging.getLogger(__name__)
 KILL_WAIT_SECONDS = 10.0  # how long a SIGKILL's kill waits for the exit (a process in D state may lag)
@@ -100,6 +102,7 @@ class Container:
     stop_signal: int = int(signal.SIGTERM)  # what stop sends first (Config.StopSignal)
     stop_timeout: int | None = None  # seconds stop waits before SIGKILL (Config.StopTimeout); None: 10
     links: list[LegacyLink] = field(default_factory=list)  # HostConfig.Links (``linking``)
+    mounts: list[MountPoint] = field(default_factory=list)  # binds, volumes, tmpfs (inspect's Mounts)
 
     @property
     def joined_container(self) -> str | None:
@@ -119,6 +122,7 @@ class Container:
         doc["bindings"] = [PortBinding(**b) for b in doc.get("bindings", [])]
         doc["published"] = [PortBinding(**b) for b in doc.get("published", [])]
         doc["links"] = [LegacyLink(**link) for link in doc.get("links", [])]
+        doc["mounts"] = [MountPoint(**m) for m in doc.get("mounts", [])]
         return cls(**doc)
 
 
@@ -149,8 +153,10 @@ class ContainerService:
     """
 
     def __init__(self, store: Store, config: DaemonConfig, networks: NetworkService, images: ImageStore,
-                 runtime: Runtime, embedded_dns: DNSService, engine_call: Callable[..., Awaitable[Any]]) -> None:
+                 runtime: Runtime, embedded_dns: DNSService, engine_call: Callable[..., Awaitable[Any]],
+                 volumes: VolumeService) -> None:
         self.store = store
+        self.volumes = volumes
         self.config = config
         self.networks = networks
         self.images = images
@@ -270,6 +276,8 @@ class ContainerService:
         elif c.owns_sandbox:
             c.sandbox = netns.create(str(self.sandbox_root / cid[:12]), SANDBOX_SYSCTLS)
         try:
+            image_volumes = list(image.config.get("Volumes") or {})
+            c.mounts = self.volumes.mount_points(list(req.mounts), [*req.volumes, *image_volumes])
             spec = ContainerSpec(
                 id=cid, image=image.id, args=self._argv(req, image.config), env=list(req.env),
                 workdir=req.working_dir, user=req.user, tty=req.tty, open_stdin=req.open_stdin, hostname=hostname,
@@ -277,7 +285,8 @@ class ContainerService:
                 netns_path=c.sandbox, hosts=self._hosts_file(c, [], hostname),
                 resolv_conf=self._resolv_conf(host, embedded_dns=self._uses_embedded_dns(c)),
                 capabilities=tuple(caps), privileged=req.privileged, sysctls=dict(req.sysctls),
-                resources=resources.resources_of(host))
+                resources=resources.resources_of(host),
+                mounts=[m.runtime_mount() for m in c.mounts], group_add=list(req.group_add))
             self.runtime.create(spec)
             c.config = {**c.config, "Hostname": hostname}
             self._save(c)
@@ -286,6 +295,7 @@ class ContainerService:
                 self.runtime.delete(cid, force=True)
             if c.owns_sandbox and c.sandbox:
                 netns.remove(c.sandbox)
+            self.volumes.discard([m.name for m in c.mounts if m.anonymous])
             raise
         log.info("created container %s (%s) in %s", name, cid[:12], mode)
         return c
@@ -559,7 +569,7 @@ class ContainerService:
         if c.host_config.get("AutoRemove"):
             self._remove(c)
 
-    def remove(self, ref: str, force: bool) -> Container:
+    def remove(self, ref: str, force: bool, volumes: bool = False) -> Container:
         c = self.get(ref)
         st = self.state(c)
         if not force and (st.running or self.restarts.restarting(c.id)):
@@ -568,7 +578,7 @@ class ContainerService:
                 procedure = "Unpause and then stop the container before attempting removal or force remove"
             state = "paused" if st.paused else "running" if st.running else "restarting"
             raise Conflict(f"You cannot remove a {state} container {c.id}. {procedure}")
-        self._remove(c)  # the runtime's forced delete kills a running container and waits for it
+        self._remove(c, volumes)  # the runtime's forced delete kills a running container and waits for it
         return c
 
     def prune(self, keep: Callable[[Container], bool]) -> tuple[list[str], int]:
@@ -583,7 +593,8 @@ class ContainerService:
             removed.append(c.id)
         return removed, space
 
-    def _remove(self, c: Container) -> None:
+    def _remove(self, c: Container, volumes: bool = False) -> None:
+        """``volumes`` (`docker rm -v`, and always for --rm): its anonymous volumes go too."""
         # The exit monitor may not have released the networking yet (rm right after an exit).
         self.release_networking(c)
         code = self._last_exit.pop(c.id, None)
@@ -595,6 +606,8 @@ class ContainerService:
             netns.remove(c.sandbox)
         with self.store.transaction() as db:
             self.store.delete_container(db, c.id)
+        if volumes or c.host_config.get("AutoRemove"):
+            self.volumes.remove_anonymous([m.name for m in c.mounts if m.anonymous])
         self.embedded_dns.stop_soon(c.id)
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.restarts.forget, c.id)
@@ -614,6 +627,10 @@ class ContainerService:
         self._save(parent)
         if self.state(parent).running:
             self._rewrite_hosts(parent)
+
+    def volume_users(self, name: str) -> list[str]:
+        """Ids of the containers that mount the volume ``name``."""
+        return [c.id for c in self.all() if any(m.name == name for m in c.mounts)]
 
     def rename(self, ref: str, new_name: str) -> None:
         c = self.get(ref)

@@ -21,10 +21,12 @@ from .config import DaemonConfig
 from .containers import ContainerService
 from .dns_service import DNSService
 from .execs import ExecService
+from .files import FileService
 from .firewall import IptablesFirewall
 from .guard import FirewallGuard
 from .networks import NetworkService
 from .store import Store
+from .volumes import VolumeService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,9 +48,11 @@ class Engine:
         self.images = ImageStore(config.data_root / "images")
         self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
         self.dns = DNSService(self.store, self.networks.get)
+        self.volumes = VolumeService(self.store, config.data_root, lambda name: self.containers.volume_users(name))
         self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.dns,
-                                           self.call)
+                                           self.call, self.volumes)
         self.execs = ExecService(self.containers, self.runtime)
+        self.files = FileService(self.containers, self.runtime)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.guard = FirewallGuard(lambda: self.call(self.restore_firewall)) if self.firewall else None
 

@@ -12,6 +12,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from .links import LinkRef
+from .mounts import MountRequest
 from .ports import PortBinding
 
 
@@ -63,6 +64,9 @@ class ContainerCreate:
     console_size: tuple[int, int] | None = None
     stop_signal: int | None = None  # None: SIGTERM
     stop_timeout: int | None = None  # None: 10 s; -1: no limit
+    mounts: tuple[MountRequest, ...] = ()  # HostConfig.Binds, Mounts, Tmpfs
+    volumes: tuple[str, ...] = ()  # Config.Volumes: paths that get an anonymous volume unless mounted
+    group_add: tuple[str, ...] = ()  # HostConfig.GroupAdd: group names or gids
     config: dict[str, Any] = field(default_factory=dict)
     host_config: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +78,16 @@ class ContainerUpdate:
 
     resources: dict[str, Any] = field(default_factory=dict)
     restart_policy: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class VolumeCreate:
+    """POST /volumes/create ("" name: an anonymous volume with a generated one)."""
+
+    name: str = ""
+    driver: str = "local"
+    labels: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS containers (id TEXT PRIMARY KEY, name TEXT NOT NULL U
 CREATE TABLE IF NOT EXISTS ports (
     proto TEXT NOT NULL, host_ip TEXT NOT NULL, host_port INTEGER NOT NULL, container_id TEXT NOT NULL,
     PRIMARY KEY (proto, host_ip, host_port));
+CREATE TABLE IF NOT EXISTS volumes (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
 
 
@@ -246,3 +247,17 @@ class Store:
 
     def unbind_ports(self, db: sqlite3.Connection, cid: str) -> None:
         db.execute("DELETE FROM ports WHERE container_id = ?", (cid,))
+
+    # volumes (documents owned by the volume service)
+    def volume(self, name: str) -> dict | None:
+        rows = self._rows("SELECT doc FROM volumes WHERE name = ?", name)
+        return json.loads(rows[0][0]) if rows else None
+
+    def volumes(self) -> list[dict]:
+        return [json.loads(d) for (d,) in self._rows("SELECT doc FROM volumes ORDER BY name")]
+
+    def put_volume(self, db: sqlite3.Connection, name: str, doc: dict) -> None:
+        db.execute("INSERT OR REPLACE INTO volumes (name, doc) VALUES (?, ?)", (name, json.dumps(doc)))
+
+    def delete_volume(self, db: sqlite3.Connection, name: str) -> None:
+        db.execute("DELETE FROM volumes WHERE name = ?", (name,))

@@ -43,6 +43,10 @@ lab may use is what this module exports, listed below; everything else in the pa
     ``exec_inspect(exec_id) -> ExecState``;  ``exec_resize(exec_id, h, w)``;  ``exec_kill(exec_id, sig)``
     ``close()``                                         stops the shim spawner; containers run on
 
+    ``async stat_path(id, path, ref) -> PathStat``;  ``async get_archive(id, path, ref) -> (PathStat, chunks)``
+    ``async put_archive(id, path, ref, tar_bytes, no_overwrite_dir_non_dir)``   docker cp, running or not
+    ``changes(id) -> list[Change(path, kind)]``          docker diff (kind 0 modified, 1 added, 2 deleted)
+
 ``Stream`` (attach and exec)
     ``async read() -> ("stdout" | "stderr", bytes) | None``  (None: ended; then ``exit_code`` is set if the
     process exited); ``write(bytes)``; ``async drain()``; ``close_stdin()``; ``close()``.
@@ -52,6 +56,9 @@ lab may use is what this module exports, listed below; everything else in the pa
     the shims and shim spawners of every runtime whose state root is ``under`` or below it (they
     outlive their daemon): what a teardown after a crash stops, as the lab's does.
 
+``Mount(destination, type, source, options)``: a bind or tmpfs mount of ``ContainerSpec.mounts`` (runc
+makes it inside the container's mount namespace; shared/slave propagation is checked at start).
+
 ``capabilities(cap_add, cap_drop, privileged) -> [CAP_...]`` and ``check_sysctls(sysctls, host_network)``
 validate ``docker run --cap-add/--cap-drop/--privileged/--sysctl`` for ``ContainerSpec``.
 
@@ -60,14 +67,16 @@ on a container is async. Networking is the engine's: it passes the network names
 ``ContainerSpec.netns_path`` (None shares the daemon's own, for ``--network host``).
 """
 
+from .archive import Change, PathStat
 from .cgroups import Cgroups
 from .client import Stream
 from .errors import NoSuchContainer, NoSuchExec, NoSuchImage, NotRunning, StartFailed
 from .images import Image, ImageStore
 from .logs import LogEntry, LogFilter
 from .runtime import ExecState, ExitWaiter, Runtime, State, shim_processes
-from .spec import ContainerSpec, ProcessConfig, Resources, capabilities, check_sysctls, normalize_capability
+from .spec import ContainerSpec, Mount, ProcessConfig, Resources, capabilities, check_sysctls, normalize_capability
 
-__all__ = ["Cgroups", "ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
-           "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "ProcessConfig", "Resources", "Runtime", "StartFailed",
+__all__ = ["Cgroups", "Change", "ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
+           "Mount", "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "PathStat", "ProcessConfig", "Resources",
+           "Runtime", "StartFailed",
            "State", "Stream", "capabilities", "check_sysctls", "normalize_capability", "shim_processes"]

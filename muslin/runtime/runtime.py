@@ -32,15 +32,17 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import client, shim
+from . import archive, client, shim
 from .cgroups import Cgroups
 from .shim import protocol
 from .errors import (Conflict, EngineError, InvalidArgument, NoSuchContainer, NoSuchExec, NotModified, NotRunning,
                      StartFailed)
 from .images import ImageStore
 from .logs import LogEntry, LogFilter, follow as follow_log, read as read_log
-from .spec import (ETC_FILES, ID_PATTERN, ContainerSpec, ProcessConfig, Resources, User, bounding_capabilities, merge_env,
-                   oci_config, oci_process, process_env, resolve_process, resolve_user)
+from .mountinfo import check_propagation
+from .spec import (ETC_FILES, ID_PATTERN, ContainerSpec, Mount, ProcessConfig, Resources, User, bounding_capabilities,
+                   merge_env, oci_config, oci_process, process_env, resolve_groups, resolve_process, resolve_user,
+                   with_groups)
 
 # The shim package's directory, run as ``python3 -I -S SHIM_PATH STATE_ROOT`` (see shim/__init__.py).
 SHIM_PATH = str(Path(shim.__file__).resolve().parent)
@@ -219,7 +221,7 @@ class Runtime:
         image = self.images.get(spec.image)
         process = resolve_process(spec, image)
         lower_dirs = self.images.lower_dirs(image)
-        user = resolve_user(process.user, lower_dirs)
+        user = with_groups(resolve_user(process.user, lower_dirs), resolve_groups(spec.group_add, lower_dirs))
         hostname = spec.hostname or spec.id[:12]
         oci = oci_process(process.args, process_env(process.env, hostname, spec.tty), process.cwd, user, spec.tty,
                           spec.console_size, list(spec.capabilities))
@@ -379,7 +381,8 @@ class Runtime:
         The shim is asked first: after an attach or a next-exit wait (``docker run``) one is waiting,
         and a running one refuses. Only when none listens is one spawned.
         """
-        self._meta(cid)
+        meta = self._meta(cid)
+        check_propagation([Mount(**{**m, "options": tuple(m["options"])}) for m in meta["spec"].get("mounts", [])])
         state_dir = str(self._state_dir(cid))
         try:
             try:
@@ -671,6 +674,26 @@ class Runtime:
                         "exit_code": 255, "error": "the container's shim died", "finished_at": time.time_ns()})
             shutil.rmtree(self._state_dir(state.id), ignore_errors=True)
         return self.list()
+
+    # -- files (docker cp, docker diff) -------------------------------------------------------
+    def _files_of(self, cid: str) -> dict:
+        """Where the helper finds the container's files: a running one's root, or a stopped one's bundle."""
+        st = self.state(cid)
+        return {"pid": st.pid} if st.running and st.pid else {"bundle": str(self._dir(cid))}
+
+    async def stat_path(self, cid: str, path: str, ref: str) -> archive.PathStat:
+        """``ref``: the container as the client named it, for the not-found message."""
+        return await archive.stat_path(self.python, self._files_of(cid), path, ref)
+
+    async def get_archive(self, cid: str, path: str, ref: str) -> tuple[archive.PathStat, AsyncIterator[bytes]]:
+        return await archive.get_archive(self.python, self._files_of(cid), path, ref)
+
+    async def put_archive(self, cid: str, path: str, ref: str, data: bytes, no_overwrite_dir_non_dir: bool) -> None:
+        await archive.put_archive(self.python, self._files_of(cid), path, ref, data, no_overwrite_dir_non_dir)
+
+    def changes(self, cid: str) -> list[archive.Change]:
+        meta = self._meta(cid)
+        return archive.changes(str(self._dir(cid) / "upper"), self.images.lower_dirs(self.images.get(meta["image_id"])))
 
     # -- logs ---------------------------------------------------------------------------------
     def logs(self, cid: str, flt: LogFilter = ALL_LOGS) -> list[LogEntry]:

@@ -38,6 +38,23 @@ CAPABILITY_NAMES = [
 NAMESPACED_SYSCTLS = re.compile(r"net\..+|kernel\.(msgmax|msgmnb|msgmni|sem|shmall|shmmax|shmmni|shm_rmid_forced)"
                                 r"|fs\.mqueue\..+")
 ETC_FILES = ("hosts", "hostname", "resolv.conf")
+# Propagations that need the source's own mount to propagate too (Docker's check at start).
+SHARED_PROPAGATIONS = ("shared", "rshared")
+SLAVE_PROPAGATIONS = ("slave", "rslave")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A mount the engine asks for (a bind mount of a host path or volume, or a tmpfs), in OCI terms."""
+
+    destination: str
+    type: str  # "bind" | "tmpfs"
+    source: str
+    options: tuple[str, ...] = ()
+
+    def oci(self) -> dict:
+        return {"destination": self.destination, "type": self.type, "source": self.source,
+                "options": list(self.options)}
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,8 @@ class ContainerSpec:
     privileged: bool = False  # all capabilities, no masked or read-only paths, /sys writable
     sysctls: dict[str, str] = field(default_factory=dict)  # applied by runc inside the container's namespaces
     resources: Resources = field(default_factory=Resources)  # cgroup limits
+    mounts: list[Mount] = field(default_factory=list)  # binds, volumes, tmpfs (HostConfig.Binds/Mounts/Tmpfs)
+    group_add: list[str] = field(default_factory=list)  # HostConfig.GroupAdd: group names or gids
 
 
 @dataclass(frozen=True)
@@ -185,6 +204,26 @@ def resolve_user(user: str, lower_dirs: list[str]) -> User:
     return User(uid, gid, tuple(sorted(set(member_of) - {gid})))
 
 
+def resolve_groups(names: list[str], lower_dirs: list[str]) -> tuple[int, ...]:
+    """``docker run --group-add``: gids as given, names looked up in the image's /etc/group."""
+    groups = _entries(lower_dirs, "group") if any(not n.isdigit() for n in names) else []
+    gids = []
+    for name in names:
+        if name.isdigit():
+            gids.append(int(name))
+            continue
+        found = next((g for g in groups if g[0] == name and g[2].isdigit()), None)
+        if found is None:
+            raise InvalidArgument(f"Unable to find group {name}: no matching entries in group file")
+        gids.append(int(found[2]))
+    return tuple(gids)
+
+
+def with_groups(user: User, extra: tuple[int, ...]) -> User:
+    gids = tuple(dict.fromkeys((*user.additional_gids, *(g for g in extra if g != user.gid))))
+    return User(user.uid, user.gid, gids)
+
+
 def normalize_capability(name: str) -> str:
     upper = name.strip().upper()
     return upper if upper == "ALL" or upper.startswith("CAP_") else "CAP_" + upper
@@ -248,6 +287,16 @@ def oci_process(args: list[str], env: list[str], cwd: str, user: User, tty: bool
     }
 
 
+def root_propagation(mounts: list[Mount]) -> dict:
+    """A shared or slave bind needs the container's root to propagate likewise (as Docker sets it)."""
+    options = {o for m in mounts for o in m.options}
+    if options & set(SHARED_PROPAGATIONS):
+        return {"rootfsPropagation": "rshared"}
+    if options & set(SLAVE_PROPAGATIONS):
+        return {"rootfsPropagation": "rslave"}
+    return {}
+
+
 def oci_config(spec: ContainerSpec, process: dict, lower_dirs: list[str], bundle: Path) -> dict:
     """The bundle's config.json. ``bundle`` holds rootfs/ (a bare mount point), upper/, work/ and etc files."""
     if not ID_PATTERN.fullmatch(spec.id):
@@ -274,6 +323,9 @@ def oci_config(spec: ContainerSpec, process: dict, lower_dirs: list[str], bundle
     for name in ETC_FILES:
         mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": str(bundle / name),
                        "options": ["rbind", "rprivate", "rw"]})
+    # Parents before children, as Docker sorts them: a volume at /a must not hide a bind at /a/b.
+    for mount in sorted(spec.mounts, key=lambda m: len(Path(m.destination).parts)):
+        mounts.append(mount.oci())
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.netns_path is not None:
         namespaces.append({"type": "network", "path": spec.netns_path})
@@ -289,6 +341,7 @@ def oci_config(spec: ContainerSpec, process: dict, lower_dirs: list[str], bundle
             "resources": {"devices": [{"allow": False, "access": "rwm"}], **spec.resources.to_oci()},
             **({} if spec.privileged else {"maskedPaths": MASKED_PATHS, "readonlyPaths": READONLY_PATHS}),
             **({"sysctl": dict(spec.sysctls)} if spec.sysctls else {}),
+            **root_propagation(spec.mounts),
         },
     }
     if spec.domainname:

@@ -1,0 +1,180 @@
+"""Local named volumes: directories under ``<data root>/volumes/<name>/_data``, their records in the store.
+
+Only Docker's ``local`` driver, and only its plain-directory form: a volume whose options ask the
+local driver to mount a device (``type``, ``device``, ``o``) is refused, so no mount is ever made on
+the host. A volume is in use while a container (running or not) has it among its mounts; such a
+volume is never removed, as with dockerd. This service also turns a container's mount requests into
+its mount points (``mount_points``), creating the volumes they name as dockerd does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from muslin.errors import Conflict, InvalidArgument, NotFound
+
+from .mounts import MountPoint, MountRequest
+from .model import new_id
+from .store import Store
+
+log = logging.getLogger(__name__)
+LOCAL_DRIVER = "local"
+# The local driver's options that mount a device on the volume's directory (not done by muslind).
+DEVICE_OPTIONS = ("type", "device", "o")
+
+
+@dataclass
+class Volume:
+    name: str
+    created_at: str  # RFC 3339, seconds, as dockerd shows it
+    driver: str = LOCAL_DRIVER
+    labels: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    anonymous: bool = False  # made for one container, without a name from the client
+
+
+class VolumeService:
+    """Volumes' records and directories. State changes run on the engine's worker thread."""
+
+    def __init__(self, store: Store, data_root: Path, users: Callable[[str], list[str]]) -> None:
+        self.store = store
+        self.root = data_root / "volumes"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.users = users  # volume name -> ids of the containers that mount it
+
+    def directory(self, name: str) -> Path:
+        return self.root / name / "_data"
+
+    # -- lookups ----------------------------------------------------------------------------------------
+    def get(self, name: str) -> Volume:
+        doc = self.store.volume(name)
+        if doc is None:
+            raise NotFound(f"get {name}: no such volume")
+        return Volume(**doc)
+
+    def all(self) -> list[Volume]:
+        return [Volume(**doc) for doc in self.store.volumes()]
+
+    # -- changes (worker) -------------------------------------------------------------------------------
+    def create(self, name: str = "", driver: str = LOCAL_DRIVER, labels: dict[str, str] | None = None,
+               options: dict[str, str] | None = None) -> Volume:
+        """Create a volume (a name already taken returns that volume, as dockerd does)."""
+        anonymous = not name
+        name = name or new_id()
+        driver = driver or LOCAL_DRIVER
+        if driver != LOCAL_DRIVER:
+            raise NotFound(f'create {name}: error looking up volume plugin {driver}: plugin "{driver}" not found')
+        options = dict(options or {})
+        for key in options:
+            if key in DEVICE_OPTIONS:
+                raise InvalidArgument(f'create {name}: option "{key}" is not supported: muslind\'s local volumes '
+                                      "are plain directories, they mount no device")
+            raise InvalidArgument(f'create {name}: invalid option: "{key}"')
+        existing = self.store.volume(name)
+        if existing is not None:
+            return Volume(**existing)
+        volume = Volume(name=name, created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        driver=driver, labels=dict(labels or {}), options=options, anonymous=anonymous)
+        directory = self.directory(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)
+        try:
+            with self.store.transaction() as db:
+                self.store.put_volume(db, name, asdict(volume))
+        except BaseException:
+            shutil.rmtree(self.root / name, ignore_errors=True)
+            raise
+        log.info("created volume %s", name)
+        return volume
+
+    def remove(self, name: str, force: bool = False) -> None:
+        """``force`` only forgives a missing volume; one in use is never removed."""
+        doc = self.store.volume(name)
+        if doc is None:
+            if force:
+                return
+            raise NotFound(f"get {name}: no such volume")
+        users = self.users(name)
+        if users:
+            raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
+        self._delete(name)
+
+    def _delete(self, name: str) -> None:
+        with self.store.transaction() as db:
+            self.store.delete_volume(db, name)
+        shutil.rmtree(self.root / name, ignore_errors=True)
+        log.info("removed volume %s", name)
+
+    def prune(self, keep: Callable[[Volume], bool]) -> list[str]:
+        """Remove every volume no container uses that ``keep`` lets go; their names."""
+        removed = []
+        for volume in self.all():
+            if keep(volume) or self.users(volume.name):
+                continue
+            self._delete(volume.name)
+            removed.append(volume.name)
+        return removed
+
+    def remove_anonymous(self, names: list[str]) -> None:
+        """`docker rm -v`: a removed container's anonymous volumes that no other container uses."""
+        for name in names:
+            doc = self.store.volume(name)
+            if doc is not None and doc.get("anonymous") and not self.users(name):
+                self._delete(name)
+
+    # -- a container's mounts (worker) ------------------------------------------------------------------
+    def mount_points(self, requests: list[MountRequest], anonymous_targets: list[str]) -> list[MountPoint]:
+        """The mount points of a new container: its Binds, Mounts and Tmpfs, then an anonymous volume for
+        each Config.Volumes (or image VOLUME) path none of them covers. Volumes named are created when
+        missing; the anonymous ones made here go again if a later step fails."""
+        made: list[str] = []
+        try:
+            points = [self._mount_point(req, made) for req in requests]
+            covered = {p.destination for p in points}
+            for target in anonymous_targets:
+                if target not in covered:
+                    covered.add(target)
+                    points.append(self._mount_point(MountRequest(type="volume", target=target), made))
+        except BaseException:
+            self.discard(made)
+            raise
+        return points
+
+    def discard(self, names: list[str]) -> None:
+        """Drop volumes made for a container whose create then failed."""
+        for name in names:
+            if self.store.volume(name) is not None:
+                self._delete(name)
+
+    def _mount_point(self, req: MountRequest, made: list[str]) -> MountPoint:
+        if req.type == "tmpfs":
+            return MountPoint(type="tmpfs", destination=req.target, rw=not req.read_only,
+                              options=list(req.tmpfs_options), listed=not req.from_tmpfs_map)
+        if req.type == "bind":
+            if not os.path.exists(req.source):
+                if not req.from_binds:
+                    raise InvalidArgument('invalid mount config for type "bind": bind source path does not '
+                                          f"exist: {req.source}")
+                os.makedirs(req.source, 0o755, exist_ok=True)  # as dockerd does for a -v host path
+            return MountPoint(type="bind", destination=req.target, source=req.source, mode=req.mode,
+                              rw=not req.read_only, propagation=req.propagation or "rprivate")
+        if req.source and self.store.volume(req.source) is not None:
+            volume = self.get(req.source)
+        else:
+            try:
+                volume = self.create(req.source, req.volume_driver, req.volume_labels, req.volume_options)
+            except NotFound as exc:
+                # Not a 404 from container create: the CLI takes that for a missing image and pulls.
+                raise InvalidArgument(exc.message) from None
+            if volume.anonymous:
+                made.append(volume.name)
+        mode = (req.mode or "z") if req.source else ""  # as dockerd labels a named volume's mount
+        return MountPoint(type="volume", destination=req.target, source=str(self.directory(volume.name)),
+                          name=volume.name, driver=volume.driver, mode=mode, rw=not req.read_only,
+                          anonymous=volume.anonymous)
