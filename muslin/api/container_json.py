@@ -209,7 +209,7 @@ class ContainerViews:
             "State": {
                 "Status": self.status(c, st), "Running": st.running or restarting, "Paused": st.paused,
                 "Restarting": restarting,
-                "OOMKilled": False, "Dead": False, "Pid": st.pid if st.running else 0, "ExitCode": st.exit_code,
+                "OOMKilled": st.oom_killed, "Dead": False, "Pid": st.pid if st.running else 0, "ExitCode": st.exit_code,
                 "Error": st.error, "StartedAt": rfc3339_ns(st.started_at), "FinishedAt": rfc3339_ns(st.finished_at),
                 **self._health_json(c),
             },

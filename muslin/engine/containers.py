@@ -258,6 +258,7 @@ class ContainerService:
         if req.host_config.get("AutoRemove") and not RestartPolicy.of(req.host_config).none:
             raise InvalidArgument("can't create 'AutoRemove' container with restart policy")
         resources.check(host)
+        host = resources.with_defaults(host)
         config = dict(req.config)
         healthcheck = merged_healthcheck(req.config.get("Healthcheck"), image.config.get("Healthcheck"))
         if healthcheck is not None:

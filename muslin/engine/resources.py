@@ -73,6 +73,13 @@ def resources_of(host: dict[str, Any]) -> Resources:
         pids_limit=-1 if pids < 0 else pids, blkio_weight=host.get("BlkioWeight") or 0)
 
 
+def with_defaults(host: dict[str, Any]) -> dict[str, Any]:
+    """dockerd's adaptContainerSettings: a memory limit without a swap limit gets as much swap again."""
+    if (host.get("Memory") or 0) > 0 and not host.get("MemorySwap"):
+        return {**host, "MemorySwap": host["Memory"] * 2}
+    return host
+
+
 def updated(host: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """HostConfig after `docker update`: as dockerd, a field given as 0 or "" keeps its value (except
     that a new NanoCpus clears CpuPeriod/CpuQuota and the other way round)."""

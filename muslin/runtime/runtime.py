@@ -72,6 +72,7 @@ class State:
     open_stdin: bool
     shim_pid: int
     paused: bool = False  # frozen by ``pause`` (the cgroup freezer)
+    oom_killed: bool = False  # the OOM killer struck in its memory cgroup during its last run
 
 
 @dataclass(frozen=True)
@@ -604,7 +605,7 @@ class Runtime:
                      exit_code=exit_code, error=exited.get("error", ""), created_at=meta["created_at"],
                      started_at=started_at, finished_at=finished_at, image_id=meta["image_id"],
                      process=ProcessConfig(**meta["process"]), tty=spec["tty"], open_stdin=spec["open_stdin"],
-                     shim_pid=shim_pid, paused=paused)
+                     shim_pid=shim_pid, paused=paused, oom_killed=bool(exited.get("oom_killed")))
 
     @staticmethod
     def _frozen(pid: int) -> bool:

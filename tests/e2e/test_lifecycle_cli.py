@@ -296,3 +296,15 @@ def test_the_image_healthcheck_is_inherited(daemon, tmp_path) -> None:
     assert inspect(daemon, "img1")["State"]["Health"]["Log"][0]["Output"] == "from-image\n"
     daemon.docker("rm", "-f", "img1", "img2")
     daemon.docker("rmi", "checked:1")
+
+
+def test_memory_limit_and_oom_killed(daemon) -> None:
+    daemon.docker("run", "-d", "--name", "oom", "-m", "8m", "busybox", "tail", "/dev/zero")  # one endless line
+    host = inspect(daemon, "oom")["HostConfig"]
+    assert (host["Memory"], host["MemorySwap"]) == (8 << 20, 16 << 20)  # swap as much again, as dockerd
+    wait_for(lambda: inspect(daemon, "oom")["State"]["Status"] == "exited")
+    state = inspect(daemon, "oom")["State"]
+    assert (state["OOMKilled"], state["ExitCode"]) == (True, 137)
+    daemon.docker("run", "-d", "--name", "killed", "-m", "8m", "busybox", "sleep", "1000")
+    daemon.docker("kill", "killed")
+    assert inspect(daemon, "killed")["State"]["OOMKilled"] is False

@@ -16,6 +16,7 @@ import time
 
 from .connection import Client
 from .log import Log
+from .oom import oom_counter_path, oom_kills
 from .process import Exec, Init, Stdin
 from .protocol import (ERR_NAME, ERROR, EXIT, PID_NAME, REPLY, SOCKET_NAME, ProtocolError, RequestTooLong,
                        encode_json_frame)
@@ -66,6 +67,8 @@ class Shim:
         self.runc = Runc(config["runc"], config["runc_root"])
         self.run_dir = config["run_dir"]
         self.phase = "ready"  # ready -> starting -> running -> exited
+        self.oom_counter: str | None = None  # the container's oom_kill count, read at start and at exit
+        self.oom_kills_at_start = 0
         self.attached: set[Client] = set()
         self.waiters: set[Client] = set()
         self.init = Init(self.reactor, config["tty"], config["open_stdin"], self.log, self.attached)
@@ -107,6 +110,8 @@ class Shim:
             os.unlink(log_path)
             with open("init.pid") as f:
                 self.init.pid = int(f.read())
+            self.oom_counter = oom_counter_path(self.init.pid)
+            self.oom_kills_at_start = oom_kills(self.oom_counter)
             self.phase = "running"
             try:
                 self.init.runc_started()
@@ -144,8 +149,9 @@ class Shim:
         for exe in [e for e in self.execs.values() if e.pid]:
             self.exec_exited(exe, self.runc.collect(exe.pid))
         self.stop_listening()
+        oom_killed = oom_kills(self.oom_counter) > self.oom_kills_at_start
         write_json_atomic(os.path.join(self.run_dir, "exit.json"),
-                          {"exit_code": code, "error": "", "finished_at": time.time_ns()})
+                          {"exit_code": code, "error": "", "finished_at": time.time_ns(), "oom_killed": oom_killed})
         notice = encode_json_frame(EXIT, {"exit_code": code})
         for client in list(self.waiters) + list(self.attached):
             client.send(notice)
