@@ -50,6 +50,13 @@ def test_link_follows_the_childs_address_and_rm_link_removes_only_the_link(daemo
     hosts = daemon.docker("exec", "parent", "cat", "/etc/hosts").stdout
     assert any(line.startswith(f"{new_ip}\tkid ") for line in hosts.splitlines())
 
+    # The link outlives a restart of muslind (the parent keeps running meanwhile).
+    daemon.stop()
+    daemon.start()
+    assert json.loads(daemon.docker("inspect", "-f", "{{json .HostConfig.Links}}", "parent").stdout) == ["/child:/parent/kid"]
+    daemon.docker("restart", "-t", "0", "parent")
+    assert daemon.docker("exec", "parent", "sh", "-c", "echo $KID_NAME").stdout.strip() == "/parent/kid"
+
     daemon.docker("rm", "--link", "/parent/kid")
     assert daemon.docker("inspect", "-f", "{{json .HostConfig.Links}}", "parent").stdout.strip() == "null"
     assert "kid" not in daemon.docker("exec", "parent", "cat", "/etc/hosts").stdout
