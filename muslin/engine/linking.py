@@ -65,8 +65,8 @@ class LegacyLinks:
                 raise InvalidArgument(HOST_MODE_CONFLICT)
             if any(link.alias == ref.alias for link in out):
                 name = links.link_name(parent_name, ref.alias)
-                raise Conflict(f'Conflict. The name "{name}" is already in use by container "{child.id}". '
-                               "You have to remove (or rename) that container to be able to reuse that name.")
+                raise Conflict(f'Conflict. The container name "{name}" is already in use by container '
+                               f'"{child.id}". You have to remove (or rename) that container to be able to reuse that name.')
             out.append(LegacyLink(child.id, ref.alias))
         return out
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from muslin.api import containers, execs, images, networks, swarm, system
 from muslin.api.http import MAX_HEAD_BYTES, Hijack, HTTPError, Request, Response, Router, Server, StreamResponse
 from muslin.errors import Conflict
 
@@ -227,3 +229,18 @@ def test_hijack_without_upgrade_answers_200_then_raw_bytes(sock) -> None:
         writer.close()
 
     sock(body)
+
+
+def test_every_route_of_the_api_decodes_its_path_parameters() -> None:
+    """`test%2001` reaches each handler as "test 01" (docker-py percent-encodes names in paths)."""
+    router = Router()
+    tables = (system.ROUTES, networks.ROUTES, containers.ROUTES, execs.ROUTES, images.UPLOADS, images.ROUTES,
+              swarm.ROUTES)
+    for table in tables:
+        router.add_all(None, table)
+    with_params = [(method, pattern) for table in tables for method, pattern, _ in table if "{" in pattern]
+    assert len(with_params) > 20
+    for method, pattern in with_params:
+        match = router.route(method, re.sub(r"\{\w+(:path)?\}", "test%2001", pattern))
+        assert match is not None, (method, pattern)
+        assert set(match.params.values()) == {"test 01"}, (method, pattern, match.params)
