@@ -730,6 +730,7 @@ class ContainerService:
         if any(a.network_id == net.id for a in c.attachments):
             raise Forbidden(f"endpoint with name {c.name} already exists in network {net.name}")
         att = _attachment(net, cfg)
+        self.networks.check_endpoint_aliases(net, att.aliases)
         embedded_dns_before = self._uses_embedded_dns(c)
         running = self.state(c).running
         if running:

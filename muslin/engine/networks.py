@@ -227,6 +227,13 @@ class NetworkService:
         return removed
 
     # -- endpoints ---------------------------------------------------------------------------------
+    @staticmethod
+    def check_endpoint_aliases(net: Network, aliases: list[str]) -> None:
+        """dockerd answers names on the predefined networks through /etc/hosts only: no aliases there
+        (refused at connect and at start)."""
+        if net.predefined and aliases:
+            raise InvalidArgument("network-scoped alias is supported only for containers in user defined networks")
+
     def allocate_endpoint(self, net: Network, container_id: str, container_name: str, ifname: str,
                           ip: str = "", mac: str = "", aliases: list[str] | None = None,
                           hostname: str = "", link_aliases: dict[str, str] | None = None,
@@ -236,6 +243,7 @@ class NetworkService:
             raise InvalidArgument(f"network {net.name} ({net.driver}) takes no endpoints")
         if self.store.endpoints(network_id=net.id, container_id=container_id):
             raise Forbidden(f"endpoint with name {container_name} already exists in network {net.name}")
+        self.check_endpoint_aliases(net, list(aliases or []))
         pool = net.pool
         assert pool is not None
         with self.store.transaction() as db:

@@ -103,3 +103,12 @@ def test_links_on_a_user_network_are_dns_aliases_of_the_linking_container_only(d
     assert up_ip in daemon.docker("exec", "late", "nslookup", "bar").stdout
     bad = daemon.docker("network", "connect", "--link", "a:b:c", "un1", "other", check=False)
     assert bad.returncode != 0 and "bad format for links: a:b:c" in bad.stderr
+
+
+def test_aliases_on_the_default_bridge_are_refused_as_dockerd_does(daemon) -> None:
+    daemon.docker("create", "--name", "c4", "busybox", "sleep", "300")
+    daemon.docker("network", "disconnect", "bridge", "c4")
+    refused = daemon.docker("network", "connect", "--alias", "xx", "bridge", "c4", check=False)
+    assert refused.returncode != 0
+    assert "network-scoped alias is supported only for containers in user defined networks" in refused.stderr
+    assert daemon.docker("inspect", "-f", "{{len .NetworkSettings.Networks}}", "c4").stdout.strip() == "0"
