@@ -29,6 +29,7 @@ class LegacyLink:
 
     child_id: str
     alias: str
+    child_name: str = ""  # as at create: what dockerd still names once the child is gone
 
 
 HOST_MODE_CONFLICT = "conflicting options: host type networking can't be used with links. This would result in undefined behavior"
@@ -67,7 +68,7 @@ class LegacyLinks:
                 name = links.link_name(parent_name, ref.alias)
                 raise Conflict(f'Conflict. The container name "{name}" is already in use by container '
                                f'"{child.id}". You have to remove (or rename) that container to be able to reuse that name.')
-            out.append(LegacyLink(child.id, ref.alias))
+            out.append(LegacyLink(child.id, ref.alias, child.name))
         return out
 
     # -- start ---------------------------------------------------------------------------------------
@@ -97,8 +98,8 @@ class LegacyLinks:
             if child is not None and child.network_mode != "bridge":
                 raise Conflict(f"Cannot link to /{child.name}, as it does not belong to the default network")
             if child is None or not self.containers.state(child).running:
-                shown = f"/{child.name}" if child is not None else link.child_id
-                raise Conflict(f"Cannot link to a non running container: {shown} AS {name}")
+                shown = child.name if child is not None else link.child_name or link.child_id
+                raise Conflict(f"Cannot link to a non running container: /{shown} AS {name}")
 
     def start_env(self, parent: Container) -> list[str]:
         """The variables of the parent's links (after ``check_children``); [] off the default bridge."""
@@ -155,8 +156,8 @@ class LegacyLinks:
 
     def inspect_links(self, parent: Container) -> list[str] | None:
         """HostConfig.Links as dockerd shows them: ``/child:/parent/alias`` (None without links)."""
-        shown = [f"/{child.name}:{links.link_name(parent.name, link.alias)}"
-                 for link, child in self._children(parent) if child is not None]
+        shown = [f"/{child.name if child else link.child_name or link.child_id}:{links.link_name(parent.name, link.alias)}"
+                 for link, child in self._children(parent)]
         return shown or None
 
     # -- removal ---------------------------------------------------------------------------------------

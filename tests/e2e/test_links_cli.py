@@ -61,6 +61,14 @@ def test_link_follows_the_childs_address_and_rm_link_removes_only_the_link(daemo
     assert daemon.docker("inspect", "-f", "{{json .HostConfig.Links}}", "parent").stdout.strip() == "null"
     assert "kid" not in daemon.docker("exec", "parent", "cat", "/etc/hosts").stdout
     assert sorted(daemon.docker("ps", "--format", "{{.Names}}").stdout.split()) == ["child", "filler", "parent"]
+    assert "parent/kid" not in daemon.docker("ps", "--no-trunc", "--format", "{{.Names}}").stdout
+    # A removed child stays named in the parent's links, which then cannot start (as with dockerd).
+    daemon.docker("run", "-d", "--name", "gone", "busybox", "sleep", "300")
+    daemon.docker("create", "--name", "orphan", "--link", "gone:g", "busybox", "sleep", "300")
+    daemon.docker("rm", "-f", "gone")
+    assert json.loads(daemon.docker("inspect", "-f", "{{json .HostConfig.Links}}", "orphan").stdout) == ["/gone:/orphan/g"]
+    failed = daemon.docker("start", "orphan", check=False)
+    assert failed.returncode != 0 and "Cannot link to a non running container: /gone AS /orphan/g" in failed.stderr
     # A container's own name is no link.
     gone = daemon.docker("rm", "--link", "child", check=False)
     assert gone.returncode != 0 and "cannot remove the default link name" in gone.stderr
