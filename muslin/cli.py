@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Backend.Type of the network config (default: none, as in the article: udp)")
     up.add_argument("--routed", action="store_true",
                     help="nodes on two L2 segments joined by a router (with bgp: the router is their BGP peer)")
+    up.add_argument("--overlay", action="store_true",
+                    help="engines share the lab's etcd as their cluster store (Docker's classic overlay, §5.2.1), "
+                         "and an overlay network is used across the nodes")
     lab_sub.add_parser("status", help="what runs on each node")
     ex = lab_sub.add_parser("exec", help="run a command on a node, with DOCKER_HOST set for its engine")
     ex.add_argument("node")
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(args.root or DEFAULT_ROOT, out=lambda line: print(line, flush=True))
     try:
         if args.action == "up":
-            lab.up(args.nodes, args.backend, args.routed)
+            lab.up(args.nodes, args.backend, args.routed, overlay=args.overlay)
             return 0
         if args.action == "status":
             return lab.status()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from muslin import __version__, listeners
 from muslin.api.app import build_server
+from muslin.engine.cluster_store import parse_cluster_config
 from muslin.engine.config import DaemonConfig, parse_bool
 from muslin.engine.engine import Engine
 from muslin.errors import EngineError
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip", dest="default_bind_ip", default="0.0.0.0", help="default host IP for published ports")
     p.add_argument("--flannel-subnet-file", default="",
                    help="take --bip, --mtu and --ip-masq from a flannel subnet.env (flags given win)")
+    p.add_argument("--cluster-store", default="",
+                   help="etcd://host:port[,host:port...][/prefix]: share overlay networks with the engines on it")
+    p.add_argument("--cluster-advertise", default="",
+                   help="IFACE:PORT or IP:PORT: this engine's address in the cluster (the overlay's VTEP)")
+    p.add_argument("--cluster-store-opt", action="append", default=[],
+                   help="kv.cacertfile=, kv.certfile=, kv.keyfile= (TLS to etcd), discovery.ttl=, "
+                        "discovery.heartbeat= (the engine's lease); repeatable")
     p.add_argument("-D", "--debug", action="store_true")
     p.add_argument("-v", "--version", action="version", version=f"muslind {__version__}")
     return p
@@ -95,10 +103,18 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             masq = not parse_bool(env.get("FLANNEL_IPMASQ", "false"))
     if mtu is not None and not 68 <= mtu <= 65535:
         raise SystemExit(f"muslind: invalid --mtu {mtu}: it must be between 68 and 65535")
+    cluster = None
+    if args.cluster_store:
+        try:
+            cluster = parse_cluster_config(args.cluster_store, args.cluster_advertise, args.cluster_store_opt)
+        except ValueError as exc:
+            raise SystemExit(f"muslind: {exc}") from None
+    elif args.cluster_advertise or args.cluster_store_opt:
+        raise SystemExit("muslind: --cluster-advertise and --cluster-store-opt need --cluster-store")
     return DaemonConfig(data_root=Path(args.data_root), exec_root=Path(args.exec_root),
                         bridge_name=args.bridge_name, bip=bip, mtu=mtu or 1500, ip_masq=True if masq is None else masq,
                         iptables=args.iptables, ip_forward=args.ip_forward, icc=args.icc,
-                        default_bind_ip=args.default_bind_ip)
+                        default_bind_ip=args.default_bind_ip, cluster=cluster)
 
 
 async def serve(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ def network_json(net: Network, endpoints: list[Endpoint]) -> dict[str, Any]:
         "Name": net.name,
         "Id": net.id,
         "Created": net.created,
-        "Scope": "local",
+        "Scope": net.scope,
         "Driver": net.driver,
         "EnableIPv4": True,
         "EnableIPv6": net.enable_ipv6,
@@ -66,7 +66,7 @@ def _matches(net: Network, filters: dict[str, list[str]]) -> bool:
             return False
         if key == "driver" and net.driver not in values:
             return False
-        if key == "scope" and "local" not in values:
+        if key == "scope" and net.scope not in values:
             return False
         if key == "type":
             kind = "builtin" if net.predefined else "custom"
@@ -100,7 +100,7 @@ async def list_networks(engine: Engine, req: Request) -> Response:
 async def inspect_network(engine: Engine, req: Request) -> Response:
     net = engine.networks.get(req.params["id"])
     scope = req.arg("scope")
-    if scope and scope != "local":  # every network of a single engine is local
+    if scope and scope != net.scope:  # local, or global for an overlay of the cluster store
         raise HTTPError(404, f"network {req.params['id']} not found")
     return json_response(network_json(net, engine.networks.endpoints(net)))
 

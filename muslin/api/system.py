@@ -92,6 +92,8 @@ async def info(engine: Engine, req: Request) -> Response:
         "Runtimes": {"runc": {"path": "runc"}}, "DefaultRuntime": "runc",
         "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
                   "Error": "", "RemoteManagers": None},
+        "ClusterStore": engine.config.cluster.url if engine.config.cluster else "",
+        "ClusterAdvertise": engine.networks.cluster_advertise(),
         "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "",
         "SecurityOptions": [], "Warnings": None,
     })

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from pathlib import Path
 
+from .cluster_store import ClusterConfig
+
 
 TRUE_WORDS = ("1", "t", "true", "yes")
 FALSE_WORDS = ("0", "f", "false", "no")
@@ -33,6 +35,7 @@ class DaemonConfig:
     ip_forward: bool = True
     icc: bool = True
     default_bind_ip: str = "0.0.0.0"
+    cluster: ClusterConfig | None = None  # --cluster-store and friends: global (overlay) networks
 
     @property
     def default_bip(self) -> IPv4Interface:

@@ -430,10 +430,12 @@ class ContainerService:
                 assert c.sandbox is not None
                 self.networks.wire_endpoint(net, ep, c.sandbox)
                 wired.append((net, ep))
+            if c.sandbox:  # containers only on overlays go out through docker_gwbridge (see gwbridge)
+                wired += self.networks.attach_gateway(c.id, c.name, c.sandbox)
             # Each endpoint with a gateway adds a default route unless there is one: the first one's holds.
             holder = next((ep.id for _, ep in wired if ep.gateway is not None), None)
             priority = {a.network_id: a.gw_priority for a in c.attachments}
-            self._follow_gateway(c, [GatewayCandidate(net, ep, priority[net.id]) for net, ep in wired], holder)
+            self._follow_gateway(c, [GatewayCandidate(net, ep, priority.get(net.id, 0)) for net, ep in wired], holder)
             if c.links:
                 self.runtime.set_start_env(c.id, self.linking.start_env(c))
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
@@ -740,6 +742,7 @@ class ContainerService:
                                                  hostname=c.config.get("Hostname") or "", **_endpoint_extras(att))
             assert c.sandbox is not None
             self.networks.wire_endpoint(net, ep, c.sandbox)
+            self.networks.attach_gateway(c.id, c.name, c.sandbox)
         c.attachments.append(att)
         if running:
             self._follow_gateway(c, self._live_gateway_candidates(c))

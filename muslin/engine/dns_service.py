@@ -26,7 +26,8 @@ from muslin.kernel import iptables, netns
 
 from . import dns
 from .firewall import DNSRedirect, SandboxFirewall
-from .model import Network
+from .gwbridge import is_gateway_bridge
+from .model import Endpoint, Network
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,11 @@ def bind_sockets(sandbox: str, udp_port: int, tcp_port: int, exact: bool = False
 class DNSService:
     """Per container: ``bind`` (worker), ``serve`` and ``stop`` (event loop); see the module's docstring."""
 
-    def __init__(self, store: Store, network: Callable[[str], Network]) -> None:
+    def __init__(self, store: Store, network: Callable[[str], Network],
+                 remote: Callable[[str], list[Endpoint]] = lambda network_id: []) -> None:
         self.store = store
         self.network = network  # a network by id (the store's record)
+        self.remote = remote  # other engines' endpoints on a global network, by its id
         self.sandbox_firewall = SandboxFirewall()
         self.loop: asyncio.AbstractEventLoop | None = None  # set once the engine runs on it
         self._lock = threading.Lock()
@@ -179,7 +182,8 @@ class DNSService:
         # Endpoints carry their container's name and aliases (rename updates them), so a query reads
         # only the endpoints of the networks the asker is on.
         # A name is the container's name, short id, hostname or an alias, alone or as <name>.<network>.
-        mine_all = [e for e in self.store.endpoints(container_id=cid) if not self.network(e.network_id).predefined]
+        mine_all = [e for e in self.store.endpoints(container_id=cid)
+                    if not self.network(e.network_id).predefined and not is_gateway_bridge(self.network(e.network_id))]
         # An endpoint's link alias comes first and only on that endpoint's network (dockerd's order).
         for mine in mine_all:
             target = mine.link_aliases.get(name)
@@ -196,7 +200,7 @@ class DNSService:
     def _names_on(self, network_id: str, name: str, short: str) -> list[IPv4Address]:
         """Addresses of the endpoints on the network that go by ``name`` or ``short``."""
         found = []
-        for ep in self.store.endpoints(network_id=network_id):
+        for ep in [*self.store.endpoints(network_id=network_id), *self.remote(network_id)]:
             names = {ep.container_name.lower(), ep.container_id[:12], ep.hostname.lower(),
                      *(a.lower() for a in ep.aliases)} - {""}
             if ep.address is not None and (name in names or short in names):

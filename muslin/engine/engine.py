@@ -44,16 +44,16 @@ class Engine:
             root.chmod(mode)
         self.store = Store(config.data_root)
         self.firewall = IptablesFirewall() if config.iptables else None
-        self.networks = NetworkService(self.store, config, self.firewall)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.networks = NetworkService(self.store, config, self.firewall, self._worker.submit)
         self.images = ImageStore(config.data_root / "images")
         self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
-        self.dns = DNSService(self.store, self.networks.get)
+        self.dns = DNSService(self.store, self.networks.get, self.networks.remote_endpoints)
         self.volumes = VolumeService(self.store, config.data_root, lambda name: self.containers.volume_users(name))
         self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.dns,
                                            self.call, self.volumes)
         self.execs = ExecService(self.containers, self.runtime)
         self.files = FileService(self.containers, self.runtime)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.guard = FirewallGuard(lambda: self.call(self.restore_firewall)) if self.firewall else None
 
     async def start(self) -> None:

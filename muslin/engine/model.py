@@ -46,6 +46,7 @@ class Network:
     # to program, host and null).
     settings: DriverSettings | None = None
     predefined: bool = False
+    scope: str = "local"  # "global": kept in the cluster store, the same network on every engine
     subnet_from_user: bool = True  # False: IPAM chose it; then --ip is refused, as dockerd does
 
     @property

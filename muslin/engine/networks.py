@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound
 from muslin.kernel import address, link, netns, route
 
 from . import ipam
+from .cluster_store import ClusterStore
 from .config import DaemonConfig
 from .drivers.base import HostNetlink, NetworkDriver, PortPublisher
 from .drivers.bridge import BridgeDriver
 from .drivers.bridge_options import OPT_BIND, OPT_DEFAULT, OPT_ICC, OPT_MASQ, OPT_MTU, OPT_NAME
 from .drivers.macvlan import MacvlanDriver
+from .drivers.overlay import OverlayDriver
 from .drivers.passthrough import PassthroughDriver
 from .firewall import BridgeSpec, Firewall
+from .gwbridge import GatewayBridge
+from .global_networks import GlobalNetworks, engine_id
 from .model import Endpoint, IPAMPool, Network, new_id, now_rfc3339
 from .requests import NetworkCreate
 from .store import Store
@@ -33,14 +38,15 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 PREDEFINED = {"bridge": "bridge", "host": "host", "none": "null"}
-# Drivers Docker knows that muslind does not implement yet: refused with a clear message, not "not found".
+# Drivers Docker knows that muslind does not implement yet (overlay: without --cluster-store): refused
+# with a clear message, not "not found".
 PLANNED_DRIVERS = {"ipvlan", "overlay"}
 NOT_A_SWARM_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to '
                        'connect this node to swarm and try again.')
 # IPAMConfig.LinkLocalIPs go on the interface with libnetwork's link-local mask, whatever the address.
 LINK_LOCAL_PREFIX = 16
 # Drivers whose networks give containers endpoints of their own (host and null give none).
-ENDPOINT_DRIVERS = {"bridge", "macvlan"}
+ENDPOINT_DRIVERS = {"bridge", "macvlan", "overlay"}
 
 
 class NetworkService:
@@ -48,7 +54,8 @@ class NetworkService:
     worker thread (the drivers' netlink handles live there); the queries (list, get, endpoints) only
     read the store, from either thread."""
 
-    def __init__(self, store: Store, config: DaemonConfig, firewall: Firewall | None) -> None:
+    def __init__(self, store: Store, config: DaemonConfig, firewall: Firewall | None,
+                 submit: Callable[[Callable[[], None]], Future[None]]) -> None:
         self.store = store
         self.config = config
         self._host = HostNetlink()
@@ -59,12 +66,30 @@ class NetworkService:
             "host": PassthroughDriver("host"),
             "null": PassthroughDriver("null"),
         }
+        # With a cluster store: the overlay driver, and the global networks it serves (``submit`` runs
+        # the store's changes on the engine's worker thread).
+        self.global_networks: GlobalNetworks | None = None
+        self.gateway_bridge = GatewayBridge(self)
+        if config.cluster is not None:
+            overlay = OverlayDriver(self._host, config.cluster.advertise_host)
+            self.drivers["overlay"] = overlay
+            self.global_networks = GlobalNetworks(ClusterStore(config.cluster), store, overlay,
+                                                  engine_id(config.data_root), submit)
 
     def close(self) -> None:
+        if self.global_networks is not None:
+            self.global_networks.close()
         self._host.close()
 
     def driver_names(self) -> list[str]:
         return sorted(self.drivers)
+
+    def cluster_advertise(self) -> str:
+        """``--cluster-advertise`` resolved to ADDRESS:PORT, as docker info shows it; empty without."""
+        if self.global_networks is None or self.config.cluster is None:
+            return ""
+        port = self.config.cluster.advertise.rpartition(":")[2]
+        return f"{self.global_networks.driver.underlay.ip}:{port}"
 
     # -- queries -----------------------------------------------------------------------------------
     def list(self) -> list[Network]:
@@ -86,6 +111,11 @@ class NetworkService:
         """Make the predefined networks exist as configured, then bring the kernel in line."""
         self._ensure_predefined()
         self.reconcile()
+        if self.global_networks is not None:
+            # Resolved now: an advertise address this host does not have stops the start.
+            log.info("cluster store %s, advertising %s", self.global_networks.cluster.config.url,
+                     self.global_networks.driver.underlay.ip)
+            self.global_networks.start()
 
     def _default_bridge(self) -> Network:
         bip = self.config.default_bip
@@ -138,7 +168,10 @@ class NetworkService:
         if self.bridge.firewall:
             self.bridge.firewall.remove_legacy_rules(self.firewall_specs())
         for net in nets:
-            if net.settings is not None:
+            if net.scope == "global" and self.global_networks is None:
+                log.warning("global network %s (%s) is left alone: muslind runs without --cluster-store",
+                            net.name, net.id[:12])
+            elif net.settings is not None:
                 self.drivers[net.driver].restore(net)
 
     def create(self, req: NetworkCreate) -> Network:
@@ -147,13 +180,15 @@ class NetworkService:
             raise InvalidArgument("network name cannot be empty")
         if name in PREDEFINED:
             raise Forbidden(f"{name} is a pre-defined network and cannot be created")
-        if driver in PLANNED_DRIVERS:
+        if driver in PLANNED_DRIVERS and driver not in self.drivers:
             raise InvalidArgument(f"the {driver} driver is not available in muslind yet; available: {', '.join(self.driver_names())}")
         if driver not in self.drivers:
             raise NotFound(f"plugin \"{driver}\" not found")
         if req.scope == "swarm":
             raise Forbidden("cannot create a swarm scoped network when swarm is not active")
-        if req.scope not in ("", "local"):  # dockerd: a 500 with this message, outside a swarm
+        global_overlay = driver == "overlay" and self.global_networks is not None
+        if req.scope not in ("", "local") and not (req.scope == "global" and global_overlay):
+            # dockerd: a 500 with this message, outside a swarm
             raise Forbidden(NOT_A_SWARM_MANAGER)
         if req.ingress:  # only an overlay of a swarm can be one
             raise Forbidden("Ingress network can only be global scope network")
@@ -164,12 +199,14 @@ class NetworkService:
         configs = list(req.ipam_pools)
         if len(configs) > 1:
             raise InvalidArgument("muslind supports one IPv4 pool per network")
-        others = self.store.networks()
-        if any(n.name == name for n in others):
-            raise Conflict(f"network with name {name} already exists")
         net = Network(id=new_id(), name=name, driver=driver, created=now_rfc3339(), internal=req.internal,
                       attachable=req.attachable, ingress=req.ingress, options=dict(req.options),
                       labels=dict(req.labels), ipam_options=dict(req.ipam_options))
+        if global_overlay and self.global_networks is not None:
+            return self.global_networks.create(net, configs[0] if configs else None)
+        others = self.store.networks()
+        if any(n.name == name for n in others):
+            raise Conflict(f"network with name {name} already exists")
         taken = [(n.name, n.pool.subnet) for n in others if n.pool]
         if configs:
             pool = ipam.pool_from_config(configs[0])
@@ -212,6 +249,12 @@ class NetworkService:
             raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
         if self.store.endpoints(network_id=net.id):
             raise Forbidden(f"error while removing network: network {net.name} id {net.id} has active endpoints")
+        if net.scope == "global":
+            if self.global_networks is None:
+                raise Forbidden(f"network {net.name} is a global network: start muslind with --cluster-store to "
+                                "remove it")
+            self.global_networks.delete(net)
+            return
         self.drivers[net.driver].delete_network(net)
         with self.store.transaction() as db:
             self.store.delete_network(db, net.id)
@@ -246,6 +289,8 @@ class NetworkService:
         self.check_endpoint_aliases(net, list(aliases or []))
         pool = net.pool
         assert pool is not None
+        if net.scope == "global":
+            return self._allocate_global(net, container_id, container_name, ifname, ip, mac, aliases or [], hostname)
         with self.store.transaction() as db:
             allocated = self.store.allocated(net.id)
             if ip:
@@ -270,6 +315,20 @@ class NetworkService:
             self.store.put_endpoint(db, ep)
         return ep
 
+    def _allocate_global(self, net: Network, container_id: str, container_name: str, ifname: str, ip: str,
+                         mac: str, aliases: list[str], hostname: str) -> Endpoint:
+        """The address comes from the cluster store (the endpoint is published there with it), then
+        the local record, as for a local network."""
+        if self.global_networks is None:
+            raise Forbidden(f"network {net.name} is a global network: start muslind with --cluster-store to use it")
+        ep = self.global_networks.allocate_endpoint(net, container_id, container_name, ifname, ip, mac, aliases,
+                                                    hostname)
+        assert ep.address is not None
+        with self.store.transaction() as db:
+            self.store.allocate(db, net.id, ep.address.ip, container_id)
+            self.store.put_endpoint(db, ep)
+        return ep
+
     def route_default_via(self, ep: Endpoint, sandbox: str) -> None:
         """The container's default route through this endpoint's gateway, replacing the one it had
         (dockerd moves it when the container's gateway endpoint changes)."""
@@ -288,6 +347,8 @@ class NetworkService:
 
     def release_endpoint(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         self.drivers[net.driver].leave(net, ep, sandbox)
+        if net.scope == "global" and self.global_networks is not None:
+            self.global_networks.release_endpoint(net, ep)
         with self.store.transaction() as db:
             self.store.delete_endpoint(db, ep.id)
             self.store.release(db, net.id, ep.container_id)
@@ -298,3 +359,16 @@ class NetworkService:
         host, none), and ports asked for on it are not published, as in Docker."""
         driver = self.drivers[net.driver]
         return driver if isinstance(driver, PortPublisher) else None
+
+    def attach_gateway(self, container_id: str, container_name: str, sandbox: str) -> list[tuple[Network, Endpoint]]:
+        """docker_gwbridge's endpoint for a container whose networks are overlays only (see gateway)."""
+        return self.gateway_bridge.attach(container_id, container_name, sandbox)
+
+    def remote_endpoints(self, network_id: str) -> list[Endpoint]:
+        """Other engines' endpoints on a global network (for the embedded DNS; any thread)."""
+        if self.global_networks is None:
+            return []
+        return [Endpoint(id=r.endpoint_id, network_id=network_id, container_id=r.container_id,
+                         container_name=r.name, address=r.address, mac=r.mac, ifname="", aliases=list(r.aliases),
+                         hostname=r.hostname)
+                for r in self.global_networks.remote_endpoints(network_id)]

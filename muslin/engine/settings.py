@@ -48,4 +48,9 @@ class MacvlanSettings:
     vlan: Vlan | None = None  # set when origin is VLAN: ``parent`` is ``<base>.<vid>``
 
 
-DriverSettings = BridgeSettings | MacvlanSettings
+@dataclass(frozen=True)
+class OverlaySettings:
+    vni: int  # the network's VXLAN id, the same on every engine (allocated in the cluster store)
+
+
+DriverSettings = BridgeSettings | MacvlanSettings | OverlaySettings

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .model import Endpoint, IPAMPool, Network
-from .settings import BridgeSettings, DriverSettings, MacvlanMode, MacvlanSettings, ParentOrigin, Vlan
+from .settings import BridgeSettings, DriverSettings, MacvlanMode, MacvlanSettings, OverlaySettings, ParentOrigin, Vlan
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
@@ -42,6 +42,8 @@ def _settings_to_doc(settings: DriverSettings | None) -> dict[str, Any] | None:
     if isinstance(settings, MacvlanSettings):
         return {"parent": settings.parent, "mode": settings.mode.value, "origin": settings.origin.value,
                 "vlan": {"base": settings.vlan.base, "vid": settings.vlan.vid} if settings.vlan else None}
+    if isinstance(settings, OverlaySettings):
+        return {"vni": settings.vni}
     return None
 
 
@@ -55,6 +57,8 @@ def _settings_from_doc(driver: str, doc: dict[str, Any] | None) -> DriverSetting
         vlan = doc["vlan"]
         return MacvlanSettings(parent=doc["parent"], mode=MacvlanMode(doc["mode"]), origin=ParentOrigin(doc["origin"]),
                                vlan=Vlan(base=vlan["base"], vid=vlan["vid"]) if vlan else None)
+    if driver == "overlay":
+        return OverlaySettings(vni=doc["vni"])
     raise ValueError(f"a network of driver {driver} has no settings")
 
 

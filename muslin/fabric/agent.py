@@ -24,7 +24,7 @@ from muslin.fabric import bgppeers, files, firewall
 from muslin.fabric.backends import make_backend
 from muslin.fabric.backends.base import Backend, ExternalInterface, LocalNetwork
 from muslin.fabric.config import ConfigError, NetworkConfig, parse_config
-from muslin.fabric.etcd import (Credentials, Endpoint, KeyValueStore, StoreError, TlsFiles, WatchResync,
+from muslin.etcd import (Credentials, Endpoint, KeyValueStore, StoreError, TlsFiles, WatchResync,
                                 find_config_store)
 from muslin.fabric.subnets import DEFAULT_LEASE_TTL, Lease, LeaseAttrs, LeaseEvent, NetworkExhausted, SubnetManager
 from muslin.kernel import address, link, route

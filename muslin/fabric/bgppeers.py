@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from muslin.fabric.etcd import Entry, KeyValueStore
+from muslin.etcd import Entry, KeyValueStore
 
 log = logging.getLogger(__name__)
 

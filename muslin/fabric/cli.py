@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
-from muslin.fabric.etcd import API_CHOICES, Credentials, TlsFiles, parse_endpoints
+from muslin.etcd import API_CHOICES, Credentials, TlsFiles, parse_endpoints
 from muslin.fabric.files import DEFAULT_SUBNET_FILE
 from muslin.fabric.subnets import DEFAULT_LEASE_TTL
 from muslin.kernel import pyroute2_lean

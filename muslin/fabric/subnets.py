@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Literal
 
 from muslin.fabric.config import NetworkConfig
-from muslin.fabric.etcd import KeyValueStore
+from muslin.etcd import KeyValueStore
 
 log = logging.getLogger(__name__)
 

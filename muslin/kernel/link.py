@@ -131,6 +131,12 @@ def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: in
     return index, None
 
 
+def ensure_master(ipr: IPRoute, index: int, master_index: int) -> None:
+    """The link is a port of this bridge."""
+    if ipr.get_links(index)[0].get_attr("IFLA_MASTER") != master_index:
+        ipr.link("set", index=index, master=master_index)
+
+
 def ensure_hairpin(ipr: IPRoute, port_index: int) -> None:
     """The bridge sends a port's frames back out of that port (a container reaching itself through
     its own published port)."""

@@ -162,8 +162,10 @@ class Lab:
             raise LabError(f"step '{title}' failed: {type(exc).__name__}: {exc}") from exc
         self.out(f"    ok ({time.monotonic() - started:.1f}s)")
 
-    def up(self, count: int = 2, backend: str | None = None, routed: bool = False) -> float:
-        """``backend`` None: the article's config as written, without Backend, so udp (flanneld's default)."""
+    def up(self, count: int = 2, backend: str | None = None, routed: bool = False, overlay: bool = False) -> float:
+        """``backend`` None: the article's config as written, without Backend, so udp (flanneld's default).
+        ``overlay``: the engines also share the lab's etcd as their cluster store, and an overlay network
+        (Docker's own multi-host networking, beside flannel's) is shown across the nodes."""
         if backend is not None and backend not in BACKENDS:
             raise LabError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if not 2 <= count <= 8:
@@ -179,10 +181,12 @@ class Lab:
             if backend == "bgp" and routed:
                 self._top_of_rack(nodes)
             self._flannel(nodes)
-            self._engines(nodes)
+            self._engines(nodes, overlay)
             if backend == "bgp":
                 self._bgp_sessions(nodes, routed)
             self._containers(nodes, expect_failure=routed and backend == "host-gw")
+            if overlay:
+                self._overlay(nodes)
         except BaseException:
             self.out("\nlab up failed; `muslin lab down` removes what was made")
             raise
@@ -306,12 +310,14 @@ class Lab:
                 self.show(n, "cat /run/flannel/subnet.env", "cat", "/run/flannel/subnet.env", view=True)
             self.show(first, "cat /run/flannel/docker", "cat", "/run/flannel/docker", view=True)
 
-    def _engines(self, nodes: list[Node]) -> None:
+    def _engines(self, nodes: list[Node], overlay: bool = False) -> None:
         with self.step("5.7 muslind with the options flannel wrote (the article's ExecStart line)"):
+            store = "etcd://" + ",".join(f"{n.address}:2379" for n in nodes)
             for n in nodes:
                 opts = read_shell_vars(n.path("/run/flannel/docker")).get("DOCKER_NETWORK_OPTIONS", "")
+                cluster = ["--cluster-store", store, "--cluster-advertise", f"{topology.HOST_IFACE}:2376"] if overlay else []
                 cmd = [bin_path("muslind"), "-H", n.docker_host, "--data-root", str(n.path("/var/lib/muslin")),
-                       "--exec-root", str(n.path("/run/muslin")), *shlex.split(opts)]
+                       "--exec-root", str(n.path("/run/muslin")), *shlex.split(opts), *cluster]
                 self.out(f"    {n.name}: ExecStart={shlex.join(['muslind', *cmd[1:]])}")
                 self.spawn(n, "muslind", cmd)
             device = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": "eth0", "bgp": "eth0"}[self.backend()]
@@ -340,6 +346,26 @@ class Lab:
             if " 0% packet loss" not in result.stdout:
                 raise LabError(f"step '5.8 cross-host ping' failed: {first.name} -> {last.name} "
                                f"({addresses[nodes.index(last)]}) lost packets:\n{result.stdout}{result.stderr}")
+
+    def _overlay(self, nodes: list[Node]) -> None:
+        first, last = nodes[0], nodes[-1]
+        with self.step("5.2.1 Docker's overlay network over the engines' cluster store (etcd)"):
+            self.show(first, "docker network create -d overlay --subnet 10.0.9.0/24 ov1",
+                      "docker", "network", "create", "-d", "overlay", "--subnet", "10.0.9.0/24", "ov1")
+            wait_for(lambda: "ov1" in self.run(last, "docker", "network", "ls", check=False).stdout, 5,
+                     f"ov1 did not reach {last.name}'s engine; see {last.path('/var/log/muslind.log')}")
+            self.show(last, "docker network ls --filter driver=overlay", "docker", "network", "ls", "--filter",
+                      "driver=overlay")
+            self.show(first, "docker run -d --name web1 --network ov1 busybox httpd ...", "docker", "run", "-d",
+                      "--name", "web1", "--network", "ov1", "busybox", "sh", "-c",
+                      f"mkdir /www; echo hello from web1 on {first.name} > /www/index.html; httpd -f -h /www")
+            probe = "ping -c 3 -W 2 web1 && wget -qO- http://web1/"
+            result = self.run(last, "docker", "run", "--rm", "--network", "ov1", "busybox", "sh", "-c", probe,
+                              check=False)
+            self.out(f"[root@{last.name} ~]# docker run --rm --network ov1 busybox sh -c '{probe}'")
+            self.out(result.stdout.rstrip())
+            if result.returncode != 0 or " 0% packet loss" not in result.stdout:
+                raise LabError(f"{last.name} did not reach web1 on {first.name} over ov1:\n{result.stdout}{result.stderr}")
 
     def _explain_host_gw_across_router(self, first: Node, last: Node, ping_output: str) -> None:
         if " 0% packet loss" in ping_output:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from muslin.fabric.etcd import Entry, Event
+from muslin.etcd import Entry, Event
 
 
 class MemoryStore:

@@ -14,7 +14,7 @@ from muslin.fabric.backends.bgp import plan_neighbors
 from muslin.fabric.bgppeers import BgpPeer, BgpResources, parse_resources
 from muslin.fabric.bird import BgpNeighbor, BirdConfig, parse_protocols, render_config
 from muslin.fabric.config import BgpSettings, ConfigError, parse_config
-from muslin.fabric.etcd import Entry
+from muslin.etcd import Entry
 
 A, B, C, D = (IPv4Address(f"192.168.255.{n}") for n in (154, 155, 156, 157))
 TOR = IPv4Address("192.168.1.1")

@@ -205,7 +205,7 @@ def test_etcd_v2_with_basic_auth(make_rig) -> None:
 
 CONDITIONAL_PUT = """
 import asyncio, sys
-from muslin.fabric.etcd import Endpoint, EtcdV2Store, EtcdV3Store
+from muslin.etcd import Endpoint, EtcdV2Store, EtcdV3Store
 
 async def main(api, url):
     store = (EtcdV3Store if api == "3" else EtcdV2Store)([Endpoint.parse(url)])
@@ -237,7 +237,7 @@ def test_conditional_put_against_real_etcd(make_rig, api: str) -> None:
 
 WATCH = """
 import asyncio, base64, json, sys, urllib.request
-from muslin.fabric.etcd import Endpoint, EtcdV3Store, WatchResync
+from muslin.etcd import Endpoint, EtcdV3Store, WatchResync
 
 async def main(url):
     store = EtcdV3Store([Endpoint.parse(url)])

@@ -139,3 +139,16 @@ def test_down_is_idempotent_and_finishes_a_half_done_up(tmp_path: Path) -> None:
     lab.down()
     lab.down()
     assert_nothing_left(lab)
+
+
+def test_overlay_network_across_the_engines(lab: Lab) -> None:
+    lab.up(2, "vxlan", overlay=True)
+    text = "\n".join(lab.lines)
+    node1, node2 = lab.nodes()
+    assert f"--cluster-store etcd://{node1.address}:2379,{node2.address}:2379 --cluster-advertise eth0:2376" in text
+    net_id = lab.run(node1, "docker", "network", "inspect", "-f", "{{.Id}}", "ov1").stdout.strip()
+    listed = text.split("[root@node2 ~]# docker network ls --filter driver=overlay")[1]
+    assert f"{net_id[:12]}   ov1       overlay   global" in listed, listed
+    for expected in ("hello from web1 on node1", " 0% packet loss"):
+        assert expected in text, expected
+    assert lab.status() == 0

@@ -1,4 +1,5 @@
-"""etcd as a small key-value store, in both of the keyspaces flannel has used.
+"""etcd as a small key-value store, in both of the keyspaces flannel has used; shared by the fabric's agent
+and the engine's cluster store (``--cluster-store``), which also uses its transactions and leases.
 
 flanneld <= 0.17 (the seed's 0.7) keeps its network in etcd's v2 keyspace; >= 0.18 in v3. In etcd 3.x the
 two are separate stores, so ``etcdctl mk`` (v2) and ``etcdctl put`` (v3) configure different networks. The
@@ -240,6 +241,56 @@ def _prefix_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
+@dataclass(frozen=True)
+class Absent:
+    """Compare: no key of this name (``prefix``: none under it)."""
+
+    key: str
+    prefix: bool = False
+
+    def request(self) -> dict:
+        raw = self.key.encode()
+        compare: dict[str, object] = {"key": _b64(raw), "target": "VERSION", "result": "EQUAL", "version": 0}
+        if self.prefix:
+            compare["range_end"] = _b64(_prefix_end(raw))
+        return compare
+
+
+@dataclass(frozen=True)
+class Present:
+    """Compare: the key exists."""
+
+    key: str
+
+    def request(self) -> dict:
+        return {"key": _b64(self.key.encode()), "target": "VERSION", "result": "GREATER", "version": 0}
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0  # 0: no lease (the key stays until deleted)
+
+    def request(self) -> dict:
+        put: dict[str, object] = {"key": _b64(self.key.encode()), "value": _b64(self.value)}
+        if self.lease:
+            put["lease"] = self.lease
+        return {"request_put": put}
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+    def request(self) -> dict:
+        return {"request_delete_range": {"key": _b64(self.key.encode())}}
+
+
+Compare = Absent | Present
+Operation = Put | Delete
+
+
 class _V3Error(StoreError):
     """An error answer of etcd's gateway: the gRPC status code and message."""
 
@@ -408,6 +459,21 @@ class EtcdV3Store:
 
     async def delete(self, key: str) -> None:
         await self._call("/v3/kv/deleterange", {"key": _b64(key.encode())})
+
+    async def transaction(self, compare: list[Compare], success: list[Operation]) -> bool:
+        """Every operation if every compare holds, else none; whether they were done."""
+        reply = await self._call("/v3/kv/txn", {"compare": [c.request() for c in compare],
+                                                "success": [o.request() for o in success]})
+        return bool(reply.get("succeeded"))
+
+    async def grant(self, ttl: int) -> int:
+        """A new lease of ttl seconds; its id."""
+        return await self._grant(ttl)
+
+    async def keep_alive(self, lease_id: int) -> int:
+        """Renew the lease; the seconds it has left (0: it expired, and its keys are gone)."""
+        reply = await self._call("/v3/lease/keepalive", {"ID": lease_id})
+        return int((reply.get("result") or {}).get("TTL", 0))
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
         raw = prefix.encode()

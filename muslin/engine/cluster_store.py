@@ -1,0 +1,276 @@
+"""The cluster store: dockerd's ``--cluster-store etcd://...`` (pre-swarm), here over etcd's v3 API.
+
+dockerd 20.10 kept its global networks, their address allocations and every engine's endpoints in a
+key-value store named by ``--cluster-store`` and announced itself with ``--cluster-advertise``. This
+module is the connection: the flags parsed into a typed config, and a small synchronous face over the
+project's asynchronous etcd v3 client (``muslin.etcd``, which the fabric's agent uses too) for the
+engine's worker thread.
+
+The client lives on an event loop of its own, in a thread of its own: the engine's worker blocks on a
+call for at most its timeout, and the watch that keeps the engine in step with the other engines runs
+there without touching the API's loop. The engine holds one lease of its own (``discovery.ttl``,
+renewed every ``discovery.heartbeat``): its endpoints and addresses are written with it, so they go
+away with an engine that dies, and an engine that lost its lease (etcd was away longer than the TTL)
+takes a new one and writes them again (``on_new_lease``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from muslin import etcd
+from muslin.etcd import Absent, Delete, Present
+from muslin.errors import EngineError, InvalidArgument
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "docker"
+DEFAULT_TTL = 20  # seconds; dockerd's discovery.ttl defaulted to 60, too long for a lab to watch
+DEFAULT_HEARTBEAT = 5
+STORE_OPTS = ("kv.cacertfile", "kv.certfile", "kv.keyfile", "discovery.ttl", "discovery.heartbeat")
+
+
+class StoreUnavailable(EngineError):
+    """No member of the cluster store answered: the engine's global state cannot change now."""
+
+    status = 503
+
+
+class StoreRefused(EngineError):
+    """The cluster store answered but refused (TLS, permissions)."""
+
+
+class WatchCompacted(RuntimeError):
+    """The watch's start revision is compacted away: list again."""
+
+
+@dataclass(frozen=True)
+class StoreAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``--cluster-store``, ``--cluster-advertise`` and ``--cluster-store-opt``, checked."""
+
+    url: str  # as given, for docker info
+    members: tuple[StoreAddress, ...]
+    prefix: str  # keys live under /<prefix>/network/v1.0/
+    advertise: str  # as given: IFACE:PORT or IP:PORT
+    cacertfile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    ttl: int = DEFAULT_TTL
+    heartbeat: int = DEFAULT_HEARTBEAT
+
+    @property
+    def advertise_host(self) -> str:
+        return self.advertise.rpartition(":")[0]
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.cacertfile or self.certfile or self.keyfile)
+
+
+def parse_cluster_config(store: str, advertise: str, opts: list[str]) -> ClusterConfig:
+    """dockerd's three flags; ValueError says what is wrong with which."""
+    parts = urllib.parse.urlsplit(store)
+    if parts.scheme != "etcd":
+        raise ValueError(f"--cluster-store {store!r}: only etcd://host:port[,host:port...][/prefix] is supported")
+    members = []
+    for item in parts.netloc.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--cluster-store {store!r}: {item!r} is not host:port")
+        members.append(StoreAddress(host.strip("[]"), int(port)))
+    prefix = parts.path.strip("/") or DEFAULT_PREFIX
+    if not advertise:
+        raise ValueError("--cluster-advertise is required with --cluster-store (IFACE:PORT or IP:PORT)")
+    host, sep, port = advertise.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--cluster-advertise {advertise!r}: expected IFACE:PORT or IP:PORT, like eth0:2376")
+    values: dict[str, str] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or key not in STORE_OPTS:
+            raise ValueError(f"--cluster-store-opt {opt!r}: expected one of {', '.join(o + '=' for o in STORE_OPTS)}")
+        values[key] = value
+    ttl = _seconds(values.get("discovery.ttl"), DEFAULT_TTL, "discovery.ttl")
+    heartbeat = _seconds(values.get("discovery.heartbeat"), DEFAULT_HEARTBEAT, "discovery.heartbeat")
+    if heartbeat >= ttl:
+        raise ValueError(f"--cluster-store-opt discovery.heartbeat ({heartbeat}s) must be shorter than "
+                         f"discovery.ttl ({ttl}s)")
+    return ClusterConfig(url=store, members=tuple(members), prefix=prefix, advertise=advertise,
+                         cacertfile=values.get("kv.cacertfile", ""), certfile=values.get("kv.certfile", ""),
+                         keyfile=values.get("kv.keyfile", ""), ttl=ttl, heartbeat=heartbeat)
+
+
+def _seconds(text: str | None, default: int, what: str) -> int:
+    if text is None:
+        return default
+    value = text.removesuffix("s")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--cluster-store-opt {what}={text}: expected a number of seconds, like 20s")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: Literal["put", "delete"]
+    key: str
+    value: bytes
+    revision: int
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    leased: bool = False  # under the engine's lease: gone when the engine is
+
+
+class ClusterStore:
+    """etcd for the engine: synchronous calls from any thread (each member tried once, for etcd's call
+    timeout), the engine's own lease kept alive, and watches run on the store's loop."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.root = f"/{config.prefix}/network/v1.0/"
+        scheme = "https" if config.tls else "http"
+        tls = etcd.TlsFiles(config.cacertfile or None, config.certfile or None, config.keyfile or None)
+        try:
+            self._etcd = etcd.EtcdV3Store([etcd.Endpoint(scheme, m.host, m.port) for m in config.members], tls)
+        except OSError as exc:
+            raise InvalidArgument(f"--cluster-store-opt: cannot use {exc.filename}: {exc.strerror}") from None
+        self.lease_id = 0
+        self.on_new_lease: Callable[[], None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cluster-store", daemon=True)
+        self._thread.start()
+        self._tasks: list[Any] = []
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the store's loop and wait for it (from another thread)."""
+        timeout = (etcd.CALL_TIMEOUT + 2) * (len(self.config.members) + 1)
+        return asyncio.run_coroutine_threadsafe(self._call(coro), self._loop).result(timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """etcd's errors as the engine's: a Docker-style message naming the cluster store."""
+        try:
+            return await coro
+        except etcd.StoreUnavailable as exc:
+            raise StoreUnavailable(f"the cluster store {self.config.url} is unreachable: {exc}") from None
+        except etcd.StoreError as exc:
+            raise StoreRefused(f"the cluster store {self.config.url} refused the request: {exc}") from None
+
+    # -- key-value operations -------------------------------------------------------------------------
+    def get(self, key: str) -> KeyValue | None:
+        entry = self.run(self._etcd.get(key))
+        return None if entry is None else KeyValue(entry.key, entry.value, entry.revision)
+
+    def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under prefix, and the store's revision they were read at."""
+        return self.run(self.list_async(prefix))
+
+    async def list_async(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """``list`` for coroutines on the store's own loop."""
+        entries, revision = await self._call(self._etcd.list(prefix))
+        return [KeyValue(e.key, e.value, e.revision) for e in entries], revision
+
+    def transaction(self, compares: list[Absent | Present], operations: list[Put | Delete]) -> bool:
+        """All operations if every compare holds, else none; whether they were done."""
+        ops: list[etcd.Operation] = []
+        for op in operations:
+            if isinstance(op, Put):
+                if op.leased and not self.lease_id:
+                    raise StoreUnavailable(f"the cluster store {self.config.url} granted no lease yet")
+                ops.append(etcd.Put(op.key, op.value, self.lease_id if op.leased else 0))
+            else:
+                ops.append(op)
+        return self.run(self._etcd.transaction(list(compares), ops))
+
+    def put(self, key: str, value: bytes, leased: bool = False) -> None:
+        self.transaction([], [Put(key, value, leased)])
+
+    async def watch(self, prefix: str, start_revision: int, timeout: float) -> AsyncIterator[Change]:
+        """Changes under prefix from start_revision on, for at most ``timeout`` seconds (then the
+        caller lists again: the periodic reconcile). Raises StoreUnavailable or WatchCompacted."""
+        events = self._etcd.watch(prefix, start_revision)
+        deadline = self._loop.time() + timeout
+        try:
+            while (left := deadline - self._loop.time()) > 0:
+                try:
+                    ev = await asyncio.wait_for(events.__anext__(), left)
+                except (asyncio.TimeoutError, StopAsyncIteration):
+                    return
+                yield Change(ev.kind, ev.key, ev.value or b"", ev.revision)
+        except etcd.WatchResync as exc:
+            raise WatchCompacted(str(exc)) from exc
+        except etcd.StoreError as exc:
+            raise StoreUnavailable(f"the cluster store's watch broke: {exc}") from exc
+        finally:
+            await events.aclose()
+
+    # -- the engine's lease ---------------------------------------------------------------------------
+    def start_lease(self) -> None:
+        """Grant the lease now if etcd answers (else the keeper grants it when it does), then keep it."""
+        try:
+            self.run(self._grant())
+        except StoreUnavailable as exc:
+            log.warning("%s; global networks wait for it", exc.message)
+        self.spawn(self._keep_lease())
+
+    async def _grant(self) -> None:
+        self.lease_id = await self._call(self._etcd.grant(self.config.ttl))
+        log.info("cluster store %s: lease %x (ttl %ds)", self.config.url, self.lease_id, self.config.ttl)
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat if self.lease_id else 1)
+            try:
+                if self.lease_id:
+                    if await self._call(self._etcd.keep_alive(self.lease_id)) > 0:
+                        continue
+                    log.warning("cluster store lease %x expired: granting a new one", self.lease_id)
+                await self._grant()
+            except (StoreUnavailable, StoreRefused) as exc:
+                log.debug("lease keep-alive: %s", exc.message)
+                continue
+            if self.on_new_lease is not None:
+                self.on_new_lease()
+
+    def close(self) -> None:
+        """Stop the watches and the keeper; the lease is left to expire (an engine that stops keeps its
+        containers running, and a restart within the TTL finds its records where they were)."""
+        async def shutdown() -> None:
+            for task in self._tasks:
+                task.cancel()
+            await self._etcd.close()
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(3)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(3)

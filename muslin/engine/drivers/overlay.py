@@ -1,0 +1,213 @@
+"""The overlay driver: one L2 segment across engines, over VXLAN, as libnetwork's classic overlay.
+
+Per network, in the daemon's namespace (libnetwork used a namespace of its own; a bridge without an
+address is the equivalent: the host has no route into the overlay, so nothing leaks between it, the
+host and other networks):
+- a bridge ``ov-<id>`` that the containers' veths are ports of (MTU: the underlay's minus 50, the
+  VXLAN header's room, so 1450 on a 1500 underlay);
+- a vxlan ``vx-<id>`` on that bridge: the network's VNI, UDP 4789, local address the engine's
+  advertise address, no learning and ARP proxy. Nothing is flooded over the underlay: every remote
+  endpoint is a forwarding entry (its MAC to its engine's VTEP) and a permanent neighbour (its IP to
+  its MAC) written from the endpoint records the engines publish in the cluster store
+  (``sync_peers``), and the vxlan answers the containers' ARP requests from those neighbours.
+Containers reach the outside through the gateway bridge (``gateway``), not through the overlay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from muslin.errors import EngineError, InvalidArgument
+from muslin.kernel import address, link, neighbour, netns, tunnel
+
+from ..model import Endpoint, Network
+from ..settings import OverlaySettings
+from .base import HostNetlink, OnHostLinks, configure_endpoint_link
+from .bridge import host_ifname
+
+VXLAN_PORT = 4789  # IANA's, as libnetwork's overlay uses
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8
+OPT_VNI = "com.docker.network.driver.overlay.vxlanid_list"
+OPT_ENCRYPTED = "encrypted"
+OWN_LINK = re.compile(r"(ov|vx)-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """Where this engine's VXLAN traffic leaves: the advertise address and its interface."""
+
+    ip: IPv4Address
+    index: int
+    mtu: int
+
+
+@dataclass(frozen=True, order=True)
+class Peer:
+    """A remote endpoint of an overlay network, as its engine published it."""
+
+    ip: IPv4Address
+    mac: str
+    vtep: IPv4Address
+
+
+def bridge_name(net: Network) -> str:
+    return "ov-" + net.id[:12]
+
+
+def vxlan_name(net: Network) -> str:
+    return "vx-" + net.id[:12]
+
+
+def settings_of(net: Network) -> OverlaySettings:
+    if not isinstance(net.settings, OverlaySettings):
+        raise TypeError(f"network {net.name} has no overlay settings")
+    return net.settings
+
+
+def requested_vni(net: Network) -> int | None:
+    """The VNI the user asked for with ``-o com.docker.network.driver.overlay.vxlanid_list=N``."""
+    text = net.options.get(OPT_VNI, "")
+    if not text:
+        return None
+    first = text.split(",")[0].strip()
+    if not first.isdigit() or not 1 <= int(first) <= 0xFFFFFF:
+        raise InvalidArgument(f"invalid {OPT_VNI} {text!r}: a VXLAN id is a number from 1 to 16777215")
+    if "," in text:
+        raise InvalidArgument(f"invalid {OPT_VNI} {text!r}: an IPv4 overlay network takes one VXLAN id")
+    return int(first)
+
+
+def resolve_underlay(ipr, advertise_host: str) -> Underlay:  # type: ignore[no-untyped-def]
+    """``--cluster-advertise``'s host part, an interface name or one of this namespace's addresses."""
+    addrs = address.ipv4_addresses(ipr)
+    try:
+        wanted = ip_address(advertise_host)
+    except ValueError:
+        index = link.index_of(ipr, advertise_host)
+        if index is None:
+            raise EngineError(f"--cluster-advertise: no interface {advertise_host} in this namespace") from None
+        mine = [a for a in addrs if a.index == index]
+        if not mine:
+            raise EngineError(f"--cluster-advertise: interface {advertise_host} has no IPv4 address") from None
+        found = mine[0]
+    else:
+        matching = [a for a in addrs if a.address.ip == wanted]
+        if not matching:
+            raise EngineError(f"--cluster-advertise: {advertise_host} is not an address of this host")
+        found = matching[0]
+    return Underlay(ip=found.address.ip, index=found.index, mtu=link.link_by_index(ipr, found.index).mtu)
+
+
+class OverlayDriver(OnHostLinks):
+    name = "overlay"
+
+    def __init__(self, host: HostNetlink, advertise_host: str) -> None:
+        super().__init__(host)
+        self._advertise_host = advertise_host
+        self._underlay: Underlay | None = None
+
+    @property
+    def underlay(self) -> Underlay:
+        if self._underlay is None:
+            self._underlay = resolve_underlay(self.host, self._advertise_host)
+        return self._underlay
+
+    @property
+    def mtu(self) -> int:
+        return self.underlay.mtu - VXLAN_OVERHEAD
+
+    # -- network lifecycle -------------------------------------------------------------------
+    def prepare(self, net: Network, others: list[Network]) -> None:
+        """Check the options; the settings (the VNI) come from the cluster store's allocation."""
+        unknown = sorted(set(net.options) - {OPT_VNI, OPT_ENCRYPTED})
+        if unknown:
+            raise InvalidArgument(f"unknown option {unknown[0]!r} for the overlay driver (it knows {OPT_VNI})")
+        if OPT_ENCRYPTED in net.options:
+            raise InvalidArgument("encrypted overlay networks (IPsec ESP between engines) are not supported by "
+                                  "muslind: create the network without --opt encrypted")
+        requested_vni(net)
+
+    def create_network(self, net: Network) -> None:
+        settings = settings_of(net)
+        underlay = self.underlay
+        try:
+            bridge = link.ensure_bridge(self.host, bridge_name(net), self.mtu)
+            vxlan = tunnel.ensure_vxlan(self.host, vxlan_name(net), settings.vni, underlay.ip, underlay.index,
+                                        VXLAN_PORT, self.mtu, proxy=True)
+            link.ensure_master(self.host, vxlan.index, bridge)
+        except NetlinkError as exc:
+            with contextlib.suppress(Exception):
+                self.delete_network(net)
+            if exc.code == errno.EEXIST:
+                raise EngineError(f"cannot create the VXLAN of network {net.name}: VNI {settings.vni} on port "
+                                  f"{VXLAN_PORT} is taken by another device of this host") from None
+            raise
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.delete_network(net)
+            raise
+
+    def delete_network(self, net: Network) -> None:
+        link.retire_link(self.host, vxlan_name(net))
+        link.retire_link(self.host, bridge_name(net))
+
+    def restore(self, net: Network) -> None:
+        self.create_network(net)
+
+    def orphans(self, nets: list[Network]) -> list[str]:
+        owned = {name for n in nets for name in (bridge_name(n), vxlan_name(n))}
+        return [found.name for found in link.all_links(self.host)
+                if OWN_LINK.fullmatch(found.name) and found.name not in owned]
+
+    def remove_orphan(self, name: str) -> None:
+        link.retire_link(self.host, name)
+
+    # -- remote endpoints ------------------------------------------------------------------------
+    def sync_peers(self, net: Network, peers: list[Peer]) -> None:
+        """The vxlan's forwarding entries and neighbours are exactly these peers'."""
+        index = link.index_of(self.host, vxlan_name(net))
+        if index is None:
+            return  # not programmed yet: create_network comes first, then the next sync
+        wanted_fdb = {(p.mac, p.vtep) for p in peers}
+        wanted_neigh = {p.ip: p.mac for p in peers}
+        present_fdb = neighbour.fdb_entries(self.host, index)
+        present_neigh = neighbour.permanent_neighbours(self.host, index)
+        for mac, vtep in present_fdb - wanted_fdb:
+            neighbour.remove_fdb(self.host, index, mac, vtep)
+        for ip, mac in present_neigh.items():
+            if wanted_neigh.get(ip) != mac:
+                neighbour.remove_neighbour(self.host, index, ip)
+        for mac, vtep in wanted_fdb - present_fdb:
+            neighbour.ensure_fdb(self.host, index, mac, vtep)
+        for ip, mac in wanted_neigh.items():
+            if present_neigh.get(ip) != mac:
+                neighbour.ensure_neighbour(self.host, index, ip, mac)
+
+    # -- endpoints -------------------------------------------------------------------------------
+    def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
+        assert ep.address is not None
+        master = link.index_of(self.host, bridge_name(net))
+        if master is None:
+            raise EngineError(f"the bridge of overlay network {net.name} is missing")
+        fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _, peer = link.add_veth_into(self.host, host_ifname(ep), ep.ifname, fd, self.mtu, ep.mac, master)
+        finally:
+            os.close(fd)
+        # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
+        with netns.iproute(sandbox) as ipr:
+            configure_endpoint_link(ipr, ep, peer)
+
+    def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
+        if sandbox and netns.exists(sandbox):
+            with netns.iproute(sandbox) as peer_ipr:
+                link.retire_veth(self.host, host_ifname(ep), peer_ipr, ep.ifname)
+        else:
+            link.delete_link(self.host, host_ifname(ep))

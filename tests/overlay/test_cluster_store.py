@@ -1,0 +1,104 @@
+"""Stage 1 and 2: the cluster store flags, and global networks every engine sees."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import docker
+
+from muslin.lab.rig import in_ns, wait_for
+
+
+def listed(d, name: str) -> dict | None:
+    out = d.docker("network", "ls", "--format", "{{json .}}").stdout.splitlines()
+    found = [json.loads(line) for line in out if json.loads(line)["Name"] == name]
+    return found[0] if found else None
+
+
+def test_info_and_global_network_seen_by_both(make_cluster):
+    cluster = make_cluster(2)
+    one, two = cluster.engines
+    # the CLI of today drops these fields: the API's answer, through the SDK
+    info = docker.DockerClient(base_url=f"unix://{one.sock}").info()
+    assert info["ClusterStore"] == cluster.store_url
+    assert info["ClusterAdvertise"] == f"{cluster.underlay.hosts[0].address}:2376"
+    assert "overlay" in info["Plugins"]["Network"]
+
+    net_id = one.docker("network", "create", "-d", "overlay", "--subnet", "10.0.9.0/24", "--label", "a=b",
+                        "ov1").stdout.strip()
+    started = time.monotonic()
+    wait_for(lambda: listed(two, "ov1"), 1.5, "ov1 on the second engine")
+    assert time.monotonic() - started < 1.5
+    seen = json.loads(two.docker("network", "inspect", "ov1").stdout)[0]
+    assert seen["Id"] == net_id and seen["Scope"] == "global" and seen["Driver"] == "overlay"
+    assert seen["IPAM"]["Config"][0]["Subnet"] == "10.0.9.0/24" and seen["Labels"] == {"a": "b"}
+    assert listed(two, "ov1")["Scope"] == "global"
+
+    # ESP is not implemented: refused, and nothing is stored
+    encrypted = one.docker("network", "create", "-d", "overlay", "--opt", "encrypted", "sec", check=False)
+    assert encrypted.returncode != 0 and "encrypted overlay networks" in encrypted.stderr
+    assert "sec" not in cluster.etcdctl("get", "--prefix", "--keys-only", "/docker/network/v1.0/name/")
+    # names are the cluster's
+    dup = two.docker("network", "create", "-d", "overlay", "ov1", check=False)
+    assert dup.returncode != 0 and "already exists" in dup.stderr
+
+    # rm from the other engine removes it everywhere
+    two.docker("network", "rm", "ov1")
+    wait_for(lambda: listed(one, "ov1") is None, 2, "ov1 gone from the first engine")
+    assert cluster.etcdctl("get", "--prefix", "--keys-only", "/docker/network/v1.0/network/").strip() == ""
+
+
+def test_containers_across_engines(make_cluster):
+    cluster = make_cluster(2)
+    one, two = cluster.engines
+    one.docker("network", "create", "-d", "overlay", "ov1")
+    wait_for(lambda: listed(two, "ov1"), 2, "ov1 on the second engine")
+    one.docker("run", "-d", "--name", "web1", "--network", "ov1", "busybox", "sh", "-c",
+               "mkdir /www; echo hello-from-node1 > /www/index.html; httpd -f -h /www")
+    ip = one.docker("inspect", "-f", "{{.NetworkSettings.Networks.ov1.IPAddress}}", "web1").stdout.strip()
+    assert ip == "10.0.0.2"
+    out = two.docker("run", "--rm", "--network", "ov1", "busybox", "sh", "-c",
+                     f"ip -o addr show eth0; cat /sys/class/net/eth0/mtu; ping -c1 -W2 {ip}; wget -qO- http://{ip}/")
+    assert "10.0.0.3/24" in out.stdout, out.stdout
+    assert "\n1450\n" in out.stdout
+    assert "hello-from-node1" in out.stdout
+    rm = two.docker("network", "rm", "ov1", check=False)
+    assert rm.returncode != 0 and "has active endpoints" in rm.stderr
+    one.docker("rm", "-f", "web1")
+    two.docker("network", "rm", "ov1")
+
+
+def test_names_egress_and_published_ports(make_cluster):
+    cluster = make_cluster(2)
+    one, two = cluster.engines
+    node1 = cluster.underlay.hosts[0].address
+    one.docker("network", "create", "-d", "overlay", "ov1")
+    wait_for(lambda: listed(two, "ov1"), 2, "ov1 on the second engine")
+    one.docker("run", "-d", "--name", "web1", "--network", "ov1", "--network-alias", "www", "-p", "8080:80",
+               "busybox", "sh", "-c", "mkdir /www; echo hello-from-node1 > /www/index.html; httpd -f -h /www")
+    # eth1 on docker_gwbridge holds the default route; inspect lists only the overlay, as Docker's
+    nets = json.loads(one.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", "web1").stdout)
+    assert list(nets) == ["ov1"]
+    gw = json.loads(one.docker("network", "inspect", "docker_gwbridge").stdout)[0]
+    assert gw["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    # by name and alias from the other engine; the way out through node2's gateway bridge (to node1's
+    # underlay address: nothing else is outside here)
+    out = two.docker("run", "--rm", "--network", "ov1", "busybox", "sh", "-c",
+                     f"ip route; wget -qO- http://web1/; wget -qO- http://www/; ping -c1 -W2 {node1}").stdout
+    assert "default via 172.18.0.1 dev eth1" in out, out
+    assert out.count("hello-from-node1") == 2, out
+    assert "1 packets received" in out, out
+    # the published port answers on node1's address, from node2 (through node1's gateway bridge)
+    reply = in_ns(cluster.underlay.hosts[1].name, "timeout", "5", "busybox", "wget", "-qO-",
+                  f"http://{node1}:8080/")
+    assert reply.stdout.strip() == "hello-from-node1", reply
+    one.docker("rm", "-f", "web1")
+    one.docker("network", "rm", "ov1")
+
+
+def test_overlay_refused_without_a_cluster_store(daemon):
+    info = docker.DockerClient(base_url=f"unix://{daemon.sock}").info()
+    assert "overlay" not in info["Plugins"]["Network"] and info["ClusterStore"] == ""
+    refused = daemon.docker("network", "create", "-d", "overlay", "ov1", check=False)
+    assert refused.returncode != 0 and "overlay driver is not available" in refused.stderr

@@ -1,0 +1,102 @@
+"""Stage 6: etcd away, an engine that dies and comes back, three engines allocating at once."""
+
+from __future__ import annotations
+
+import json
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from muslin.kernel import link, neighbour, netns
+from muslin.lab.rig import wait_for
+
+from .conftest import TTL
+from .test_cluster_store import listed
+
+
+def fdb_macs(cluster, i: int, net_id: str) -> set[str]:
+    """The MACs node i's vxlan of the network forwards to other engines."""
+    with netns.iproute(cluster.underlay.hosts[i].name) as ipr:
+        index = link.index_of(ipr, "vx-" + net_id[:12])
+        return set() if index is None else {mac for mac, _ in neighbour.fdb_entries(ipr, index)}
+
+
+def mac_of(d, name: str, net: str) -> str:
+    return d.docker("inspect", "-f", f"{{{{.NetworkSettings.Networks.{net}.MacAddress}}}}", name).stdout.strip()
+
+
+def ping(d, target: str, net: str = "ov1") -> bool:
+    return d.docker("run", "--rm", "--network", net, "busybox", "ping", "-c1", "-W2", target,
+                    check=False).returncode == 0
+
+
+def test_etcd_away_existing_containers_keep_talking_then_catch_up(make_cluster):
+    cluster = make_cluster(2)
+    one, two = cluster.engines
+    net_id = one.docker("network", "create", "-d", "overlay", "ov1").stdout.strip()
+    wait_for(lambda: listed(two, "ov1"), 2, "ov1 on the second engine")
+    one.docker("run", "-d", "--name", "aa", "--network", "ov1", "busybox", "sleep", "600")
+    one.docker("run", "-d", "--name", "bb", "--network", "ov1", "busybox", "sleep", "600")
+    two.docker("run", "-d", "--name", "cc", "--network", "ov1", "busybox", "sleep", "600")
+    mac_b = mac_of(one, "bb", "ov1")
+    wait_for(lambda: mac_b in fdb_macs(cluster, 1, net_id), 3, "b's MAC in node2's fdb")
+
+    cluster.etcd.stop()
+    try:
+        # the data path stands without etcd
+        assert two.docker("exec", "cc", "ping", "-c1", "-W2", "aa").returncode == 0
+        # changes that need the cluster store fail, and say why
+        refused = two.docker("network", "create", "-d", "overlay", "ov2", check=False)
+        assert refused.returncode != 0 and "cluster store" in refused.stderr and "unreachable" in refused.stderr
+        # a container leaving meanwhile: gone locally now, from the store once it is back
+        one.docker("rm", "-f", "bb")
+    finally:
+        cluster.etcd.start()
+    wait_for(lambda: mac_b not in fdb_macs(cluster, 1, net_id), 20, "node2 to drop b's fdb entry after etcd is back")
+    assert two.docker("exec", "cc", "ping", "-c1", "-W2", "aa").returncode == 0
+    two.docker("network", "create", "-d", "overlay", "ov2")
+    wait_for(lambda: listed(one, "ov2"), 3, "ov2 on the first engine")
+
+
+def test_dead_engine_expires_and_restart_reconciles(make_cluster):
+    cluster = make_cluster(2)
+    one, two = cluster.engines
+    net_id = one.docker("network", "create", "-d", "overlay", "ov1").stdout.strip()
+    wait_for(lambda: listed(two, "ov1"), 2, "ov1 on the second engine")
+    one.docker("run", "-d", "--name", "web1", "--network", "ov1", "busybox", "sleep", "600")
+    mac = mac_of(one, "web1", "ov1")
+    wait_for(lambda: mac in fdb_macs(cluster, 1, net_id), 3, "web1's MAC in node2's fdb")
+
+    one.stop(signal.SIGKILL)  # the container keeps running; the engine's lease runs out
+    wait_for(lambda: mac not in fdb_macs(cluster, 1, net_id), TTL + 12, "node2 to drop the dead engine's endpoint")
+    assert not ping(two, "web1")  # its name is gone too
+    # a network made while node1's engine is away is there when it comes back, and so is web1
+    two.docker("network", "create", "-d", "overlay", "ov2")
+    one = cluster.start_engine(0)
+    assert listed(one, "ov2") is not None
+    wait_for(lambda: mac in fdb_macs(cluster, 1, net_id), 5, "web1 published again after the restart")
+    assert ping(two, "web1")
+
+
+def test_three_engines_allocate_unique_addresses_at_once(make_cluster):
+    cluster = make_cluster(3)
+    one, two, three = cluster.engines
+    one.docker("network", "create", "-d", "overlay", "--subnet", "10.0.9.0/24", "ov1")
+    for d in (two, three):
+        wait_for(lambda d=d: listed(d, "ov1"), 2, "ov1 everywhere")
+
+    def run(job: tuple[int, int]) -> str:
+        engine, n = job
+        d = cluster.engines[engine]
+        d.docker("run", "-d", "--name", f"c{engine}{n}", "--network", "ov1", "busybox", "sleep", "600", timeout=60)
+        return d.docker("inspect", "-f", "{{.NetworkSettings.Networks.ov1.IPAddress}}", f"c{engine}{n}").stdout.strip()
+
+    with ThreadPoolExecutor(6) as pool:
+        addresses = list(pool.map(run, [(e, n) for n in range(3) for e in range(3)]))
+    assert len(set(addresses)) == 9, addresses
+    records = json.loads("[" + ",".join(
+        v for v in cluster.etcdctl("get", "--prefix", "--print-value-only", "/docker/network/v1.0/endpoint/").split("\n")
+        if v.strip()) + "]")
+    assert sorted(r["address"].split("/")[0] for r in records) == sorted(addresses)
+    # every engine reaches the others' containers
+    assert three.docker("exec", "c22", "ping", "-c1", "-W2", "c02").returncode == 0
+    assert one.docker("exec", "c00", "ping", "-c1", "-W2", "c12").returncode == 0
