@@ -24,26 +24,37 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
-from pyroute2.netlink.nfnetlink.nftsocket import (
-    NFT_MSG_DELRULE,
-    NFT_MSG_GETGEN,
-    NFT_MSG_GETRULE,
-    NFTSocket,
-    nft_rule_msg,
-)
-
 from . import iptables
-from .nfnetlink import NFPROTO_IPV4, NLMSG_ERROR, NLMSG_HEADER, messages, open_socket
+from .nfnetlink import (
+    NFGENMSG,
+    NFNL_SUBSYS_NFTABLES,
+    NFPROTO_IPV4,
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSG_HEADER,
+    NetlinkError,
+    attribute,
+    attributes,
+    messages,
+    nftables_message,
+    open_socket,
+    request,
+    string_attribute,
+)
 
 log = logging.getLogger(__name__)
 
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFNL_BATCH_GENID = 1
-NFGENMSG = struct.Struct("=BBH")  # family, version, resource id (big-endian subsystem)
+NFT_MSG_GETRULE, NFT_MSG_DELRULE, NFT_MSG_GETGEN = 7, 8, 16
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_EXPRESSIONS = 1, 2, 3, 4
+NFTA_LIST_ELEM = 1
+NFTA_EXPR_NAME = 1
+NFTA_GEN_ID = 1
+READ_REPLY_SECONDS = 5.0
 BATCH_REPLY_SECONDS = 5.0
 SNAPSHOT_ATTEMPTS = 3
 # The expressions iptables-nft builds from iptables syntax. A rule with others (a set lookup, say) was
@@ -83,7 +94,7 @@ class HandleDeleter:
     """
 
     def __init__(self) -> None:
-        self._reader: NFTSocket | None = None  # generation and rule dumps, decoded by pyroute2
+        self._reader: socket.socket | None = None  # generation and rule dumps
         self._writer: socket.socket | None = None  # the batch, whose replies we read ourselves
         self._sequence = 0
         self._unavailable = False  # no nf_tables here (iptables-legacy only): always iptables-restore
@@ -123,8 +134,8 @@ class HandleDeleter:
                 dumped = {key: self._chain_rules(*key) for key in chains}
                 if self._generation() == before:
                     return Snapshot(before, _match(rules, state, dumped))
-        except (NetlinkError, OSError) as exc:
-            code = getattr(exc, "code", None) or getattr(exc, "errno", None)
+        except OSError as exc:  # NetlinkError included
+            code = exc.errno
             # A kernel without nf_tables (or netfilter netlink) says so every time: stop asking.
             self._unavailable = code in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.EOPNOTSUPP)
             self.close()
@@ -132,26 +143,23 @@ class HandleDeleter:
         raise Unmappable("the ruleset kept changing while it was read")
 
     def _generation(self) -> int:
-        reply = self._read_socket().request_get(nfgen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST)
-        return int(reply[0].get_attr("NFTA_GEN_ID"))
+        return generation(self._read_socket(), self._next_sequence())
 
     def _chain_rules(self, table: str, chain: str) -> list[DumpedRule]:
-        msg = nft_rule_msg()
-        msg["attrs"] = [("NFTA_RULE_TABLE", table), ("NFTA_RULE_CHAIN", chain)]
+        sequence = self._next_sequence()
+        message = nftables_message(NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, sequence,
+                                   string_attribute(NFTA_RULE_TABLE, table) + string_attribute(NFTA_RULE_CHAIN, chain))
         try:
-            dump = self._read_socket().request_get(msg, NFT_MSG_GETRULE, msg_flags=NLM_F_REQUEST | NLM_F_DUMP)
+            return [_dumped_rule(body) for body in request(self._read_socket(), message, sequence)]
         except NetlinkError as exc:
-            if exc.code == errno.ENOENT:  # no such table or chain in nf_tables
+            if exc.errno == errno.ENOENT:  # no such table or chain in nf_tables
                 return []
             raise
-        return [DumpedRule(int(r.get_attr("NFTA_RULE_HANDLE")),
-                           {e.get_attr("NFTA_EXPR_NAME") for e in r.get_attr("NFTA_RULE_EXPRESSIONS") or []}
-                           <= IPTABLES_EXPRESSIONS)
-                for r in dump]
 
-    def _read_socket(self) -> NFTSocket:
+    def _read_socket(self) -> socket.socket:
         if self._reader is None:
-            self._reader = NFTSocket(nfgen_family=NFPROTO_IPV4)
+            self._reader = open_socket()
+            self._reader.settimeout(READ_REPLY_SECONDS)
         return self._reader
 
     # -- the deletion ------------------------------------------------------------------------------
@@ -163,14 +171,11 @@ class HandleDeleter:
         parts = [_batch_marker(NFNL_MSG_BATCH_BEGIN, begin, snapshot.generation)]
         waiting = set()
         for table, chain, handle in snapshot.handles:
-            msg = nft_rule_msg()
-            msg["attrs"] = [("NFTA_RULE_TABLE", table), ("NFTA_RULE_CHAIN", chain), ("NFTA_RULE_HANDLE", handle)]
-            msg["header"]["type"] = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELRULE
-            msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
-            msg["header"]["sequence_number"] = sequence = self._next_sequence()
-            msg["nfgen_family"] = NFPROTO_IPV4
-            msg.encode()
-            parts.append(msg.data)
+            sequence = self._next_sequence()
+            parts.append(nftables_message(NFT_MSG_DELRULE, NLM_F_REQUEST | NLM_F_ACK, sequence,
+                                          string_attribute(NFTA_RULE_TABLE, table)
+                                          + string_attribute(NFTA_RULE_CHAIN, chain)
+                                          + attribute(NFTA_RULE_HANDLE, struct.pack(">Q", handle))))
             waiting.add(sequence)
         parts.append(_batch_marker(NFNL_MSG_BATCH_END, self._next_sequence()))
         sock = self._write_socket()
@@ -228,6 +233,31 @@ def _errors_in(data: bytes) -> Iterable[tuple[int, int]]:
             yield sequence, -struct.unpack_from("=i", body)[0]
 
 
+def generation(sock: socket.socket, sequence: int) -> int:
+    """The ruleset's generation: every committed nf_tables transaction bumps it by one."""
+    message = nftables_message(NFT_MSG_GETGEN, NLM_F_REQUEST, sequence, family=socket.AF_UNSPEC)
+    for body in request(sock, message, sequence):
+        for kind, payload in attributes(body):
+            if kind == NFTA_GEN_ID:
+                return struct.unpack(">I", payload[:4])[0]
+    raise OSError(errno.EPROTO, "the kernel's generation reply holds no generation")
+
+
+def _dumped_rule(body: bytes) -> DumpedRule:
+    """The handle of a dumped rule and whether iptables could have written it (by its expressions'
+    names: reading only those keeps a dump of a long chain cheap)."""
+    handle, names = 0, set()
+    for kind, payload in attributes(body):
+        if kind == NFTA_RULE_HANDLE:
+            handle = struct.unpack(">Q", payload[:8])[0]
+        elif kind == NFTA_RULE_EXPRESSIONS:
+            for element_kind, element in attributes(payload):
+                if element_kind == NFTA_LIST_ELEM:
+                    names.update(value.rstrip(b"\0").decode() for name_kind, value in attributes(element)
+                                 if name_kind == NFTA_EXPR_NAME)
+    return DumpedRule(handle, names <= IPTABLES_EXPRESSIONS)
+
+
 def _match(rules: dict[str, list[str]], state: dict[str, iptables.Ruleset],
            dumped: dict[tuple[str, str], list[DumpedRule]]) -> list[tuple[str, str, int]]:
     """(table, chain, handle) of each wanted rule that is present, by its position in its chain."""
@@ -235,9 +265,12 @@ def _match(rules: dict[str, list[str]], state: dict[str, iptables.Ruleset],
     for table, lines in rules.items():
         current = state.get(table, iptables.Ruleset())
         taken: set[int] = set()
+        chains: dict[str, list[str]] = {}
         for line in lines:
             chain = line.split()[1]
-            in_chain = [iptables.normalize(r) for r in current.rules_in(chain)]
+            if chain not in chains:
+                chains[chain] = [iptables.normalize(r) for r in current.rules_in(chain)]
+            in_chain = chains[chain]
             kernel = dumped[(table, chain)]
             if len(in_chain) != len(kernel):
                 raise Unmappable(f"{table} {chain}: iptables shows {len(in_chain)} rules, "

@@ -113,13 +113,21 @@ def _shim_alive(pid: int, state_dir: Path) -> bool:
         return False
 
 
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout`` seconds. poll, not select: a daemon with a
+    thousand containers holds descriptors above select's limit of 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 def _wait_pid_gone(pid: int, timeout: float) -> bool:
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return True
     try:
-        return bool(select.select([fd], [], [], timeout)[0])
+        return _readable(fd, timeout)
     finally:
         os.close(fd)
 
@@ -352,7 +360,7 @@ class Runtime:
     @staticmethod
     def _spawner_line(proc: subprocess.Popen) -> bytes:
         assert proc.stdout is not None
-        if not select.select([proc.stdout], [], [], SHIM_READY_SECONDS)[0]:
+        if not _readable(proc.stdout.fileno(), SHIM_READY_SECONDS):
             return b""
         return proc.stdout.readline()
 
