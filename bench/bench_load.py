@@ -4,7 +4,7 @@ timed through the docker CLI side by side. Also muslind's restart time at that l
 both daemons (requirements 4 and 5).
 
 Run: flock -o /tmp/muslin-refdocker.lock .venv/bin/python bench/bench_load.py \
-         [--networks 200 --containers 1000 --ports 500] [--rounds 10] [--budget 2400] [--no-docker]
+         [--networks 200 --containers 1000 --ports 500] [--rounds 10] [--budget 2400] [--only muslind|docker]
 (root; everything inside namespaces, everything removed after; the full load takes a while on 2 cores:
 use e.g. --networks 20 --containers 100 --ports 50 for a quick run)
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -246,7 +247,7 @@ class Muslind:
                     os.kill(pid, signal.SIGKILL)
                 unmount_under(self.root)
                 netns.remove(self.ns)
-                subprocess.run(["rm", "-rf", str(self.root)], check=False)
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextmanager
@@ -309,8 +310,16 @@ def bench_docker(want: Load, rounds: int, budget: float) -> Figures | None:
         return figures
 
 
-def print_table(ours: Figures, ref: Figures | None) -> None:
+def print_table(ours: Figures | None, ref: Figures | None) -> None:
     print()
+    if ours is None:
+        assert ref is not None
+        for name in OPERATIONS:
+            d = ref.ops[name]
+            print(f"{name:24s} docker empty {d['empty'] * 1000:8.1f} ms, loaded {d['loaded'] * 1000:8.1f} ms "
+                  f"({d['loaded'] / d['empty']:4.2f}x) at {ref.reached}")
+        print(f"docker memory (dockerd + containerd): {ref.memory['loaded']}")
+        return
     print(f"muslind load {ours.reached} (loaded in {ours.load_seconds:.0f} s)")
     if ref:
         print(f"dockerd load {ref.reached} (loaded in {ref.load_seconds:.0f} s)")
@@ -338,12 +347,12 @@ def main() -> None:
     parser.add_argument("--ports", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds of loading per daemon, at most")
-    parser.add_argument("--no-docker", action="store_true", help="muslind only (no reference run)")
+    parser.add_argument("--only", choices=("muslind", "docker"), help="one daemon (the other's column stays empty)")
     parser.add_argument("--no-restart", action="store_true", help="skip timing muslind's restart")
     args = parser.parse_args()
     want = Load(args.networks, args.containers, min(args.ports, args.containers))
-    ours = bench_muslind(want, args.rounds, args.budget, not args.no_restart)
-    ref = None if args.no_docker else bench_docker(want, args.rounds, args.budget)
+    ours = None if args.only == "docker" else bench_muslind(want, args.rounds, args.budget, not args.no_restart)
+    ref = None if args.only == "muslind" else bench_docker(want, args.rounds, args.budget)
     print_table(ours, ref)
 
 

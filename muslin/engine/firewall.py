@@ -9,6 +9,7 @@ both are idempotent and a reconcile after a crash is the same call as the first 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
@@ -187,6 +188,7 @@ class SandboxFirewall:
 
 
 class Firewall(Protocol):
+    def intact(self) -> bool: ...
     def setup_network(self, spec: BridgeSpec) -> None: ...
     def teardown_network(self, spec: BridgeSpec) -> None: ...
     def add_port_forwards(self, ports: list[PortSpec]) -> None: ...
@@ -202,10 +204,36 @@ class IptablesFirewall:
 
     Additions go through iptables-restore; deletions by nf_tables handle (``nfhandles``), which spares
     every removal an RCU grace period. Used from the engine's worker thread only.
+
+    It also knows when nobody else has touched the ruleset: every committed nf_tables transaction bumps
+    the ruleset's generation by one, so commits of ours that took it from a generation where our rules
+    were complete, with nothing else committing in between, leave them complete (each call leaves them
+    as the model then wants them). The firewall guard asks ``intact`` before its full check, which costs
+    as much as there are rules.
     """
 
     def __init__(self) -> None:
         self._deleter = nfhandles.HandleDeleter()
+        self._complete_at: int | None = None  # a generation at which every rule we want was in place
+
+    def intact(self) -> bool:
+        """Nothing but this firewall has committed since ``ensure`` last found or made every rule."""
+        return self._complete_at is not None and self._deleter.generation() == self._complete_at
+
+    def _commit(self, commit: Callable[[], object], read_at: int | None, commits: int,
+                complete_at: int | None) -> None:
+        """Run ``commit`` (at most ``commits`` nf_tables transactions: iptables-restore makes one per
+        table) on a ruleset read at generation ``read_at``. The rules stay known complete if they were
+        complete at ``read_at`` (``complete_at``) and nothing else committed until ours were done."""
+        try:
+            commit()
+        except BaseException:
+            self._complete_at = None  # whatever of it the kernel took, the guard's check will tell
+            raise
+        after = self._deleter.generation()
+        nothing_else = (read_at is not None and after is not None and complete_at == read_at
+                        and after - read_at <= commits)
+        self._complete_at = after if nothing_else else None
 
     def close(self) -> None:
         self._deleter.close()
@@ -227,9 +255,10 @@ class IptablesFirewall:
 
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int:
         """Put back whatever rule of these networks and ports is missing or out of place, in one
-        transaction; returns how many rules that wrote. 0: nothing was committed."""
+        transaction; returns how many rules that wrote. 0: nothing was committed. ``networks`` and
+        ``ports`` are all there are: afterwards the rules are known complete."""
         return self._add(base_rules() + [r for spec in networks for r in bridge_rules(spec)]
-                         + [r for p in ports for r in port_rules(p)])
+                         + [r for p in ports for r in port_rules(p)], everything=True)
 
     def remove_rules_naming(self, ifname: str) -> None:
         """Delete every rule that matches on this interface (-i/-o), in our chains and the built-in ones."""
@@ -239,11 +268,14 @@ class IptablesFirewall:
                 words = rule.split()
                 if any(words[i] in ("-i", "-o") and words[i + 1] == ifname for i in range(len(words) - 1)):
                     naming.append((table, rule))
-        self._deleter.delete(nfhandles.by_table(naming))
+        self._delete(nfhandles.by_table(naming))
 
-    def _add(self, rules: list[Rule]) -> int:
+    def _add(self, rules: list[Rule], everything: bool = False) -> int:
+        """Add the missing ones of ``rules``; ``everything``: they are all the rules we want, so once
+        added the ruleset is complete."""
         added = 0
         batch = iptables.Batch()
+        read_at = self._deleter.generation()
         state = iptables.read_all()
         for table in {r[0] for r in rules}:
             current = state.setdefault(table, iptables.Ruleset())
@@ -264,11 +296,20 @@ class IptablesFirewall:
                 added += 1
             for chain, specs in heads.items():
                 added += _pin_head(batch, table, chain, specs, current)
-        batch.apply()
+        complete_at = read_at if everything else self._complete_at
+        if batch:
+            self._commit(batch.apply, read_at, len(batch.tables()), complete_at)
+        elif everything:
+            self._complete_at = read_at  # all there as read
         return added
 
     def _remove(self, rules: list[Rule]) -> None:
-        self._deleter.delete(nfhandles.by_table((table, f"-A {chain} {spec}") for table, chain, spec, _ in rules))
+        self._delete(nfhandles.by_table((table, f"-A {chain} {spec}") for table, chain, spec, _ in rules))
+
+    def _delete(self, rules: dict[str, list[str]]) -> None:
+        # One nf_tables transaction, or one per table when the deleter falls back to iptables-restore.
+        read_at = self._deleter.generation()
+        self._commit(lambda: self._deleter.delete(rules), read_at, len(rules), self._complete_at)
 
 
 def _pin_head(batch: iptables.Batch, table: str, chain: str, specs: list[str], current: iptables.Ruleset) -> int:

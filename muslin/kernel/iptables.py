@@ -119,6 +119,10 @@ class Batch:
             out.append("COMMIT")
         return "\n".join(out) + "\n" if out else ""
 
+    def tables(self) -> list[str]:
+        """The tables the batch changes: iptables-restore commits each in a transaction of its own."""
+        return [table for table in TABLES if self._lines.get(table)]
+
     def apply(self) -> None:
         restore(self.render())
 

@@ -33,6 +33,7 @@ from .nfnetlink import (
     NLM_F_DUMP,
     NLM_F_REQUEST,
     NLMSG_ERROR,
+    NLA_TYPE_MASK,
     NLMSG_HEADER,
     NetlinkError,
     attribute,
@@ -62,6 +63,10 @@ SNAPSHOT_ATTEMPTS = 3
 # with that text would delete it. Matching skips such rules, so only rules iptables wrote are deleted.
 IPTABLES_EXPRESSIONS = frozenset({"meta", "cmp", "payload", "bitwise", "range", "limit", "immediate", "match",
                                   "target", "counter"})
+
+
+IPTABLES_EXPRESSION_NAMES = frozenset(name.encode() for name in IPTABLES_EXPRESSIONS)
+NLA = struct.Struct("=HH")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,17 @@ class HandleDeleter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def generation(self) -> int | None:
+        """The ruleset's generation now; None where nf_tables cannot be asked (iptables-legacy)."""
+        if self._unavailable:
+            return None
+        try:
+            return self._generation()
+        except OSError as exc:
+            self._unavailable = exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.EOPNOTSUPP)
+            self.close()
+            return None
 
     def delete(self, rules: dict[str, list[str]]) -> None:
         """Delete each listed rule (first match, as ``iptables -D``); rules not present are skipped.
@@ -244,18 +260,32 @@ def generation(sock: socket.socket, sequence: int) -> int:
 
 
 def _dumped_rule(body: bytes) -> DumpedRule:
-    """The handle of a dumped rule and whether iptables could have written it (by its expressions'
-    names: reading only those keeps a dump of a long chain cheap)."""
-    handle, names = 0, set()
-    for kind, payload in attributes(body):
+    """The handle of a dumped rule and whether iptables could have written it, by its expressions'
+    names. A plain loop over the attribute headers: a chain of a thousand rules is read for every
+    deletion in it, and this is most of that read."""
+    handle, from_iptables = 0, True
+    unpack, end, offset = NLA.unpack_from, len(body), 0
+    while offset + 4 <= end:
+        length, kind = unpack(body, offset)
+        if length < 4:
+            break
+        kind &= NLA_TYPE_MASK
         if kind == NFTA_RULE_HANDLE:
-            handle = struct.unpack(">Q", payload[:8])[0]
+            handle = int.from_bytes(body[offset + 4:offset + 12], "big")
         elif kind == NFTA_RULE_EXPRESSIONS:
-            for element_kind, element in attributes(payload):
-                if element_kind == NFTA_LIST_ELEM:
-                    names.update(value.rstrip(b"\0").decode() for name_kind, value in attributes(element)
-                                 if name_kind == NFTA_EXPR_NAME)
-    return DumpedRule(handle, names <= IPTABLES_EXPRESSIONS)
+            element, elements_end = offset + 4, offset + length
+            while element + 4 <= elements_end and from_iptables:
+                element_length, _ = unpack(body, element)
+                if element_length < 4:
+                    break
+                # The kernel puts each expression's name first (NFTA_EXPR_NAME).
+                name_length, name_kind = unpack(body, element + 4)
+                if name_kind & NLA_TYPE_MASK == NFTA_EXPR_NAME:
+                    name = body[element + 8:element + 4 + name_length].rstrip(b"\0")
+                    from_iptables = name in IPTABLES_EXPRESSION_NAMES
+                element += (element_length + 3) & ~3
+        offset += (length + 3) & ~3
+    return DumpedRule(handle, from_iptables)
 
 
 def _match(rules: dict[str, list[str]], state: dict[str, iptables.Ruleset],
