@@ -215,20 +215,19 @@ class ContainerService:
 
     # -- create (worker) --------------------------------------------------------------------------------
     def _unique_name(self) -> str:
-        taken = {c.name for c in self.all()}
         for _ in range(1000):
             name = f"{random.choice(ADJECTIVES)}_{random.choice(SURNAMES)}"
-            if name not in taken:
+            if self.store.container_named(name) is None:
                 return name
         return f"muslin_{os.urandom(4).hex()}"
 
     def _check_name(self, name: str, own_id: str = "") -> str:
         """A free name (its form is the API's to check: [a-zA-Z0-9][a-zA-Z0-9_.-]+, one leading "/")."""
         name = name.lstrip("/")
-        for other in self.all():
-            if other.name == name and other.id != own_id:
-                raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
-                               f'"{other.id}". You have to remove (or rename) that container to be able to reuse that name.')
+        other = self.store.container_named(name)  # an indexed lookup, not a read of every container
+        if other is not None and other != own_id:
+            raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
+                           f'"{other}". You have to remove (or rename) that container to be able to reuse that name.')
         return name
 
     def create(self, req: ContainerCreate) -> Container:
@@ -543,13 +542,6 @@ class ContainerService:
                 specs.extend(driver.port_forwards(net, ep, c.published))
         return specs
 
-    def _republish(self, c: Container) -> None:
-        """A running container's forwards back in place (a firewall reload while muslind was away)."""
-        on = self._published_on(c)
-        if on is not None:
-            driver, net, ep = on
-            driver.publish_ports(net, ep, c.published)
-
     def release_networking(self, c: Container) -> None:
         """What a stopped container gives back: its ports and endpoints (the sandbox stays until rm)."""
         endpoints = self.store.endpoints(container_id=c.id)
@@ -790,15 +782,15 @@ class ContainerService:
 
     # -- recovery after a restart of muslind (worker) ---------------------------------------------------
     def recover(self) -> None:
-        self.runtime.recover()
-        known = {c.id for c in self.all()}
-        for st in self.runtime.list():
+        states = {st.id: st for st in self.runtime.recover()}  # one read of every container's state
+        containers = self.all()
+        known = {c.id for c in containers}
+        for st in states.values():
             if st.id not in known:  # created by the runtime, but the store never heard of it (a crash)
                 self.runtime.delete(st.id, force=True)
-        for c in self.all():
-            try:
-                st = self.runtime.state(c.id)
-            except NoSuchContainer:
+        for c in containers:
+            st = states.get(c.id)
+            if st is None:
                 log.warning("container %s has no runtime state; removing its record", c.id[:12])
                 self.release_networking(c)
                 with self.store.transaction() as db:
@@ -944,15 +936,17 @@ class ContainerService:
 
     async def follow_running(self) -> None:
         """After recover(): watch the containers that kept running while muslind was away."""
-        for c in self.all():
-            if self.runtime.state(c.id).running:
-                # A firewall reload while muslind was away must not leave published ports dead.
-                if c.published:
-                    await self.engine_call(self._republish, c)
-                await self.engine_call(self._bind_dns, c)
-                await self._serve_dns(c)
-                self._follow(c.id, await self.runtime.exit_waiter(c.id))
-                self._start_health(c)
+        # Published ports that a firewall reload removed while muslind was away came back with every
+        # other rule at start (Engine._start). A thousand containers: one trip to the worker for all
+        # their DNS sockets, and their shims asked for exit watches all at once, not one by one.
+        running = [c for c in self.all() if self.runtime.state(c.id).running]
+        await self.engine_call(lambda: [self._bind_dns(c) for c in running])
+        for c in running:
+            await self._serve_dns(c)
+        watches = await asyncio.gather(*(self.runtime.exit_waiter(c.id) for c in running))
+        for c, watch in zip(running, watches):
+            self._follow(c.id, watch)
+            self._start_health(c)
         await self._restart_after_daemon_start()
 
     async def _restart_after_daemon_start(self) -> None:

@@ -67,6 +67,10 @@ class Engine:
         self.images.ensure_busybox()
         self.networks.start()
         self.containers.recover()
+        if self.firewall:
+            # Every network's and published port's rules in one transaction (what a reload while muslind
+            # was away removed comes back), rather than a read and a write of the ruleset for each.
+            self.firewall.ensure(self.networks.firewall_specs(), self.containers.published_port_specs())
 
     def remove_image(self, ref: str, force: bool) -> list[dict[str, str]]:
         """On the worker, so no container can be created from the image between check and removal."""

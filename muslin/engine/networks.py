@@ -167,11 +167,12 @@ class NetworkService:
                 driver.remove_orphan(name)
         if self.bridge.firewall:
             self.bridge.firewall.remove_legacy_rules(self.firewall_specs())
+        self.bridge.restore_all([n for n in nets if n.driver == "bridge" and n.settings is not None])
         for net in nets:
             if net.scope == "global" and self.global_networks is None:
                 log.warning("global network %s (%s) is left alone: muslind runs without --cluster-store",
                             net.name, net.id[:12])
-            elif net.settings is not None:
+            elif net.settings is not None and net.driver != "bridge":  # bridges: restore_all above
                 self.drivers[net.driver].restore(net)
 
     def create(self, req: NetworkCreate) -> Network:

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS ports (
     proto TEXT NOT NULL, host_ip TEXT NOT NULL, host_port INTEGER NOT NULL, container_id TEXT NOT NULL,
     PRIMARY KEY (proto, host_ip, host_port));
 CREATE TABLE IF NOT EXISTS volumes (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dns_ports (
+    container_id TEXT PRIMARY KEY, udp_port INTEGER NOT NULL, tcp_port INTEGER NOT NULL);
 """
 
 
@@ -227,6 +229,11 @@ class Store:
     def find_containers(self, ref: str) -> list[dict]:
         return [json.loads(d) for d in self._find("containers", ref)]
 
+    def container_named(self, name: str) -> str | None:
+        """The id of the container with this name (the name column's unique index answers)."""
+        rows = self._rows("SELECT id FROM containers WHERE name = ?", name)
+        return rows[0][0] if rows else None
+
     def containers(self) -> list[dict]:
         return [json.loads(d) for (d,) in self._rows("SELECT doc FROM containers ORDER BY rowid")]
 
@@ -240,6 +247,16 @@ class Store:
     def delete_container(self, db: sqlite3.Connection, cid: str) -> None:
         db.execute("DELETE FROM containers WHERE id = ?", (cid,))
         db.execute("DELETE FROM ports WHERE container_id = ?", (cid,))
+        db.execute("DELETE FROM dns_ports WHERE container_id = ?", (cid,))
+
+    # the embedded DNS's ports inside a container's namespace, where its redirect sends queries
+    def dns_ports(self, cid: str) -> tuple[int, int] | None:
+        rows = self._rows("SELECT udp_port, tcp_port FROM dns_ports WHERE container_id = ?", cid)
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def put_dns_ports(self, db: sqlite3.Connection, cid: str, udp_port: int, tcp_port: int) -> None:
+        db.execute("INSERT OR REPLACE INTO dns_ports (container_id, udp_port, tcp_port) VALUES (?, ?, ?)",
+                   (cid, udp_port, tcp_port))
 
     # published host ports
     def ports(self) -> list[tuple[str, str, int, str]]:

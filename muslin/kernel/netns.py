@@ -57,6 +57,15 @@ def set_sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
+def get_sysctl(path: str) -> str:
+    """Read /proc/sys/<path> (stripped); "" when there is no such setting (a link that is gone)."""
+    try:
+        with open(f"/proc/sys/{path}") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def path_for(name_or_path: str) -> str:
     """``node1`` means /run/netns/node1; anything with a slash is already a path."""
     return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)

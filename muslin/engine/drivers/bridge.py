@@ -59,18 +59,8 @@ class BridgeDriver(OnHostLinks):
                           icc=settings.icc, internal=net.internal)
 
     def create_network(self, net: Network) -> None:
-        pool = net.pool
-        assert pool is not None and pool.gateway is not None
-        settings = settings_of(net)
-        bridge = settings.bridge_name
         try:
-            index = link.ensure_bridge(self.host, bridge, settings.mtu)
-            address.ensure_address(self.host, index, IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"))
-            if self.config.ip_forward:
-                netns.set_sysctl("net/ipv4/ip_forward", "1")
-            # Published ports answer on 127.0.0.1 without a userland proxy: the kernel may route
-            # loopback-sourced (DNATed) packets out of this bridge.
-            netns.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
+            self._program_bridge(net)
             if self.firewall:
                 self.firewall.setup_network(self.firewall_spec(net))
         except Exception:
@@ -78,13 +68,50 @@ class BridgeDriver(OnHostLinks):
                 self.delete_network(net)
             raise
 
+    def _program_bridge(self, net: Network) -> None:
+        pool = net.pool
+        assert pool is not None and pool.gateway is not None
+        settings = settings_of(net)
+        bridge = settings.bridge_name
+        index = link.ensure_bridge(self.host, bridge, settings.mtu)
+        address.ensure_address(self.host, index, IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}"))
+        if self.config.ip_forward:
+            netns.set_sysctl("net/ipv4/ip_forward", "1")
+        # Published ports answer on 127.0.0.1 without a userland proxy: the kernel may route
+        # loopback-sourced (DNATed) packets out of this bridge.
+        netns.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
+
     def delete_network(self, net: Network) -> None:
         if self.firewall:
             self.firewall.teardown_network(self.firewall_spec(net))
         link.retire_link(self.host, settings_of(net).bridge_name)
 
     def restore(self, net: Network) -> None:
-        self.create_network(net)
+        """The bridge, its address and sysctls; the rules of every network come back together, in one
+        transaction, once the store is reconciled (``Engine``: ``IptablesFirewall.ensure``)."""
+        self._program_bridge(net)
+
+    def restore_all(self, nets: list[Network]) -> None:
+        """``restore`` of these networks, each only if one dump of the links and one of the addresses
+        show something of it missing: a start then costs what changed, not a round of netlink calls
+        for each of hundreds of networks."""
+        links = {found.name: found for found in link.all_links(self.host)}
+        addresses = {(a.index, a.address) for a in address.ipv4_addresses(self.host)}
+        for net in nets:
+            if not self._in_place(net, links, addresses):
+                self.restore(net)
+
+    def _in_place(self, net: Network, links: dict[str, link.LinkInfo],
+                  addresses: set[tuple[int, IPv4Interface]]) -> bool:
+        pool, settings = net.pool, settings_of(net)
+        found = links.get(settings.bridge_name)
+        if pool is None or found is None or found.kind != "bridge" or not found.up or found.mtu != settings.mtu:
+            return False
+        if (found.index, IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}")) not in addresses:
+            return False
+        if self.config.ip_forward and netns.get_sysctl("net/ipv4/ip_forward") != "1":
+            return False
+        return netns.get_sysctl(f"net/ipv4/conf/{settings.bridge_name}/route_localnet") == "1"
 
     def orphans(self, nets: list[Network]) -> list[str]:
         owned = {settings_of(n).bridge_name for n in nets if n.settings is not None}
