@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 from ipaddress import IPv4Interface
@@ -117,6 +118,15 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
                         default_bind_ip=args.default_bind_ip, cluster=cluster)
 
 
+def raise_descriptor_limit() -> None:
+    """Every running container holds descriptors of muslind's (its DNS sockets, its exit watch): the
+    soft limit goes up to the hard one, as Go programs such as dockerd do, or a thousand containers
+    would not fit in the usual 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(args: argparse.Namespace) -> int:
     hosts: list[Listener] = args.hosts or [UnixListener(listeners.DEFAULT_UNIX)]
     # Every listener's flags are checked before anything is set up: a refusal changes nothing.
@@ -124,6 +134,7 @@ async def serve(args: argparse.Namespace) -> int:
     gid = listeners.socket_gid(args.group)
     tls = (listeners.server_tls_context(listeners.TlsFiles(args.tlscacert, args.tlscert, args.tlskey))
            if any(isinstance(h, TcpListener) for h in hosts) else None)
+    raise_descriptor_limit()
     engine = Engine(config_from_args(args))
     await engine.start()
     server = build_server(engine)

@@ -14,6 +14,7 @@ import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from ipaddress import IPv4Interface
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -216,20 +217,25 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
 _reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="link-reaper")
 
 
-def retire_link(ipr: IPRoute, name: str) -> bool:
+def retire_link(ipr: IPRoute, name: str, addresses: list[IPv4Interface] | None = None) -> bool:
     """Take a link out of service now and delete it in the background.
 
     Deleting a netdev waits for RCU grace periods (20-40 ms here), which would dominate `network rm`
     and container stop. Setting it down stops its traffic at once; flushing its addresses and renaming
     it frees the subnet and the name for immediate reuse; the slow delete follows on a worker. Leftovers
-    of a crash in between carry RETIRED_PREFIX and are removed by ``reap_retired``.
+    of a crash in between carry RETIRED_PREFIX and are removed by ``reap_retired``. ``addresses``: the
+    ones the caller put on the link, removed one by one; flushing instead dumps every address of the
+    namespace to find the link's (pyroute2 filters them itself), a cost that grows with the networks.
     """
     index = index_of(ipr, name)
     if index is None:
         return False
     try:
         ipr.link("set", index=index, state="down")
-        ipr.flush_addr(index=index)
+        if addresses is None:
+            ipr.flush_addr(index=index)
+        for gone in addresses or []:
+            _delete_address(ipr, index, gone)
         ipr.link("set", index=index, ifname=RETIRED_PREFIX + os.urandom(4).hex())
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:  # gone meanwhile (a veth whose peer was just deleted)
@@ -237,6 +243,14 @@ def retire_link(ipr: IPRoute, name: str) -> bool:
         raise
     _retire(ipr, index)
     return True
+
+
+def _delete_address(ipr: IPRoute, index: int, gone: IPv4Interface) -> None:
+    try:
+        ipr.addr("del", index=index, address=str(gone.ip), prefixlen=gone.network.prefixlen)
+    except NetlinkError as exc:
+        if exc.code != errno.EADDRNOTAVAIL:  # not there (any more)
+            raise
 
 
 def retire_veth(ipr: IPRoute, host_name: str, peer_ipr: IPRoute, peer_name: str) -> bool:

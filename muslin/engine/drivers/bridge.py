@@ -84,7 +84,9 @@ class BridgeDriver(OnHostLinks):
     def delete_network(self, net: Network) -> None:
         if self.firewall:
             self.firewall.teardown_network(self.firewall_spec(net))
-        link.retire_link(self.host, settings_of(net).bridge_name)
+        pool = net.pool
+        gateway = [IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}")] if pool and pool.gateway else None
+        link.retire_link(self.host, settings_of(net).bridge_name, gateway)
 
     def restore(self, net: Network) -> None:
         """The bridge, its address and sysctls; the rules of every network come back together, in one
