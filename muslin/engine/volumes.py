@@ -1,8 +1,9 @@
 """Local named volumes: directories under ``<data root>/volumes/<name>/_data``, their records in the store.
 
-Only Docker's ``local`` driver, and only its plain-directory form: a volume whose options ask the
-local driver to mount a device (``type``, ``device``, ``o``) is refused, so no mount is ever made on
-the host. A volume is in use while a container (running or not) has it among its mounts; such a
+Only Docker's ``local`` driver, in its plain-directory form and its bind form (``type=none,o=bind,
+device=/host/dir``, which compose files use for a named volume kept in a chosen directory: containers
+bind the device directory itself); options that mount a filesystem (tmpfs, nfs, a block device) are
+refused, so no mount is ever made on the host. A volume is in use while a container (running or not) has it among its mounts; such a
 volume is never removed, as with dockerd. This service also turns a container's mount requests into
 its mount points (``mount_points``), creating the volumes they name as dockerd does.
 """
@@ -25,8 +26,9 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 LOCAL_DRIVER = "local"
-# The local driver's options that mount a device on the volume's directory (not done by muslind).
-DEVICE_OPTIONS = ("type", "device", "o")
+# The local driver's options (dockerd's), and the mount options of its bind form that muslind takes.
+LOCAL_OPTIONS = ("type", "device", "o", "size")
+BIND_MOUNT_OPTIONS = {"bind", "rbind", "ro", "rw"}
 
 
 @dataclass
@@ -37,6 +39,30 @@ class Volume:
     labels: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     anonymous: bool = False  # made for one container, without a name from the client
+
+    @property
+    def bind_device(self) -> str:
+        """The host directory of a ``type=none,o=bind,device=DIR`` volume, else ""."""
+        return self.options.get("device", "") if self.options else ""
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options.get("o", "").split(",")
+
+
+def check_options(name: str, options: dict[str, str]) -> None:
+    """dockerd's local driver checks option names; of the mounting forms muslind takes the bind one."""
+    for key in options:
+        if key not in LOCAL_OPTIONS:
+            raise InvalidArgument(f'create {name}: invalid option: "{key}"')
+    if not options:
+        return
+    mount_options = set(options.get("o", "").split(","))
+    device = options.get("device", "")
+    if (options.get("type", "none") != "none" or not mount_options & {"bind", "rbind"}
+            or not mount_options <= BIND_MOUNT_OPTIONS or not device.startswith("/") or "size" in options):
+        raise InvalidArgument(f"create {name}: muslind's local volumes mount no filesystem: of the options "
+                              "type/device/o only the bind form is supported (type=none,o=bind,device=/host/dir)")
 
 
 class VolumeService:
@@ -71,11 +97,7 @@ class VolumeService:
         if driver != LOCAL_DRIVER:
             raise NotFound(f'create {name}: error looking up volume plugin {driver}: plugin "{driver}" not found')
         options = dict(options or {})
-        for key in options:
-            if key in DEVICE_OPTIONS:
-                raise InvalidArgument(f'create {name}: option "{key}" is not supported: muslind\'s local volumes '
-                                      "are plain directories, they mount no device")
-            raise InvalidArgument(f'create {name}: invalid option: "{key}"')
+        check_options(name, options)
         existing = self.store.volume(name)
         if existing is not None:
             return Volume(**existing)
@@ -175,6 +197,10 @@ class VolumeService:
             if volume.anonymous:
                 made.append(volume.name)
         mode = (req.mode or "z") if req.source else ""  # as dockerd labels a named volume's mount
-        return MountPoint(type="volume", destination=req.target, source=str(self.directory(volume.name)),
-                          name=volume.name, driver=volume.driver, mode=mode, rw=not req.read_only,
+        source = volume.bind_device or str(self.directory(volume.name))
+        if volume.bind_device and not os.path.isdir(source):
+            raise InvalidArgument(f"failed to mount local volume: mount {source}:{self.directory(volume.name)}, "
+                                  "flags: 0x1000: no such file or directory")
+        return MountPoint(type="volume", destination=req.target, source=source, name=volume.name,
+                          driver=volume.driver, mode=mode, rw=not (req.read_only or volume.read_only),
                           anonymous=volume.anonymous)

@@ -118,3 +118,20 @@ def test_anonymous_volumes_go_with_rm_v_and_prune(daemon: Daemon) -> None:
     daemon.docker("volume", "prune", "-af")
     assert daemon.docker("volume", "ls", "-q").stdout.split() == []
     assert list((daemon.root / "data" / "volumes").iterdir()) == []
+
+
+def test_bind_form_of_the_local_driver(daemon: Daemon, tmp_path: Path) -> None:
+    """compose's `driver_opts: {type: none, o: bind, device: DIR}`: the volume is the host directory."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    daemon.docker("volume", "create", "-o", "type=none", "-o", "o=bind", "-o", f"device={kept}", "here")
+    daemon.docker("run", "--rm", "-v", "here:/data", "busybox", "sh", "-c", "echo 1 > /data/one")
+    assert (kept / "one").read_text() == "1\n"
+    info = json.loads(daemon.docker("volume", "inspect", "here").stdout)[0]
+    assert info["Options"] == {"type": "none", "o": "bind", "device": str(kept)}
+    daemon.docker("volume", "rm", "here")
+    assert (kept / "one").exists()  # removing the volume leaves the host's directory alone
+    refused = daemon.docker("volume", "create", "-o", "type=tmpfs", "-o", "device=tmpfs", "tmp", check=False)
+    assert refused.returncode != 0 and "muslind's local volumes mount no filesystem" in refused.stderr
+    assert daemon.docker("volume", "ls", "-q").stdout.split() == []
+    assert host_mounts_under(kept, daemon.root / "data") == []

@@ -10,6 +10,8 @@ import pytest
 from muslin.api import mount_requests, requests
 from muslin.api.http import HTTPError, Request
 from muslin.engine.mounts import MountRequest
+from muslin.engine.volumes import check_options
+from muslin.errors import InvalidArgument
 
 
 def create(host: dict[str, Any], **config: Any) -> Request:
@@ -147,3 +149,16 @@ def test_volume_names(name: str, message: str) -> None:
         requests.volume_create(Request(method="POST", path="/volumes/create", query={}, headers={}, body=body,
                                        api_version=None))
     assert (info.value.status, info.value.message) == (400, message)
+
+
+def test_local_volume_options_take_the_bind_form_only() -> None:
+    check_options("v", {})
+    check_options("v", {"type": "none", "o": "bind", "device": "/srv/data"})
+    check_options("v", {"o": "rbind,ro", "device": "/srv/data"})
+    assert_refused = "muslind's local volumes mount no filesystem"
+    for options in ({"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}, {"type": "nfs", "o": "addr=10.0.0.1"},
+                    {"type": "none", "o": "bind", "device": "relative"}, {"type": "none", "device": "/srv"}):
+        with pytest.raises(InvalidArgument, match=assert_refused):
+            check_options("v", options)
+    with pytest.raises(InvalidArgument, match='create v: invalid option: "bogus"'):
+        check_options("v", {"bogus": "1"})
