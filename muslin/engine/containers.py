@@ -277,7 +277,8 @@ class ContainerService:
             c.sandbox = netns.create(str(self.sandbox_root / cid[:12]), SANDBOX_SYSCTLS)
         try:
             image_volumes = list(image.config.get("Volumes") or {})
-            c.mounts = self.volumes.mount_points(list(req.mounts), [*req.volumes, *image_volumes])
+            c.mounts = self.volumes.mount_points(list(req.mounts), [*req.volumes, *image_volumes],
+                                                 self.images.lower_dirs(image))
             spec = ContainerSpec(
                 id=cid, image=image.id, args=self._argv(req, image.config), env=list(req.env),
                 workdir=req.working_dir, user=req.user, tty=req.tty, open_stdin=req.open_stdin, hostname=hostname,

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from muslin.errors import Conflict, InvalidArgument, NotFound
+from muslin.runtime import copy_image_path
 
 from .mounts import MountPoint, MountRequest
 from .model import new_id
@@ -151,18 +152,20 @@ class VolumeService:
                 self._delete(name)
 
     # -- a container's mounts (worker) ------------------------------------------------------------------
-    def mount_points(self, requests: list[MountRequest], anonymous_targets: list[str]) -> list[MountPoint]:
+    def mount_points(self, requests: list[MountRequest], anonymous_targets: list[str],
+                     image_dirs: list[str]) -> list[MountPoint]:
         """The mount points of a new container: its Binds, Mounts and Tmpfs, then an anonymous volume for
         each Config.Volumes (or image VOLUME) path none of them covers. Volumes named are created when
-        missing; the anonymous ones made here go again if a later step fails."""
+        missing; the anonymous ones made here go again if a later step fails. An empty volume starts
+        with what the image (``image_dirs``: its layers) has at the mount's path, unless nocopy."""
         made: list[str] = []
         try:
-            points = [self._mount_point(req, made) for req in requests]
+            points = [self._mount_point(req, made, image_dirs) for req in requests]
             covered = {p.destination for p in points}
             for target in anonymous_targets:
                 if target not in covered:
                     covered.add(target)
-                    points.append(self._mount_point(MountRequest(type="volume", target=target), made))
+                    points.append(self._mount_point(MountRequest(type="volume", target=target), made, image_dirs))
         except BaseException:
             self.discard(made)
             raise
@@ -174,7 +177,7 @@ class VolumeService:
             if self.store.volume(name) is not None:
                 self._delete(name)
 
-    def _mount_point(self, req: MountRequest, made: list[str]) -> MountPoint:
+    def _mount_point(self, req: MountRequest, made: list[str], image_dirs: list[str]) -> MountPoint:
         if req.type == "tmpfs":
             return MountPoint(type="tmpfs", destination=req.target, rw=not req.read_only,
                               options=list(req.tmpfs_options), listed=not req.from_tmpfs_map)
@@ -201,6 +204,8 @@ class VolumeService:
         if volume.bind_device and not os.path.isdir(source):
             raise InvalidArgument(f"failed to mount local volume: mount {source}:{self.directory(volume.name)}, "
                                   "flags: 0x1000: no such file or directory")
+        if not volume.bind_device and not req.no_copy and not any(os.scandir(source)):
+            copy_image_path(image_dirs, req.target, source)
         return MountPoint(type="volume", destination=req.target, source=source, name=volume.name,
                           driver=volume.driver, mode=mode, rw=not (req.read_only or volume.read_only),
                           anonymous=volume.anonymous)

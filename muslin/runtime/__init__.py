@@ -59,6 +59,9 @@ lab may use is what this module exports, listed below; everything else in the pa
 ``Mount(destination, type, source, options)``: a bind or tmpfs mount of ``ContainerSpec.mounts`` (runc
 makes it inside the container's mount namespace; shared/slave propagation is checked at start).
 
+``copy_image_path(lower_dirs, path, dest) -> bool``: an empty volume's first content, the image's files at
+``path`` (dockerd's copy-up; ``ImageStore.lower_dirs(image)`` gives the layers).
+
 ``capabilities(cap_add, cap_drop, privileged) -> [CAP_...]`` and ``check_sysctls(sysctls, host_network)``
 validate ``docker run --cap-add/--cap-drop/--privileged/--sysctl`` for ``ContainerSpec``.
 
@@ -70,6 +73,7 @@ on a container is async. Networking is the engine's: it passes the network names
 from .archive import Change, PathStat
 from .cgroups import Cgroups
 from .client import Stream
+from .copyup import copy_image_path
 from .errors import NoSuchContainer, NoSuchExec, NoSuchImage, NotRunning, StartFailed
 from .images import Image, ImageStore
 from .logs import LogEntry, LogFilter
@@ -79,4 +83,4 @@ from .spec import ContainerSpec, Mount, ProcessConfig, Resources, capabilities, 
 __all__ = ["Cgroups", "Change", "ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
            "Mount", "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "PathStat", "ProcessConfig", "Resources",
            "Runtime", "StartFailed",
-           "State", "Stream", "capabilities", "check_sysctls", "normalize_capability", "shim_processes"]
+           "State", "Stream", "capabilities", "check_sysctls", "copy_image_path", "normalize_capability", "shim_processes"]

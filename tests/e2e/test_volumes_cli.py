@@ -135,3 +135,13 @@ def test_bind_form_of_the_local_driver(daemon: Daemon, tmp_path: Path) -> None:
     assert refused.returncode != 0 and "muslind's local volumes mount no filesystem" in refused.stderr
     assert daemon.docker("volume", "ls", "-q").stdout.split() == []
     assert host_mounts_under(kept, daemon.root / "data") == []
+
+
+def test_an_empty_volume_starts_with_the_images_files(daemon: Daemon) -> None:
+    out = daemon.docker("run", "--rm", "-v", "etc:/etc", "busybox", "head", "-1", "/etc/passwd").stdout
+    assert out == "root:x:0:0:root:/root:/bin/sh\n"
+    mountpoint = Path(json.loads(daemon.docker("volume", "inspect", "etc").stdout)[0]["Mountpoint"])
+    assert (mountpoint / "group").is_file()
+    empty = daemon.docker("run", "--rm", "--mount", "type=volume,src=bare,dst=/etc,volume-nocopy", "busybox",
+                          "ls", "/etc").stdout.split()
+    assert "passwd" not in empty

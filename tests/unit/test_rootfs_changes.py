@@ -1,4 +1,5 @@
-"""docker diff from an overlay's upper directory, and the mount table checks of a bind's propagation."""
+"""docker diff from an overlay's upper directory, a volume's copy-up from the image's layers, and the mount
+table checks of a bind's propagation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from muslin.errors import InvalidArgument
 from muslin.runtime import Mount
 from muslin.runtime.archive import Change, Kind, changes
+from muslin.runtime.copyup import copy_image_path
 from muslin.runtime.mountinfo import check_propagation, mount_of, parse
 from muslin.runtime.rootfs_helper import go_mode, go_time
 
@@ -93,3 +95,29 @@ def test_propagation_needs_a_propagating_source() -> None:
         check_propagation([bind("/tmp/a", "rshared")], MOUNTINFO)
     with pytest.raises(InvalidArgument, match="is mounted on / but it is not a shared or slave mount"):
         check_propagation([bind("/tmp/a", "slave")], MOUNTINFO)
+
+
+def test_copy_up_merges_the_image_layers(tmp_path: Path) -> None:
+    bottom, top, dest = tmp_path / "bottom", tmp_path / "top", tmp_path / "volume"
+    make(bottom, {"etc/app/a": "a", "etc/app/b": "old", "etc/app/sub/x": "x"})
+    make(top, {"etc/app/b": "new", "etc/app/c": "c"})
+    (top / "etc" / "app" / "link").symlink_to("/etc/app/a")
+    (top / "etc" / "app").chmod(0o750)
+    dest.mkdir()
+    assert copy_image_path([str(top), str(bottom)], "/etc/app/", str(dest))
+    assert sorted(p.name for p in dest.iterdir()) == ["a", "b", "c", "link", "sub"]
+    assert (dest / "b").read_text() == "new" and (dest / "sub" / "x").read_text() == "x"
+    assert os.readlink(dest / "link") == "/etc/app/a"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o750  # the volume takes the image directory's mode
+    assert not copy_image_path([str(top), str(bottom)], "/nowhere", str(tmp_path / "unused"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts (character devices) need root")
+def test_copy_up_honours_whiteouts(tmp_path: Path) -> None:
+    bottom, top, dest = tmp_path / "bottom", tmp_path / "top", tmp_path / "volume"
+    make(bottom, {"srv/gone": "x", "srv/kept": "y"})
+    (top / "srv").mkdir(parents=True)
+    os.mknod(top / "srv" / "gone", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    dest.mkdir()
+    copy_image_path([str(top), str(bottom)], "/srv", str(dest))
+    assert [p.name for p in dest.iterdir()] == ["kept"]
