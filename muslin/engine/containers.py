@@ -133,6 +133,17 @@ def _attachment(net: Network, cfg: EndpointRequest) -> NetworkAttachment:
                              gw_priority=cfg.gw_priority)
 
 
+def _add_implicit_aliases(c: Container, net: Network, att: NetworkAttachment) -> None:
+    """dockerd 20.10 lists the short id, and a hostname other than the name, among the aliases of an
+    endpoint on a user-defined network from its first connect or start on (inspect shows them)."""
+    if net.predefined:
+        return
+    hostname = c.config.get("Hostname") or ""
+    for alias in (c.id[:12], hostname if hostname != c.name else ""):
+        if alias and alias not in att.aliases:
+            att.aliases.append(alias)
+
+
 def _endpoint_extras(att: NetworkAttachment) -> dict[str, Any]:
     """What an endpoint takes from its attachment besides address, MAC and aliases."""
     return {"link_aliases": links.endpoint_aliases(att.links),
@@ -424,6 +435,7 @@ class ContainerService:
         try:
             for i, att in enumerate(c.attachments):
                 net = self.networks.get(att.network_id)
+                _add_implicit_aliases(c, net, att)
                 ep = self.networks.allocate_endpoint(net, c.id, c.name, f"eth{i}", ip=att.ip, mac=att.mac,
                                                      aliases=att.aliases, hostname=c.config.get("Hostname") or "",
                                                      **_endpoint_extras(att))
@@ -726,6 +738,7 @@ class ContainerService:
             raise Forbidden(f"endpoint with name {c.name} already exists in network {net.name}")
         att = _attachment(net, cfg)
         self.networks.check_endpoint_aliases(net, att.aliases)
+        _add_implicit_aliases(c, net, att)
         embedded_dns_before = self._uses_embedded_dns(c)
         running = self.state(c).running
         if running:

@@ -84,7 +84,7 @@ def test_container_options_ip_mac_alias_random_ports_rename_kill_restart(daemon)
     (doc,) = json.loads(daemon.docker("inspect", "svc").stdout)
     net = doc["NetworkSettings"]["Networks"]["opts"]
     assert net["IPAddress"] == "10.70.0.50" and net["MacAddress"] == "02:42:0a:46:00:99"
-    assert net["Aliases"] == ["db"]
+    assert net["Aliases"] == ["db", doc["Id"][:12], "svchost"]  # dockerd 20.10 adds the short id and hostname
     port = doc["NetworkSettings"]["Ports"]["9000/tcp"][0]
     assert 32768 <= int(port["HostPort"]) < 61000
     assert f"--dport {port['HostPort']} -j DNAT --to-destination 10.70.0.50:9000" in daemon.sh("iptables", "-t", "nat", "-S")

@@ -101,3 +101,23 @@ def test_scope_attachable_and_ingress_as_a_docker_outside_a_swarm(daemon) -> Non
     finally:
         client.close()
     daemon.docker("network", "rm", "sc1")
+
+
+def test_user_network_aliases_gain_short_id_and_hostname_at_connect_and_start(daemon) -> None:
+    daemon.docker("network", "create", "--subnet", "10.67.0.0/24", "pn3")
+    daemon.docker("create", "--name", "a1", "--network", "pn3", "--network-alias", "web", "busybox", "sleep", "300")
+    aliases = "{{json .NetworkSettings.Networks.pn3.Aliases}}"
+    assert json.loads(daemon.docker("inspect", "-f", aliases, "a1").stdout) == ["web"]
+    a1 = daemon.docker("inspect", "-f", "{{.Id}}", "a1").stdout.strip()
+    daemon.docker("start", "a1")
+    assert json.loads(daemon.docker("inspect", "-f", aliases, "a1").stdout) == ["web", a1[:12]]
+    daemon.docker("stop", "-t", "0", "a1")
+    daemon.docker("start", "a1")
+    assert json.loads(daemon.docker("inspect", "-f", aliases, "a1").stdout) == ["web", a1[:12]]
+    daemon.docker("run", "-d", "--name", "a2", "--network", "pn3", "--hostname", "hh", "busybox", "sleep", "300")
+    a2 = daemon.docker("inspect", "-f", "{{.Id}}", "a2").stdout.strip()
+    assert json.loads(daemon.docker("inspect", "-f", aliases, "a2").stdout) == [a2[:12], "hh"]
+    daemon.docker("create", "--name", "a3", "busybox", "sleep", "300")
+    daemon.docker("network", "connect", "pn3", "a3")
+    a3 = daemon.docker("inspect", "-f", "{{.Id}}", "a3").stdout.strip()
+    assert json.loads(daemon.docker("inspect", "-f", aliases, "a3").stdout) == [a3[:12]]
