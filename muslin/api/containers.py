@@ -16,7 +16,7 @@ from muslin.engine.health import STATUSES as HEALTH_STATUSES
 from muslin.errors import NotFound, NotModified
 from muslin.runtime import LogEntry, LogFilter, State
 
-from . import requests
+from . import detachkeys, requests
 from .container_json import ContainerViews
 from .http import Hijack, HTTPError, Request, Response, Route, Router, StreamResponse, json_response, labels_match
 from .streams import content_type, mux, pump_session
@@ -117,13 +117,28 @@ async def wait(engine: Engine, req: Request) -> StreamResponse:
 
 
 async def attach(engine: Engine, req: Request) -> Hijack:
-    want_stdin = req.flag("stdin")
-    c, stream = await engine.containers.attach(req.params["id"], stdin=want_stdin, stdout=req.flag("stdout"),
-                                               stderr=req.flag("stderr"))
+    keys = detachkeys.for_attach(req.arg("detachKeys"))
+    want_stdin, want_stdout, want_stderr = req.flag("stdin"), req.flag("stdout"), req.flag("stderr")
+    c = engine.containers.get(req.params["id"])
     tty = bool(c.config.get("Tty"))
+    stream = None
+    if req.flag("stream"):
+        c, stream = await engine.containers.attach(req.params["id"], stdin=want_stdin, stdout=want_stdout,
+                                                   stderr=want_stderr)
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await pump_session(reader, writer, stream, tty, want_stdin)
+        if req.flag("logs"):
+            # What the container wrote so far, read once the client holds the upgraded stream (as
+            # dockerd): bytes riding in the same read as the 101 would be swallowed by the SDK's parser.
+            flt = LogFilter(stdout=want_stdout, stderr=want_stderr)
+            entries = await asyncio.to_thread(engine.containers.logs, c, flt)
+            writer.write(b"".join(e.data if tty else mux(e.stream, e.data) for e in entries))
+            await writer.drain()
+        if stream is None:  # stream=0: the log (if asked) and nothing more
+            writer.close()
+            return
+        escape = detachkeys.EscapeProxy(keys) if tty else None  # as dockerd: only a TTY's stdin detaches
+        await pump_session(reader, writer, stream, tty, want_stdin, escape)
 
     return Hijack(session=session, content_type=content_type(tty))
 

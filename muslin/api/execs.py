@@ -7,9 +7,13 @@ import asyncio
 from muslin.engine.engine import Engine
 from muslin.errors import EngineError
 
-from . import requests
+from . import detachkeys, requests
 from .http import Hijack, Request, Response, Route, Router, json_response
 from .streams import content_type, mux, pump_session
+
+# What dockerd 20.10 writes on an exec's stream when the client detached: its stdin copy ends with the
+# escape error, which the exec start handler reports to the client like any error of the session.
+DETACH_NOTICE = b"exec attach failed: error on attach stdin: read escape sequence\r\n"
 
 
 async def create(engine: Engine, req: Request) -> Response:
@@ -18,12 +22,15 @@ async def create(engine: Engine, req: Request) -> Response:
 
 
 async def start(engine: Engine, req: Request) -> Response | Hijack:
-    detach = requests.exec_start(req)
+    check = requests.exec_start(req)
     exec_id = req.params["id"]
     info = engine.execs.inspect(exec_id)
-    if detach:
+    if check.detach:
         await engine.execs.start(exec_id, detach=True)
         return Response(status=200, content_type="text/plain")
+    # The start request's Tty frames the output (docker-py's exec_start(tty=...)), not the exec's own:
+    # a TTY exec read without one comes multiplexed, all on stdout; detach keys work on a TTY's stdin.
+    tty = check.tty
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # The process starts only once the client holds the upgraded stream: its first bytes must
@@ -31,15 +38,19 @@ async def start(engine: Engine, req: Request) -> Response | Hijack:
         try:
             stream = await engine.execs.start(exec_id, detach=False)
         except EngineError as exc:
-            message = (exc.message + "\n").encode()
-            writer.write(message if info.tty else mux("stderr", message))
+            # As dockerd: the start's error is the session's output, on stdout, a line ending in CRLF.
+            message = (exc.message + "\r\n").encode()
+            writer.write(message if tty else mux("stdout", message))
             await writer.drain()
             writer.close()
             return
         assert stream is not None
-        await pump_session(reader, writer, stream, info.tty, info.open_stdin)
+        escape = detachkeys.EscapeProxy(detachkeys.for_exec(info.detach_keys)) if info.tty else None
+        # dockerd 20.10 gives a raw stream only stdout: a non-TTY exec started with Tty loses its stderr.
+        await pump_session(reader, writer, stream, tty, info.open_stdin, escape, DETACH_NOTICE,
+                           with_stderr=info.tty or not tty)
 
-    return Hijack(session=session, content_type=content_type(info.tty))
+    return Hijack(session=session, content_type=content_type(tty))
 
 
 async def inspect(engine: Engine, req: Request) -> Response:

@@ -12,7 +12,7 @@ import json
 import re
 import signal as signals
 from ipaddress import IPv4Address, ip_address
-from typing import Any
+from typing import Any, NamedTuple
 
 from muslin.engine import health, restarts
 from muslin.engine.links import LinkRef, parse_link
@@ -22,7 +22,7 @@ from muslin.engine.requests import (ContainerCreate, ContainerUpdate, EndpointRe
 from muslin.engine.resources import INT_FIELDS, STR_FIELDS
 from muslin.errors import InvalidArgument
 
-from . import mount_requests
+from . import detachkeys, mount_requests
 from .http import HTTPError, Request
 
 # Docker's names of containers (daemon/names.RestrictedNamePattern: two characters at least). Network
@@ -485,19 +485,24 @@ def exec_create(req: Request) -> ExecCreate:
         raise bad(f"the working directory '{working_dir}' is invalid, it needs to be an absolute path")
     for key in ("AttachStdout", "AttachStderr", "Detach"):
         body.bool(key)
+    keys = body.str("DetachKeys")
+    detachkeys.for_exec(keys)  # refused now rather than at start, as dockerd does
     return ExecCreate(cmd=tuple(cmd), env=tuple(env_entry(e) for e in body.str_list("Env") or []),
                       working_dir=working_dir, user=body.str("User"), tty=body.bool("Tty"),
                       attach_stdin=body.bool("AttachStdin"),
                       console_size=console_size(body.raw("ConsoleSize"), "types.ExecConfig"),
-                      privileged=body.bool("Privileged"))
+                      privileged=body.bool("Privileged"), detach_keys=keys)
 
 
-def exec_start(req: Request) -> bool:
-    """Whether to detach."""
+class ExecStart(NamedTuple):
+    detach: bool
+    tty: bool  # frames the output: raw with a TTY, multiplexed without (whatever the exec was created with)
+
+
+def exec_start(req: Request) -> ExecStart:
     body = Fields(req.json(), "types.ExecStartCheck")
-    body.bool("Tty")
     console_size(body.raw("ConsoleSize"), "types.ExecStartCheck")
-    return body.bool("Detach")
+    return ExecStart(detach=body.bool("Detach"), tty=body.bool("Tty"))
 
 
 # -- query parameters ----------------------------------------------------------------------------

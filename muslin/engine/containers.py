@@ -1038,6 +1038,8 @@ class ContainerService:
 
     async def attach(self, ref: str, stdin: bool, stdout: bool, stderr: bool) -> tuple[Container, Stream]:
         c = self.get(ref)
+        if self.state(c).paused:
+            raise Conflict(f"container {ref} is paused, unpause the container before attach")
         stream = await self.runtime.attach(c.id, stdin=stdin, stdout=stdout, stderr=stderr,
                                            stdin_once=bool(c.config.get("StdinOnce")))
         return c, stream

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from muslin.errors import Conflict, InvalidArgument
-from muslin.runtime import ExecState, Runtime, Stream
+from muslin.runtime import ExecState, Runtime, StartFailed, Stream
 
 from .containers import ContainerService
 from .requests import ExecCreate
@@ -26,13 +26,17 @@ class ExecService:
         if not req.cmd:
             raise InvalidArgument("No exec command specified")
         return self.runtime.exec_create(c.id, list(req.cmd), list(req.env), req.working_dir, req.user, req.tty,
-                                        req.attach_stdin, req.console_size, req.privileged)
+                                        req.attach_stdin, req.console_size, req.privileged, req.detach_keys)
 
     def inspect(self, exec_id: str) -> ExecState:
         return self.runtime.exec_inspect(exec_id)
 
     async def start(self, exec_id: str, detach: bool) -> Stream | None:
-        return await self.runtime.exec_start(exec_id, detach=detach)
+        try:
+            return await self.runtime.exec_start(exec_id, detach=detach)
+        except StartFailed as exc:
+            # dockerd's words around runc's (containerd's error code last), so clients match them.
+            raise StartFailed(f"OCI runtime exec failed: {exc.message}: unknown", exc.exit_code) from None
 
     def resize(self, exec_id: str, height: int, width: int) -> None:
         self.runtime.exec_inspect(exec_id)  # a missing exec is a 404, whatever its size

@@ -131,3 +131,4 @@ class ExecCreate:
     attach_stdin: bool = False
     console_size: tuple[int, int] | None = None
     privileged: bool = False
+    detach_keys: str = ""  # Docker's spelling, checked by the API (``ctrl-p,ctrl-q``; empty: the default)

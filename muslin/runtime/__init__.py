@@ -37,8 +37,8 @@ lab may use is what this module exports, listed below; everything else in the pa
                                                         a container whose shim died is settled (255)
     ``logs(id, LogFilter(stdout, stderr, since, until, tail)) -> list[LogEntry(stream, time, data)]``
     ``follow_logs(id, LogFilter)``                      async iterator, ends when the container stops
-    ``exec_create(id, args, env=None, workdir="", user="", tty=False, stdin=False) -> exec_id``
-    ``async exec_start(exec_id, detach=False) -> Stream | None``; raises StartFailed(.exit_code)
+    ``exec_create(id, args, env=None, workdir="", user="", tty=False, stdin=False, …, detach_keys="") -> exec_id``
+    ``async exec_start(exec_id, detach=False) -> Stream | None``; raises StartFailed(.exit_code 126, as dockerd)
     ``exec_forget(exec_id)``                            drop a finished exec's record
     ``exec_inspect(exec_id) -> ExecState``;  ``exec_resize(exec_id, h, w)``;  ``exec_kill(exec_id, sig)``
     ``close()``                                         stops the shim spawner; containers run on

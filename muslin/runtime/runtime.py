@@ -86,6 +86,7 @@ class ExecState:
     tty: bool
     open_stdin: bool
     error: str = ""
+    detach_keys: str = ""  # as the client gave them at create; the API interprets them
 
 
 def _read_json(path: Path) -> dict | None:
@@ -721,7 +722,8 @@ class Runtime:
     # -- exec ---------------------------------------------------------------------------------
     def exec_create(self, cid: str, args: list[str], env: list[str] | None = None, workdir: str = "",
                     user: str = "", tty: bool = False, stdin: bool = False,
-                    console_size: tuple[int, int] | None = None, privileged: bool = False) -> str:
+                    console_size: tuple[int, int] | None = None, privileged: bool = False,
+                    detach_keys: str = "") -> str:
         meta = self._meta(cid)
         if not self.state(cid).running:
             raise NotRunning(cid)
@@ -741,7 +743,8 @@ class Runtime:
                               bounding_capabilities() if privileged else base["capabilities"]["bounding"])
         exec_id = uuid.uuid4().hex + uuid.uuid4().hex
         self._execs[exec_id] = {"container_id": cid, "process": process, "tty": tty, "stdin": stdin,
-                                "args": list(args), "started": False}
+                                "args": list(args), "started": False,
+                                "detach_keys": detach_keys}
         return exec_id
 
     def _exec(self, exec_id: str) -> dict:
@@ -780,7 +783,7 @@ class Runtime:
         running = bool(record) and exit_code is None and self.state(ex["container_id"]).running
         return ExecState(id=exec_id, container_id=ex["container_id"], running=running, exit_code=exit_code,
                          pid=int(record.get("pid", 0)), args=ex["args"], tty=ex["tty"], open_stdin=ex["stdin"],
-                         error=record.get("error", ""))
+                         error=record.get("error", ""), detach_keys=ex["detach_keys"])
 
     def exec_resize(self, exec_id: str, height: int, width: int) -> None:
         ex = self._exec(exec_id)

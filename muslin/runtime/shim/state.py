@@ -23,6 +23,7 @@ from .protocol import (ERR_NAME, ERROR, EXIT, PID_NAME, REPLY, SOCKET_NAME, Prot
 from .reactor import Reactor
 from .runc import Runc
 
+EXEC_START_FAILED = 126
 FLUSH_SECONDS = 5.0  # what is still queued for clients when the shim ends is sent within this
 
 
@@ -208,7 +209,9 @@ class Shim:
             if status != 0:
                 message = self.runc.error(log_path)
                 os.unlink(log_path)
-                self.exec_failed(client, exe, message, start_failure_code(message, 126))
+                # dockerd gives every exec that could not start 126, a missing command too (unlike a
+                # container's start: 127 there); measured on 20.10.
+                self.exec_failed(client, exe, message, EXEC_START_FAILED)
                 return
             os.unlink(log_path)
             with open(f"exec-{name}.pid") as f:
