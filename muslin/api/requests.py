@@ -59,10 +59,15 @@ class Fields:
         return bad(f"json: cannot unmarshal {_json_type(value)} into Go struct field {self.struct}.{key} of type {go_type}")
 
     def raw(self, key: str) -> Any:
-        return self.data.get(key)
+        """The field, matched as Go's decoder does: the exact name, else any case of it (docker-py
+        sends exec create's ``detachKeys``)."""
+        if key in self.data:
+            return self.data[key]
+        folded = key.casefold()
+        return next((v for k, v in self.data.items() if isinstance(k, str) and k.casefold() == folded), None)
 
     def str(self, key: str) -> str:
-        value = self.data.get(key)
+        value = self.raw(key)
         if value is None:
             return ""
         if not isinstance(value, str):
@@ -70,7 +75,7 @@ class Fields:
         return value
 
     def bool(self, key: str) -> bool:
-        value = self.data.get(key)
+        value = self.raw(key)
         if value is None:
             return False
         if not isinstance(value, bool):
@@ -78,7 +83,7 @@ class Fields:
         return value
 
     def int(self, key: str, go_type: str = "int") -> int | None:
-        value = self.data.get(key)
+        value = self.raw(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
@@ -86,7 +91,7 @@ class Fields:
         return int(value)
 
     def str_list(self, key: str) -> list[str] | None:
-        value = self.data.get(key)
+        value = self.raw(key)
         if value is None:
             return None
         if not isinstance(value, list):
@@ -98,13 +103,13 @@ class Fields:
 
     def str_slice(self, key: str) -> list[str] | None:
         """Docker's StrSlice (Cmd, Entrypoint, CapAdd, ...): one string or a list of them."""
-        value = self.data.get(key)
+        value = self.raw(key)
         if isinstance(value, str):
             return [value]
         return self.str_list(key)
 
     def str_map(self, key: str) -> dict[str, str]:
-        value = self.data.get(key)
+        value = self.raw(key)
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -115,14 +120,14 @@ class Fields:
         return dict(value)
 
     def obj(self, key: str, struct: str) -> Fields:
-        value = self.data.get(key)
+        value = self.raw(key)
         if value is not None and not isinstance(value, dict):
             raise self._wrong(key, value, struct)
         return Fields(value, struct)
 
     def obj_map(self, key: str, struct: str) -> dict[str, Fields]:
         """A map of objects, e.g. EndpointsConfig: name -> EndpointSettings (null entries allowed)."""
-        value = self.data.get(key)
+        value = self.raw(key)
         if value is None:
             return {}
         if not isinstance(value, dict):

@@ -1,14 +1,17 @@
-"""Detach keys (Docker's spelling and dockerd's escape proxy) and the framing of hijacked sessions."""
+"""Detach keys (Docker's spelling and dockerd's matching), exec requests' keys and Tty, and the framing
+of hijacked sessions."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import pytest
 
-from muslin.api import detachkeys
+from muslin.api import detachkeys, requests
 from muslin.api.detachkeys import DEFAULT, EscapeProxy
+from muslin.api.http import Request
 from muslin.api.streams import MUX_HEADER, content_type, mux, pump_session
 from muslin.errors import InvalidArgument
 
@@ -186,3 +189,17 @@ def test_session_client_eof_closes_stdin_and_waits_for_the_output() -> None:
 
     assert asyncio.run(go()) == mux("stdout", b"x")
     assert bytes(stream.stdin) == b"input" and stream.stdin_closed
+
+
+def exec_request(body: dict) -> Request:
+    return Request(method="POST", path="/", query={}, headers={}, body=json.dumps(body).encode(), api_version=None)
+
+
+def test_exec_requests_carry_detach_keys_and_the_start_tty() -> None:
+    assert requests.exec_create(exec_request({"Cmd": ["cat"], "DetachKeys": "ctrl-a,x"})).detach_keys == "ctrl-a,x"
+    # docker-py sends the client config's key in lower camel case; Go's decoder matches any case.
+    assert requests.exec_create(exec_request({"Cmd": ["cat"], "detachKeys": "ctrl-p"})).detach_keys == "ctrl-p"
+    with pytest.raises(InvalidArgument, match=r"Invalid escape keys \(ctrl-\) provided"):
+        requests.exec_create(exec_request({"Cmd": ["cat"], "DetachKeys": "ctrl-"}))
+    assert requests.exec_start(exec_request({"Tty": True})) == (False, True)
+    assert requests.exec_start(exec_request({"Detach": True})) == (True, False)
