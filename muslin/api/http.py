@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
 import os
 import re
+import socket
 import ssl
+import struct
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +38,8 @@ READ_CHUNK = 65536
 # 1 MiB, the CLI sends a few KiB at most) and its body (JSON; image uploads have their own bound).
 MAX_HEAD_BYTES = 64 * 1024
 MAX_JSON_BODY = 8 * 1024 * 1024
+# How long a hijacked stream waits for the client to have read the 101 (it is reading at once).
+HANDOVER_WAIT_S = 1.0
 
 
 @dataclass
@@ -384,6 +390,7 @@ class Server:
             writer.write(b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n")
             trailing = b""
         await writer.drain()
+        await _handed_over(writer)
         if trailing:
             _unread(reader, trailing)
         await hijack.session(reader, writer)
@@ -393,6 +400,28 @@ class _BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.limit = limit
+
+
+async def _handed_over(writer: asyncio.StreamWriter) -> None:
+    """Wait (bounded) until the client has read the switch's headers, on a unix socket.
+
+    Clients parse the headers through a buffered reader, then take the raw socket: stream bytes that
+    arrived in the same read are lost (docker-py's attach(logs=True) gets nothing). On a unix socket
+    the kernel counts what the peer has not read yet (SIOCOUTQ), so the stream starts once that is 0.
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANDOVER_WAIT_S
+    while loop.time() < deadline:
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError:
+            return
+        if unread == 0:
+            return
+        await asyncio.sleep(0.001)
 
 
 def _unread(reader: asyncio.StreamReader, data: bytes) -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 
 import pytest
 
 from muslin.api import detachkeys, requests
 from muslin.api.detachkeys import DEFAULT, EscapeProxy
-from muslin.api.http import Request
+from muslin.api.http import Hijack, Request, Router, Server
 from muslin.api.streams import MUX_HEADER, content_type, mux, pump_session
 from muslin.errors import InvalidArgument
 
@@ -203,3 +204,43 @@ def test_exec_requests_carry_detach_keys_and_the_start_tty() -> None:
         requests.exec_create(exec_request({"Cmd": ["cat"], "DetachKeys": "ctrl-"}))
     assert requests.exec_start(exec_request({"Tty": True})) == (False, True)
     assert requests.exec_start(exec_request({"Detach": True})) == (True, False)
+
+
+def test_hijacked_stream_starts_after_the_client_has_read_the_101(tmp_path) -> None:  # noqa: ANN001
+    """A client that parses the head through a buffer and then takes the raw socket (docker-py) loses
+    stream bytes that came in the same read: the server holds them until the head has been read."""
+
+    async def greet(_: object, req: Request) -> Hijack:
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"first bytes")  # at once, as a log replay
+            await writer.drain()
+            writer.close()
+
+        return Hijack(session=session)
+
+    def slow_client(path: str) -> tuple[bytes, bytes]:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(SESSION_TIMEOUT_S)
+            client.connect(path)
+            client.sendall(b"POST /attach HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+            time.sleep(0.3)  # busy elsewhere: everything the server sent by now is in the next read
+            head = client.recv(8192)
+            rest = b""
+            while chunk := client.recv(8192):
+                rest += chunk
+            return head, rest
+
+    async def main() -> tuple[bytes, bytes]:
+        router = Router()
+        router.add_all(None, [("POST", "/attach", greet)])
+        server = Server(router, [])
+        path = str(tmp_path / "api.sock")
+        await server.start_unix(path)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(slow_client, path), SESSION_TIMEOUT_S)
+        finally:
+            await server.close()
+
+    head, rest = asyncio.run(main())
+    assert head.startswith(b"HTTP/1.1 101 ") and head.endswith(b"\r\n\r\n")
+    assert rest == b"first bytes"
