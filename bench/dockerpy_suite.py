@@ -8,8 +8,8 @@ DOCKER_PY_SOURCE is a checkout of the docker/docker-py repository at tag 7.1.0 (
 project pins), for example a `git clone --branch 7.1.0` of it, or `git archive 7.1.0 | tar -x` of a
 mirror. Its tests import paramiko and use pytest-timeout; both are pinned in the test extra.
 
-The suite's image is `alpine:3.10`; no registry is reachable here, so both daemons get it as a tag of
-their busybox. Each daemon runs in its own namespace and the suite runs inside that namespace too, as
+The suite's images are `alpine:3.10` (the API tests) and `alpine` (the model tests); no registry is
+reachable here, so both daemons get them as tags of their busybox. Each daemon runs in its own namespace and the suite runs inside that namespace too, as
 it would on a Docker host. The table lists every test whose outcome differs (all with --all), then
 the count of tests that pass against Docker and fail against muslind, leaving out what the issue
 exempts: swarm (by name, or a test that calls `init_swarm`), `commit`, and IPv6. Exit status 1 when
@@ -33,16 +33,17 @@ from common import REFERENCE_NS, bench_namespace, docker, muslind, reference_doc
 FILES = ["api_network_test.py", "models_networks_test.py", "api_container_test.py",
          "models_containers_test.py", "api_exec_test.py", "api_healthcheck_test.py"]
 EXEMPT = re.compile(r"swarm|commit|ipv6|ip6", re.IGNORECASE)
-IMAGE_ALIAS = "alpine:3.10"
+IMAGE_ALIASES = ("alpine:3.10", "alpine:latest")
 SUITE_TIMEOUT_S = 1800
 TEST_TIMEOUT_S = 90
 
 
 def run_suite(source: Path, host: str, namespace: str, files: list[str], select: str | None) -> dict[str, str]:
     """Run the files against one daemon; return test id -> passed|failed|error|skipped."""
-    tagged = docker(host, "tag", "busybox:latest", IMAGE_ALIAS)
-    if tagged.returncode:
-        raise RuntimeError(f"could not tag the suite's image: {tagged.stderr}")
+    for alias in IMAGE_ALIASES:
+        tagged = docker(host, "tag", "busybox:latest", alias)
+        if tagged.returncode:
+            raise RuntimeError(f"could not tag the suite's image {alias}: {tagged.stderr}")
     with tempfile.TemporaryDirectory(prefix="dockerpy-") as tmp:
         junit = Path(tmp) / "junit.xml"
         # --import-mode=append: the checkout has a `docker` package of its own at its root; the
