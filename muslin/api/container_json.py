@@ -137,15 +137,18 @@ class ContainerViews:
         return out
 
     def ports_of(self, c: Container, running: bool) -> dict[str, Any]:
+        """NetworkSettings.Ports: empty unless the container runs (dockerd clears them with its networking:
+        docker-compose ps shows a stopped service without ports)."""
         ports: dict[str, Any] = {}
+        if not running:
+            return ports
         for key in self._exposed(c):
             ports[key] = None
         for b in c.bindings:
             ports.setdefault(f"{b.container_port}/{b.proto}", None)
-        if running:
-            for b in c.published:
-                key = f"{b.container_port}/{b.proto}"
-                ports[key] = (ports.get(key) or []) + [{"HostIp": b.host_ip or "0.0.0.0", "HostPort": str(b.host_port)}]
+        for b in c.published:
+            key = f"{b.container_port}/{b.proto}"
+            ports[key] = (ports.get(key) or []) + [{"HostIp": b.host_ip or "0.0.0.0", "HostPort": str(b.host_port)}]
         return ports
 
     def _image_config(self, c: Container) -> dict[str, Any]:
@@ -258,7 +261,7 @@ class ContainerViews:
         for b in (c.published if st.running else []):
             ports.append({"IP": b.host_ip or "0.0.0.0", "PrivatePort": b.container_port,
                           "PublicPort": b.host_port, "Type": b.proto})
-        for key in self._exposed(c):
+        for key in (self._exposed(c) if st.running else []):  # none while stopped, as ports_of
             port, _, proto = key.partition("/")
             if not any(p["PrivatePort"] == int(port) for p in ports):
                 ports.append({"PrivatePort": int(port), "Type": proto})
