@@ -152,6 +152,17 @@ def mount(fields: Fields) -> MountRequest:
                         volume_labels=volume_options.str_map("Labels"), volume_options=driver.str_map("Options"))
 
 
+def volumes_from(spec: str) -> tuple[str, str]:
+    """One VolumesFrom entry: ``container[:ro|rw]`` (dockerd's parseVolumesFrom)."""
+    ref, _, mode = spec.partition(":")
+    if not ref:
+        raise bad(f"invalid volumes-from specification: '{spec}'")
+    parts = _mode_parts(mode) if mode else []
+    if parts is None or any(p not in (*ACCESS_MODES, *LABEL_MODES) for p in parts):
+        raise bad(f"invalid mode: {mode}")
+    return ref, mode
+
+
 # -- Tmpfs and Config.Volumes -------------------------------------------------------------------------
 def tmpfs(target: str, options: str) -> MountRequest:
     """One HostConfig.Tmpfs entry: ``{"/run": "size=64m,mode=1777"}``."""

@@ -387,6 +387,7 @@ def container_create(req: Request) -> ContainerCreate:
     mounts = mount_requests.container_mounts(host, Fields)
     volumes = mount_requests.volume_targets(body.raw("Volumes"), body)
     group_add = host.str_list("GroupAdd") or []
+    volumes_from = [mount_requests.volumes_from(spec) for spec in host.str_list("VolumesFrom") or []]
     runtime = host.str("Runtime") or RUNTIMES[0]
     if runtime not in RUNTIMES:
         raise bad(f"Unknown runtime specified {runtime}")
@@ -412,6 +413,7 @@ def container_create(req: Request) -> ContainerCreate:
         sysctls=sysctls, console_size=console_size(host.raw("ConsoleSize"), "container.HostConfig"),
         stop_signal=signal(stop_signal) if stop_signal else None, stop_timeout=stop_timeout,
         mounts=tuple(mounts), volumes=tuple(volumes), group_add=tuple(group_add),
+        volumes_from=tuple(volumes_from),
         config=config, host_config=host_config)
 
 

@@ -35,7 +35,7 @@ from .firewall import PortSpec
 from .gateway import GatewayCandidate, gateway_endpoint
 from .linking import LegacyLink, LegacyLinks
 from .model import Endpoint, Network, new_id, now_rfc3339
-from .mounts import MountPoint
+from .mounts import MountPoint, borrowed
 from .networks import ENDPOINT_DRIVERS, NetworkService
 from .ports import PortBinding
 from .requests import ContainerCreate, ContainerUpdate, EndpointRequest
@@ -289,7 +289,7 @@ class ContainerService:
         try:
             image_volumes = list(image.config.get("Volumes") or {})
             c.mounts = self.volumes.mount_points(list(req.mounts), [*req.volumes, *image_volumes],
-                                                 self.images.lower_dirs(image))
+                                                 self.images.lower_dirs(image), self._volumes_from(req))
             spec = ContainerSpec(
                 id=cid, image=image.id, args=self._argv(req, image.config), env=list(req.env),
                 workdir=req.working_dir, user=req.user, tty=req.tty, open_stdin=req.open_stdin, hostname=hostname,
@@ -311,6 +311,15 @@ class ContainerService:
             raise
         log.info("created container %s (%s) in %s", name, cid[:12], mode)
         return c
+
+    def _volumes_from(self, req: ContainerCreate) -> list[MountPoint]:
+        inherited = []
+        for ref, mode in req.volumes_from:
+            try:
+                inherited += borrowed(self.get(ref).mounts, mode)
+            except NotFound as exc:  # not a 404: the CLI would take it for a missing image and pull
+                raise InvalidArgument(exc.message) from None
+        return inherited
 
     @staticmethod
     def _argv(req: ContainerCreate, image_config: dict[str, Any]) -> list[str]:

@@ -8,7 +8,7 @@ them ever appears in the host's mount table; a volume is a directory under the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from muslin.runtime import Mount
 
@@ -56,3 +56,12 @@ class MountPoint:
         if self.type == "tmpfs":
             return Mount(self.destination, "tmpfs", "tmpfs", (*TMPFS_DEFAULTS, *self.options, access))
         return Mount(self.destination, "bind", self.source, ("rbind", self.propagation or "rprivate", access))
+
+
+def borrowed(mounts: list[MountPoint], mode: str) -> list[MountPoint]:
+    """HostConfig.VolumesFrom: another container's binds and volumes (not its tmpfs), read-only or
+    read-write as ``mode`` says, else as that container has them; never the borrower's to remove."""
+    parts = mode.split(",") if mode else []
+    return [replace(m, rw=m.rw if not {"ro", "rw"} & set(parts) else "rw" in parts, anonymous=False,
+                    mode=mode or m.mode)
+            for m in mounts if m.type != "tmpfs"]

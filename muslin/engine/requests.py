@@ -67,6 +67,7 @@ class ContainerCreate:
     mounts: tuple[MountRequest, ...] = ()  # HostConfig.Binds, Mounts, Tmpfs
     volumes: tuple[str, ...] = ()  # Config.Volumes: paths that get an anonymous volume unless mounted
     group_add: tuple[str, ...] = ()  # HostConfig.GroupAdd: group names or gids
+    volumes_from: tuple[tuple[str, str], ...] = ()  # HostConfig.VolumesFrom: (container, mode "" | "ro" | "rw")
     config: dict[str, Any] = field(default_factory=dict)
     host_config: dict[str, Any] = field(default_factory=dict)
 

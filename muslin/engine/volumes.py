@@ -152,16 +152,21 @@ class VolumeService:
                 self._delete(name)
 
     # -- a container's mounts (worker) ------------------------------------------------------------------
-    def mount_points(self, requests: list[MountRequest], anonymous_targets: list[str],
-                     image_dirs: list[str]) -> list[MountPoint]:
-        """The mount points of a new container: its Binds, Mounts and Tmpfs, then an anonymous volume for
-        each Config.Volumes (or image VOLUME) path none of them covers. Volumes named are created when
+    def mount_points(self, requests: list[MountRequest], anonymous_targets: list[str], image_dirs: list[str],
+                     inherited: list[MountPoint] | None = None) -> list[MountPoint]:
+        """The mount points of a new container: its Binds, Mounts and Tmpfs, then those ``inherited``
+        (VolumesFrom) at other paths, then an anonymous volume for each Config.Volumes (or image VOLUME)
+        path none of them covers. Volumes named are created when
         missing; the anonymous ones made here go again if a later step fails. An empty volume starts
         with what the image (``image_dirs``: its layers) has at the mount's path, unless nocopy."""
         made: list[str] = []
         try:
             points = [self._mount_point(req, made, image_dirs) for req in requests]
             covered = {p.destination for p in points}
+            for point in inherited or []:
+                if point.destination not in covered:
+                    covered.add(point.destination)
+                    points.append(point)
             for target in anonymous_targets:
                 if target not in covered:
                     covered.add(target)

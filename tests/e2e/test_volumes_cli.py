@@ -145,3 +145,20 @@ def test_an_empty_volume_starts_with_the_images_files(daemon: Daemon) -> None:
     empty = daemon.docker("run", "--rm", "--mount", "type=volume,src=bare,dst=/etc,volume-nocopy", "busybox",
                           "ls", "/etc").stdout.split()
     assert "passwd" not in empty
+
+
+def test_volumes_from_another_container(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.docker("create", "--name", "store", "-v", "/shared", "-v", f"{tmp_path}:/host", "busybox")
+    daemon.docker("run", "--rm", "--volumes-from", "store", "busybox", "sh", "-c", "echo 1 > /shared/one")
+    out = daemon.docker("run", "--name", "reader", "--volumes-from", "store:ro", "busybox",
+                        "sh", "-c", "cat /shared/one; touch /shared/two", check=False)
+    assert out.stdout == "1\n" and "Read-only file system" in out.stderr
+    theirs, mine = mounts_of(daemon, "store"), mounts_of(daemon, "reader")
+    assert mine["/shared"]["Name"] == theirs["/shared"]["Name"] and mine["/shared"]["RW"] is False
+    assert mine["/host"]["Source"] == str(tmp_path)
+    daemon.docker("rm", "-v", "reader")  # the volume is store's: it stays
+    assert daemon.docker("volume", "ls", "-q").stdout.split() == [theirs["/shared"]["Name"]]
+    missing = daemon.docker("create", "--volumes-from", "nobody", "busybox", check=False)
+    assert missing.returncode != 0 and "No such container: nobody" in missing.stderr
+    daemon.docker("rm", "-v", "store")
+    assert daemon.docker("volume", "ls", "-q").stdout.split() == []

@@ -9,7 +9,7 @@ import pytest
 
 from muslin.api import mount_requests, requests
 from muslin.api.http import HTTPError, Request
-from muslin.engine.mounts import MountRequest
+from muslin.engine.mounts import MountPoint, MountRequest, borrowed
 from muslin.engine.volumes import check_options
 from muslin.errors import InvalidArgument
 
@@ -162,3 +162,16 @@ def test_local_volume_options_take_the_bind_form_only() -> None:
             check_options("v", options)
     with pytest.raises(InvalidArgument, match='create v: invalid option: "bogus"'):
         check_options("v", {"bogus": "1"})
+
+
+def test_volumes_from() -> None:
+    req = requests.container_create(create({"VolumesFrom": ["data", "cfg:ro"]}))
+    assert req.volumes_from == (("data", ""), ("cfg", "ro"))
+    assert refused({"VolumesFrom": ["data:rslave"]}) == "invalid mode: rslave"
+    assert refused({"VolumesFrom": [":ro"]}) == "invalid volumes-from specification: ':ro'"
+    theirs = [MountPoint(type="volume", destination="/v", source="/d/v/_data", name="v", driver="local", anonymous=True),
+              MountPoint(type="bind", destination="/b", source="/srv", rw=False, propagation="rprivate"),
+              MountPoint(type="tmpfs", destination="/t")]
+    assert [(m.destination, m.rw, m.anonymous) for m in borrowed(theirs, "")] == [("/v", True, False), ("/b", False, False)]
+    assert [m.rw for m in borrowed(theirs, "ro")] == [False, False]
+    assert [m.rw for m in borrowed(theirs, "rw")] == [True, True]
