@@ -1,7 +1,7 @@
 """docker-compose (Debian's 1.29.2, the Python one, on the system python3) drives muslind: a service on
-two networks, one of them internal, aliases, depends_on, ports, restart: always, scale, names resolved
-between services, ps/logs/exec/stop/start/restart, and down removing every container, network, link and
-rule it made."""
+two networks, one of them internal, aliases, depends_on, ports, restart: always, scale, a bind mount and
+a named volume, names resolved between services, ps/logs/exec/stop/start/restart, and down -v removing
+every container, network, volume, link and rule it made."""
 
 from __future__ import annotations
 
@@ -30,12 +30,14 @@ services:
     image: busybox
     command: sh -c 'echo db-up; exec sleep 3600'
     stop_signal: SIGKILL
+    volumes: ["data:/data"]
     networks:
       back:
         aliases: [database]
   web:
     image: busybox
-    command: sh -c 'mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 80 -h /www'
+    command: httpd -f -p 80 -h /www
+    volumes: ["./site:/www:ro"]
     stop_signal: SIGKILL
     depends_on: [db]
     restart: always
@@ -59,6 +61,8 @@ networks:
   front: {}
   back:
     internal: true
+volumes:
+  data: {}
 """
 
 Compose = Callable[..., subprocess.CompletedProcess]
@@ -68,6 +72,8 @@ Compose = Callable[..., subprocess.CompletedProcess]
 def compose(daemon, tmp_path: Path) -> Iterator[Compose]:
     """``docker-compose -p app ARGS`` in a project directory, against the test's muslind; ``down`` at the end."""
     (tmp_path / "docker-compose.yml").write_text(APP)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("hello-from-web\n")  # web serves it from a bind mount
 
     def run(*args: str, check: bool = True, file: str = "docker-compose.yml") -> subprocess.CompletedProcess:
         proc = subprocess.run([require("docker-compose"), "-p", PROJECT, "-f", file, "--ansi", "never", *args],
@@ -171,6 +177,9 @@ def test_a_compose_app_on_two_networks_one_internal_end_to_end(daemon, compose, 
     assert "0.0.0.0:8088->80/tcp" in ps
     assert "db-up" in compose("logs", "--no-color", "db").stdout
     assert compose("exec", "-T", "web", "cat", "/www/index.html").stdout == "hello-from-web\n"
+    assert compose("exec", "-T", "web", "touch", "/www/x", check=False).returncode != 0  # bound read-only
+    compose("exec", "-T", "db", "sh", "-c", "echo kept > /data/f")
+    assert "app_data" in daemon.docker("volume", "ls", "-q").stdout.split()
     assert compose("exec", "-T", "web", "sh", "-c", "exit 3", check=False).returncode == 3
 
     # stop, start, restart: the port's forward goes with the container and comes back.
@@ -204,6 +213,7 @@ def test_a_compose_app_on_two_networks_one_internal_end_to_end(daemon, compose, 
     compose("down", "-v", "--remove-orphans")
     assert daemon.docker("ps", "-aq").stdout.strip() == ""
     assert _networks(daemon) == {"bridge", "host", "none"}
+    assert daemon.docker("volume", "ls", "-q").stdout.strip() == ""
     assert _kernel_state(daemon) == before
 
 
