@@ -41,7 +41,7 @@ PUBLISHED_BASE = 20000  # host ports of the load: 20000, 20001, ...
 BENCH_PORT = 18080  # the timed run -d -p
 BENCH_SUBNET = "10.250.0.0/24"  # the timed network create (outside every load subnet)
 LOADERS = 4  # SDK clients loading at once
-START_SECONDS = 60.0
+START_SECONDS = 300.0  # a restart with a thousand containers on a busy machine: reported, however long
 
 
 @dataclass
@@ -215,7 +215,8 @@ class Muslind:
             if sock.exists() and docker(self.host, "version").returncode == 0:
                 return time.perf_counter() - t0
             time.sleep(0.02)
-        raise RuntimeError(f"muslind did not answer within {START_SECONDS} s")
+        log = (self.root / "muslind.log").read_text(errors="replace").splitlines()[-20:]
+        raise RuntimeError(f"muslind did not answer within {START_SECONDS} s; its log ends:\n" + "\n".join(log))
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -231,6 +232,15 @@ class Muslind:
         spawners = [p for p in shims if _kib(p, "PPid", "status") == self.proc.pid]
         return [self.proc.pid], [p for p in shims if p not in spawners] + spawners
 
+    def kill_containers(self) -> None:
+        """What the unload left (it failed, or the daemon did): each container killed and deleted with
+        runc itself, which also removes its cgroups. The shims are gone by now, and their containers
+        would otherwise run on, orphaned."""
+        runc = [shutil.which("runc") or "runc", "--root", str(self.root / "run" / "runtime" / "runc")]
+        listed = subprocess.run([*runc, "list", "-q"], capture_output=True, text=True)
+        for cid in listed.stdout.split():
+            subprocess.run([*runc, "delete", "--force", cid], capture_output=True)
+
     @contextmanager
     def running(self) -> Iterator[Muslind]:
         netns.create(self.ns)
@@ -245,6 +255,7 @@ class Muslind:
                 self.stop()
                 for pid in shim_processes(self.root):
                     os.kill(pid, signal.SIGKILL)
+                self.kill_containers()
                 unmount_under(self.root)
                 netns.remove(self.ns)
                 shutil.rmtree(self.root, ignore_errors=True)

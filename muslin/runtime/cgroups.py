@@ -7,6 +7,7 @@ read from ``/proc/<pid>/cgroup`` and the machine's cgroup mounts, as the kernel 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,12 @@ class CgroupMount:
     controllers: frozenset[str]  # empty for the v2 (unified) hierarchy
 
 
-def _mounts() -> list[CgroupMount]:
-    """The cgroup hierarchies mounted in this mount namespace (from /proc/self/mountinfo)."""
+@functools.cache
+def _mounts() -> tuple[CgroupMount, ...]:
+    """The cgroup hierarchies mounted in this mount namespace (from /proc/self/mountinfo), read once:
+    they stay as the machine mounted them, while the rest of mountinfo grows with every container's
+    namespace pin, and the state of each container asks (a start of muslind with a thousand running
+    spent seconds here)."""
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -33,7 +38,7 @@ def _mounts() -> list[CgroupMount]:
                     o for o in options if o not in ("rw", "ro", "nosuid", "nodev", "noexec", "relatime"))))
             elif fstype == "cgroup2":
                 found.append(CgroupMount(Path(fields[4]), fields[3], frozenset()))
-    return found
+    return tuple(found)
 
 
 @dataclass(frozen=True)
