@@ -214,3 +214,23 @@ def test_attach_with_logs_replays_then_follows(daemon) -> None:
         assert seen == b"before\nafter\n"
     finally:
         client.close()
+
+
+def test_run_it_detaches_and_attach_takes_the_session_back(daemon) -> None:
+    term = Terminal(daemon, "run", "-it", "--name", "shell", "busybox", "sh")
+    try:
+        assert term.read_until(b"# ")
+        term.keys(b"export MARK=kept\r")
+        term.keys(CTRL_P, CTRL_Q)
+        assert term.wait() == 0  # docker run takes a detach for a success, as with dockerd
+    finally:
+        term.close()
+    assert running(daemon, "shell")
+    term = Terminal(daemon, "attach", "shell")
+    try:
+        term.keys(b"echo mark=$MARK\r")
+        assert term.read_until(b"mark=kept")  # the same shell: detaching left it as it was
+        term.keys(b"exit 3\r")
+        assert term.wait() == 3
+    finally:
+        term.close()
