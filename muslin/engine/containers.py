@@ -760,7 +760,16 @@ class ContainerService:
             self.networks.attach_gateway(c.id, c.name, c.sandbox)
         c.attachments.append(att)
         if running:
-            self._follow_gateway(c, self._live_gateway_candidates(c))
+            try:
+                self._follow_gateway(c, self._live_gateway_candidates(c))
+            except Exception:
+                # The ports cannot move to the new gateway endpoint (a clash there): the connect is
+                # undone, as dockerd's, and they go back where they were.
+                self.networks.release_endpoint(net, ep, c.sandbox)
+                c.attachments.remove(att)
+                self._follow_gateway(c, self._live_gateway_candidates(c))
+                self._save(c)
+                raise
         self._save(c)
         if running:
             self._rewrite_hosts(c)

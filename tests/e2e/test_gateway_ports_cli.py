@@ -101,3 +101,27 @@ def test_published_ports_follow_the_gateway_endpoint_on_connect_and_disconnect(d
     assert "veth" not in daemon.sh("ip", "link")
     daemon.docker("network", "rm", "zzz", "aaa", "iii")
     assert all(f"10.9{n}.0." not in daemon.sh("iptables-save") for n in (1, 2, 3))
+
+
+def test_a_connect_whose_ports_clash_on_the_new_gateway_is_refused_and_undone(daemon) -> None:
+    """web's port 9000 is bound to 127.0.0.1 on its network (host_binding_ipv4); moving it to a network
+    without that option binds it everywhere, which clashes with another container's 127.0.0.2:9000:
+    the connect fails with dockerd's message and leaves web as it was. (dockerd 20.10 refuses it too, but
+    leaves the new interface and default route in the container and its port forward gone.)"""
+    daemon.docker("network", "create", "--subnet", "10.91.0.0/24",
+                  "-o", "com.docker.network.bridge.host_binding_ipv4=127.0.0.1", "zzz")
+    daemon.docker("network", "create", "--subnet", "10.92.0.0/24", "aaa")
+    daemon.docker("run", "-d", "--name", "web", "--network", "zzz", "-p", "9000:80", "busybox", "sleep", "300")
+    daemon.docker("run", "-d", "--name", "other", "-p", "127.0.0.2:9000:80", "busybox", "sleep", "300")
+    links_before = daemon.sh("ip", "-o", "link").count("veth")
+    refused = daemon.docker("network", "connect", "aaa", "web", check=False)
+    assert refused.returncode != 0 and "port is already allocated" in refused.stderr
+    (doc,) = json.loads(daemon.docker("inspect", "web").stdout)
+    assert set(doc["NetworkSettings"]["Networks"]) == {"zzz"}
+    assert doc["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "9000"}]}
+    assert sorted(_dnat_targets(daemon, 9000)) == ["10.91.0.2:80", "172.17.0.2:80"]
+    assert _default_route(daemon, "web").startswith("default via 10.91.0.1 ")
+    assert daemon.sh("ip", "-o", "link").count("veth") == links_before
+    assert daemon.docker("network", "inspect", "-f", "{{len .Containers}}", "aaa").stdout.strip() == "0"
+    daemon.docker("rm", "-f", "web", "other")
+    daemon.docker("network", "rm", "zzz", "aaa")
