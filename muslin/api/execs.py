@@ -24,7 +24,7 @@ async def create(engine: Engine, req: Request) -> Response:
 async def start(engine: Engine, req: Request) -> Response | Hijack:
     check = requests.exec_start(req)
     exec_id = req.params["id"]
-    info = engine.execs.inspect(exec_id)
+    info = engine.execs.startable(exec_id)
     if check.detach:
         await engine.execs.start(exec_id, detach=True)
         return Response(status=200, content_type="text/plain")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from muslin.errors import Conflict, InvalidArgument
-from muslin.runtime import ExecState, Runtime, StartFailed, Stream
+from muslin.runtime import ExecState, NoSuchExec, Runtime, StartFailed, Stream
 
 from .containers import ContainerService
 from .requests import ExecCreate
@@ -30,6 +30,14 @@ class ExecService:
 
     def inspect(self, exec_id: str) -> ExecState:
         return self.runtime.exec_inspect(exec_id)
+
+    def startable(self, exec_id: str) -> ExecState:
+        """The exec, if it can still be started: dockerd forgets the execs of a container that has
+        stopped, so starting one of them is a 404 (before any stream is set up)."""
+        info = self.runtime.exec_inspect(exec_id)
+        if not self.containers.state(self.containers.get(info.container_id)).running:
+            raise NoSuchExec(exec_id)
+        return info
 
     async def start(self, exec_id: str, detach: bool) -> Stream | None:
         try:

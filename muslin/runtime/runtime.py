@@ -756,8 +756,10 @@ class Runtime:
     async def exec_start(self, exec_id: str, detach: bool = False) -> client.Stream | None:
         """Run the exec; a stream of its output (and stdin if asked) that ends when it exits."""
         ex = self._exec(exec_id)
-        if ex["started"]:
-            raise Conflict(f"exec {exec_id} has already been started")
+        if ex["started"]:  # dockerd's words, which tell a finished exec from a running one
+            if self.exec_inspect(exec_id).exit_code is not None:
+                raise Conflict(f"Error: Exec command {exec_id} has already run")
+            raise Conflict(f"Error: Exec command {exec_id} is already running")
         ex["started"] = True
         cid = ex["container_id"]
         req = {"op": "exec", "exec_id": exec_id, "process": ex["process"], "tty": ex["tty"],

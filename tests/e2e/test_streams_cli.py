@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import pty
 import select
+import socket
+import struct
 import subprocess
 import time
 
@@ -62,6 +64,25 @@ class Terminal:
             self.proc.kill()
             self.proc.wait()
         os.close(self.master)
+
+
+def mux_frame(stream: int, data: bytes) -> bytes:
+    return struct.pack(">BxxxI", stream, len(data)) + data
+
+
+def raw_exec_start(sock_path: str, exec_id: str) -> bytes:
+    """POST /exec/ID/start over a socket of our own: everything the daemon sends until it closes."""
+    body = b'{"Detach": false, "Tty": false}'
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(WAIT_S)
+        conn.connect(sock_path)
+        conn.sendall(b"POST /exec/%s/start HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+                     b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: %d\r\n\r\n%s"
+                     % (exec_id.encode(), len(body), body))
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+        return received
 
 
 def running(daemon, name: str) -> bool:  # noqa: ANN001
@@ -168,11 +189,20 @@ def test_exec_exit_codes_of_commands_that_cannot_run(daemon) -> None:
             assert client.exec_inspect(exec_id)["ExitCode"] == 126
         with pytest.raises(docker_sdk.errors.NotFound, match="No such exec instance"):
             client.exec_resize("0" * 64, height=10, width=10)
+        done = client.exec_create("box", ["true"])
+        assert client.exec_start(done) == b""
+        # The refusal comes on the stream, right after the 101 (read raw: docker-py loses it with dockerd).
+        again = raw_exec_start(daemon.sock, done["Id"])
+        assert again.endswith(mux_frame(1, f"Error: Exec command {done['Id']} has already run\r\n".encode()))
+        pending = client.exec_create("box", ["true"])
+        daemon.docker("stop", "-t", "0", "box")
+        stopped = daemon.docker("exec", "box", "true", check=False)
+        assert stopped.returncode != 0 and "is not running" in stopped.stderr
+        # dockerd forgets a stopped container's execs: one created before is no longer there to start.
+        with pytest.raises(docker_sdk.errors.NotFound, match="No such exec instance"):
+            client.exec_start(pending)
     finally:
         client.close()
-    daemon.docker("stop", "-t", "0", "box")
-    stopped = daemon.docker("exec", "box", "true", check=False)
-    assert stopped.returncode != 0 and "is not running" in stopped.stderr
 
 
 def test_logs_and_attach_of_an_exited_container_end(daemon) -> None:
