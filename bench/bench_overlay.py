@@ -142,9 +142,11 @@ def alternate(paths: list[EnginePath | HandMade], seconds: int, trials: int) -> 
 
 
 class HandMade:
-    """The path muslind programs, with ip(8): per host a container namespace, a veth into a bridge with
-    a vxlan (its own VNI, UDP 4789, nolearning, proxy), MTU 1450, static fdb and neighbours. Built
-    beside the engines' path, so trials of both alternate under the same load.
+    """The path muslind programs (libnetwork's), with ip(8): per host a container namespace and a network
+    namespace holding a bridge with a vxlan (made on the host, then moved in: its socket stays on the
+    underlay; its own VNI, UDP 4789, nolearning, proxy), the container's veth on that bridge, MTU 1450,
+    static fdb and neighbours. Built beside the engines' path, so trials of both alternate under the same
+    load.
 
     ``dns_redirect``: the container namespaces also get the one NAT rule an engine's embedded DNS puts
     there (dockerd's and muslind's alike), which turns connection tracking on for every packet of the
@@ -154,6 +156,7 @@ class HandMade:
         self.hosts = underlay.hosts[:2]
         self.number, self.dns_redirect = number, dns_redirect
         self.names = [f"{underlay.prefix}h{number}c{i}" for i in (1, 2)]
+        self.networks = [f"{underlay.prefix}h{number}n{i}" for i in (1, 2)]
         self.subnet = f"10.7{number}.0"
         self.bridge, self.vxlan, self.veth = f"hbr{number}", f"hvx{number}", f"hve{number}"
         self.server_ip = f"{self.subnet}.2"
@@ -161,19 +164,21 @@ class HandMade:
     def build(self) -> None:
         a, b = self.hosts
         br, vx, ve, n = self.bridge, self.vxlan, self.veth, self.number
-        for i, (host, c) in enumerate(((a, self.names[0]), (b, self.names[1]))):
+        for i, (host, c, ov) in enumerate(((a, self.names[0], self.networks[0]), (b, self.names[1], self.networks[1]))):
             netns.create(c)
+            netns.create(ov)
             mac = f"02:42:0a:4{n}:00:0{i + 2}"
-            sh(host.name, f"ip link add {br} type bridge && ip link set {br} mtu 1450 up && "
-                          f"ip link add {vx} type vxlan id {70 + n} local {host.address} dev eth0 dstport 4789 "
-                          f"nolearning proxy && ip link set {vx} mtu 1450 master {br} up && "
-                          f"ip link add {ve} type veth peer name eth0 netns {netns.path_for(c)} && "
-                          f"ip link set {ve} mtu 1450 master {br} up")
+            sh(host.name, f"ip link add {vx} type vxlan id {70 + n} local {host.address} dev eth0 dstport 4789 "
+                          f"nolearning proxy && ip link set {vx} netns {netns.path_for(ov)}")
+            sh(ov, f"ip link add {br} type bridge && ip link set {br} mtu 1450 up && "
+                   f"ip link set {vx} mtu 1450 master {br} up && "
+                   f"ip link add {ve} type veth peer name eth0 netns {netns.path_for(c)} && "
+                   f"ip link set {ve} mtu 1450 master {br} up")
             sh(c, f"ip link set eth0 mtu 1450 address {mac} up && ip addr add {self.subnet}.{i + 2}/24 dev eth0 && "
                   "ip link set lo up" + (f" && {DNS_REDIRECT}" if self.dns_redirect else ""))
-        for me, peer, j in ((a, b, 1), (b, a, 0)):
+        for ov, peer, j in ((self.networks[0], b, 1), (self.networks[1], a, 0)):
             mac = f"02:42:0a:4{n}:00:0{j + 2}"
-            sh(me.name, f"bridge fdb append {mac} dev {vx} dst {peer.address} self permanent && "
+            sh(ov, f"bridge fdb append {mac} dev {vx} dst {peer.address} self permanent && "
                         f"ip neigh replace {self.subnet}.{j + 2} lladdr {mac} dev {vx} nud permanent")
         wait_for(lambda: in_ns(self.names[1], "busybox", "ping", "-c1", "-W1", self.server_ip).returncode == 0, 15,
                  "hand-made ping")
@@ -182,10 +187,10 @@ class HandMade:
         return iperf(self.names[1], self.names[0], self.server_ip, seconds)
 
     def teardown(self) -> None:
-        for name in self.names:
+        for ov in self.networks:
+            in_ns(ov, "sh", "-c", f"ip link del {self.vxlan} 2>/dev/null; true")
+        for name in self.names + self.networks:
             netns.remove(name)
-        for host in self.hosts:
-            in_ns(host.name, "sh", "-c", f"ip link del {self.vxlan} 2>/dev/null; ip link del {self.bridge} 2>/dev/null; true")
 
 
 def sh(ns: str, command: str) -> None:

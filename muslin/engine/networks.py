@@ -71,7 +71,7 @@ class NetworkService:
         self.global_networks: GlobalNetworks | None = None
         self.gateway_bridge = GatewayBridge(self)
         if config.cluster is not None:
-            overlay = OverlayDriver(self._host, config.cluster.advertise_host)
+            overlay = OverlayDriver(self._host, config.cluster.advertise_host, config.exec_root / "overlay")
             self.drivers["overlay"] = overlay
             self.global_networks = GlobalNetworks(ClusterStore(config.cluster), store, overlay,
                                                   engine_id(config.data_root), submit)

@@ -25,10 +25,8 @@ class DeviceVanished(RuntimeError):
 
 
 def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: IPv4Address, underlay_index: int, port: int,
-                 mtu: int, *, proxy: bool = False) -> LinkInfo:
+                 mtu: int) -> LinkInfo:
     """A vxlan device as flannel makes it (nolearning: the agent programs every peer), up with this MTU.
-    ``proxy``: the device answers ARP requests itself from its neighbour table (ARP suppression, as
-    libnetwork's overlay makes it), so no broadcast needs to cross the underlay.
 
     A device of that name with other parameters is replaced; one that matches is kept with its MAC, so
     peers holding our VtepMAC stay right across restarts.
@@ -40,20 +38,29 @@ def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: IPv4Address, underlay
         same = data is not None and (
             data.get_attr("IFLA_VXLAN_ID") == vni and data.get_attr("IFLA_VXLAN_LOCAL") == str(local)
             and data.get_attr("IFLA_VXLAN_LINK") == underlay_index
-            and data.get_attr("IFLA_VXLAN_PORT") == port and not data.get_attr("IFLA_VXLAN_LEARNING")
-            and bool(data.get_attr("IFLA_VXLAN_PROXY")) == proxy)
+            and data.get_attr("IFLA_VXLAN_PORT") == port and not data.get_attr("IFLA_VXLAN_LEARNING"))
         if not same:
             ipr.link("del", index=link.index)
             link = None
     if link is None:
         ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=str(local),
-                 vxlan_link=underlay_index, vxlan_port=port, vxlan_learning=0, vxlan_proxy=int(proxy))
+                 vxlan_link=underlay_index, vxlan_port=port, vxlan_learning=0)
         link = find_link(ipr, name)
         if link is None:
             raise DeviceVanished(f"vxlan device {name} vanished right after it was created")
     ensure_mtu(ipr, link.index, mtu)
     ensure_up(ipr, link.index)
     return link_by_index(ipr, link.index)
+
+
+def add_vxlan_into(ipr: IPRoute, name: str, vni: int, local: IPv4Address, underlay_index: int, port: int,
+                   mtu: int, netns_fd: int, *, proxy: bool = False) -> None:
+    """A vxlan device born inside another namespace (libnetwork's overlay sandbox), nolearning: the
+    device lives there, but its UDP socket and underlay stay in ``ipr``'s namespace, where the packets
+    go out. ``proxy``: it answers ARP requests itself from its neighbour table (ARP suppression), so no
+    broadcast crosses the underlay."""
+    ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=str(local), vxlan_link=underlay_index,
+             vxlan_port=port, vxlan_learning=0, vxlan_proxy=int(proxy), mtu=mtu, net_ns_fd=netns_fd)
 
 
 def open_tun(name: str) -> int:

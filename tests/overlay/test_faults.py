@@ -14,9 +14,9 @@ from .test_cluster_store import listed
 
 
 def fdb_macs(cluster, i: int, net_id: str) -> set[str]:
-    """The MACs node i's vxlan of the network forwards to other engines."""
-    with netns.iproute(cluster.underlay.hosts[i].name) as ipr:
-        index = link.index_of(ipr, "vx-" + net_id[:12])
+    """The MACs engine i's vxlan of the network (in the network's namespace) forwards to other engines."""
+    with netns.iproute(str(cluster.engines[i].root / "run" / "overlay" / net_id[:12])) as ipr:
+        index = link.index_of(ipr, "vxlan0")
         return set() if index is None else {mac for mac, _ in neighbour.fdb_entries(ipr, index)}
 
 

@@ -1,12 +1,13 @@
 """The overlay driver: one L2 segment across engines, over VXLAN, as libnetwork's classic overlay.
 
-Per network, in the daemon's namespace (libnetwork used a namespace of its own; a bridge without an
-address is the equivalent: the host has no route into the overlay, so nothing leaks between it, the
-host and other networks):
-- a bridge ``ov-<id>`` that the containers' veths are ports of (MTU: the underlay's minus 50, the
-  VXLAN header's room, so 1450 on a 1500 underlay);
-- a vxlan ``vx-<id>`` on that bridge: the network's VNI, UDP 4789, local address the engine's
-  advertise address, no learning and ARP proxy. Nothing is flooded over the underlay: every remote
+Per network, as libnetwork: a namespace of its own, pinned at ``<exec-root>/overlay/<id>``, so the host
+has no route into the overlay and its firewall (FORWARD policy, bridge netfilter, connection tracking)
+never sees the overlay's frames; in it
+- a bridge ``br0`` that the containers' veths are ports of (MTU: the underlay's minus 50, the VXLAN
+  header's room, so 1450 on a 1500 underlay);
+- a vxlan ``vxlan0`` on that bridge, created from the daemon's namespace into it, so its UDP socket is
+  the daemon's (on the underlay): the network's VNI, UDP 4789, local address the engine's advertise
+  address, no learning and ARP proxy. Nothing is flooded over the underlay: every remote
   endpoint is a forwarding entry (its MAC to its engine's VTEP) and a permanent neighbour (its IP to
   its MAC) written from the endpoint records the engines publish in the cluster store
   (``sync_peers``), and the vxlan answers the containers' ARP requests from those neighbours.
@@ -21,6 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
+from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -36,7 +38,9 @@ VXLAN_PORT = 4789  # IANA's, as libnetwork's overlay uses
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8
 OPT_VNI = "com.docker.network.driver.overlay.vxlanid_list"
 OPT_ENCRYPTED = "encrypted"
-OWN_LINK = re.compile(r"(ov|vx)-[0-9a-f]{12}")
+BRIDGE = "br0"
+VXLAN = "vxlan0"
+SANDBOX_NAME = re.compile(r"[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,6 @@ class Peer:
     ip: IPv4Address
     mac: str
     vtep: IPv4Address
-
-
-def bridge_name(net: Network) -> str:
-    return "ov-" + net.id[:12]
-
-
-def vxlan_name(net: Network) -> str:
-    return "vx-" + net.id[:12]
 
 
 def settings_of(net: Network) -> OverlaySettings:
@@ -108,10 +104,15 @@ def resolve_underlay(ipr, advertise_host: str) -> Underlay:  # type: ignore[no-u
 class OverlayDriver(OnHostLinks):
     name = "overlay"
 
-    def __init__(self, host: HostNetlink, advertise_host: str) -> None:
+    def __init__(self, host: HostNetlink, advertise_host: str, sandboxes: Path) -> None:
         super().__init__(host)
         self._advertise_host = advertise_host
         self._underlay: Underlay | None = None
+        self.sandboxes = sandboxes  # where the networks' namespaces are pinned
+
+    def sandbox(self, net: Network) -> str:
+        """The network's namespace (its pin's path)."""
+        return str(self.sandboxes / net.id[:12])
 
     @property
     def underlay(self) -> Underlay:
@@ -137,11 +138,22 @@ class OverlayDriver(OnHostLinks):
     def create_network(self, net: Network) -> None:
         settings = settings_of(net)
         underlay = self.underlay
+        sandbox = netns.create(self.sandbox(net))
         try:
-            bridge = link.ensure_bridge(self.host, bridge_name(net), self.mtu)
-            vxlan = tunnel.ensure_vxlan(self.host, vxlan_name(net), settings.vni, underlay.ip, underlay.index,
-                                        VXLAN_PORT, self.mtu, proxy=True)
-            link.ensure_master(self.host, vxlan.index, bridge)
+            with netns.iproute(sandbox) as ipr:
+                bridge = link.ensure_bridge(ipr, BRIDGE, self.mtu)
+                if link.index_of(ipr, VXLAN) is None:
+                    fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        tunnel.add_vxlan_into(self.host, VXLAN, settings.vni, underlay.ip, underlay.index, VXLAN_PORT,
+                                              self.mtu, fd, proxy=True)
+                    finally:
+                        os.close(fd)
+                vxlan = link.index_of(ipr, VXLAN)
+                if vxlan is None:
+                    raise EngineError(f"the VXLAN of network {net.name} vanished right after it was created")
+                link.ensure_master(ipr, vxlan, bridge)
+                link.ensure_up(ipr, vxlan)
         except NetlinkError as exc:
             with contextlib.suppress(Exception):
                 self.delete_network(net)
@@ -155,59 +167,77 @@ class OverlayDriver(OnHostLinks):
             raise
 
     def delete_network(self, net: Network) -> None:
-        link.retire_link(self.host, vxlan_name(net))
-        link.retire_link(self.host, bridge_name(net))
+        self._remove_sandbox(self.sandbox(net))
+
+    def _remove_sandbox(self, sandbox: str) -> None:
+        # The vxlan goes first and now: the namespace itself dies later (when the kernel gets to it),
+        # and until then its socket would hold the VNI against a network created again at once.
+        if netns.exists(sandbox):
+            with netns.iproute(sandbox) as ipr:
+                link.delete_link(ipr, VXLAN)
+        netns.remove(sandbox)
 
     def restore(self, net: Network) -> None:
         self.create_network(net)
 
     def orphans(self, nets: list[Network]) -> list[str]:
-        owned = {name for n in nets for name in (bridge_name(n), vxlan_name(n))}
-        return [found.name for found in link.all_links(self.host)
-                if OWN_LINK.fullmatch(found.name) and found.name not in owned]
+        """Namespaces pinned as this driver pins them that no network owns (their paths)."""
+        owned = {self.sandbox(n) for n in nets}
+        if not self.sandboxes.is_dir():
+            return []
+        return [str(p) for p in self.sandboxes.iterdir() if SANDBOX_NAME.fullmatch(p.name) and str(p) not in owned]
 
     def remove_orphan(self, name: str) -> None:
-        link.retire_link(self.host, name)
+        self._remove_sandbox(name)
 
     # -- remote endpoints ------------------------------------------------------------------------
     def sync_peers(self, net: Network, peers: list[Peer]) -> None:
         """The vxlan's forwarding entries and neighbours are exactly these peers'."""
-        index = link.index_of(self.host, vxlan_name(net))
-        if index is None:
+        sandbox = self.sandbox(net)
+        if not netns.exists(sandbox):
             return  # not programmed yet: create_network comes first, then the next sync
-        wanted_fdb = {(p.mac, p.vtep) for p in peers}
-        wanted_neigh = {p.ip: p.mac for p in peers}
-        present_fdb = neighbour.fdb_entries(self.host, index)
-        present_neigh = neighbour.permanent_neighbours(self.host, index)
-        for mac, vtep in present_fdb - wanted_fdb:
-            neighbour.remove_fdb(self.host, index, mac, vtep)
-        for ip, mac in present_neigh.items():
-            if wanted_neigh.get(ip) != mac:
-                neighbour.remove_neighbour(self.host, index, ip)
-        for mac, vtep in wanted_fdb - present_fdb:
-            neighbour.ensure_fdb(self.host, index, mac, vtep)
-        for ip, mac in wanted_neigh.items():
-            if present_neigh.get(ip) != mac:
-                neighbour.ensure_neighbour(self.host, index, ip, mac)
+        with netns.iproute(sandbox) as ipr:
+            index = link.index_of(ipr, VXLAN)
+            if index is None:
+                return
+            wanted_fdb = {(p.mac, p.vtep) for p in peers}
+            wanted_neigh = {p.ip: p.mac for p in peers}
+            present_fdb = neighbour.fdb_entries(ipr, index)
+            present_neigh = neighbour.permanent_neighbours(ipr, index)
+            for mac, vtep in present_fdb - wanted_fdb:
+                neighbour.remove_fdb(ipr, index, mac, vtep)
+            for ip, mac in present_neigh.items():
+                if wanted_neigh.get(ip) != mac:
+                    neighbour.remove_neighbour(ipr, index, ip)
+            for mac, vtep in wanted_fdb - present_fdb:
+                neighbour.ensure_fdb(ipr, index, mac, vtep)
+            for ip, mac in wanted_neigh.items():
+                if present_neigh.get(ip) != mac:
+                    neighbour.ensure_neighbour(ipr, index, ip, mac)
 
     # -- endpoints -------------------------------------------------------------------------------
     def join(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         assert ep.address is not None
-        master = link.index_of(self.host, bridge_name(net))
-        if master is None:
-            raise EngineError(f"the bridge of overlay network {net.name} is missing")
-        fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _, peer = link.add_veth_into(self.host, host_ifname(ep), ep.ifname, fd, self.mtu, ep.mac, master)
-        finally:
-            os.close(fd)
+        with netns.iproute(self.sandbox(net)) as ipr:
+            master = link.index_of(ipr, BRIDGE)
+            if master is None:
+                raise EngineError(f"the bridge of overlay network {net.name} is missing")
+            fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _, peer = link.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, self.mtu, ep.mac, master)
+            finally:
+                os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
         with netns.iproute(sandbox) as ipr:
             configure_endpoint_link(ipr, ep, peer)
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
-        if sandbox and netns.exists(sandbox):
-            with netns.iproute(sandbox) as peer_ipr:
-                link.retire_veth(self.host, host_ifname(ep), peer_ipr, ep.ifname)
-        else:
-            link.delete_link(self.host, host_ifname(ep))
+        overlay = self.sandbox(net)
+        if not netns.exists(overlay):
+            return  # gone with its namespace
+        with netns.iproute(overlay) as ipr:
+            if sandbox and netns.exists(sandbox):
+                with netns.iproute(sandbox) as peer_ipr:
+                    link.retire_veth(ipr, host_ifname(ep), peer_ipr, ep.ifname)
+            else:
+                link.delete_link(ipr, host_ifname(ep))
