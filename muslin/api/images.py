@@ -71,12 +71,26 @@ async def create(engine: Engine, req: Request) -> Response:
         return Response(body=_progress({"status": image.id}), content_type="application/json")
     if source:
         raise HTTPError(400, "importing from a URL is not supported: muslind reaches no network; pass the tarball on stdin")
-    name = req.arg("fromImage")
-    tag_ = req.arg("tag")
-    shown = f"{name}:{tag_}" if tag_ else name
-    # No registry is reachable from muslind: say so at once instead of hanging on a connect.
-    raise HTTPError(404, f"pull access denied for {shown}: muslind has no registry; "
+    # No registry is reachable from muslind: say so at once instead of hanging on a connect, in the words
+    # of dockerd's answer for a repository the registry does not have (which clients such as docker-py
+    # recognise as "image not found"); like dockerd it names the repository without tag or digest.
+    raise HTTPError(404, f"pull access denied for {_repository(req.arg('fromImage'))}, repository does not exist "
+                         "or may require 'docker login': muslind has no registry; "
                          "use `docker load` or `docker import` (busybox is built in)")
+
+
+def _repository(reference: str) -> str:
+    """A reference's repository in its familiar form, as dockerd names it: without @digest and :tag (a
+    registry's :port stays), and without Docker Hub's domain and its ``library/`` of official images."""
+    name = reference.split("@", 1)[0]
+    head, sep, last = name.rpartition("/")
+    name = f"{head}{sep}{last.split(':', 1)[0]}"
+    for hub in ("docker.io/", "index.docker.io/"):
+        if name.startswith(hub):
+            name = name.removeprefix(hub)
+            official = name.removeprefix("library/")
+            return official if "/" not in official else name
+    return name
 
 
 async def load(engine: Engine, req: Request) -> Response:

@@ -45,6 +45,14 @@ def test_import_save_load_rmi_and_pull(daemon, tmp_path) -> None:
     assert missing.returncode != 0 and "Unable to find image" in missing.stderr and "no registry" in missing.stderr
     pull = daemon.docker("pull", "alpine", check=False)
     assert pull.returncode != 0 and "no registry" in pull.stderr
+    # dockerd's words for a repository the registry lacks: docker-py's run() then raises ImageNotFound.
+    assert "pull access denied for alpine, repository does not exist" in pull.stderr
+    client = docker_sdk.DockerClient(base_url=f"unix://{daemon.sock}")
+    try:
+        with pytest.raises(docker_sdk.errors.ImageNotFound, match="no registry"):
+            client.containers.run("nosuch_image_for_sdk", "true")
+    finally:
+        client.close()
     assert time.monotonic() - started < 10  # at once, never a hang on a registry
     load = subprocess.run(["docker", "load", "-i", _save_archive(tmp_path, tar)], env=daemon.env,
                           capture_output=True, text=True, check=True)
