@@ -15,7 +15,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from .errors import EngineError, InvalidArgument, NotFound
-from .layers import OPAQUE_XATTR
+from .layers import is_opaque, is_whiteout, merged
 
 HELPER_PATH = str(Path(__file__).with_name("rootfs_helper.py"))
 CHUNK = 1 << 16
@@ -135,34 +135,20 @@ async def put_archive(python: str, where: dict, path: str, ref: str, data: bytes
 
 
 # -- changes: the upper directory against the image's layers -----------------------------------------
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
 def _lower_stat(lower_dirs: list[str], rel: str) -> os.stat_result | None:
     """The path as the image has it (the topmost layer's entry; a whiteout there means it is gone)."""
-    for lower in lower_dirs:
-        try:
-            st = os.lstat(os.path.join(lower, rel))
-        except OSError:
-            continue
-        return None if _is_whiteout(st) else st
-    return None
+    parts = rel.split("/")
+    found = merged(lower_dirs, parts)
+    return os.lstat(os.path.join(found[0], *parts)) if found else None
 
 
 def _lower_names(lower_dirs: list[str], rel: str) -> set[str]:
+    parts = rel.split("/")
     names: set[str] = set()
-    for lower in lower_dirs:
+    for layer in merged(lower_dirs, parts):
         with contextlib.suppress(OSError):
-            names.update(os.listdir(os.path.join(lower, rel)))
+            names.update(os.listdir(os.path.join(layer, *parts)))
     return names
-
-
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
 
 
 def changes(upper: str, lower_dirs: list[str]) -> list[Change]:
@@ -185,7 +171,7 @@ def changes(upper: str, lower_dirs: list[str]) -> list[Change]:
                 continue
             st = os.lstat(os.path.join(upper, rel))
             before = _lower_stat(lower_dirs, rel)
-            if _is_whiteout(st):
+            if is_whiteout(st):
                 if before is not None:
                     found[path] = Kind.DELETED
                     parent_changed(path)
@@ -198,7 +184,7 @@ def changes(upper: str, lower_dirs: list[str]) -> list[Change]:
                 parent_changed(path)
             elif (st.st_mode, st.st_uid, st.st_gid) != (before.st_mode, before.st_uid, before.st_gid):
                 found.setdefault(path, Kind.MODIFIED)
-            if stat.S_ISDIR(st.st_mode) and before is not None and _opaque(os.path.join(upper, rel)):
+            if stat.S_ISDIR(st.st_mode) and before is not None and is_opaque(os.path.join(upper, rel)):
                 present = set(os.listdir(os.path.join(upper, rel)))
                 for gone in sorted(_lower_names(lower_dirs, rel) - present):
                     found[os.path.join(path, gone)] = Kind.DELETED

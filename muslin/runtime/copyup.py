@@ -2,8 +2,10 @@
 
 The image's view of a directory is its layers merged as overlayfs merges them (the lowest first; a
 whiteout removes what a lower layer had, an opaque directory hides it all), so the copy is made
-layer by layer from the bottom, with owners, modes and times kept. A path that crosses a symlink in
-the image is not followed (dockerd resolves it in the container's root; here nothing is copied).
+layer by layer from the bottom, with owners, modes and times kept. The volume's path is resolved in
+the image as runc resolves the mount's destination in the container's root (a symlink's target taken
+inside the image, ``inroot``), and each layer is only ever descended through its real directories: a
+layer's symlink never leads the copy to the host's files.
 """
 
 from __future__ import annotations
@@ -12,18 +14,8 @@ import os
 import shutil
 import stat
 
-from .layers import OPAQUE_XATTR
-
-
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+from . import inroot
+from .layers import is_opaque, is_whiteout, merged
 
 
 def _clear(path: str) -> None:
@@ -44,19 +36,19 @@ def _keep_metadata(src: str, st: os.stat_result, dest: str) -> None:
 
 def _merge_layer(src: str, dest: str) -> None:
     """One layer's directory onto what the lower layers gave ``dest`` (an existing directory)."""
-    if _opaque(src):
+    if is_opaque(src):
         _clear(dest)
     for name in sorted(os.listdir(src)):
         from_path, to_path = os.path.join(src, name), os.path.join(dest, name)
         st = os.lstat(from_path)
         replaced = os.path.lexists(to_path) and not (stat.S_ISDIR(st.st_mode) and os.path.isdir(to_path)
                                                       and not os.path.islink(to_path))
-        if _is_whiteout(st) or replaced:
+        if is_whiteout(st) or replaced:
             if os.path.isdir(to_path) and not os.path.islink(to_path):
                 shutil.rmtree(to_path)
             elif os.path.lexists(to_path):
                 os.unlink(to_path)
-        if _is_whiteout(st):
+        if is_whiteout(st):
             continue
         if stat.S_ISDIR(st.st_mode):
             os.makedirs(to_path, exist_ok=True)
@@ -70,20 +62,28 @@ def _merge_layer(src: str, dest: str) -> None:
         _keep_metadata(from_path, st, to_path)
 
 
+def _resolve(layers: list[str], path: str) -> list[str]:
+    """``path``'s components in the image, its symlinks followed inside the image (not the host)."""
+
+    def readlink(parts: list[str]) -> str | None:
+        found = merged(layers, parts)
+        entry = os.path.join(found[0], *parts) if found else ""
+        return os.readlink(entry) if found and os.path.islink(entry) else None
+
+    return inroot.resolve_parts(path, readlink)
+
+
 def copy_image_path(lower_dirs: list[str], path: str, dest: str) -> bool:
     """Copy the image's ``path`` (its layers, topmost first, as overlayfs takes them) into the empty
     directory ``dest``, which takes the image directory's owner and mode too; False if the image has
     no directory there."""
-    rel = os.path.normpath(path).lstrip("/")
-    layers = [os.path.join(lower, rel) for lower in reversed(lower_dirs)]
-    present = [p for p in layers if os.path.isdir(p) and not os.path.islink(p)]
-    if not present:
+    parts = _resolve(lower_dirs, path)
+    layers = merged(lower_dirs, parts)
+    top = os.path.join(layers[0], *parts) if layers else ""
+    if not layers or os.path.islink(top) or not os.path.isdir(top):
         return False
-    for layer_dir in layers:
-        if os.path.lexists(layer_dir) and (os.path.islink(layer_dir) or not os.path.isdir(layer_dir)):
-            _clear(dest)  # a higher layer replaced (or removed) the directory
-            continue
-        if os.path.isdir(layer_dir):
-            _merge_layer(layer_dir, dest)
-            _keep_metadata(layer_dir, os.lstat(layer_dir), dest)
+    for layer in reversed(layers):
+        layer_dir = os.path.join(layer, *parts)
+        _merge_layer(layer_dir, dest)
+        _keep_metadata(layer_dir, os.lstat(layer_dir), dest)
     return True

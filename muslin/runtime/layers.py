@@ -67,6 +67,41 @@ def _uncompressed(source: BinaryIO) -> BinaryIO:
     return rest
 
 
+def is_whiteout(st: os.stat_result) -> bool:
+    """overlayfs's whiteout: a 0/0 character device hides the lower layers' entry of that name."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_opaque(path: str) -> bool:
+    """An opaque directory hides everything the lower layers have under it."""
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def merged(layers: list[str], parts: list[str]) -> list[str]:
+    """The layers (topmost first) whose entries make the image's ``parts`` as overlayfs merges them: the
+    topmost entry's layer, then, while that is a directory, the lower layers' directories it is merged
+    with (down to a whiteout, a non-directory or an opaque directory); empty if the image has nothing
+    there. Each layer is looked into only through the directories it has above the path."""
+    for depth in range(1, len(parts) + 1):
+        kept: list[str] = []
+        for layer in layers:
+            entry = os.path.join(layer, *parts[:depth])
+            try:
+                st = os.lstat(entry)
+            except OSError:
+                continue
+            if is_whiteout(st) or kept and not stat.S_ISDIR(st.st_mode):
+                break
+            kept.append(layer)
+            if not stat.S_ISDIR(st.st_mode) or is_opaque(entry):
+                break
+        layers = kept
+    return layers
+
+
 def _clean_name(name: str) -> str:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:

@@ -27,6 +27,12 @@ import stat
 import sys
 import tarfile
 
+if __package__:
+    from . import inroot
+else:  # run as a script (-I: its own directory is not on the path)
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+    import inroot
+
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 # Go's os.FileMode bits, which dockerd's X-Docker-Container-Path-Stat carries.
@@ -65,9 +71,10 @@ def enter_stopped(bundle: str) -> None:
     for m in mounts[1:]:
         if m["type"] != "bind":
             continue  # proc, sysfs, tmpfs: a stopped container has none of them, as with dockerd
-        target = os.path.join(rootfs, m["destination"].lstrip("/"))
         if not os.path.lexists(m["source"]):
             continue
+        # The image's symlinks are the container's: followed inside the rootfs, never on the host.
+        target = inroot.resolve(rootfs, m["destination"])
         if os.path.isdir(m["source"]):
             os.makedirs(target, exist_ok=True)
         elif not os.path.lexists(target):
