@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -35,7 +36,7 @@ async def put_archive(engine: Engine, req: Request) -> Response:
 
 
 async def changes(engine: Engine, req: Request) -> Response:
-    found = engine.files.changes(req.params["id"])
+    found = await asyncio.to_thread(engine.files.changes, req.params["id"])  # a walk of every layer
     return json_response([{"Path": c.path, "Kind": int(c.kind)} for c in found] or None)
 
 

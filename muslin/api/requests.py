@@ -37,6 +37,9 @@ RUNTIMES = ("runc",)  # HostConfig.Runtime; "" is the default, runc
 LOG_DRIVERS = {"json-file": {"max-file", "max-size", "compress", "labels", "labels-regex", "env", "env-regex", "tag"},
                "local": {"max-file", "max-size", "compress"},
                "none": None}
+# Rotation is not applied (the shim keeps every log whole), so a size cap is refused rather than
+# silently ignored; without max-size, max-file and compress change nothing in dockerd either.
+UNAPPLIED_LOG_OPTS = ("max-size",)
 JSON_TYPES = {str: "string", bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
 
 
@@ -427,6 +430,9 @@ def log_config(fields: Fields) -> dict[str, Any]:
     for key in options:
         if allowed is not None and key not in allowed:
             raise bad(f"unknown log opt '{key}' for {driver} log driver")
+        if allowed is not None and key in UNAPPLIED_LOG_OPTS:
+            raise bad(f"log opt '{key}' is not supported by muslind's {driver} log driver: logs are kept whole, "
+                      "never rotated")
     return {"Type": driver, "Config": options}
 
 

@@ -91,10 +91,10 @@ def machine_memory() -> int:
 
 
 def _cpu(cg: Cgroups) -> CpuSample:
-    throttling = _pairs(cg.read("cpu", "cpu.stat"))
+    throttling = _pairs(cg.read("cpu", "cpu.stat"))  # v2: the usage too, in microseconds
     online = os.sysconf("SC_NPROCESSORS_ONLN")
     if cg.unified:
-        usec = _pairs(cg.read("cpu", "cpu.stat"))
+        usec = throttling
         return CpuSample(total_usage=usec.get("usage_usec", 0) * 1000,
                          usage_in_kernelmode=usec.get("system_usec", 0) * 1000,
                          usage_in_usermode=usec.get("user_usec", 0) * 1000, system_cpu_usage=system_cpu_usage(),

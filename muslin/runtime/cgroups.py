@@ -11,6 +11,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import mountinfo
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -27,17 +29,19 @@ def _mounts() -> tuple[CgroupMount, ...]:
     they stay as the machine mounted them, while the rest of mountinfo grows with every container's
     namespace pin, and the state of each container asks (a start of muslind with a thousand running
     spent seconds here)."""
-    found = []
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, options = fields[sep + 1], fields[sep + 3].split(",")
-            if fstype == "cgroup":
-                found.append(CgroupMount(Path(fields[4]), fields[3], frozenset(
-                    o for o in options if o not in ("rw", "ro", "nosuid", "nodev", "noexec", "relatime"))))
-            elif fstype == "cgroup2":
-                found.append(CgroupMount(Path(fields[4]), fields[3], frozenset()))
+        return cgroup_mounts(f.read())
+
+
+def cgroup_mounts(table: str) -> tuple[CgroupMount, ...]:
+    """The cgroup hierarchies of a mountinfo table."""
+    found = []
+    for entry in mountinfo.parse(table):
+        if entry.fstype == "cgroup":
+            found.append(CgroupMount(Path(entry.mount_point), entry.root, frozenset(
+                o for o in entry.super_options if o not in ("rw", "ro", "nosuid", "nodev", "noexec", "relatime"))))
+        elif entry.fstype == "cgroup2":
+            found.append(CgroupMount(Path(entry.mount_point), entry.root, frozenset()))
     return tuple(found)
 
 

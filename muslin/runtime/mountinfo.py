@@ -19,6 +19,9 @@ class MountEntry:
     mount_point: str
     shared: bool
     slave: bool
+    root: str = "/"  # the filesystem's directory seen at the mount point
+    fstype: str = ""
+    super_options: tuple[str, ...] = ()  # the filesystem's own (a v1 cgroup's controllers among them)
 
 
 def _unescape(field: str) -> str:
@@ -40,10 +43,14 @@ def parse(text: str) -> list[MountEntry]:
         fields = line.split()
         if len(fields) < 7 or "-" not in fields:
             continue
-        optional = fields[6:fields.index("-")]
+        sep = fields.index("-")
+        optional = fields[6:sep]
+        after = fields[sep + 1:]
         entries.append(MountEntry(mount_point=_unescape(fields[4]),
                                   shared=any(f.startswith("shared:") for f in optional),
-                                  slave=any(f.startswith("master:") for f in optional)))
+                                  slave=any(f.startswith("master:") for f in optional),
+                                  root=_unescape(fields[3]), fstype=after[0] if after else "",
+                                  super_options=tuple(after[2].split(",")) if len(after) > 2 else ()))
     return entries
 
 

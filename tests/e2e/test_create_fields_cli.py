@@ -22,16 +22,17 @@ def test_group_add_by_number_and_by_name(daemon: Daemon) -> None:
 
 def test_runtime_and_log_config(daemon: Daemon) -> None:
     daemon.docker("create", "--name", "plain", "busybox")
-    daemon.docker("create", "--name", "opts", "--runtime", "runc", "--log-driver", "local", "--log-opt", "max-size=1m",
+    daemon.docker("create", "--name", "opts", "--runtime", "runc", "--log-driver", "local", "--log-opt", "max-file=3",
                   "busybox")
     show = "{{json .HostConfig.Runtime}} {{json .HostConfig.LogConfig}}"
     assert daemon.docker("inspect", "--format", show, "plain").stdout.split(" ", 1) == [
         '"runc"', json.dumps({"Type": "json-file", "Config": {}}, separators=(",", ":")) + "\n"]
     assert json.loads(daemon.docker("inspect", "--format", "{{json .HostConfig.LogConfig}}", "opts").stdout) == \
-        {"Type": "local", "Config": {"max-size": "1m"}}
+        {"Type": "local", "Config": {"max-file": "3"}}
     for args, message in ((("--runtime", "kata"), "Unknown runtime specified kata"),
                           (("--log-driver", "asdf"), 'error looking up logging plugin asdf: plugin "asdf" not found'),
-                          (("--log-opt", "bogus=1"), "unknown log opt 'bogus' for json-file log driver")):
+                          (("--log-opt", "bogus=1"), "unknown log opt 'bogus' for json-file log driver"),
+                          (("--log-opt", "max-size=10m"), "log opt 'max-size' is not supported")):
         refused = daemon.docker("create", "--name", "bad", *args, "busybox", check=False)
         assert refused.returncode != 0 and message in refused.stderr
     assert "bad" not in daemon.docker("ps", "-a", "--format", "{{.Names}}").stdout

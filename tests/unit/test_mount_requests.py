@@ -132,6 +132,8 @@ def test_log_config_runtime_and_group_add() -> None:
     none = requests.container_create(create({"LogConfig": {"Type": "none", "Config": {"anything": "1"}}}))
     assert none.host_config["LogConfig"]["Type"] == "none"
     assert refused({"LogConfig": {"Type": "asdf"}}) == 'error looking up logging plugin asdf: plugin "asdf" not found'
+    assert refused({"LogConfig": {"Type": "local", "Config": {"max-size": "1m", "max-file": "3"}}}) == \
+        "log opt 'max-size' is not supported by muslind's local log driver: logs are kept whole, never rotated"
     assert refused({"LogConfig": {"Type": "json-file", "Config": {"bogus": "1"}}}) == \
         "unknown log opt 'bogus' for json-file log driver"
     assert refused({"LogConfig": {"Type": "local", "Config": {"tag": "x"}}}) == "unknown log opt 'tag' for local log driver"
