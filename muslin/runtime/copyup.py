@@ -4,7 +4,7 @@ The image's view of a directory is its layers merged as overlayfs merges them (t
 whiteout removes what a lower layer had, an opaque directory hides it all), so the copy is made
 layer by layer from the bottom, with owners, modes and times kept. The volume's path is resolved in
 the image as runc resolves the mount's destination in the container's root (a symlink's target taken
-inside the image, ``inroot``), and each layer is only ever descended through its real directories: a
+inside the image, ``layers.resolve_in_image``), and each layer is only ever descended through its real directories: a
 layer's symlink never leads the copy to the host's files.
 """
 
@@ -14,8 +14,7 @@ import os
 import shutil
 import stat
 
-from . import inroot
-from .layers import is_opaque, is_whiteout, merged
+from .layers import is_opaque, is_whiteout, resolve_in_image
 
 
 def _clear(path: str) -> None:
@@ -62,23 +61,11 @@ def _merge_layer(src: str, dest: str) -> None:
         _keep_metadata(from_path, st, to_path)
 
 
-def _resolve(layers: list[str], path: str) -> list[str]:
-    """``path``'s components in the image, its symlinks followed inside the image (not the host)."""
-
-    def readlink(parts: list[str]) -> str | None:
-        found = merged(layers, parts)
-        entry = os.path.join(found[0], *parts) if found else ""
-        return os.readlink(entry) if found and os.path.islink(entry) else None
-
-    return inroot.resolve_parts(path, readlink)
-
-
 def copy_image_path(lower_dirs: list[str], path: str, dest: str) -> bool:
     """Copy the image's ``path`` (its layers, topmost first, as overlayfs takes them) into the empty
     directory ``dest``, which takes the image directory's owner and mode too; False if the image has
     no directory there."""
-    parts = _resolve(lower_dirs, path)
-    layers = merged(lower_dirs, parts)
+    parts, layers = resolve_in_image(lower_dirs, path)
     top = os.path.join(layers[0], *parts) if layers else ""
     if not layers or os.path.islink(top) or not os.path.isdir(top):
         return False

@@ -19,6 +19,7 @@ import stat
 import tarfile
 from typing import BinaryIO
 
+from . import inroot
 from .errors import InvalidArgument
 
 WHITEOUT_PREFIX = ".wh."
@@ -100,6 +101,19 @@ def merged(layers: list[str], parts: list[str]) -> list[str]:
                 break
         layers = kept
     return layers
+
+
+def resolve_in_image(layers: list[str], path: str) -> tuple[list[str], list[str]]:
+    """``path``'s components in the image (layers topmost first), its symlinks followed inside the image,
+    never on the host, and the layers that make what is there (``merged``)."""
+
+    def readlink(parts: list[str]) -> str | None:
+        found = merged(layers, parts)
+        entry = os.path.join(found[0], *parts) if found else ""
+        return os.readlink(entry) if found and os.path.islink(entry) else None
+
+    parts = inroot.resolve_parts(path, readlink)
+    return parts, merged(layers, parts)
 
 
 def _clean_name(name: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import InvalidArgument
 from .images import Image
+from .layers import resolve_in_image
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -167,12 +168,12 @@ def process_env(env: list[str], hostname: str, tty: bool) -> list[str]:
 
 
 def _entries(lower_dirs: list[str], name: str) -> list[list[str]]:
-    """The lines of /etc/passwd or /etc/group from the topmost layer that has the file."""
-    for lower in lower_dirs:
-        path = Path(lower) / "etc" / name
-        if path.is_file() and not path.is_symlink():
-            return [line.split(":") for line in path.read_text(errors="replace").splitlines() if line.count(":") >= 2]
-    return []
+    """The lines of the image's /etc/passwd or /etc/group (its symlinks followed inside the image)."""
+    parts, layers = resolve_in_image(lower_dirs, f"/etc/{name}")
+    path = Path(layers[0], *parts) if layers else None
+    if path is None or path.is_symlink() or not path.is_file():
+        return []
+    return [line.split(":") for line in path.read_text(errors="replace").splitlines() if line.count(":") >= 2]
 
 
 def resolve_user(user: str, lower_dirs: list[str]) -> User:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from muslin.errors import InvalidArgument
 from muslin.runtime import inroot
 from muslin.runtime.archive import Change, Kind, changes
 from muslin.runtime.copyup import copy_image_path
 from muslin.runtime.layers import merged
+from muslin.runtime.spec import resolve_user
 
 
 def test_absolute_and_relative_links_stay_under_the_root(tmp_path: Path) -> None:
@@ -88,3 +90,17 @@ def test_an_opaque_or_replaced_directory_hides_the_layers_below(tmp_path: Path) 
     (middle / "srv").write_text("a file")
     assert merged([str(top), str(middle), str(bottom)], ["srv"]) == [str(top)]
     assert merged([str(middle), str(bottom)], ["srv"]) == [str(middle)]
+
+
+def test_user_names_come_from_the_images_passwd_not_the_hosts(tmp_path: Path) -> None:
+    layer, host = tmp_path / "layer", tmp_path / "hostetc"
+    host.mkdir()
+    (host / "passwd").write_text("hostuser:x:4242:4242::/:/bin/sh\n")
+    layer.mkdir()
+    (layer / "etc").symlink_to(host)  # etc -> /…/hostetc: the image's own directory of that name
+    with pytest.raises(InvalidArgument):
+        resolve_user("hostuser", [str(layer)])
+    inside = layer / str(host).lstrip("/")
+    inside.mkdir(parents=True)
+    (inside / "passwd").write_text("app:x:1000:1000::/:/bin/sh\n")
+    assert resolve_user("app", [str(layer)]).uid == 1000
