@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, ip_address
 from typing import Any, NamedTuple
 
 from muslin.engine import health, restarts
-from muslin.engine.links import LinkRef, parse_link
+from muslin.engine.link_text import LinkRef, parse_link
 from muslin.engine.ports import PortBinding, parse_port_key
 from muslin.engine.requests import (ContainerCreate, ContainerUpdate, EndpointRequest, ExecCreate, IPAMPoolRequest,
                                     NetworkCreate, VolumeCreate)
@@ -305,7 +305,7 @@ def go_field_names(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, An
     return {by_lower.get(k.lower(), k) if isinstance(k, str) else k: v for k, v in data.items()}
 
 
-def restart_policy(fields: Fields) -> dict[str, Any] | None:
+def restart_policy(fields: Fields) -> restarts.RestartPolicy | None:
     """HostConfig.RestartPolicy, checked as dockerd does; None when absent."""
     if fields.raw("RestartPolicy") is None:
         return None
@@ -314,7 +314,7 @@ def restart_policy(fields: Fields) -> dict[str, Any] | None:
         policy = restarts.validate(raw.str("Name"), raw.int("MaximumRetryCount") or 0)
     except ValueError as exc:
         raise bad(str(exc)) from None
-    return policy.to_json()
+    return policy
 
 
 def resource_fields(fields: Fields) -> dict[str, Any]:
@@ -400,7 +400,7 @@ def container_create(req: Request) -> ContainerCreate:
     host_config = {**host.data, **resources, "Runtime": runtime,
                    "LogConfig": log_config(host.obj("LogConfig", "container.LogConfig"))}
     if policy is not None:
-        host_config["RestartPolicy"] = policy
+        host_config["RestartPolicy"] = policy.to_json()
     return ContainerCreate(
         image=image, name=name(requested) if requested else "",
         entrypoint=tuple(entrypoint) if entrypoint is not None else None,

@@ -33,8 +33,9 @@ async def list_volumes(engine: Engine, req: Request) -> Response:
     filters = requests.filters(req, LIST_FILTERS)
     dangling = _flag("dangling", filters["dangling"]) if "dangling" in filters else None
     out = []
+    users = engine.volumes.users() if dangling is not None else {}
     for v in engine.volumes.all():
-        if dangling is not None and dangling == bool(engine.volumes.users(v.name)):
+        if dangling is not None and dangling == (v.name in users):
             continue
         if "name" in filters and not any(n in v.name for n in filters["name"]):
             continue

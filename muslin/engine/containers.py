@@ -26,7 +26,7 @@ from muslin.kernel import netns
 from muslin.runtime import (Cgroups, ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Runtime,
                             StartFailed, State, Stream, capabilities, check_sysctls, normalize_capability)
 
-from . import dns, etcfiles, links, resources
+from . import dns, etcfiles, link_text, resources
 from . import ports as portmod
 from .config import DaemonConfig
 from .dns_service import DNSService
@@ -146,7 +146,7 @@ def _add_implicit_aliases(c: Container, net: Network, att: NetworkAttachment) ->
 
 def _endpoint_extras(att: NetworkAttachment) -> dict[str, Any]:
     """What an endpoint takes from its attachment besides address, MAC and aliases."""
-    return {"link_aliases": links.endpoint_aliases(att.links),
+    return {"link_aliases": link_text.endpoint_aliases(att.links),
             "link_local": [IPv4Address(a) for a in att.link_local_ips]}
 
 
@@ -187,6 +187,10 @@ class ContainerService:
     # -- lookups: they only read the store and the runtime's state, from either thread ------------------
     def all(self) -> list[Container]:
         return [Container.from_doc(d) for d in self.store.containers()]
+
+    def with_links(self) -> list[Container]:
+        """The containers that have legacy links (an index finds them: few, whatever the total)."""
+        return [Container.from_doc(d) for d in self.store.containers_with_links()]
 
     def get(self, ref: str) -> Container:
         ref = ref.lstrip("/")
@@ -645,9 +649,13 @@ class ContainerService:
         if self.state(parent).running:
             self._rewrite_hosts(parent)
 
-    def volume_users(self, name: str) -> list[str]:
-        """Ids of the containers that mount the volume ``name``."""
-        return [c.id for c in self.all() if any(m.name == name for m in c.mounts)]
+    def volume_users(self) -> dict[str, list[str]]:
+        """Every volume in use -> the ids of the containers that mount it (one read of the containers)."""
+        users: dict[str, list[str]] = {}
+        for c in self.all():
+            for name in dict.fromkeys(m.name for m in c.mounts if m.name):
+                users.setdefault(name, []).append(c.id)
+        return users
 
     def rename(self, ref: str, new_name: str) -> None:
         c = self.get(ref)
@@ -683,11 +691,11 @@ class ContainerService:
                 and 0 < (host.get("MemorySwap") or 0) < req.resources["Memory"]:
             raise InvalidArgument(f"Cannot update container {c.id}: Memory limit should be smaller than already set "
                                   "memoryswap limit, update the memoryswap at the same time")
-        if req.restart_policy is not None and req.restart_policy["Name"]:
-            if c.host_config.get("AutoRemove") and req.restart_policy["Name"] != "no":
+        if req.restart_policy is not None and req.restart_policy.name:
+            if c.host_config.get("AutoRemove") and req.restart_policy.name != "no":
                 raise InvalidArgument(f"Cannot update container {c.id}: Restart policy cannot be updated because "
                                       "AutoRemove is enabled for the container")
-            host["RestartPolicy"] = req.restart_policy
+            host["RestartPolicy"] = req.restart_policy.to_json()
         resources.check(host)
         if req.resources:
             self.runtime.update(c.id, resources.resources_of(host))
@@ -956,6 +964,15 @@ class ContainerService:
         self._exit_waiters.setdefault(cid, []).append(fut)
         return fut
 
+    def _drop_exit_future(self, cid: str, fut: asyncio.Future[int]) -> None:
+        """Forget a waiter once it is answered or no longer awaited (a no-op for an answered one)."""
+        fut.cancel()
+        waiters = self._exit_waiters.get(cid, [])
+        if fut in waiters:
+            waiters.remove(fut)
+        if not waiters:
+            self._exit_waiters.pop(cid, None)
+
     def removal_future(self, cid: str) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._removal_waiters.setdefault(cid, []).append(fut)
@@ -1000,6 +1017,7 @@ class ContainerService:
         """Signal (the container's StopSignal, else SIGTERM), wait up to ``timeout`` seconds (its
         StopTimeout, else 10), then SIGKILL; return once the exit is handled (networking released)."""
         c = self.get(ref)
+        await self.restarts.start_finished(c.id)  # a policy's start under way: then stop what it started
         if self.restarts.user_stopped(c.id):  # it was waiting to restart: now it stays stopped
             await self.engine_call(self._mark_stopped, c.id)
             return
@@ -1009,6 +1027,7 @@ class ContainerService:
 
     async def restart(self, ref: str, timeout: float | None = None, sig: int | None = None) -> None:
         c = self.get(ref)
+        await self.restarts.start_finished(c.id)
         self.restarts.user_stopped(c.id)
         if self.state(c).running:
             await self._stop(c, timeout, sig)
@@ -1018,8 +1037,11 @@ class ContainerService:
         self.restarts.user_stopped(c.id)
         await self.engine_call(self._mark_stopped, c.id)
         done = self.exit_future(c.id)  # before the signal: the exit may be handled before stop returns
-        await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
-        await done
+        try:
+            await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
+            await done
+        finally:
+            self._drop_exit_future(c.id, done)
 
     def _mark_stopped(self, cid: str) -> None:
         """(worker)"""
@@ -1031,6 +1053,7 @@ class ContainerService:
         """Send a signal; for SIGKILL, return once the container is dead and its exit handled (dockerd's
         kill waits so, and a client inspecting right after must see it stopped)."""
         c = self.get(ref)
+        await self.restarts.start_finished(c.id)  # only the back-off is "restarting" for a kill
         if self.restarts.restarting(c.id):
             raise Conflict(f"Container {c.id} is restarting, wait until the container is running")
         if self._final_signal(c, sig):
@@ -1038,13 +1061,12 @@ class ContainerService:
         done = self.exit_future(c.id) if sig == int(signal.SIGKILL) else None
         try:
             await self.engine_call(self._signal, ref, sig)
-        except BaseException:
             if done is not None:
-                done.cancel()
-            raise
-        if done is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(done, KILL_WAIT_SECONDS)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(done, KILL_WAIT_SECONDS)
+        finally:
+            if done is not None:  # answered, or never will be (not running, alive after the wait)
+                self._drop_exit_future(c.id, done)
 
     @staticmethod
     def _stop_timeout(c: Container, timeout: float | None) -> float:

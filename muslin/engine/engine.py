@@ -49,7 +49,7 @@ class Engine:
         self.images = ImageStore(config.data_root / "images")
         self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
         self.dns = DNSService(self.store, self.networks.get, self.networks.remote_endpoints)
-        self.volumes = VolumeService(self.store, config.data_root, lambda name: self.containers.volume_users(name))
+        self.volumes = VolumeService(self.store, config.data_root, lambda: self.containers.volume_users())
         self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.dns,
                                            self.call, self.volumes)
         self.execs = ExecService(self.containers, self.runtime)

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
-from .links import LinkRef
+from .link_text import LinkRef
 from .mounts import MountRequest
 from .ports import PortBinding
+from .restarts import RestartPolicy
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class ContainerUpdate:
     new RestartPolicy (None: unchanged)."""
 
     resources: dict[str, Any] = field(default_factory=dict)
-    restart_policy: dict[str, Any] | None = None
+    restart_policy: RestartPolicy | None = None
 
 
 @dataclass(frozen=True)

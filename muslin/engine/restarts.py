@@ -120,8 +120,17 @@ class RestartSupervisor:
         self._pending[cid] = asyncio.ensure_future(self._restart_later(cid, delay))
         return True
 
+    async def start_finished(self, cid: str) -> None:
+        """Return once a restart past its back-off has finished its start (at once if there is none):
+        a stop or kill arriving in the middle of it then acts on the container that start made
+        running, rather than leave it running (``cancel`` cannot cut a start short)."""
+        task = self._pending.get(cid)
+        if cid in self._starting and task is not None and not task.done():
+            await asyncio.shield(task)
+
     def cancel(self, cid: str) -> bool:
-        """Cancel a restart still in its back-off; True if there was one."""
+        """Cancel a restart still in its back-off; True if there was one (False during its start:
+        see ``start_finished``)."""
         if cid in self._starting:  # a start cut in the middle would leave half a container
             return False
         task = self._pending.pop(cid, None)

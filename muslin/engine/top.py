@@ -6,7 +6,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from muslin.errors import InvalidArgument
+from muslin.errors import EngineError, InvalidArgument
 
 DEFAULT_PS_ARGS = "-ef"
 PS_TIMEOUT_S = 10.0
@@ -69,11 +69,19 @@ def top(ps: str, pids: list[int], ps_args: str) -> ProcessTable:
     check_ps_args(ps_args)
     args = ps_args.split(" ")
     selected = "-q" + ",".join(str(p) for p in pids)
-    proc = subprocess.run([ps, *args, selected], capture_output=True, text=True, timeout=PS_TIMEOUT_S)
+    proc = _run_ps([ps, *args, selected])
     if proc.returncode != 0:
         # Some options (f, say) cannot go with -q: dockerd then lists everything and filters.
-        proc = subprocess.run([ps, *args], capture_output=True, text=True, timeout=PS_TIMEOUT_S)
+        proc = _run_ps([ps, *args])
         if proc.returncode != 0:
             first = proc.stderr.split("\n", 1)[0] or f"exit status {proc.returncode}"
             raise InvalidArgument(f"ps: {first}")
     return parse_ps(proc.stdout, set(pids))
+
+
+def _run_ps(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=PS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # dockerd reports a ps that fails as "Error running ps: ..." (a 500 with that message).
+        raise EngineError(f"Error running ps: {argv[0]} gave no answer within {PS_TIMEOUT_S:g} s") from None

@@ -69,11 +69,13 @@ def check_options(name: str, options: dict[str, str]) -> None:
 class VolumeService:
     """Volumes' records and directories. State changes run on the engine's worker thread."""
 
-    def __init__(self, store: Store, data_root: Path, users: Callable[[str], list[str]]) -> None:
+    def __init__(self, store: Store, data_root: Path, users: Callable[[], dict[str, list[str]]]) -> None:
         self.store = store
         self.root = data_root / "volumes"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.users = users  # volume name -> ids of the containers that mount it
+        # Every volume in use -> ids of the containers that mount it: built once for a whole request
+        # (a listing or a prune reads the containers once, not once per volume).
+        self.users = users
 
     def directory(self, name: str) -> Path:
         return self.root / name / "_data"
@@ -123,7 +125,7 @@ class VolumeService:
             if force:
                 return
             raise NotFound(f"get {name}: no such volume")
-        users = self.users(name)
+        users = self.users().get(name)
         if users:
             raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
         self._delete(name)
@@ -137,8 +139,9 @@ class VolumeService:
     def prune(self, keep: Callable[[Volume], bool]) -> list[str]:
         """Remove every volume no container uses that ``keep`` lets go; their names."""
         removed = []
+        users = self.users()
         for volume in self.all():
-            if keep(volume) or self.users(volume.name):
+            if keep(volume) or volume.name in users:
                 continue
             self._delete(volume.name)
             removed.append(volume.name)
@@ -146,9 +149,10 @@ class VolumeService:
 
     def remove_anonymous(self, names: list[str]) -> None:
         """`docker rm -v`: a removed container's anonymous volumes that no other container uses."""
+        users = self.users() if names else {}
         for name in names:
             doc = self.store.volume(name)
-            if doc is not None and doc.get("anonymous") and not self.users(name):
+            if doc is not None and doc.get("anonymous") and name not in users:
                 self._delete(name)
 
     # -- a container's mounts (worker) ------------------------------------------------------------------

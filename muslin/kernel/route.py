@@ -55,11 +55,6 @@ def ipv4_routes(ipr: IPRoute) -> list[RouteEntry]:
     return found
 
 
-def routes_within(ipr: IPRoute, network: IPv4Network) -> list[RouteEntry]:
-    """Main-table IPv4 routes whose destination lies inside network (an overlay's own routes)."""
-    return [r for r in ipv4_routes(ipr) if r.dst.subnet_of(network)]
-
-
 def route_source(ipr: IPRoute, dst: IPv4Address) -> tuple[IPv4Address | None, int | None]:
     """(gateway, oif) the kernel would use for dst; gateway None means dst is on a connected link,
     (None, None) that dst is unreachable."""

@@ -14,8 +14,9 @@ from muslin.fabric.backends.vxlan import VxlanBackend
 from muslin.fabric.backends.base import ExternalInterface
 from muslin.fabric.config import parse_config
 from muslin.fabric.subnets import Lease, LeaseAttrs
-from muslin.kernel import address, link, neighbour, netns, route
+from muslin.kernel import address, link, neighbour, netns
 from muslin.lab.rig import wait_for
+from tests.fabric.kernel_routes import routes_within
 
 pytestmark = pytest.mark.root
 
@@ -66,7 +67,7 @@ def test_reconcile_rebuilds_a_forwarder_that_stopped(underlay, monkeypatch) -> N
         device = link.find_link(ipr, udp.TUN_NAME)
         assert device is not None and device.mtu == 1472
         assert [str(a.address) for a in address.ipv4_addresses(ipr, device.index)] == ["172.21.5.0/32"]
-        assert any(r.dst == CONFIG.network for r in route.routes_within(ipr, CONFIG.network))
+        assert any(r.dst == CONFIG.network for r in routes_within(ipr, CONFIG.network))
         # Deleted again: the next reconcile replaces it at once, without waiting for the thread to give up.
         ipr.link("del", index=device.index)
         with netns.entered(ns):
@@ -99,10 +100,10 @@ def test_vxlan_keeps_a_vtep_entry_while_another_lease_of_that_node_uses_it(under
     backend.remove_peer(first)
     assert neighbour.fdb_entries(ipr, dev) == {(mac, IPv4Address("192.0.2.2"))}  # second still needs it
     assert set(neighbour.permanent_neighbours(ipr, dev)) == {IPv4Address("172.21.7.0")}
-    assert [r.dst for r in route.routes_within(ipr, config.network)] == [second.subnet]
+    assert [r.dst for r in routes_within(ipr, config.network)] == [second.subnet]
     backend.remove_peer(second)
     assert neighbour.fdb_entries(ipr, dev) == set() and neighbour.permanent_neighbours(ipr, dev) == {}
-    assert route.routes_within(ipr, config.network) == []
+    assert routes_within(ipr, config.network) == []
 
 
 def test_interface_choice_follows_flanneld(underlay) -> None:

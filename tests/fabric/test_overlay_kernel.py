@@ -9,6 +9,7 @@ import pytest
 
 from muslin.kernel import address, link, neighbour, netns, route, tunnel
 from muslin.lab.rig import in_ns
+from tests.fabric.kernel_routes import routes_within
 
 pytestmark = pytest.mark.root
 
@@ -40,7 +41,7 @@ def test_peer_state_is_idempotent_and_removal_tolerant(underlay) -> None:
     assert [a.address for a in address.ipv4_addresses(ipr, dev)] == [IPv4Interface("10.5.1.0/32")]
     assert neighbour.permanent_neighbours(ipr, dev) == {PEER.network_address: MAC}
     assert neighbour.fdb_entries(ipr, dev) == {(MAC, IPv4Address("192.0.2.2"))}
-    assert route.routes_within(ipr, IPv4Network("10.5.0.0/16")) == [
+    assert routes_within(ipr, IPv4Network("10.5.0.0/16")) == [
         route.RouteEntry(PEER, PEER.network_address, dev)]
     assert f"{PEER} via {PEER.network_address} dev flannel.1 onlink" in in_ns(ns, "ip", "route").stdout
     # A new lease moves the device's address; the old one goes.
@@ -50,7 +51,7 @@ def test_peer_state_is_idempotent_and_removal_tolerant(underlay) -> None:
         route.remove_route(ipr, PEER)
         neighbour.remove_neighbour(ipr, dev, PEER.network_address)
         neighbour.remove_fdb(ipr, dev, MAC, IPv4Address("192.0.2.2"))
-    assert route.routes_within(ipr, IPv4Network("10.5.0.0/16")) == []
+    assert routes_within(ipr, IPv4Network("10.5.0.0/16")) == []
     assert neighbour.permanent_neighbours(ipr, dev) == {} and neighbour.fdb_entries(ipr, dev) == set()
 
 

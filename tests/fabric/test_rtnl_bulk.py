@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from muslin.kernel import neighbour, netns, route, rtnl, tunnel
+from tests.fabric.kernel_routes import routes_within
 
 pytestmark = pytest.mark.root
 
@@ -37,7 +38,7 @@ def test_batch_programs_and_removes_what_pyroute2_reads(underlay) -> None:
 
         within = IPv4Network("10.0.0.0/8")
         dumped = route.dump_routes(sock, within)
-        assert sorted(dumped, key=str) == sorted(route.routes_within(ipr, within), key=str)
+        assert sorted(dumped, key=str) == sorted(routes_within(ipr, within), key=str)
         assert len(dumped) == PEERS + 1
         assert route.RouteEntry(IPv4Network("10.200.0.0/24"), IPv4Address("192.0.2.77"), eth0) in dumped
         assert neighbour.dump_permanent_neighbours(sock, vxlan.index) == neighbour.permanent_neighbours(ipr, vxlan.index)

@@ -11,9 +11,10 @@ import pytest
 
 from muslin.api import requests
 from muslin.api.http import HTTPError, Request
-from muslin.engine.links import LinkRef
+from muslin.engine.link_text import LinkRef
 from muslin.engine.ports import PortBinding
 from muslin.engine.requests import EndpointRequest
+from muslin.engine.restarts import RestartPolicy
 
 
 def request(body: Any = None, **query: str) -> Request:
@@ -172,3 +173,13 @@ def test_filters_as_docker_sends_them() -> None:
     assert "invalid filter 'bogus'" in refused(requests.filters, request(filters='{"bogus":["x"]}'), allowed)
     assert "invalid filter" in refused(requests.filters, request(filters='{"label":"x"}'), allowed)
     assert "invalid filter" in refused(requests.filters, request(filters='{"label":[1]}'), allowed)
+
+
+def test_container_update_carries_a_typed_restart_policy() -> None:
+    update = requests.container_update(request({"Memory": 1 << 26, "RestartPolicy": {"Name": "on-failure",
+                                                                                    "MaximumRetryCount": 3}}))
+    assert update.restart_policy == RestartPolicy("on-failure", 3)
+    assert update.resources == {"Memory": 1 << 26}
+    assert requests.container_update(request({"Memory": 1 << 26})).restart_policy is None
+    assert "maximum retry count cannot be used" in refused(
+        requests.container_update, request({"RestartPolicy": {"Name": "always", "MaximumRetryCount": 2}}))

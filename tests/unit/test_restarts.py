@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from muslin.engine.restarts import (FIRST_DELAY, MAX_DELAY, Backoff, RestartPolicy, restart_after_daemon_start,
-                                    validate)
+from muslin.engine.restarts import (FIRST_DELAY, MAX_DELAY, Backoff, RestartPolicy, RestartSupervisor,
+                                    restart_after_daemon_start, validate)
 
 
 def test_validate_as_dockerd() -> None:
@@ -56,3 +58,37 @@ def test_restart_when_the_daemon_starts() -> None:
     assert restart_after_daemon_start(RestartPolicy("unless-stopped"), 255, False, 0)
     assert not restart_after_daemon_start(RestartPolicy("on-failure", 2), 1, False, 2)
     assert not restart_after_daemon_start(RestartPolicy(), 1, False, 0)
+
+
+def test_a_stop_during_a_policy_start_waits_for_it_then_finds_no_restart_pending() -> None:
+    """A stop landing while a restart is in its start cannot cut the start short (half a container):
+    ``start_finished`` holds the stop until the start has returned, so the stop then stops it."""
+    events: list[str] = []
+
+    async def scenario() -> None:
+        in_start, release = asyncio.Event(), asyncio.Event()
+
+        async def start(cid: str) -> None:
+            events.append(f"start {cid}")
+            in_start.set()
+            await release.wait()
+            events.append("started")
+
+        supervisor = RestartSupervisor(start)
+        assert supervisor.exited("c1", RestartPolicy("always"), 1, False, 0.0)
+        await asyncio.wait_for(in_start.wait(), 5)
+        assert supervisor.restarting("c1")
+        assert not supervisor.user_stopped("c1")  # past its back-off: nothing left to cancel
+        stop = asyncio.ensure_future(supervisor.start_finished("c1"))
+        await asyncio.sleep(0.05)
+        assert not stop.done()  # held while the start runs
+        release.set()
+        await asyncio.wait_for(stop, 5)
+        events.append("stop goes on")
+        assert not supervisor.restarting("c1")
+        # The user's stop marked the back-off: the exit that stop causes restarts nothing.
+        assert not supervisor.exited("c1", RestartPolicy("always"), 137, True, 0.0)
+        await asyncio.wait_for(supervisor.start_finished("c1"), 1)  # nothing under way: at once
+
+    asyncio.run(scenario())
+    assert events == ["start c1", "started", "stop goes on"]

@@ -29,3 +29,19 @@ def test_references_resolve_as_docker_does_id_then_name_then_prefix(tmp_path) ->
         assert store.find_containers("web") == [{"id": a}] and store.find_containers("ab1") == [{"id": a}]
     finally:
         store.close()
+
+
+def test_containers_with_links_come_from_the_partial_index(tmp_path) -> None:
+    store = Store(tmp_path)
+    try:
+        with store.transaction() as db:
+            for i in range(50):
+                store.put_container(db, f"{i:064x}", f"plain{i}", {"id": f"{i:064x}", "links": []})
+            store.put_container(db, "f" * 64, "parent", {"id": "f" * 64, "links": [{"child_id": "0" * 64}]})
+            store.put_container(db, "e" * 64, "old", {"id": "e" * 64})  # a doc from before links existed
+        assert store.containers_with_links() == [{"id": "f" * 64, "links": [{"child_id": "0" * 64}]}]
+        plan = store._rows("EXPLAIN QUERY PLAN SELECT doc FROM containers "
+                           "WHERE json_array_length(doc, '$.links') > 0")
+        assert any("containers_with_links" in str(row) for row in plan)  # the index, not a full scan
+    finally:
+        store.close()

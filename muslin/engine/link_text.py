@@ -52,10 +52,6 @@ def env_prefix(alias: str) -> str:
     return alias.upper().replace("-", "_")
 
 
-def _port_number(key: str) -> int:
-    return int(key.partition("/")[0])
-
-
 def _sorted_ports(exposed: list[str]) -> list[tuple[str, str]]:
     """(port, proto) by number, tcp before udp on the same number (dockerd's order)."""
     ports = [(k.partition("/")[0], k.partition("/")[2] or "tcp") for k in exposed]
