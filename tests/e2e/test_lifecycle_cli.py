@@ -116,6 +116,23 @@ def test_restart_policies_back_off_count_and_stop(daemon) -> None:
     assert inspect(daemon, "k2")["State"]["Status"] == "exited"
 
 
+def test_a_stop_during_a_policy_restart_leaves_the_container_stopped(daemon) -> None:
+    """A stop that lands in the back-off or in the middle of the restart's start: the container ends
+    stopped either way (the start is let finish, then stopped), never running on. Its first run fails,
+    the restarted one would run for good; the stops come at instants spread over back-off and start."""
+    script = "if [ -f /ran ]; then sleep 1000; else touch /ran; exit 1; fi"
+    for i, delay in enumerate((0.0, 0.05, 0.1, 0.15, 0.2, 0.3)):
+        name = f"rs{i}"
+        daemon.docker("run", "-d", "--name", name, "--restart", "always", "busybox", "sh", "-c", script)
+        wait_for(lambda: inspect(daemon, name)["RestartCount"] >= 1)  # the first exit handled
+        time.sleep(delay)
+        daemon.docker("stop", "-t", "0", name)
+        time.sleep(0.5)  # a start that was under way has long finished
+        state = inspect(daemon, name)["State"]
+        assert (state["Status"], state["Running"], state["Restarting"]) == ("exited", False, False), (delay, state)
+        daemon.docker("rm", name)
+
+
 def test_restart_policies_are_checked(daemon) -> None:
     for policy, message in (("always:3", "maximum retry count cannot be used with restart policy 'always'"),
                             ("bogus", "invalid restart policy 'bogus'")):
