@@ -43,11 +43,12 @@ class Cluster:
         d = Daemon(ns=host.name, root=root, sock=str(root / "docker.sock"),
                    args=["--cluster-store", self.store_url, "--cluster-advertise", f"{host.iface}:2376",
                          "--cluster-store-opt", f"discovery.ttl={TTL}", "--cluster-store-opt", "discovery.heartbeat=1"])
-        d.start()
+        # registered before it starts: a start that fails half-way is still stopped at cleanup
         if i < len(self.engines):
             self.engines[i] = d
         else:
             self.engines.append(d)
+        d.start()
         return d
 
     def etcdctl(self, *args: str) -> str:
@@ -57,39 +58,72 @@ class Cluster:
         return proc.stdout
 
 
+@dataclass
+class Made:
+    """What one make() has built so far: registered before anything is built, so that cleanup also finds
+    an underlay or a workdir whose cluster never came to be."""
+
+    prefix: str
+    workdir: Path | None = None
+    cluster: Cluster | None = None
+
+
+def attempt(failures: list[str], what: str, step: Callable[[], object]) -> None:
+    """Run one cleanup step; a failure is recorded, and the steps after it still run."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - every failure is reported after the whole cleanup
+        failures.append(f"{what}: {exc!r}")
+
+
+def remove_containers(d: Daemon) -> None:
+    if d.proc and d.proc.poll() is None:
+        ids = d.docker("ps", "-aq", check=False).stdout.split()
+        if ids:
+            d.docker("rm", "-f", *ids, check=False)
+
+
+def remove(made: Made, failures: list[str], tracebacks: list[str]) -> None:
+    engines = made.cluster.engines if made.cluster else []
+    for d in engines:
+        attempt(failures, f"containers of {d.root}", lambda d=d: remove_containers(d))
+    for d in engines:
+        attempt(failures, f"stopping {d.root}", d.stop)
+        if "Traceback" in d.log():
+            tracebacks.append(d.log())
+        attempt(failures, f"unmounting under {d.root}", lambda d=d: unmount_under(d.root))
+    if made.cluster:
+        attempt(failures, "stopping etcd", made.cluster.etcd.stop)
+    attempt(failures, f"underlay {made.prefix}", lambda: topology.teardown(made.prefix))
+    if topology.names(made.prefix):
+        failures.append(f"underlay namespaces left behind: {topology.names(made.prefix)}")
+    if made.workdir:
+        workdir = str(made.workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+        attempt(failures, "the cluster's processes",
+                lambda: wait_for(lambda: not processes_naming(workdir), 5, "the cluster's processes to go"))
+
+
 @pytest.fixture
 def make_cluster() -> Iterator[Callable[[int], Cluster]]:
-    made: list[Cluster] = []
+    made: list[Made] = []
 
     def make(engines: int = 2) -> Cluster:
-        prefix = f"ov{uuid.uuid4().hex[:5]}"
-        underlay = topology.create(prefix, engines)
-        workdir = Path(tempfile.mkdtemp(prefix=f"muslin-{prefix}-"))
-        cluster = Cluster(underlay, workdir, EtcdCluster(underlay.hosts, str(workdir / "etcd")))
-        made.append(cluster)
+        record = Made(prefix=f"ov{uuid.uuid4().hex[:5]}")
+        made.append(record)
+        underlay = topology.create(record.prefix, engines)
+        record.workdir = Path(tempfile.mkdtemp(prefix=f"muslin-{record.prefix}-"))
+        cluster = Cluster(underlay, record.workdir, EtcdCluster(underlay.hosts, str(record.workdir / "etcd")))
+        record.cluster = cluster
         cluster.etcd.start()
         for i in range(engines):
             cluster.start_engine(i)
         return cluster
 
     yield make
-    tracebacks = []
-    for cluster in made:
-        try:
-            for d in cluster.engines:
-                if d.proc and d.proc.poll() is None:
-                    ids = d.docker("ps", "-aq", check=False).stdout.split()
-                    if ids:
-                        d.docker("rm", "-f", *ids, check=False)
-        finally:
-            for d in cluster.engines:
-                d.stop()
-                if "Traceback" in d.log():
-                    tracebacks.append(d.log())
-                unmount_under(d.root)
-            cluster.etcd.stop()
-            topology.teardown(underlay_prefix := cluster.underlay.prefix)
-            shutil.rmtree(cluster.workdir, ignore_errors=True)
-            assert topology.names(underlay_prefix) == [], "underlay namespaces left behind"
-            wait_for(lambda: not processes_naming(str(cluster.workdir)), 5, "the cluster's processes to go")
+    failures: list[str] = []
+    tracebacks: list[str] = []
+    for record in made:
+        remove(record, failures, tracebacks)
+    assert not failures, "cleanup failed:\n" + "\n".join(failures)
     assert not tracebacks, "an engine logged a traceback:\n" + "\n".join(tracebacks)

