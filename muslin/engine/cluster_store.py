@@ -17,6 +17,7 @@ takes a new one and writes them again (``on_new_lease``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import urllib.parse
@@ -168,10 +169,34 @@ class ClusterStore:
         self._tasks: list[Any] = []
 
     # -- plumbing ---------------------------------------------------------------------------------
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the store's loop and wait for it (from another thread)."""
-        timeout = (etcd.CALL_TIMEOUT + 2) * (len(self.config.members) + 1)
-        return asyncio.run_coroutine_threadsafe(self._call(coro), self._loop).result(timeout)
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the store's loop and wait for it (from another thread), at most ``timeout``
+        seconds (default: long enough for every member to be tried once); past it the coroutine is
+        cancelled and the store counts as unavailable."""
+        if timeout is None:
+            timeout = (etcd.CALL_TIMEOUT + 2) * (len(self.config.members) + 1)
+        future = asyncio.run_coroutine_threadsafe(self._call(coro), self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise StoreUnavailable(f"the cluster store {self.config.url} did not answer within {timeout:g}s") from None
+
+    def run_detached(self, coro: Coroutine[Any, Any, object], what: str) -> concurrent.futures.Future[object]:
+        """Run a coroutine on the store's loop without waiting for it; its failure is logged (as
+        ``what``), for work that the periodic listing finishes anyway if this attempt fails."""
+        def report(done: concurrent.futures.Future[object]) -> None:
+            if done.cancelled():
+                return
+            exc = done.exception()
+            if isinstance(exc, EngineError):
+                log.warning("%s: %s (the next listing of the store does it)", what, exc.message)
+            elif exc is not None:
+                log.error("%s failed", what, exc_info=exc)
+
+        future = asyncio.run_coroutine_threadsafe(self._call(coro), self._loop)
+        future.add_done_callback(report)
+        return future
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.run_coroutine_threadsafe(coro, self._loop))
@@ -201,6 +226,18 @@ class ClusterStore:
 
     def transaction(self, compares: list[Absent | Present], operations: list[Put | Delete]) -> bool:
         """All operations if every compare holds, else none; whether they were done."""
+        return self.run(self._etcd.transaction(list(compares), self._operations(operations)))
+
+    async def transaction_async(self, compares: list[Absent | Present], operations: list[Put | Delete]) -> bool:
+        """``transaction`` for coroutines on the store's own loop."""
+        return await self._call(self._etcd.transaction(list(compares), self._operations(operations)))
+
+    async def get_async(self, key: str) -> KeyValue | None:
+        """``get`` for coroutines on the store's own loop."""
+        entry = await self._call(self._etcd.get(key))
+        return None if entry is None else KeyValue(entry.key, entry.value, entry.revision)
+
+    def _operations(self, operations: list[Put | Delete]) -> list[etcd.Operation]:
         ops: list[etcd.Operation] = []
         for op in operations:
             if isinstance(op, Put):
@@ -209,7 +246,7 @@ class ClusterStore:
                 ops.append(etcd.Put(op.key, op.value, self.lease_id if op.leased else 0))
             else:
                 ops.append(op)
-        return self.run(self._etcd.transaction(list(compares), ops))
+        return ops
 
     def put(self, key: str, value: bytes, leased: bool = False) -> None:
         self.transaction([], [Put(key, value, leased)])

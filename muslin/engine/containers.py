@@ -774,6 +774,8 @@ class ContainerService:
                 # The ports cannot move to the new gateway endpoint (a clash there): the connect is
                 # undone, as dockerd's, and they go back where they were.
                 self.networks.release_endpoint(net, ep, c.sandbox)
+                for gw_net, gw_ep in self.networks.unneeded_gateway(c.id):  # attached for this connect
+                    self.networks.release_endpoint(gw_net, gw_ep, c.sandbox)
                 c.attachments.remove(att)
                 self._follow_gateway(c, self._live_gateway_candidates(c))
                 self._save(c)
@@ -807,14 +809,19 @@ class ContainerService:
             raise Forbidden(f"container {c.id} is not connected to network {net.name}")
         leaving = self.store.endpoints(network_id=net.id, container_id=c.id)
         running = bool(c.sandbox) and self.state(c).running
+        # the last overlay leaving: docker_gwbridge's endpoint goes with it
+        gateway_leaving = self.networks.unneeded_gateway(c.id, net.id) if leaving else []
         if leaving and running:
             # The default route and the published ports move to the next gateway endpoint before this
             # one goes (the forwards name its address).
-            self._follow_gateway(c, [x for x in self._live_gateway_candidates(c) if x.network.id != net.id])
+            going = {net.id} | {gw_net.id for gw_net, _ in gateway_leaving}
+            self._follow_gateway(c, [x for x in self._live_gateway_candidates(c) if x.network.id not in going])
         elif c.published and (c.published_network or c.attachments[0].network_id) == net.id:
             self._unpublish(c)
         for ep in leaving:
             self.networks.release_endpoint(net, ep, c.sandbox)
+        for gw_net, gw_ep in gateway_leaving:
+            self.networks.release_endpoint(gw_net, gw_ep, c.sandbox)
         c.attachments.remove(att)
         self._save(c)
         if running:

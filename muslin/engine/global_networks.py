@@ -27,16 +27,18 @@ local record. An engine that died in between finds at its next listing a network
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from muslin.errors import Conflict, EngineError, Forbidden, InvalidArgument
-from muslin.etcd import Absent, Delete, Present
+from muslin.etcd import CALL_TIMEOUT, Absent, Delete, Present
 
 from . import ipam
 from .cluster_store import Change, ClusterStore, KeyValue, Put, StoreUnavailable, WatchCompacted
@@ -54,6 +56,9 @@ FIRST_VNI = 4096  # libnetwork's overlay hands VNIs out from here
 LAST_VNI = 0xFFFFFF
 RECONCILE_PERIOD = 10.0  # seconds between full listings
 CREATE_ATTEMPTS = 16  # a lost race for a VNI, subnet or address is retried with the next free one
+# How long an endpoint's address may wait for the store: one member's try. It is taken on the engine's
+# only worker, so with etcd away a connect fails with 503 soon rather than hold every other operation.
+ALLOCATE_WAIT = CALL_TIMEOUT + 2
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,8 @@ class GlobalNetworks:
         self._remote: dict[str, dict[str, RemoteEndpoint]] = {}  # network id → endpoint id → (worker only writes)
         self._unreachable = False
         self._closed = False
+        # endpoint records leaving the store (future → network id), on the store's thread
+        self._releasing: dict[concurrent.futures.Future[object], str] = {}
         root = cluster.root
         self.k_network, self.k_name, self.k_vni = root + "network/", root + "name/", root + "vni/"
         self.k_subnet, self.k_endpoint, self.k_address = root + "subnet/", root + "endpoint/", root + "address/"
@@ -387,9 +394,11 @@ class GlobalNetworks:
 
     # -- endpoints -------------------------------------------------------------------------------------
     def allocate_endpoint(self, net: Network, container_id: str, container_name: str, ifname: str, ip: str,
-                          mac: str, aliases: list[str], hostname: str) -> Endpoint:
+                          mac: str, aliases: list[str], hostname: str, link_aliases: dict[str, str],
+                          link_local: list[IPv4Interface]) -> Endpoint:
         """An address of the network that no engine holds, taken with the endpoint's record in one
-        compare-and-swap transaction (a race lost is retried with the next free address)."""
+        compare-and-swap transaction (a race lost is retried with the next free address); all of it
+        within ALLOCATE_WAIT, else StoreUnavailable."""
         pool = net.pool
         assert pool is not None
         if not self.cluster.lease_id:
@@ -398,37 +407,57 @@ class GlobalNetworks:
         if requested is not None and not net.subnet_from_user:
             raise InvalidArgument("user specified IP address is supported only when connecting to networks with "
                                   "user configured subnets")
+
+        def endpoint(address: IPv4Address) -> Endpoint:
+            return Endpoint(id=new_id(), network_id=net.id, container_id=container_id, container_name=container_name,
+                            address=IPv4Interface(f"{address}/{pool.subnet.prefixlen}"),
+                            mac=mac or ipam.bridge_mac(address), ifname=ifname, aliases=list(aliases),
+                            hostname=hostname, gateway=None,  # the way out is the gateway bridge's
+                            link_aliases=dict(link_aliases), link_local=list(link_local))
+
+        deadline = time.monotonic() + ALLOCATE_WAIT
+        # an address this engine released a moment ago is free again before the next is chosen
+        concurrent.futures.wait([f for f, net_id in list(self._releasing.items()) if net_id == net.id],
+                                timeout=ALLOCATE_WAIT)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StoreUnavailable(f"the cluster store {self.cluster.config.url} did not answer within "
+                                   f"{ALLOCATE_WAIT:g}s")
+        return self.cluster.run(self._take_address(net, pool, requested, endpoint), timeout=left)
+
+    async def _take_address(self, net: Network, pool: IPAMPool, requested: IPv4Address | None,
+                            endpoint: Callable[[IPv4Address], Endpoint]) -> Endpoint:
         for _ in range(CREATE_ATTEMPTS):
-            entries, _ = self.cluster.list(self.k_address + net.id + "/")
+            entries, _ = await self.cluster.list_async(self.k_address + net.id + "/")
             allocated = {IPv4Address(kv.key.rpartition("/")[2]) for kv in entries}
             if requested is not None:
                 ipam.check_requested(pool, requested, allocated)
                 address = requested
             else:
                 address = ipam.next_free(pool, allocated)
-            ep = Endpoint(id=new_id(), network_id=net.id, container_id=container_id, container_name=container_name,
-                          address=IPv4Interface(f"{address}/{pool.subnet.prefixlen}"),
-                          mac=mac or ipam.bridge_mac(address), ifname=ifname, aliases=list(aliases),
-                          hostname=hostname, gateway=None)  # the way out is the gateway bridge's
-            if self.cluster.transaction(
+            ep = endpoint(address)
+            if await self.cluster.transaction_async(
                     [Present(self.k_network + net.id), Absent(self._address_key(net.id, address))],
                     [Put(self._address_key(net.id, address), ep.id.encode(), leased=True),
                      Put(self._endpoint_key(net.id, ep.id), self._endpoint_doc(ep), leased=True)]):
                 return ep
-            if self.cluster.get(self.k_network + net.id) is None:
+            if await self.cluster.get_async(self.k_network + net.id) is None:
                 raise EngineError(f"network {net.name} is gone from the cluster store")
             if requested is not None:
                 raise Conflict(f"Address already in use: {requested}")
         raise Conflict(f"could not allocate an address on {net.name}: other engines kept taking the same one")
 
     def release_endpoint(self, net: Network, ep: Endpoint) -> None:
-        """The endpoint's record and address out of the store; etcd away: the next listing does it."""
+        """The endpoint's record and address out of the store, on the store's thread without waiting
+        (etcd away must not hold the engine's worker); if that fails, the next listing removes them
+        (``_sync_own``)."""
         assert ep.address is not None
-        try:
-            self.cluster.transaction([], [Delete(self._endpoint_key(net.id, ep.id)),
-                                          Delete(self._address_key(net.id, ep.address.ip))])
-        except StoreUnavailable as exc:
-            log.warning("%s: endpoint %s leaves the cluster store later", exc.message, ep.id[:12])
+        future = self.cluster.run_detached(
+            self.cluster.transaction_async([], [Delete(self._endpoint_key(net.id, ep.id)),
+                                                Delete(self._address_key(net.id, ep.address.ip))]),
+            what=f"releasing endpoint {ep.id[:12]} of {ep.container_name} on {net.name}")
+        self._releasing[future] = net.id
+        future.add_done_callback(lambda done: self._releasing.pop(done, None))
 
     def remote_endpoints(self, network_id: str) -> list[RemoteEndpoint]:
         """Other engines' endpoints on the network (read by the embedded DNS, from the event loop)."""

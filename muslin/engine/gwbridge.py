@@ -62,3 +62,15 @@ class GatewayBridge:
         ep = self.networks.allocate_endpoint(net, container_id, container_name, ifname)
         self.networks.wire_endpoint(net, ep, sandbox)
         return [(net, ep)]
+
+    def unneeded(self, container_id: str, leaving_network_id: str = "") -> list[tuple[Network, Endpoint]]:
+        """The container's docker_gwbridge endpoint, when its other endpoints (those on
+        ``leaving_network_id`` counted as gone already) no longer need it: it is released then, as
+        libnetwork clears a sandbox's default gateway when its last overlay leaves."""
+        wired = [(self.networks.get(ep.network_id), ep)
+                 for ep in self.networks.store.endpoints(container_id=container_id)
+                 if ep.network_id != leaving_network_id]
+        gateway = [(net, ep) for net, ep in wired if is_gateway_bridge(net)]
+        if not gateway or needs_gateway([(net, ep) for net, ep in wired if not is_gateway_bridge(net)]):
+            return []
+        return gateway

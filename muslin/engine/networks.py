@@ -291,7 +291,9 @@ class NetworkService:
         pool = net.pool
         assert pool is not None
         if net.scope == "global":
-            return self._allocate_global(net, container_id, container_name, ifname, ip, mac, aliases or [], hostname)
+            return self._allocate_global(net, container_id, container_name, ifname, ip, mac, aliases or [], hostname,
+                                         dict(link_aliases or {}),
+                                         [IPv4Interface(f"{a}/{LINK_LOCAL_PREFIX}") for a in link_local or []])
         with self.store.transaction() as db:
             allocated = self.store.allocated(net.id)
             if ip:
@@ -317,13 +319,14 @@ class NetworkService:
         return ep
 
     def _allocate_global(self, net: Network, container_id: str, container_name: str, ifname: str, ip: str,
-                         mac: str, aliases: list[str], hostname: str) -> Endpoint:
+                         mac: str, aliases: list[str], hostname: str, link_aliases: dict[str, str],
+                         link_local: list[IPv4Interface]) -> Endpoint:
         """The address comes from the cluster store (the endpoint is published there with it), then
         the local record, as for a local network."""
         if self.global_networks is None:
             raise Forbidden(f"network {net.name} is a global network: start muslind with --cluster-store to use it")
         ep = self.global_networks.allocate_endpoint(net, container_id, container_name, ifname, ip, mac, aliases,
-                                                    hostname)
+                                                    hostname, link_aliases, link_local)
         assert ep.address is not None
         with self.store.transaction() as db:
             self.store.allocate(db, net.id, ep.address.ip, container_id)
@@ -364,6 +367,10 @@ class NetworkService:
     def attach_gateway(self, container_id: str, container_name: str, sandbox: str) -> list[tuple[Network, Endpoint]]:
         """docker_gwbridge's endpoint for a container whose networks are overlays only (see gateway)."""
         return self.gateway_bridge.attach(container_id, container_name, sandbox)
+
+    def unneeded_gateway(self, container_id: str, leaving_network_id: str = "") -> list[tuple[Network, Endpoint]]:
+        """docker_gwbridge's endpoint of a container that no longer needs it (see gwbridge)."""
+        return self.gateway_bridge.unneeded(container_id, leaving_network_id)
 
     def remote_endpoints(self, network_id: str) -> list[Endpoint]:
         """Other engines' endpoints on a global network (for the embedded DNS; any thread)."""
