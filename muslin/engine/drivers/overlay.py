@@ -11,7 +11,7 @@ never sees the overlay's frames; in it
   endpoint is a forwarding entry (its MAC to its engine's VTEP) and a permanent neighbour (its IP to
   its MAC) written from the endpoint records the engines publish in the cluster store
   (``sync_peers``), and the vxlan answers the containers' ARP requests from those neighbours.
-Containers reach the outside through the gateway bridge (``gateway``), not through the overlay.
+Containers reach the outside through the gateway bridge (``gwbridge``), not through the overlay.
 """
 
 from __future__ import annotations
