@@ -102,3 +102,32 @@ def test_overlay_refused_without_a_cluster_store(daemon):
     assert "overlay" not in info["Plugins"]["Network"] and info["ClusterStore"] == ""
     refused = daemon.docker("network", "create", "-d", "overlay", "ov1", check=False)
     assert refused.returncode != 0 and "overlay driver is not available" in refused.stderr
+
+
+def gateway_bridge_containers(d) -> set[str]:
+    return set(json.loads(d.docker("network", "inspect", "docker_gwbridge").stdout)[0]["Containers"])
+
+
+def test_links_link_local_and_the_gateway_endpoint_released(make_cluster):
+    cluster = make_cluster(1)
+    (one,) = cluster.engines
+    one.docker("network", "create", "-d", "overlay", "ov1")
+    one.docker("run", "-d", "--name", "web1", "--network", "ov1", "--link-local-ip", "169.254.10.10",
+               "busybox", "sleep", "600")
+    web1 = one.docker("inspect", "-f", "{{.Id}} {{.NetworkSettings.Networks.ov1.IPAddress}}", "web1").stdout.split()
+    assert "169.254.10.10/16" in one.docker("exec", "web1", "ip", "-o", "addr", "show", "eth0").stdout
+    # --link on an overlay: the alias answers in the embedded DNS, on that endpoint's network
+    out = one.docker("run", "--rm", "--network", "ov1", "--link", "web1:db", "busybox", "nslookup", "db").stdout
+    assert web1[1] in out, out
+
+    # the last overlay leaving takes docker_gwbridge's endpoint (and eth1) with it
+    assert web1[0] in gateway_bridge_containers(one)
+    one.docker("network", "disconnect", "ov1", "web1")
+    assert web1[0] not in gateway_bridge_containers(one)
+    assert one.docker("exec", "web1", "ls", "/sys/class/net").stdout.split() == ["lo"]
+    # and a connect brings both back
+    one.docker("network", "connect", "ov1", "web1")
+    assert web1[0] in gateway_bridge_containers(one)
+    assert one.docker("exec", "web1", "ls", "/sys/class/net").stdout.split() == ["eth0", "eth1", "lo"]
+    one.docker("rm", "-f", "web1")
+    one.docker("network", "rm", "ov1")

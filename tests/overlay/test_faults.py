@@ -49,6 +49,11 @@ def test_etcd_away_existing_containers_keep_talking_then_catch_up(make_cluster):
         assert refused.returncode != 0 and "cluster store" in refused.stderr and "unreachable" in refused.stderr
         # a container leaving meanwhile: gone locally now, from the store once it is back
         one.docker("rm", "-f", "bb")
+        # a new endpoint needs an address from the store: refused with the store's error (503), not a 500
+        joining = two.docker("run", "-d", "--name", "dd", "--network", "ov1", "busybox", "sleep", "600", check=False)
+        assert joining.returncode != 0 and "cluster store" in joining.stderr, joining.stderr
+        assert "Traceback" not in two.log()
+        two.docker("rm", "-f", "dd")
     finally:
         cluster.etcd.start()
     wait_for(lambda: mac_b not in fdb_macs(cluster, 1, net_id), 30, "node2 to drop b's fdb entry after etcd is back")
