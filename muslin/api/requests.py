@@ -391,6 +391,7 @@ def container_create(req: Request) -> ContainerCreate:
     volumes = mount_requests.volume_targets(body.raw("Volumes"), body)
     group_add = host.str_list("GroupAdd") or []
     volumes_from = [mount_requests.volumes_from(spec) for spec in host.str_list("VolumesFrom") or []]
+    storage_opt(host)
     runtime = host.str("Runtime") or RUNTIMES[0]
     if runtime not in RUNTIMES:
         raise bad(f"Unknown runtime specified {runtime}")
@@ -418,6 +419,16 @@ def container_create(req: Request) -> ContainerCreate:
         mounts=tuple(mounts), volumes=tuple(volumes), group_add=tuple(group_add),
         volumes_from=tuple(volumes_from),
         config=config, host_config=host_config)
+
+
+def storage_opt(host: Fields) -> None:
+    """HostConfig.StorageOpt refused as dockerd's overlay2 refuses it without xfs project quotas (its
+    only option is ``size``): muslind's overlay has no quota, and a size limit silently ignored would lie."""
+    keys = [key.lower() for key in host.str_map("StorageOpt")]
+    if "size" in keys:
+        raise bad("--storage-opt is supported only for overlay over xfs with 'pquota' mount option")
+    if keys:
+        raise bad(f"Unknown option {keys[0]}")
 
 
 def log_config(fields: Fields) -> dict[str, Any]:

@@ -183,3 +183,13 @@ def test_capabilities_privileged_and_sysctls_for_network_labs(daemon) -> None:
     assert doc["HostConfig"]["CapAdd"] == ["CAP_NET_ADMIN"]
     assert doc["HostConfig"]["Sysctls"] == {"net.ipv4.ip_forward": "1"}
     daemon.docker("rm", "-f", "router")
+
+
+def test_storage_opt_refused_with_dockerds_message_and_nothing_created(daemon) -> None:
+    """dockerd's overlay2 without xfs project quotas refuses a size; muslind has no quota at all."""
+    sized = daemon.docker("create", "--name", "sized", "--storage-opt", "size=1G", "busybox", check=False)
+    assert sized.returncode != 0
+    assert "--storage-opt is supported only for overlay over xfs with 'pquota' mount option" in sized.stderr
+    unknown = daemon.docker("create", "--name", "sized", "--storage-opt", "foo=1", "busybox", check=False)
+    assert unknown.returncode != 0 and "Unknown option foo" in unknown.stderr
+    assert daemon.docker("ps", "-aq").stdout.strip() == ""

@@ -183,3 +183,19 @@ def test_container_update_carries_a_typed_restart_policy() -> None:
     assert requests.container_update(request({"Memory": 1 << 26})).restart_policy is None
     assert "maximum retry count cannot be used" in refused(
         requests.container_update, request({"RestartPolicy": {"Name": "always", "MaximumRetryCount": 2}}))
+
+
+@pytest.mark.parametrize("storage, message", [
+    ({"size": "120G"}, "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"),
+    ({"Size": "1G", "foo": "1"}, "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"),
+    ({"Foo": "1"}, "Unknown option foo"),
+    ("size=1G", "container.HostConfig.StorageOpt of type map[string]string"),
+])
+def test_storage_opt_refused_as_overlay2_without_project_quotas(storage: Any, message: str) -> None:
+    body = {"Image": "busybox", "HostConfig": {"StorageOpt": storage}}
+    assert message in refused(requests.container_create, request(body))
+
+
+def test_empty_storage_opt_accepted() -> None:
+    req = requests.container_create(request({"Image": "busybox", "HostConfig": {"StorageOpt": {}}}))
+    assert req.host_config["StorageOpt"] == {}
