@@ -190,8 +190,8 @@ def test_exec_runs_in_the_container_with_exit_codes(runtime: Runtime, netns_path
         missing = runtime.exec_create(s.id, ["no-such-program"])
         with pytest.raises(StartFailed) as failed:
             await runtime.exec_start(missing)
-        assert failed.value.exit_code == 127 and "no-such-program" in failed.value.message
-        assert runtime.exec_inspect(missing).exit_code == 127
+        assert failed.value.exit_code == 126 and "no-such-program" in failed.value.message
+        assert runtime.exec_inspect(missing).exit_code == 126
 
         piped = runtime.exec_create(s.id, ["cat"], stdin=True)
         stream = await runtime.exec_start(piped)

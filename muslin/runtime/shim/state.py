@@ -209,9 +209,9 @@ class Shim:
             if status != 0:
                 message = self.runc.error(log_path)
                 os.unlink(log_path)
-                # As a shell (and podman) reports it: 127 for a missing command, 126 for one that cannot
-                # run. dockerd 20.10 gives 126 to both; issue #9 asks for the distinction.
-                self.exec_failed(client, exe, message, start_failure_code(message, EXEC_START_FAILED))
+                # dockerd gives every exec that could not start 126, a missing command too (unlike a
+                # container's start: 127 there); measured on 20.10.
+                self.exec_failed(client, exe, message, EXEC_START_FAILED)
                 return
             os.unlink(log_path)
             with open(f"exec-{name}.pid") as f:
