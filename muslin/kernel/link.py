@@ -20,8 +20,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns
-from .nfnetlink import (NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HEADER, RECEIVE_BYTES,
-                        attributes, messages)
+from . import rtnl
+from .netlink import attributes
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
@@ -29,8 +29,6 @@ RTM_NEWLINK, RTM_GETLINK = 16, 18
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
 IFLA_INFO_KIND = 1
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-DUMP_REPLY_SECONDS = 5.0
-SIOCGSKNS = 0x894C  # a socket's network namespace, as a new fd
 RETIRED_PREFIX = "mz-"
 
 
@@ -71,29 +69,9 @@ def all_links(ipr: IPRoute) -> list[LinkInfo]:
     """Every link of the handle's namespace. The dump is read by hand, only the attributes LinkInfo
     holds: pyroute2 decodes every attribute of every link (statistics, per-family settings), seconds
     for the thousand veths of a thousand containers, and the daemon's start reads it several times."""
-    namespace = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
-    try:
-        sock = netns.socket_in(f"/proc/self/fd/{namespace}")
-    finally:
-        os.close(namespace)
-    with sock:
-        sock.settimeout(DUMP_REPLY_SECONDS)
-        sequence = 1
-        body = IFINFOMSG.pack(0, 0, 0, 0, 0)
-        sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
-                                    sequence, 0) + body)
-        links: list[LinkInfo] = []
-        while True:
-            for kind, seq, message in messages(sock.recv(RECEIVE_BYTES)):
-                if seq != sequence:
-                    continue
-                if kind == NLMSG_DONE:
-                    return links
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", message)[0]
-                    raise NetlinkError(code, os.strerror(code))
-                if kind == RTM_NEWLINK:
-                    links.append(_dumped_link(message))
+    with rtnl.RtnlSocket.beside(ipr) as sock:
+        return [_dumped_link(message) for kind, message in sock.dump(RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0))
+                if kind == RTM_NEWLINK]
 
 
 def _dumped_link(message: bytes) -> LinkInfo:
@@ -276,7 +254,7 @@ def retire_veth(ipr: IPRoute, host_name: str, peer_ipr: IPRoute, peer_name: str)
 def _retire(ipr: IPRoute, index: int) -> None:
     """Hand the delete to the reaper, with the namespace the index means something in (the handle's,
     which need not be the reaper thread's)."""
-    namespace = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
+    namespace = fcntl.ioctl(ipr.fileno(), rtnl.SIOCGSKNS)
     _reaper.submit(_delete_in, namespace, index)
 
 

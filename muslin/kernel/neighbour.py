@@ -15,6 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
 from . import rtnl
+from .netlink import NLM_F_CREATE, NLM_F_REPLACE, attribute
 
 AF_INET = 2
 AF_BRIDGE = 7
@@ -85,7 +86,7 @@ def _mac_bytes(mac: str) -> bytes:
 def dump_permanent_neighbours(sock: rtnl.RtnlSocket, index: int) -> dict[IPv4Address, str]:
     """``permanent_neighbours`` in one dump read with struct."""
     found = {}
-    request = NDMSG.pack(AF_INET, index, 0, 0, 0) + rtnl.attr(NDA_IFINDEX, struct.pack("=I", index))
+    request = NDMSG.pack(AF_INET, index, 0, 0, 0) + attribute(NDA_IFINDEX, struct.pack("=I", index))
     for _, body in sock.dump(RTM_GETNEIGH, request):
         family, ifindex, state, _, _ = NDMSG.unpack_from(body)
         if family != AF_INET or ifindex != index or not state & NUD_PERMANENT:
@@ -113,26 +114,26 @@ def dump_fdb(sock: rtnl.RtnlSocket, index: int) -> set[tuple[str, IPv4Address]]:
 
 def neighbour_request(index: int, ip: IPv4Address, mac: str) -> rtnl.Request:
     """``ensure_neighbour`` as one request of a batch."""
-    body = (NDMSG.pack(AF_INET, index, NUD_PERMANENT, 0, 0) + rtnl.attr(NDA_DST, ip.packed)
-            + rtnl.attr(NDA_LLADDR, _mac_bytes(mac)))
-    return rtnl.Request(RTM_NEWNEIGH, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body, "neigh replace", ip)
+    body = (NDMSG.pack(AF_INET, index, NUD_PERMANENT, 0, 0) + attribute(NDA_DST, ip.packed)
+            + attribute(NDA_LLADDR, _mac_bytes(mac)))
+    return rtnl.Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, "neigh replace", ip)
 
 
 def neighbour_delete_request(index: int, ip: IPv4Address) -> rtnl.Request:
     """``remove_neighbour`` as one request of a batch: one already gone is no error."""
-    body = NDMSG.pack(AF_INET, index, 0, 0, 0) + rtnl.attr(NDA_DST, ip.packed)
+    body = NDMSG.pack(AF_INET, index, 0, 0, 0) + attribute(NDA_DST, ip.packed)
     return rtnl.Request(RTM_DELNEIGH, 0, body, "neigh del", ip, rtnl.MISSING)
 
 
 def fdb_request(index: int, mac: str, remote: IPv4Address) -> rtnl.Request:
     """``ensure_fdb`` as one request of a batch."""
-    body = (NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0) + rtnl.attr(NDA_LLADDR, _mac_bytes(mac))
-            + rtnl.attr(NDA_DST, remote.packed))
-    return rtnl.Request(RTM_NEWNEIGH, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body, f"fdb replace {mac} dst", remote)
+    body = (NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0) + attribute(NDA_LLADDR, _mac_bytes(mac))
+            + attribute(NDA_DST, remote.packed))
+    return rtnl.Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, f"fdb replace {mac} dst", remote)
 
 
 def fdb_delete_request(index: int, mac: str, remote: IPv4Address) -> rtnl.Request:
     """``remove_fdb`` as one request of a batch: an entry already gone is no error."""
-    body = (NDMSG.pack(AF_BRIDGE, index, 0, NTF_SELF, 0) + rtnl.attr(NDA_LLADDR, _mac_bytes(mac))
-            + rtnl.attr(NDA_DST, remote.packed))
+    body = (NDMSG.pack(AF_BRIDGE, index, 0, NTF_SELF, 0) + attribute(NDA_LLADDR, _mac_bytes(mac))
+            + attribute(NDA_DST, remote.packed))
     return rtnl.Request(RTM_DELNEIGH, 0, body, f"fdb del {mac} dst", remote, rtnl.MISSING)

@@ -25,25 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import iptables
-from .nfnetlink import (
-    NFGENMSG,
-    NFNL_SUBSYS_NFTABLES,
-    NFPROTO_IPV4,
-    NLM_F_ACK,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    NLMSG_ERROR,
-    NLA_TYPE_MASK,
-    NLMSG_HEADER,
-    NetlinkError,
-    attribute,
-    attributes,
-    messages,
-    nftables_message,
-    open_socket,
-    request,
-    string_attribute,
-)
+from .netlink import (NLA_HEADER, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, attribute, attributes,
+                      error_code, header, messages)
+from .nfnetlink import (NFGENMSG, NFNL_SUBSYS_NFTABLES, NetlinkError, nftables_message, open_socket, request,
+                        string_attribute)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +51,6 @@ IPTABLES_EXPRESSIONS = frozenset({"meta", "cmp", "payload", "bitwise", "range", 
 
 
 IPTABLES_EXPRESSION_NAMES = frozenset(name.encode() for name in IPTABLES_EXPRESSIONS)
-NLA = struct.Struct("=HH")
 
 
 @dataclass(frozen=True)
@@ -239,14 +223,14 @@ class HandleDeleter:
 def _batch_marker(kind: int, sequence: int, generation: int | None = None) -> bytes:
     attrs = struct.pack("=HH", 8, NFNL_BATCH_GENID) + struct.pack(">I", generation) if generation is not None else b""
     body = NFGENMSG.pack(0, 0, socket.htons(NFNL_SUBSYS_NFTABLES)) + attrs
-    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, NLM_F_REQUEST, sequence, 0) + body
+    return header(len(body), kind, NLM_F_REQUEST, sequence) + body
 
 
 def _errors_in(data: bytes) -> Iterable[tuple[int, int]]:
     """(sequence, errno) of each NLMSG_ERROR message in a datagram; errno 0 is an ack."""
-    for kind, sequence, body in messages(data):
+    for kind, _, sequence, body in messages(data):
         if kind == NLMSG_ERROR and len(body) >= 4:
-            yield sequence, -struct.unpack_from("=i", body)[0]
+            yield sequence, error_code(body)
 
 
 def generation(sock: socket.socket, sequence: int) -> int:
@@ -264,7 +248,7 @@ def _dumped_rule(body: bytes) -> DumpedRule:
     names. A plain loop over the attribute headers: a chain of a thousand rules is read for every
     deletion in it, and this is most of that read."""
     handle, from_iptables = 0, True
-    unpack, end, offset = NLA.unpack_from, len(body), 0
+    unpack, end, offset = NLA_HEADER.unpack_from, len(body), 0
     while offset + 4 <= end:
         length, kind = unpack(body, offset)
         if length < 4:

@@ -25,7 +25,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETRULE, NFTSocket, nft_rule_msg
 
 from . import iptables, netns
-from .nfnetlink import NETLINK_NETFILTER, NFPROTO_IPV4, messages
+from .netlink import messages
+from .nfnetlink import NETLINK_NETFILTER, NFPROTO_IPV4
 
 TABLE_PREFIX = "muslin-trace-"
 NFNLGRP_NFTRACE = 9
@@ -253,7 +254,7 @@ class TraceListener:
                 if exc.errno == errno.ENOBUFS:  # some events were lost; keep what comes
                     continue
                 raise
-            for kind, _, body in messages(data):
+            for kind, _, _, body in messages(data):
                 if kind == NFT_MSG_TRACE:
                     event = parse_event(body)
                     if event is not None:

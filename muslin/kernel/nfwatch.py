@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import errno
 
-from .nfnetlink import NFPROTO_IPV4, messages, open_socket
+from .netlink import messages
+from .nfnetlink import NFPROTO_IPV4, open_socket
 
 NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
@@ -47,7 +48,7 @@ class RulesetChanges:
                 count += 1
                 continue
             # The body starts with the nfgenmsg, whose first byte is the family.
-            count += sum(1 for _, _, body in messages(data) if body[:1] == bytes([NFPROTO_IPV4]))
+            count += sum(1 for _, _, _, body in messages(data) if body[:1] == bytes([NFPROTO_IPV4]))
 
     def close(self) -> None:
         self._sock.close()

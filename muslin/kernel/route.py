@@ -16,6 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import rtnl
+from .netlink import NLM_F_CREATE, NLM_F_REPLACE, attribute
 
 AF_INET = 2
 RT_TABLE_MAIN = 254
@@ -134,17 +135,17 @@ def replace_request(dst: IPv4Network, oif: int, gateway: IPv4Address | None = No
     body = (RTMSG.pack(AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
                        RT_SCOPE_UNIVERSE if gateway is not None else RT_SCOPE_LINK, RTN_UNICAST,
                        RTNH_F_ONLINK if onlink else 0)
-            + rtnl.attr(RTA_TABLE, U32.pack(RT_TABLE_MAIN)) + rtnl.attr(RTA_DST, dst.network_address.packed)
-            + rtnl.attr(RTA_OIF, U32.pack(oif)))
+            + attribute(RTA_TABLE, U32.pack(RT_TABLE_MAIN)) + attribute(RTA_DST, dst.network_address.packed)
+            + attribute(RTA_OIF, U32.pack(oif)))
     if gateway is not None:
-        body += rtnl.attr(RTA_GATEWAY, gateway.packed)
-    return rtnl.Request(RTM_NEWROUTE, rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE, body, "route replace", dst)
+        body += attribute(RTA_GATEWAY, gateway.packed)
+    return rtnl.Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, "route replace", dst)
 
 
 def delete_request(dst: IPv4Network) -> rtnl.Request:
     """``remove_route`` as one request of a batch: a route already gone is no error."""
     body = (RTMSG.pack(AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0)
-            + rtnl.attr(RTA_TABLE, U32.pack(RT_TABLE_MAIN)) + rtnl.attr(RTA_DST, dst.network_address.packed))
+            + attribute(RTA_TABLE, U32.pack(RT_TABLE_MAIN)) + attribute(RTA_DST, dst.network_address.packed))
     return rtnl.Request(RTM_DELROUTE, 0, body, "route del", dst, rtnl.MISSING)
 
 
@@ -153,7 +154,7 @@ def route_sources(sock: rtnl.RtnlSocket, destinations: Iterable[IPv4Address],
     """``route_source`` for many destinations in one batch of lookups."""
     wanted = list(dict.fromkeys(destinations))
     requests = [rtnl.Request(RTM_GETROUTE, 0, RTMSG.pack(AF_INET, 32, 0, 0, 0, 0, 0, 0, 0)
-                             + rtnl.attr(RTA_DST, dst.packed), "route get", dst, _UNREACHABLE)
+                             + attribute(RTA_DST, dst.packed), "route get", dst, _UNREACHABLE)
                 for dst in wanted]
     found: dict[IPv4Address, tuple[IPv4Address | None, int | None]] = dict.fromkeys(wanted, (None, None))
     for index, kind, body in sock.execute(requests):

@@ -14,22 +14,13 @@ import errno
 import fcntl
 import os
 import socket
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from . import netns
+from .netlink import (NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attributes, error_code,
+                      header, messages)
 
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLM_F_REPLACE = 0x100
-NLM_F_CREATE = 0x400
-NLA_HEADER = struct.Struct("=HH")  # length, type
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error acks without a copy of the request
 SO_RCVBUFFORCE = 33
@@ -58,23 +49,9 @@ class Request:
     tolerated: frozenset[int] = frozenset()  # errnos that are no failure (ESRCH for removing what is gone)
 
 
-def attr(kind: int, payload: bytes) -> bytes:
-    """One netlink attribute, padded to 4 bytes."""
-    length = NLA_HEADER.size + len(payload)
-    return NLA_HEADER.pack(length, kind) + payload + b"\0" * (-length & 3)
-
-
 def attrs(body: bytes, offset: int) -> dict[int, bytes]:
     """The attributes of a message body from offset on, by type (nested ones left as bytes)."""
-    found: dict[int, bytes] = {}
-    end = len(body)
-    while offset + 4 <= end:
-        length, kind = NLA_HEADER.unpack_from(body, offset)
-        if length < 4:
-            break
-        found[kind & 0x3FFF] = body[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return found
+    return dict(attributes(body, offset))
 
 
 class RtnlSocket:
@@ -121,20 +98,13 @@ class RtnlSocket:
 
     def _messages(self) -> Iterator[tuple[int, int, bytes]]:
         """(type, sequence, body) of each message of the next datagram."""
-        data = self.sock.recv(READ_SIZE)
-        offset = 0
-        while offset + NLMSG_HEADER.size <= len(data):
-            length, kind, _, sequence, _ = NLMSG_HEADER.unpack_from(data, offset)
-            if length < NLMSG_HEADER.size:
-                return
-            yield kind, sequence, data[offset + NLMSG_HEADER.size:offset + length]
-            offset += (length + 3) & ~3
+        for kind, _, sequence, body in messages(self.sock.recv(READ_SIZE)):
+            yield kind, sequence, body
 
     def dump(self, kind: int, body: bytes) -> Iterator[tuple[int, bytes]]:
         """(type, body) of every message a dump request answers with, read to its end."""
         sequence = self._next_sequence()
-        self.sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP,
-                                         sequence, 0) + body)
+        self.sock.send(header(len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, sequence) + body)
         while True:
             for reply, seq, payload in self._messages():
                 if seq != sequence:
@@ -142,7 +112,7 @@ class RtnlSocket:
                 if reply == NLMSG_DONE:
                     return
                 if reply == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
+                    code = error_code(payload)
                     if code:
                         raise RtnlError(code, f"dump of message type {kind}: {os.strerror(code)}")
                     return
@@ -161,8 +131,8 @@ class RtnlSocket:
             for index, request in enumerate(chunk, start):
                 sequence = self._next_sequence()
                 waiting[sequence] = (index, request)
-                frames.append(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(request.body), request.kind,
-                                                request.flags | NLM_F_REQUEST | NLM_F_ACK, sequence, 0))
+                frames.append(header(len(request.body), request.kind, request.flags | NLM_F_REQUEST | NLM_F_ACK,
+                                     sequence))
                 frames.append(request.body)
             self.sock.send(b"".join(frames))
             while waiting:
@@ -174,7 +144,7 @@ class RtnlSocket:
                         replies.append((index, reply, payload))
                         continue
                     del waiting[sequence]
-                    code = -struct.unpack_from("=i", payload)[0]
+                    code = error_code(payload)
                     if code and code not in request.tolerated and failure is None:
                         failure = RtnlError(code, f"{request.what} {request.subject}: {os.strerror(code)}")
         if failure is not None:
