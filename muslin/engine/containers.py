@@ -456,7 +456,7 @@ class ContainerService:
                 self.networks.wire_endpoint(net, ep, c.sandbox)
                 wired.append((net, ep))
             if c.sandbox:  # containers only on overlays go out through docker_gwbridge (see gwbridge)
-                wired += self.networks.attach_gateway(c.id, c.name, c.sandbox)
+                wired += self.networks.attach_gateway(c.id, c.name, c.sandbox, wired)
             # Each endpoint with a gateway adds a default route unless there is one: the first one's holds.
             holder = next((ep.id for _, ep in wired if ep.gateway is not None), None)
             priority = {a.network_id: a.gw_priority for a in c.attachments}
@@ -759,13 +759,15 @@ class ContainerService:
         embedded_dns_before = self._uses_embedded_dns(c)
         running = self.state(c).running
         if running:
-            used = {e.ifname for e in self.store.endpoints(container_id=c.id)}
+            endpoints = self.store.endpoints(container_id=c.id)
+            used = {e.ifname for e in endpoints}
             ifname = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
             ep = self.networks.allocate_endpoint(net, c.id, c.name, ifname, ip=att.ip, mac=att.mac, aliases=att.aliases,
                                                  hostname=c.config.get("Hostname") or "", **_endpoint_extras(att))
             assert c.sandbox is not None
             self.networks.wire_endpoint(net, ep, c.sandbox)
-            self.networks.attach_gateway(c.id, c.name, c.sandbox)
+            self.networks.attach_gateway(c.id, c.name, c.sandbox,
+                                         [*((self.networks.get(e.network_id), e) for e in endpoints), (net, ep)])
         c.attachments.append(att)
         if running:
             try:

@@ -49,11 +49,10 @@ class GatewayBridge:
                 name=GATEWAY_BRIDGE, driver="bridge",
                 options={OPT_NAME: GATEWAY_BRIDGE, OPT_ICC: "false", OPT_MASQ: "true"}))
 
-    def attach(self, container_id: str, container_name: str, sandbox: str) -> list[tuple[Network, Endpoint]]:
-        """The gateway endpoint (the next ethN, with the default route) when the container's endpoints
-        need one."""
-        wired = [(self.networks.get(ep.network_id), ep)
-                 for ep in self.networks.store.endpoints(container_id=container_id)]
+    def attach(self, container_id: str, container_name: str, sandbox: str,
+               wired: list[tuple[Network, Endpoint]]) -> list[tuple[Network, Endpoint]]:
+        """The gateway endpoint (the next ethN, with the default route) when the container's endpoints,
+        ``wired`` (all of them: the caller has them at hand), need one."""
         if not needs_gateway(wired):
             return []
         net = self.network()

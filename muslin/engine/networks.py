@@ -364,9 +364,11 @@ class NetworkService:
         driver = self.drivers[net.driver]
         return driver if isinstance(driver, PortPublisher) else None
 
-    def attach_gateway(self, container_id: str, container_name: str, sandbox: str) -> list[tuple[Network, Endpoint]]:
-        """docker_gwbridge's endpoint for a container whose networks are overlays only (see gateway)."""
-        return self.gateway_bridge.attach(container_id, container_name, sandbox)
+    def attach_gateway(self, container_id: str, container_name: str, sandbox: str,
+                       wired: list[tuple[Network, Endpoint]]) -> list[tuple[Network, Endpoint]]:
+        """docker_gwbridge's endpoint for a container whose networks (``wired``: every endpoint it has)
+        are overlays only (see gwbridge)."""
+        return self.gateway_bridge.attach(container_id, container_name, sandbox, wired)
 
     def unneeded_gateway(self, container_id: str, leaving_network_id: str = "") -> list[tuple[Network, Endpoint]]:
         """docker_gwbridge's endpoint of a container that no longer needs it (see gwbridge)."""
