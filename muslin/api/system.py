@@ -8,6 +8,7 @@ import socket
 
 from muslin import __version__
 from muslin.engine.engine import Engine
+from muslin.engine.stats import machine_memory
 
 from .http import Request, Response, Route, Router, json_response
 
@@ -22,14 +23,6 @@ def server_headers() -> list[tuple[str, str]]:
         ("Docker-Experimental", "false"),
         ("Server", f"muslin/{__version__} (linux)"),
     ]
-
-
-def _mem_total() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _os_name() -> str:
@@ -86,7 +79,7 @@ async def info(engine: Engine, req: Request) -> Response:
         "SystemTime": "", "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs", "CgroupVersion": "1",
         "NEventsListener": 0, "KernelVersion": platform.release(), "OperatingSystem": _os_name(),
         "OSVersion": "", "OSType": "linux", "Architecture": platform.machine(), "IndexServerAddress": "",
-        "RegistryConfig": None, "NCPU": os.cpu_count() or 1, "MemTotal": _mem_total(),
+        "RegistryConfig": None, "NCPU": os.cpu_count() or 1, "MemTotal": machine_memory(),
         "DockerRootDir": str(engine.config.data_root), "Name": socket.gethostname(),
         "Labels": [], "ExperimentalBuild": False, "ServerVersion": __version__,
         "Runtimes": {"runc": {"path": "runc"}}, "DefaultRuntime": "runc",
