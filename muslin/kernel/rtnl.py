@@ -55,11 +55,12 @@ def attrs(body: bytes, offset: int) -> dict[int, bytes]:
 
 
 class RtnlSocket:
-    """A NETLINK_ROUTE socket in one namespace (the calling thread's, or ``namespace``), kept open."""
+    """A NETLINK_ROUTE socket in one namespace (the calling thread's, or ``namespace``), kept open; another
+    netlink family's by ``protocol`` (``xfrm`` speaks NETLINK_XFRM through it)."""
 
-    def __init__(self, namespace: str | None = None) -> None:
-        self.sock = netns.socket_in(namespace) if namespace else socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    def __init__(self, namespace: str | None = None, protocol: int = netns.NETLINK_ROUTE) -> None:
+        self.sock = netns.socket_in(namespace, protocol) if namespace else socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         try:
             if not namespace:
                 self.sock.bind((0, 0))

@@ -35,10 +35,7 @@ def test_info_and_global_network_seen_by_both(make_cluster):
     assert seen["IPAM"]["Config"][0]["Subnet"] == "10.0.9.0/24" and seen["Labels"] == {"a": "b"}
     assert listed(two, "ov1")["Scope"] == "global"
 
-    # ESP is not implemented: refused, and nothing is stored
-    encrypted = one.docker("network", "create", "-d", "overlay", "--opt", "encrypted", "sec", check=False)
-    assert encrypted.returncode != 0 and "encrypted overlay networks" in encrypted.stderr
-    assert "sec" not in cluster.etcdctl("get", "--prefix", "--keys-only", "/docker/network/v1.0/name/")
+    # --opt encrypted: tests/overlay/test_encrypted.py
     # names are the cluster's
     dup = two.docker("network", "create", "-d", "overlay", "ov1", check=False)
     assert dup.returncode != 0 and "already exists" in dup.stderr

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from muslin.errors import EngineError, InvalidArgument
-from muslin.kernel import address, link, neighbour, netns, tunnel
+from muslin.errors import EngineError, Forbidden, InvalidArgument
+from muslin.kernel import address, link, neighbour, netns, tunnel, xfrm
 
 from ..model import Endpoint, Network
 from ..settings import OverlaySettings
@@ -41,6 +41,7 @@ OPT_ENCRYPTED = "encrypted"
 BRIDGE = "br0"
 VXLAN = "vxlan0"
 SANDBOX_NAME = re.compile(r"[0-9a-f]{12}")
+XFRM_REQID = 0x4D534C  # marks the IPsec states muslind adds (its probe's), as libnetwork's 0xD0C4E3 does its own
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class OverlayDriver(OnHostLinks):
         self._advertise_host = advertise_host
         self._underlay: Underlay | None = None
         self.sandboxes = sandboxes  # where the networks' namespaces are pinned
+        self._esp_missing: list[str] | None = None  # what the kernel lacks for ESP, once probed
 
     def sandbox(self, net: Network) -> str:
         """The network's namespace (its pin's path)."""
@@ -131,9 +133,21 @@ class OverlayDriver(OnHostLinks):
         if unknown:
             raise InvalidArgument(f"unknown option {unknown[0]!r} for the overlay driver (it knows {OPT_VNI})")
         if OPT_ENCRYPTED in net.options:
-            raise InvalidArgument("encrypted overlay networks (IPsec ESP between engines) are not supported by "
-                                  "muslind: create the network without --opt encrypted")
+            self._refuse_encrypted()
         requested_vni(net)
+
+    def _refuse_encrypted(self) -> None:
+        """``--opt encrypted``: refused. dockerd 20.10 without swarm stores such a network and then fails every
+        container's join with "cannot join secure network: encryption keys not present" (its keys come only
+        from swarm); muslind refuses at create instead, so nothing is stored. A kernel without ESP or
+        libnetwork's AEAD (probed once) is named as dockerd names it on join."""
+        if self._esp_missing is None:
+            self._esp_missing = xfrm.probe_esp(XFRM_REQID)
+        if self._esp_missing:
+            raise Forbidden("cannot create secure network: required modules to install IPSEC rules are missing on "
+                            f"host ({'; '.join(self._esp_missing)}): create the network without --opt encrypted")
+        raise InvalidArgument("encrypted overlay networks (IPsec ESP between engines) are not supported by "
+                              "muslind: create the network without --opt encrypted")
 
     def create_network(self, net: Network) -> None:
         settings = settings_of(net)
