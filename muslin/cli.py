@@ -17,8 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     topo = sub.add_parser("topo", help="the live topology of the engine at DOCKER_HOST and its host")
     _topo_options(topo)
+    _engine_options(topo)
     trace = sub.add_parser("trace", help="send a real probe between containers/addresses and show its path")
     _trace_options(trace)
+    _engine_options(trace)
     lab = sub.add_parser("lab", help="the article's multi-host setup on this machine, in namespaces")
     lab.add_argument("--root", type=Path, default=None, help="where the lab keeps its files (/run/muslin-lab)")
     lab_sub = lab.add_subparsers(dest="action", required=True)
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _topo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["text", "json", "svg"], default="text")
     p.add_argument("-o", "--output", type=Path, default=None, help="write to this file (required for svg)")
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-H", "--host", dest="hosts", action="append", default=[], metavar="[NAME=]DOCKER_HOST",
+                   help="an engine to look at (repeat it for several hosts, e.g. engines sharing overlay "
+                        "networks); default: DOCKER_HOST. NAME names its host (default: its netns's name)")
 
 
 def _trace_options(p: argparse.ArgumentParser) -> None:

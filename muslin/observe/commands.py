@@ -31,13 +31,27 @@ def emit_topology(topology: model.Topology, fmt: str, output: Path | None) -> in
     return 0
 
 
+def engine_hosts(given: list[str]) -> list[HostSpec]:
+    """The hosts of ``-H [NAME=]DOCKER_HOST`` (DOCKER_HOST's engine when none), each named once."""
+    wanted = [h.partition("=")[::2] if "=" in h.split("://")[0] else ("", h) for h in given] or \
+        [("", os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST))]
+    hosts: list[HostSpec] = []
+    for name, docker_host in wanted:
+        host = engine_host(docker_host, name or None, by_netns=len(wanted) > 1)
+        taken = {h.name for h in hosts}
+        unique, n = host.name, 2
+        while unique in taken:
+            unique, n = f"{host.name}-{n}", n + 1
+        hosts.append(HostSpec(unique, host.netns, host.docker_host))
+    return hosts
+
+
 def run_engine(args: argparse.Namespace) -> int:
-    docker_host = os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST)
     try:
-        host = engine_host(docker_host)
+        hosts = engine_hosts(args.hosts)
         if args.command == "topo":
-            return emit_topology(collect([host]), args.format, args.output)
-        return run_trace([host], args, overlay=None)
+            return emit_topology(collect(hosts), args.format, args.output)
+        return run_trace(hosts, args, overlay=None)
     except EngineUnreachable as exc:
         print(f"muslin {args.command}: {exc}", file=sys.stderr)
         return 1

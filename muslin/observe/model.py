@@ -34,6 +34,8 @@ class Endpoint:
     kind: str  # veth, macvlan
     host_ifname: str | None  # the veth's host end (veth pairs), or the macvlan parent
     bridge: str | None  # the host bridge the host end is plugged into
+    overlay: str | None = None  # an overlay network's name: the host end is a port of that network's br0,
+    #                             in the network's own namespace (Host.overlays), not in the host's
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,41 @@ class Network:
 
 
 @dataclass(frozen=True)
+class OverlayPort:
+    """A port of an overlay network's bridge: the overlay end of a local container's veth."""
+    name: str  # the veth end in the overlay's namespace
+    container: str  # the container's name ("?" when no container of the engine has the other end)
+    ifname: str  # the container's end (eth0)
+    address: str | None  # the container's address on the overlay (CIDR)
+    mac: str
+
+
+@dataclass(frozen=True)
+class OverlayPeer:
+    """A remote endpoint of an overlay network, as this host's kernel knows it: the vxlan's forwarding
+    entry (its MAC behind a VTEP) and its permanent neighbour (its IP with that MAC)."""
+    vtep: str  # the remote engine's underlay address
+    mac: str
+    address: str | None  # None: a forwarding entry without a neighbour
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """An overlay network as one host runs it: a namespace of its own holding ``bridge`` (br0) and
+    ``vxlan`` (vxlan0, whose UDP socket is the host's, on ``vxlan.underlay``), the local containers'
+    veths as ``ports`` and every remote endpoint as a ``peer``."""
+    network: str
+    id: str
+    netns: str  # the namespace's path (the engine's pin, seen through its process's root)
+    subnet: str | None
+    bridge: str
+    mtu: int
+    vxlan: Tunnel
+    ports: tuple[OverlayPort, ...] = ()
+    peers: tuple[OverlayPeer, ...] = ()
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     netns: str
@@ -136,6 +173,7 @@ class Host:
     networks: tuple[Network, ...] = ()
     containers: tuple[Container, ...] = ()
     bgp: tuple[BgpSession, ...] = ()
+    overlays: tuple[Overlay, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import html
 import shutil
 import subprocess
 
-from .model import Host, Topology
+from .model import Host, Overlay, Topology
 
 DOT_TIMEOUT = 10.0
 
@@ -22,6 +22,12 @@ class GraphvizMissing(RuntimeError):
 def node_id(*parts: str) -> str:
     """``container/node1/web``: the id of a drawn thing; the same one the web page and traces use."""
     return "/".join(parts)
+
+
+def overlay_ids(host: str, overlay: Overlay) -> tuple[str, str, str]:
+    """The drawing's ids of an overlay network's namespace on a host, its bridge and its vxlan."""
+    return (node_id("overlay", host, overlay.network), node_id("bridge", host, overlay.network, overlay.bridge),
+            node_id("tunnel", host, overlay.network, overlay.vxlan.name))
 
 
 def _q(text: str) -> str:
@@ -53,6 +59,7 @@ def to_dot(topology: Topology) -> str:
     # tunnels between hosts: a vxlan fdb entry or an overlay route names the remote host's address
     addresses = {a.split("/")[0]: h for h in topology.hosts for i in h.interfaces for a in i.addresses}
     drawn: set[frozenset[str]] = set()
+    out.extend(_overlay_tunnels(topology, addresses, drawn))
     routed: dict[tuple[str, str], list[str]] = {}
     for host in topology.hosts:
         for t in host.tunnels:
@@ -105,6 +112,48 @@ def to_dot(topology: Topology) -> str:
     return "\n".join(out) + "\n"
 
 
+def _overlay_tunnels(topology: Topology, addresses: dict[str, Host], drawn: set[frozenset[str]]) -> list[str]:
+    """An overlay's vxlan to the same network's vxlan on each host its forwarding entries name."""
+    out = []
+    for host in topology.hosts:
+        for o in host.overlays:
+            for vtep in sorted({p.vtep for p in o.peers}):
+                other = addresses.get(vtep)
+                theirs = next((x for x in other.overlays if x.id == o.id), None) if other and other is not host else None
+                if other is None or theirs is None:
+                    continue
+                a, b = overlay_ids(host.name, o)[2], overlay_ids(other.name, theirs)[2]
+                if frozenset((a, b)) in drawn:
+                    continue
+                drawn.add(frozenset((a, b)))
+                out.append(f'  {_q(a)} -> {_q(b)} [id={_q(a + "--" + b)}, style=dashed, color="#c0392b", '
+                           f'fontcolor="#c0392b", label={_q(f"overlay {o.network}: VNI {o.vxlan.vni} UDP {o.vxlan.port}")}, '
+                           'constraint=false, penwidth=1.5];')
+    return out
+
+
+def _overlay(host: Host, o: Overlay) -> list[str]:
+    """The overlay's namespace as a cluster inside the host: br0 and vxlan0 (with its remote endpoints);
+    the vxlan's socket is on the host's underlay interface."""
+    cluster, bid, tid = overlay_ids(host.name, o)
+    t = o.vxlan
+    peers = [f"{p.address or '?'} {p.mac} @ {p.vtep}" for p in o.peers]
+    vxlan_label = _label(t.name, f"VNI {t.vni} UDP {t.port}", f"local {t.local or '?'}", *peers)
+    out = [f"    subgraph {_q('cluster_' + cluster)} {{",
+           f'      id={_q(cluster)}; label={_label(f"overlay {o.network} (netns)", o.subnet or "")}; '
+           'style="rounded,dashed,filled"; fillcolor="#fbeee6"; color="#b85450";',
+           f'      {_q(bid)} [id={_q(bid)}, label={_label(o.bridge, f"mtu {o.mtu}")}, fillcolor="#dae8fc", '
+           'color="#6c8ebf"];',
+           f'      {_q(tid)} [id={_q(tid)}, label={vxlan_label}, '
+           'fillcolor="#f8cecc", color="#b85450"];',
+           f'      {_q(bid)} -> {_q(tid)} [id={_q(bid + "--" + tid)}];',
+           "    }"]
+    if t.underlay:
+        iid = node_id("iface", host.name, t.underlay)
+        out.append(f'    {_q(tid)} -> {_q(iid)} [id={_q(tid + "--" + iid)}, color="#b85450", label="UDP socket"];')
+    return out
+
+
 def _host(host: Host) -> list[str]:
     hid = node_id("host", host.name)
     addr = ", ".join(a for i in host.interfaces for a in i.addresses)
@@ -129,6 +178,8 @@ def _host(host: Host) -> list[str]:
         sub = f"VNI {t.vni} UDP {t.port}" if t.kind == "vxlan" else t.kind
         out.append(f'    {_q(tid)} [id={_q(tid)}, label={_label(t.name, sub, " ".join(t.addresses))}, '
                    'fillcolor="#f8cecc", color="#b85450", shape=box];')
+    for o in host.overlays:
+        out.extend(_overlay(host, o))
     for i in host.interfaces:
         iid = node_id("iface", host.name, i.name)
         out.append(f'    {_q(iid)} [id={_q(iid)}, label={_label(i.name, " ".join(i.addresses))}, '
@@ -136,7 +187,12 @@ def _host(host: Host) -> list[str]:
     for c in host.containers:
         cid = node_id("container", host.name, c.name)
         for e in c.endpoints:
-            if e.bridge:
+            overlay = next((o for o in host.overlays if o.network == e.overlay), None)
+            if overlay is not None:
+                bid = overlay_ids(host.name, overlay)[1]
+                out.append(f'    {_q(cid)} -> {_q(bid)} [id={_q(cid + "--" + bid)}, '
+                           f'label={_q(f"{e.ifname} ⇄ {e.host_ifname}")}];')
+            elif e.bridge:
                 bid = node_id("bridge", host.name, e.bridge)
                 out.append(f'    {_q(cid)} -> {_q(bid)} [id={_q(cid + "--" + bid)}, '
                            f'label={_q(f"{e.ifname} ⇄ {e.host_ifname}")}];')

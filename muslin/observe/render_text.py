@@ -3,7 +3,7 @@ tunnels with their peers, the routes that matter, and containers with their netw
 
 from __future__ import annotations
 
-from .model import Container, Host, Topology
+from .model import Container, Host, Overlay, Topology
 
 
 def render(topology: Topology) -> str:
@@ -12,8 +12,9 @@ def render(topology: Topology) -> str:
         u = topology.underlay
         head = f"underlay {u.subnet or '?'} (switch {u.bridge} in {u.netns}): {', '.join(u.ports)}"
         lines.append(head + (f"; overlay backend {topology.backend}" if topology.backend else ""))
+    hosts_by_address = {a.split("/")[0]: h.name for h in topology.hosts for i in h.interfaces for a in i.addresses}
     for i, host in enumerate(topology.hosts):
-        lines.extend(_host(host, last=i == len(topology.hosts) - 1))
+        lines.extend(_host(host, last=i == len(topology.hosts) - 1, hosts_by_address=hosts_by_address))
     return "\n".join(lines) + "\n"
 
 
@@ -27,7 +28,7 @@ def _tree(items: list[tuple[str, list]], prefix: str) -> list[str]:
     return out
 
 
-def _host(host: Host, last: bool) -> list[str]:
+def _host(host: Host, last: bool, hosts_by_address: dict[str, str]) -> list[str]:
     addrs = ", ".join(f"{i.name} {' '.join(i.addresses)}" for i in host.interfaces) or "no underlay address"
     head = f"host {host.name}  {addrs}  (netns {host.netns})"
     items: list[tuple[str, list]] = []
@@ -46,6 +47,7 @@ def _host(host: Host, last: bool) -> list[str]:
         else:
             label = f"tunnel {t.name} {t.kind} {' '.join(t.addresses)} mtu {t.mtu}"
         items.append((label, [(f"fdb {p.mac} → {p.remote}", []) for p in t.peers]))
+    items.extend(_overlay(o, host, hosts_by_address) for o in host.overlays)
     if host.bgp:
         items.append(("bgp (BIRD)", [(f"{b.name}: neighbor {b.neighbor or '?'} AS {b.neighbor_as or '?'} "
                                       f"(local AS {b.local_as or '?'}) {b.state}", []) for b in host.bgp]))
@@ -62,6 +64,31 @@ def _host(host: Host, last: bool) -> list[str]:
     return lines
 
 
+def _overlay(o: Overlay, host: Host, hosts_by_address: dict[str, str]) -> tuple[str, list]:
+    """An overlay network's namespace: its bridge with the containers' veths and the vxlan, the remote
+    endpoints behind each VTEP, and the containers' other leg, on docker_gwbridge."""
+    t = o.vxlan
+    ports: list[tuple[str, list]] = [(f"{p.name} ⇄ {p.container}:{p.ifname or '?'} {p.address or '-'} {p.mac}", [])
+                                     for p in o.ports]
+    ports.append((f"{t.name} (vxlan port)", []))
+    vtep_label = (f"vxlan {t.name} VNI {t.vni} UDP {t.port} local {t.local or '-'} (socket on {host.name}'s "
+                  f"{t.underlay or '?'}) mtu {t.mtu}")
+    by_vtep: dict[str, list[str]] = {}
+    for peer in o.peers:
+        by_vtep.setdefault(peer.vtep, []).append(f"{peer.mac} {peer.address or '(no neighbour)'}")
+    peers = [(f"{vtep}" + (f" ({hosts_by_address[vtep]})" if vtep in hosts_by_address else "")
+              + f": {', '.join(found)}", []) for vtep, found in sorted(by_vtep.items())]
+    local = {p.container for p in o.ports}
+    egress = [(f"{c.name}:{e.ifname} {e.address or '-'} ⇄ {e.host_ifname} on {e.bridge}", [])
+              for c in host.containers if c.name in local
+              for e in c.endpoints if e.bridge is not None and e.overlay is None and e.network == "docker_gwbridge"]
+    children: list[tuple[str, list]] = [(f"bridge {o.bridge} mtu {o.mtu}", ports), (vtep_label, [])]
+    children.append((f"remote endpoints (vxlan fdb → VTEP, permanent neighbours){'' if peers else ': none'}", peers))
+    if egress:
+        children.append(("egress and published ports: docker_gwbridge", egress))
+    return (f"overlay {o.network} {o.subnet or ''} (network {o.id[:12]}, netns {o.netns})", children)
+
+
 def _container(c: Container) -> str:
     ports = ", ".join(f"{p.host_ip}:{p.host_port}->{p.container_port}/{p.protocol}" for p in c.ports)
     return f"{c.name} ({c.network_mode}, {c.id[:12]})" + (f"  ports {ports}" if ports else "")
@@ -71,7 +98,9 @@ def _endpoints(c: Container) -> list[tuple[str, list]]:
     out: list[tuple[str, list]] = []
     for e in c.endpoints:
         via = ""
-        if e.kind == "veth" and e.host_ifname:
+        if e.kind == "veth" and e.host_ifname and e.overlay:
+            via = f"  veth ⇄ {e.host_ifname} on br0 of overlay {e.overlay}'s namespace"
+        elif e.kind == "veth" and e.host_ifname:
             via = f"  veth ⇄ {e.host_ifname}" + (f" on {e.bridge}" if e.bridge else "")
         elif e.kind == "macvlan":
             via = f"  macvlan of {e.host_ifname}"

@@ -8,16 +8,17 @@ other's index), bridges by the links plugged into them, tunnels by their kind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from muslin.kernel import snapshot
+from muslin.kernel import netns, snapshot
 from muslin.kernel.snapshot import Namespace
 
-from . import bgp
+from . import bgp, overlays
 from .engine_api import EngineClient
 from .model import (
     BgpSession,
@@ -28,6 +29,8 @@ from .model import (
     Host,
     Interface,
     Network,
+    Overlay,
+    OverlayPort,
     Port,
     Route,
     Topology,
@@ -48,11 +51,23 @@ class HostSpec:
     docker_host: str | None
 
 
-def engine_host(docker_host: str, name: str | None = None) -> HostSpec:
-    """The host an engine runs in: its namespace is the engine process's (the socket's peer)."""
+def engine_host(docker_host: str, name: str | None = None, by_netns: bool = False) -> HostSpec:
+    """The host an engine runs in: its namespace is the engine process's (the socket's peer). Unnamed,
+    it is called after the machine, or with ``by_netns`` (one of several engines on this machine)
+    after that namespace's name in /run/netns when it has one."""
     with EngineClient(docker_host) as api:
         pid = api.daemon_pid()
-    return HostSpec(name or os.uname().nodename, f"/proc/{pid}/ns/net", docker_host)
+    path = f"/proc/{pid}/ns/net"
+    return HostSpec(name or (by_netns and netns_name(path)) or os.uname().nodename, path, docker_host)
+
+
+def netns_name(path: str) -> str | None:
+    try:
+        inode = snapshot.inode_of(path)
+        return next((entry.name for entry in sorted(os.scandir(netns.NETNS_RUN_DIR), key=lambda e: e.name)
+                     if entry.is_file() and entry.stat().st_ino == inode), None)
+    except OSError:
+        return None
 
 
 def collect(hosts: list[HostSpec], underlay: tuple[str, str] | None = None, backend: str | None = None,
@@ -75,17 +90,21 @@ def _host(spec: HostSpec, overlay: str | None, speakers: dict[int, list[bgp.Spea
     ns = snapshot.read(spec.netns)
     inspected: list[dict] = []
     networks: list[dict] = []
+    found_overlays: list[overlays.Found] = []
     if spec.docker_host:
         with EngineClient(spec.docker_host) as api:
             inspected = api.containers()
             networks = api.networks()
+            if any(n.get("Driver") == overlays.OVERLAY_DRIVER for n in networks):
+                found_overlays = overlays.read(networks, api.daemon_pid(), ns)
     nets = tuple(_network(n, ns) for n in networks)
+    overlay_ns = {f.overlay.network: f.ns for f in found_overlays}
     by_id = {c["Id"]: c["Name"].lstrip("/") for c in inspected}
     containers: list[Container] = []
     veths: list[VethPair] = []
     matched: set[int] = set()
     for c in inspected:
-        container, pairs = _container(c, ns, nets, by_id)
+        container, pairs = _container(c, ns, nets, by_id, overlay_ns)
         containers.append(container)
         veths.extend(pairs)
         matched.update(ns.named(p.host_end).index for p in pairs if ns.named(p.host_end))  # type: ignore[union-attr]
@@ -110,8 +129,20 @@ def _host(spec: HostSpec, overlay: str | None, speakers: dict[int, list[bgp.Spea
                 bridges=bridges, veths=tuple(veths), tunnels=tunnels, routes=routes, networks=nets,
                 containers=tuple(sorted(containers, key=lambda c: c.name)),
                 bgp=tuple(BgpSession(s.name, s.state, s.neighbor, s.neighbor_as, s.local_as)
-                          for s in bgp.sessions_of(speakers.get(ns.inode, []))))
+                          for s in bgp.sessions_of(speakers.get(ns.inode, []))),
+                overlays=tuple(_with_containers(f.overlay, containers) for f in found_overlays))
     return host, ns
+
+
+def _with_containers(overlay: Overlay, containers: list[Container]) -> Overlay:
+    """The overlay's bridge ports named by the containers whose veths they are."""
+    ends = {e.host_ifname: (c, e) for c in containers for e in c.endpoints if e.overlay == overlay.network}
+    ports = []
+    for port in overlay.ports:
+        c, e = ends.get(port.name, (None, None))
+        ports.append(port if c is None or e is None else
+                     OverlayPort(name=port.name, container=c.name, ifname=e.ifname, address=e.address, mac=e.mac))
+    return dataclasses.replace(overlay, ports=tuple(sorted(ports, key=lambda p: (p.container, p.name))))
 
 
 def _network(doc: dict, ns: Namespace) -> Network:
@@ -127,8 +158,8 @@ def _network(doc: dict, ns: Namespace) -> Network:
                    bridge=bridge, internal=bool(doc.get("Internal")))
 
 
-def _container(doc: dict, host: Namespace, nets: tuple[Network, ...],
-               names_by_id: dict[str, str]) -> tuple[Container, list[VethPair]]:
+def _container(doc: dict, host: Namespace, nets: tuple[Network, ...], names_by_id: dict[str, str],
+               overlay_ns: dict[str, Namespace]) -> tuple[Container, list[VethPair]]:
     name = doc["Name"].lstrip("/")
     pid = int(doc["State"].get("Pid") or 0)
     mode = (doc.get("HostConfig") or {}).get("NetworkMode") or "default"
@@ -143,6 +174,7 @@ def _container(doc: dict, host: Namespace, nets: tuple[Network, ...],
     attached = (doc.get("NetworkSettings") or {}).get("Networks") or {}
     endpoints: list[Endpoint] = []
     pairs: list[VethPair] = []
+    seen: set[int] = set()  # the container's links that an endpoint of the API names
     inner = None
     if pid and attached and mode not in ("host", "none") and not mode.startswith("container:"):
         try:
@@ -154,10 +186,17 @@ def _container(doc: dict, host: Namespace, nets: tuple[Network, ...],
         mac = (ep.get("MacAddress") or "").lower()
         address = f"{ep['IPAddress']}/{ep.get('IPPrefixLen') or 32}" if ep.get("IPAddress") else None
         link = next((link for link in inner.links if link.mac.lower() == mac), None) if inner and mac else None
-        kind, host_end, bridge = "veth", None, None
+        kind, host_end, bridge, overlay = "veth", None, None, None
         if link is not None:
             kind = link.kind
-            if link.kind == "veth":
+            seen.add(link.index)
+            if link.kind == "veth" and net_name in overlay_ns:
+                # the other end is a port of the overlay's bridge, in the overlay's own namespace
+                ov = overlay_ns[net_name]
+                peer = next((o for o in ov.links if o.index == link.link and o.link == link.index), None)
+                if peer is not None:
+                    host_end, overlay = peer.name, net_name
+            elif link.kind == "veth":
                 peer = next((h for h in host.links if h.index == link.link and h.link == link.index), None)
                 if peer is not None:
                     host_end = peer.name
@@ -171,7 +210,22 @@ def _container(doc: dict, host: Namespace, nets: tuple[Network, ...],
             continue
         endpoints.append(Endpoint(network=net_name, driver=net.driver if net else "", ifname=link.name if link else "",
                                   address=address, mac=mac, gateway=ep.get("Gateway") or None, kind=kind,
-                                  host_ifname=host_end, bridge=bridge))
+                                  host_ifname=host_end, bridge=bridge, overlay=overlay))
+    if inner is not None and overlay_ns:
+        # A container on overlays has a leg the API does not list: its veth into docker_gwbridge (egress, -p)
+        for link in inner.links:
+            if link.kind != "veth" or link.index in seen:
+                continue
+            peer = next((h for h in host.links if h.index == link.link and h.link == link.index), None)
+            master = host.link(peer.master) if peer is not None else None
+            if peer is None or master is None:
+                continue
+            net = next((n for n in nets if n.bridge == master.name), None)
+            gateway = next((r.gateway for r in inner.routes if r.dst == "default" and r.dev == link.name), None)
+            pairs.append(VethPair(peer.name, link.name, name, master.name))
+            endpoints.append(Endpoint(network=net.name if net else master.name, driver="bridge", ifname=link.name,
+                                      address=link.addresses[0] if link.addresses else None, mac=link.mac.lower(),
+                                      gateway=gateway, kind="veth", host_ifname=peer.name, bridge=master.name))
     return Container(id=doc["Id"], name=name, network_mode=mode, pid=pid,
                      endpoints=tuple(sorted(endpoints, key=lambda e: e.ifname)),
                      ports=tuple(sorted(ports, key=lambda p: (p.host_port, p.protocol)))), pairs

@@ -28,8 +28,8 @@ from ipaddress import IPv4Address, IPv4Interface
 from muslin.kernel import nftrace, probe, snapshot
 from muslin.kernel.nftrace import Packet, TraceEvent
 
-from .model import Container, Host, Topology
-from .render_svg import node_id
+from .model import Container, Host, Overlay, Topology
+from .render_svg import node_id, overlay_ids
 from .topology import HostSpec, collect, host_address
 
 REPLY_TIMEOUT = 0.8  # seconds the probe waits for an answer (below TCP's first SYN retransmission)
@@ -58,6 +58,7 @@ class Watched:
     host: Host | None
     container: Container | None
     switch: bool = False
+    overlay: Overlay | None = None  # an overlay network's namespace on ``host``
 
 
 @dataclass
@@ -169,6 +170,8 @@ def watched_namespaces(topology: Topology) -> list[Watched]:
         for c in host.containers:
             if c.pid and c.network_mode not in ("host", "none") and not c.network_mode.startswith("container:"):
                 add(Watched(f"/proc/{c.pid}/ns/net", c.name, host, c))
+        for o in host.overlays:
+            add(Watched(o.netns, f"overlay {o.network} on {host.name}", host, None, overlay=o))
     if topology.underlay:
         add(Watched(topology.underlay.netns, "underlay switch", None, None, switch=True))
     return out
@@ -204,7 +207,8 @@ def run(hosts: list[HostSpec], src: str, dst: str, protocol: str = "icmp", port:
     target = resolve(topology, dst, _networks_of(topology, src))
     assert source.ns is not None
     ident = probe.pick_ident(avoid=port)
-    vxlan_ports = tuple(sorted({t.port for h in topology.hosts for t in h.tunnels if t.kind == "vxlan" and t.port}))
+    vxlan_ports = tuple(sorted({t.port for h in topology.hosts for t in h.tunnels if t.kind == "vxlan" and t.port}
+                               | {o.vxlan.port for h in topology.hosts for o in h.overlays if o.vxlan.port}))
     udp_ports = (FLANNEL_UDP_PORT,) if any(t.kind == "tun" for h in topology.hosts for t in h.tunnels) else ()
     spec = nftrace.Probe(protocol, ident, vxlan_ports, udp_ports)
     watched = watched_namespaces(topology)
@@ -320,6 +324,8 @@ def _sort_key(seg: _Segment) -> tuple:
         phase = 0
     elif "input" in hooks:
         phase = 3
+    elif seg.watched.overlay is not None:  # bridged, so the TTL does not tell: the sender's side first
+        phase = 1 if _local_port(seg.watched.overlay, first.saddr) else 2
     else:
         last = seg.last_packet()
         phase = 2 if last is not None and last.ttl < first.ttl else 1  # routed after bridged
@@ -334,6 +340,28 @@ def _entry_device(seg: _Segment) -> int | None:
     return next((i for _, p, i, _ in seg.events if p is not None and i), None)
 
 
+def _local_port(overlay: Overlay, address: str) -> bool:
+    return any(p.address and p.address.split("/")[0] == address for p in overlay.ports)
+
+
+def _remote_peer(overlay: Overlay, address: str) -> str | None:
+    """The VTEP behind which the overlay's kernel state (neighbour, then fdb) puts ``address``."""
+    return next((p.vtep for p in overlay.peers if p.address == address), None)
+
+
+def _leaves_by_tunnel(seg: _Segment, tunnels: dict[str, set[int]]) -> bool:
+    if seg.watched.overlay is not None:
+        # bridged: the hooks name br0 on both sides; the bridge sends to vxlan0 what lives behind a VTEP
+        last = seg.last_packet()
+        return last is not None and _remote_peer(seg.watched.overlay, last.daddr) is not None
+    return _exit_device(seg) in tunnels.get(seg.watched.ns, set())
+
+
+def _socket_ns(w: Watched) -> str:
+    """Where a tunnel's outer packets are: an overlay's vxlan has its socket in the host's namespace."""
+    return w.host.netns if w.overlay is not None and w.host is not None else w.ns
+
+
 def ordered(segs: list[_Segment], tunnels: dict[str, set[int]]) -> list[_Segment]:
     """The probe's own passages in TTL order; between one that leaves by a tunnel device and the next,
     which comes in by one, the outer packets: sent by the first host, across the switch, received by
@@ -344,9 +372,9 @@ def ordered(segs: list[_Segment], tunnels: dict[str, set[int]]) -> list[_Segment
     for n, seg in enumerate(inner):
         out.append(seg)
         following = inner[n + 1] if n + 1 < len(inner) else None
-        if _exit_device(seg) not in tunnels.get(seg.watched.ns, set()):
+        if not _leaves_by_tunnel(seg, tunnels):
             continue
-        sent = [o for o in outer if o.watched.ns == seg.watched.ns and "output" in o.hooks()]
+        sent = [o for o in outer if o.watched.ns == _socket_ns(seg.watched) and "output" in o.hooks()]
         if not sent:
             continue
         first = sent[0].first_packet()
@@ -354,7 +382,7 @@ def ordered(segs: list[_Segment], tunnels: dict[str, set[int]]) -> list[_Segment
         crossing = [o for o in outer if o is not sent[0] and (o.first_packet().saddr, o.first_packet().daddr)  # type: ignore[union-attr]
                     == (first.saddr, first.daddr)]
         received = [o for o in crossing if "input" in o.hooks()
-                    and (following is None or o.watched.ns == following.watched.ns)]
+                    and (following is None or o.watched.ns == _socket_ns(following.watched))]
         out.extend([sent[0]] + [o for o in crossing if o not in received] + received[:1])
     return out
 
@@ -418,7 +446,10 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
          udp_ports: tuple[int, ...]) -> Hop:
     first, last = seg.first_packet(), seg.last_packet()
     name: Callable[[int | None], str | None] = lambda i: links[i].name if i in links else (str(i) if i else None)  # noqa: E731
-    iif = next((name(i) for e, p, i, o in seg.events if p is not None and i), None)
+    # A packet made here (output hook) has no input device; postrouting's "in" is then the device the
+    # packet was last on, for a tunnel's outer packet a device of another namespace: not shown.
+    made_here = "output" in seg.hooks()
+    iif = None if made_here else next((name(i) for e, p, i, o in seg.events if p is not None and i), None)
     oif = next((name(o) for e, p, i, o in reversed(seg.events) if p is not None and o), None)
     hop = Hop(where=seg.watched.label + (" (outer packet)" if seg.outer else ""), outer=seg.outer,
               packet=first.describe() if first else "", iif=iif, oif=oif)
@@ -431,6 +462,7 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
             hop.steps.append(Step("encap", f"flannel udp, outer udp {first.saddr}:{first.sport} → "
                                            f"{first.daddr}:{first.dport}"))
     for e, packet, i, o in seg.events:
+        i = None if made_here else i
         if e.table.startswith(nftrace.TABLE_PREFIX):
             if e.kind == "policy":
                 devices = " ".join(x for x in (f"in {name(i)}" if i else "", f"out {name(o)}" if o else "") if x)
@@ -449,7 +481,11 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
             hop.steps.append(Step(kind, f"{e.table} {e.chain}: policy {(e.verdict or '').upper()}"))
     host_bridges = seg.watched.host.bridges if seg.watched.host and seg.watched.container is None else ()
     bridge = next((b for b in host_bridges if b.name == iif == oif), None)
-    if bridge is not None and not seg.outer:
+    overlay = seg.watched.overlay
+    if overlay is not None and not seg.outer:
+        hop.steps[:0] = _overlay_steps(topology, overlay, first, last, iif, oif)
+        bridge = None  # the overlay's br0, not one of the host's
+    elif bridge is not None and not seg.outer:
         hop.steps.insert(0, Step("bridge", f"bridged by {bridge.name} (iif and oif are the bridge: "
                                            "L2 between two of its ports, seen through br_netfilter)"))
     if first and last and not seg.outer:
@@ -461,7 +497,8 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
             hop.steps.append(Step("nat", f"SNAT {_hostport(first.saddr, first.sport)} → "
                                          f"{_hostport(last.saddr, last.sport)}"))
     local = "output" in seg.hooks()
-    routed = not seg.watched.switch and bridge is None and "input" not in seg.hooks() and iif != "lo"
+    routed = (not seg.watched.switch and bridge is None and overlay is None and "input" not in seg.hooks()
+              and iif != "lo")
     if not seg.outer and last is not None and (local or (iif and routed)):
         # routing comes after DNAT (prerouting) and before SNAT (postrouting)
         choice = snapshot.route_get(seg.watched.ns, IPv4Address(last.daddr), IPv4Address(first.saddr),  # type: ignore[union-attr]
@@ -469,8 +506,42 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
         hop.steps.insert(0, Step("route", _route_text(choice)))
     if "input" in seg.hooks() and not seg.outer:
         hop.steps.append(Step("deliver", f"delivered to {seg.watched.label}'s own stack"))
-    hop.nodes = _nodes(topology, seg.watched, iif, oif)
+    hop.nodes = _nodes(topology, seg.watched, iif, oif, first, last)
     return hop
+
+
+def _overlay_steps(topology: Topology, overlay: Overlay, first: Packet | None, last: Packet | None,
+                   iif: str | None, oif: str | None) -> list[Step]:
+    """How the overlay's namespace passed the probe on, from its kernel state: the bridge, and which of
+    its ports: a local container's veth, or vxlan0 to the VTEP its forwarding entry names."""
+    t = overlay.vxlan
+    steps = [Step("bridge", f"bridged by {overlay.bridge} in overlay {overlay.network}'s namespace (iif and oif "
+                            f"are {iif or '?'}: L2 between two of its ports, seen through br_netfilter)")]
+    if first is not None and (vtep := _remote_peer(overlay, first.saddr)) is not None:
+        steps.insert(0, Step("encap", f"came in by {t.name}: VXLAN VNI {t.vni} from VTEP {vtep}"
+                                      f"{_host_named(topology, vtep)}, decapsulated into {overlay.bridge}"))
+    if last is None:
+        return steps
+    peer = next((p for p in overlay.peers if p.address == last.daddr), None)
+    port = next((p for p in overlay.ports if p.address and p.address.split("/")[0] == last.daddr), None)
+    if peer is not None:
+        steps.append(Step("encap", f"{overlay.bridge} → {t.name}: {last.daddr} is {peer.mac} (permanent neighbour), "
+                                   f"fdb {peer.mac} dst {peer.vtep}{_host_named(topology, peer.vtep)}: VXLAN VNI "
+                                   f"{t.vni}, UDP {t.port}, from {t.local or '?'} over {t.underlay or '?'}"))
+    elif port is not None:
+        steps.append(Step("bridge", f"{overlay.bridge} → {port.name} ⇄ {port.container}:{port.ifname} "
+                                    f"({port.mac})"))
+    else:
+        steps.append(Step("bridge", f"{last.daddr} is neither a local endpoint nor a remote one of overlay "
+                                    f"{overlay.network} as collected (no port, neighbour or fdb entry for it)"))
+    return steps
+
+
+def _host_named(topology: Topology, address: str) -> str:
+    for host in topology.hosts:
+        if any(a.split("/")[0] == address for i in host.interfaces for a in i.addresses):
+            return f" ({host.name})"
+    return ""
 
 
 def _hostport(address: str, port: int | None) -> str:
@@ -493,11 +564,20 @@ def _who(topology: Topology, address: str) -> str | None:
     return None
 
 
-def _nodes(topology: Topology, w: Watched, iif: str | None, oif: str | None) -> list[str]:
+def _nodes(topology: Topology, w: Watched, iif: str | None, oif: str | None, first: Packet | None = None,
+           last: Packet | None = None) -> list[str]:
     if w.switch and topology.underlay:
         return [node_id("switch", topology.underlay.bridge)]
     if w.container is not None and w.host is not None:
         return [node_id("container", w.host.name, w.container.name)]
+    if w.overlay is not None and w.host is not None:
+        _, bridge_id, vxlan_id = overlay_ids(w.host.name, w.overlay)
+        out = [bridge_id]
+        if first is not None and _remote_peer(w.overlay, first.saddr):
+            out.insert(0, vxlan_id)
+        if last is not None and _remote_peer(w.overlay, last.daddr):
+            out.append(vxlan_id)
+        return out
     host = w.host
     if host is None:
         return []
