@@ -6,9 +6,11 @@ in the engine's mount table (``/proc/<pid>/mountinfo``): an nsfs mount whose fil
 first 12 characters of an overlay network's id, in a directory named ``overlay`` (libnetwork's and
 muslind's layout). It is opened through ``/proc/<pid>/root``, so an engine in a mount namespace of its
 own is read as well. Engines sharing a mount namespace (the tests', a lab's) see each other's pins of
-the same network: the engine's own is the one whose vxlan sends from an address of the engine's host. In that namespace: the bridge and its ports, the vxlan (VNI, port, local
-address; its underlay device is the host's, named by the vxlan's IFLA_VXLAN_LINK in the host's
-namespace), and the remote endpoints from the vxlan's forwarding entries and permanent neighbours.
+the same network: the engine's own is the one whose vxlan sends from an address of the engine's host.
+
+Read in that namespace: the bridge and its ports, the vxlan (VNI, port, local address; its underlay
+device is the host's, named by the vxlan's IFLA_VXLAN_LINK in the host's namespace), and the remote
+endpoints from the vxlan's forwarding entries and permanent neighbours.
 """
 
 from __future__ import annotations
@@ -47,15 +49,20 @@ def pinned_namespaces(pid: int) -> dict[str, list[str]]:
         text = Path(f"/proc/{pid}/mountinfo").read_text()
     except OSError:
         return {}
+    return pins_in(text, f"/proc/{pid}/root")
+
+
+def pins_in(mountinfo: str, root: str) -> dict[str, list[str]]:
+    """The overlay pins of a mount table: nsfs mounts in a directory named ``overlay``, under ``root``."""
     found: dict[str, list[str]] = {}
-    for line in text.splitlines():
+    for line in mountinfo.splitlines():
         before, sep, after = line.partition(" - ")
         fields = before.split()
         if not sep or len(fields) < 5 or after.split()[:1] != ["nsfs"]:
             continue
         mount_point = Path(_unescape(fields[4]))
         if mount_point.parent.name == PIN_DIRECTORY:
-            found.setdefault(mount_point.name, []).append(f"/proc/{pid}/root{mount_point}")
+            found.setdefault(mount_point.name, []).append(f"{root}{mount_point}")
     return found
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from muslin.kernel import nftrace
 from muslin.kernel.nftrace import Packet, Probe, TraceEvent
-from muslin.observe import render_svg, render_text, trace
+from muslin.observe import overlays, render_svg, render_text, trace
 from muslin.observe.model import (
     Bridge,
     Container,
@@ -19,6 +19,9 @@ from muslin.observe.model import (
     FdbPeer,
     Host,
     Interface,
+    Overlay,
+    OverlayPeer,
+    OverlayPort,
     Route,
     Topology,
     Tunnel,
@@ -148,3 +151,87 @@ def test_text_tree() -> None:
     assert "├── tunnel flannel.1 vxlan VNI 1 UDP 8472 local 192.168.255.154 via eth0" in text
     assert "│   └── fdb 02:00:00:00:00:02 → 192.168.255.155" in text
     assert "        └── eth0 172.21.1.2/24 02:42:ac:15:01:02 [bridge]  veth ⇄ veth0 on muslin0" in text
+
+
+def test_overlay_pins_are_read_from_the_engines_mount_table() -> None:
+    mountinfo = "\n".join([
+        "45 42 0:4 net:[4026532316] /run/netns/node1 rw shared:4 - nsfs nsfs rw",
+        "50 48 0:4 net:[4026532541] /tmp/e1/run/overlay/228cf633885a rw shared:9 - nsfs nsfs rw",
+        "51 49 0:4 net:[4026532529] /tmp/e\\0402/run/overlay/228cf633885a rw shared:10 - nsfs nsfs rw",
+        "52 49 0:40 / /tmp/e1/run/overlay rw shared:11 - tmpfs tmpfs rw",
+        "53 52 0:4 net:[4026532671] /tmp/e1/run/netns/4d898a060369 rw shared:12 - nsfs nsfs rw",
+    ])
+    assert overlays.pins_in(mountinfo, "/proc/7/root") == {
+        "228cf633885a": ["/proc/7/root/tmp/e1/run/overlay/228cf633885a", "/proc/7/root/tmp/e 2/run/overlay/228cf633885a"]}
+
+
+def overlay_hosts() -> Topology:
+    """Two hosts sharing overlay ov1: a1 (10.0.9.2) on node1, b2 (10.0.9.3) on node2."""
+    def host(n: int, other: int) -> Host:
+        me, them = f"192.168.255.{153 + n}", f"192.168.255.{153 + other}"
+        name = "a1" if n == 1 else "b2"
+        mine, theirs = f"10.0.9.{1 + n}", f"10.0.9.{1 + other}"
+        ov = Overlay("ov1", "228cf633885a" + "0" * 52, f"/tmp/e{n}/run/overlay/228cf633885a", "10.0.9.0/24", "br0", 1450,
+                     Tunnel("vxlan0", "vxlan", (), 1450, 4096, 4789, me, "eth0", (FdbPeer(f"02:42:0a:00:09:0{1 + other}", them),)),
+                     ports=(OverlayPort("veth1", name, "eth0", f"{mine}/24", f"02:42:0a:00:09:0{1 + n}"),),
+                     peers=(OverlayPeer(them, f"02:42:0a:00:09:0{1 + other}", theirs),))
+        return Host(
+            name=f"node{n}", netns=f"/run/netns/lab-node{n}", docker_host=None,
+            interfaces=(Interface("eth0", (f"{me}/24",), "aa:bb:cc:dd:ee:0" + str(n), 1500),),
+            bridges=(Bridge("docker_gwbridge", ("172.18.0.1/16",), 1500, "docker_gwbridge", ("veth2",)),),
+            containers=(Container("c" * 64, name, "ov1", 100 + n, (
+                Endpoint("ov1", "overlay", "eth0", f"{mine}/24", f"02:42:0a:00:09:0{1 + n}", None, "veth", "veth1", None,
+                         overlay="ov1"),
+                Endpoint("docker_gwbridge", "bridge", "eth1", "172.18.0.2/16", "02:42:ac:12:00:02", "172.18.0.1",
+                         "veth", "veth2", "docker_gwbridge"))),),
+            overlays=(ov,))
+    return Topology(hosts=(host(1, 2), host(2, 1)))
+
+
+def test_overlay_text_and_drawing() -> None:
+    topology = overlay_hosts()
+    text = render_text.render(topology)
+    assert "├── overlay ov1 10.0.9.0/24 (network 228cf633885a, netns /tmp/e1/run/overlay/228cf633885a)" in text
+    assert "│   │   ├── veth1 ⇄ a1:eth0 10.0.9.2/24 02:42:0a:00:09:02" in text
+    assert "│   ├── vxlan vxlan0 VNI 4096 UDP 4789 local 192.168.255.154 (socket on node1's eth0) mtu 1450" in text
+    assert "│   │   └── 192.168.255.155 (node2): 02:42:0a:00:09:03 10.0.9.3" in text
+    assert "│       └── a1:eth1 172.18.0.2/16 ⇄ veth2 on docker_gwbridge" in text
+    dot = render_svg.to_dot(topology)
+    assert 'subgraph "cluster_overlay/node1/ov1"' in dot
+    assert '"container/node1/a1" -> "bridge/node1/ov1/br0"' in dot
+    assert '"bridge/node1/ov1/br0" -> "tunnel/node1/ov1/vxlan0"' in dot
+    assert '"tunnel/node1/ov1/vxlan0" -> "iface/node1/eth0"' in dot
+    # one edge between the two hosts' vxlans of the network, not one per direction
+    assert dot.count('label="overlay ov1: VNI 4096 UDP 4789"') == 1
+
+
+def test_overlay_passages_in_path_order() -> None:
+    """a1 → b2 over ov1: both overlay namespaces bridge the probe at the same TTL; the sender's comes
+    first, and the outer packets go between them, sent and received by the hosts (the vxlan's socket)."""
+    topology = overlay_hosts()
+    n1, n2 = topology.hosts
+    t = "muslin-trace-1-7"
+    a = trace.Watched("/proc/101/ns/net", "a1", n1, n1.containers[0])
+    b = trace.Watched("/proc/102/ns/net", "b2", n2, n2.containers[0])
+    ov1, ov2 = (trace.Watched(h.overlays[0].netns, f"overlay ov1 on {h.name}", h, None, overlay=h.overlays[0])
+                for h in (n1, n2))
+    h1, h2 = (trace.Watched(h.netns, h.name, h, None) for h in (n1, n2))
+    probe = _pkt(64, saddr="10.0.9.2", daddr="10.0.9.3")
+    outer = _pkt(64, 17, "192.168.255.154", "192.168.255.155")
+    events = {
+        b.ns: _events(t, [("prerouting", probe, 2, None), ("input", probe, 2, None)]),
+        ov2.ns: _events(t, [("prerouting", probe, 2, None), ("forward", probe, 2, 2), ("postrouting", probe, 2, 2)]),
+        h2.ns: _events(t, [("prerouting", outer, 2, None), ("input", outer, 2, None)]),
+        h1.ns: _events(t, [("output", outer, None, 2), ("postrouting", outer, 3, 2)]),
+        ov1.ns: _events(t, [("prerouting", probe, 2, None), ("forward", probe, 2, 2), ("postrouting", probe, 2, 2)]),
+        a.ns: _events(t, [("output", probe, None, 2), ("postrouting", probe, None, 2)]),
+    }
+    segs = trace.segments([h2, ov2, b, h1, ov1, a], events, "icmp", 7)
+    order = [(s.watched.label, s.outer) for s in trace.ordered(segs, {})]
+    assert order == [("a1", False), ("overlay ov1 on node1", False), ("node1", True), ("node2", True),
+                     ("overlay ov1 on node2", False), ("b2", False)]
+    steps = trace._overlay_steps(topology, n1.overlays[0], probe, probe, "br0", "br0")
+    assert steps[-1].kind == "encap" and "fdb 02:42:0a:00:09:03 dst 192.168.255.155 (node2)" in steps[-1].text
+    arriving = trace._overlay_steps(topology, n2.overlays[0], probe, probe, "br0", "br0")
+    assert arriving[0].text.startswith("came in by vxlan0: VXLAN VNI 4096 from VTEP 192.168.255.154 (node1)")
+    assert arriving[-1].text == "br0 → veth1 ⇄ b2:eth0 (02:42:0a:00:09:03)"
