@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.lab import Lab, LabError
+from muslin.lab.rig import wait_for
+from muslin.lab.views import host_specs, lab_topology
+from muslin.observe import trace
 
 from ..conftest import unique
 
@@ -152,3 +156,21 @@ def test_overlay_network_across_the_engines(lab: Lab) -> None:
     for expected in ("hello from web1 on node1", " 0% packet loss"):
         assert expected in text, expected
     assert lab.status() == 0
+    # what `muslin lab topo` and `lab trace` see of it: each node's ov1 namespace, and a probe across
+    lab.run(node2, "docker", "run", "-d", "--name", "c2", "--network", "ov1", "busybox", "sleep", "600")
+    web1_ip = lab.run(node1, "docker", "inspect", "-f", "{{.NetworkSettings.Networks.ov1.IPAddress}}",
+                      "web1").stdout.strip()
+    wait_for(lambda: any(p.address == web1_ip for p in lab_topology(lab).host("node2").overlays[0].peers), 10,
+             "web1 among node2's remote endpoints")
+    seen = lab_topology(lab)
+    for host, local in ((seen.host("node1"), "web1"), (seen.host("node2"), "c2")):
+        (ov,) = host.overlays
+        assert ov.id == net_id and ov.vxlan.vni and ov.vxlan.local == (node1 if local == "web1" else node2).address
+        assert [p.container for p in ov.ports] == [local]
+    switch = (netns.path_for(topology.switch_name(lab.prefix)), topology.SWITCH_BRIDGE)
+    source, target = "c2", "web1"
+    result = trace.run(host_specs(lab), source, target, "tcp", 80, underlay=switch)
+    assert result.arrived, trace.render_text(result)
+    assert [h.where for h in result.hops] == ["c2", "overlay ov1 on node2", "node2 (outer packet)",
+                                              "underlay switch (outer packet)", "node1 (outer packet)",
+                                              "overlay ov1 on node1", "web1"], trace.render_text(result)
