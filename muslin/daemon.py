@@ -13,7 +13,7 @@ import sys
 from ipaddress import IPv4Interface
 from pathlib import Path
 
-from muslin import __version__, listeners
+from muslin import __version__, daemon_json, listeners
 from muslin.api.app import build_server
 from muslin.engine.cluster_store import parse_cluster_config
 from muslin.engine.config import DaemonConfig, parse_bool
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-store-opt", action="append", default=[],
                    help="kv.cacertfile=, kv.certfile=, kv.keyfile= (TLS to etcd), discovery.ttl=, "
                         "discovery.heartbeat= (the engine's lease); repeatable")
+    p.add_argument("--config-file", type=Path, default=None,
+                   help=f"dockerd's daemon.json, muslind's keys (default {daemon_json.DEFAULT_PATH}, if present)")
     p.add_argument("-D", "--debug", action="store_true")
     p.add_argument("-v", "--version", action="version", version=f"muslind {__version__}")
     return p
@@ -168,7 +170,15 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        daemon_json.merge(args, daemon_json.given_flags(parser, args, argv),
+                          args.config_file or daemon_json.DEFAULT_PATH, args.config_file is not None, parse_bip)
+    except daemon_json.ConfigFileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s muslind %(levelname)s %(message)s")
     try:

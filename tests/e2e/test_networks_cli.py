@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import docker as docker_sdk
 import pytest
+
+from muslin.kernel import netns
+
+from .conftest import MUSLIND
 
 pytestmark = pytest.mark.root
 
@@ -182,3 +187,26 @@ def test_flannel_subnet_file_sets_the_default_bridge(daemon_factory, tmp_path) -
     assert net["Options"]["com.docker.network.bridge.enable_ip_masquerade"] == "false"
     out = d.docker("run", "--rm", "busybox", "ifconfig", "eth0").stdout
     assert "inet addr:172.21.55.2" in out and "MTU:1472" in out and "HWaddr 02:42:AC:15:37:02" in out
+
+
+def test_daemon_json_sets_the_flags_and_a_conflict_stops_the_start(daemon_factory, tmp_path) -> None:
+    """dockerd's daemon.json keys through --config-file; a key also given as a flag: no start, nothing made."""
+    config = tmp_path / "daemon.json"
+    config.write_text(json.dumps({"bip": "172.21.32.1/24", "ip-masq": False, "mtu": 1472, "debug": True}))
+    d = daemon_factory("--config-file", str(config))
+    (net,) = json.loads(d.docker("network", "inspect", "bridge").stdout)
+    assert net["IPAM"]["Config"] == [{"Subnet": "172.21.32.0/24", "Gateway": "172.21.32.1"}]
+    link = d.sh("ip", "addr", "show", "muslin0")
+    assert "inet 172.21.32.1/24" in link and "mtu 1472" in link
+    assert " DEBUG " in d.log()
+
+    data_root = tmp_path / "refused-data"
+    config.write_text(json.dumps({"mtu": 1400, "data-root": str(data_root)}))
+    proc = subprocess.run(["nsenter", f"--net={netns.path_for(d.ns)}", MUSLIND, "--config-file", str(config),
+                           "--mtu", "1450", "-H", f"unix://{tmp_path / 'refused.sock'}"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"unable to configure the Docker daemon with file {config}: the following directives are "
+                           "specified both as a flag and in the configuration file: mtu: (from flag: 1450, from file: "
+                           "1400)\n")
+    assert not data_root.exists() and not (tmp_path / "refused.sock").exists()
