@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mtu", type=int, default=None, help="default bridge MTU (1500)")
     p.add_argument("--ip-masq", default=None, **flag)
     p.add_argument("--iptables", default=True, **flag)
+    p.add_argument("--firewall-backend", default="",
+                   help="iptables (default) or nftables: how the host's rules are written (--iptables still "
+                        "says whether they are)")
     p.add_argument("--ip-forward", default=True, **flag)
     p.add_argument("--icc", default=True, **flag)
     p.add_argument("--ip", dest="default_bind_ip", default="0.0.0.0", help="default host IP for published ports")
@@ -106,6 +109,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             masq = not parse_bool(env.get("FLANNEL_IPMASQ", "false"))
     if mtu is not None and not 68 <= mtu <= 65535:
         raise SystemExit(f"muslind: invalid --mtu {mtu}: it must be between 68 and 65535")
+    if args.firewall_backend not in ("", "iptables", "nftables"):
+        raise SystemExit('muslind: invalid firewall-backend: allowed values are "iptables" and "nftables"')
     cluster = None
     if args.cluster_store:
         try:
@@ -116,7 +121,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         raise SystemExit("muslind: --cluster-advertise and --cluster-store-opt need --cluster-store")
     return DaemonConfig(data_root=Path(args.data_root), exec_root=Path(args.exec_root),
                         bridge_name=args.bridge_name, bip=bip, mtu=mtu or 1500, ip_masq=True if masq is None else masq,
-                        iptables=args.iptables, ip_forward=args.ip_forward, icc=args.icc,
+                        iptables=args.iptables, firewall_backend=args.firewall_backend or "iptables",
+                        ip_forward=args.ip_forward, icc=args.icc,
                         default_bind_ip=args.default_bind_ip, cluster=cluster)
 
 

@@ -22,9 +22,10 @@ from .containers import ContainerService
 from .dns_service import DNSService
 from .execs import ExecService
 from .files import FileService
-from .firewall import IptablesFirewall
+from .firewall import Firewall, IptablesFirewall
 from .guard import FirewallGuard
 from .networks import NetworkService
+from .nft_firewall import NftablesFirewall
 from .store import Store
 from .volumes import VolumeService
 
@@ -32,6 +33,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DATA_ROOT_MODE = 0o710
 EXEC_ROOT_MODE = 0o700
+
+
+def open_firewall(config: DaemonConfig) -> Firewall | None:
+    """The host firewall of ``--firewall-backend``, none with ``--iptables=false`` (as dockerd, that
+    flag covers both backends)."""
+    if not config.iptables:
+        return None
+    if config.firewall_backend == "nftables":
+        return NftablesFirewall()
+    return IptablesFirewall()
 
 
 class Engine:
@@ -43,7 +54,7 @@ class Engine:
             root.mkdir(parents=True, exist_ok=True)
             root.chmod(mode)
         self.store = Store(config.data_root)
-        self.firewall = IptablesFirewall() if config.iptables else None
+        self.firewall = open_firewall(config)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.networks = NetworkService(self.store, config, self.firewall, self._worker.submit)
         self.images = ImageStore(config.data_root / "images")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
-from muslin.kernel import iptables, netns, nfhandles
+from muslin.kernel import iptables, libnftables, netns, nfhandles
 
 # (table, chain, rule spec without "-A CHAIN", position): "first" inserts at the top of the chain,
 # "append" adds at the end, and the "head" rules of a chain are kept as its very first rules, in the
@@ -25,6 +25,9 @@ OWN_CHAINS: dict[str, list[str]] = {
     "nat": ["MUSLIN"],
     "filter": ["MUSLIN", "MUSLIN-USER", "MUSLIN-FORWARD", "MUSLIN-ISOLATION-STAGE-1", "MUSLIN-ISOLATION-STAGE-2"],
 }
+
+# The nftables backend's table (``nft_ruleset``), which the iptables backend removes when it finds one.
+NFTABLES_TABLE = ("ip", "muslin")
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,11 @@ class IptablesFirewall:
         self._remove([r for p in ports for r in port_rules(p)])
 
     def remove_legacy_rules(self, networks: list[BridgeSpec]) -> None:
+        """Rules of older layouts, and the nftables backend's table (muslind ran with
+        --firewall-backend nftables before this start)."""
         self._remove(legacy_rules(networks))
+        if libnftables.available():
+            libnftables.delete_table(*NFTABLES_TABLE)
 
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int:
         """Put back whatever rule of these networks and ports is missing or out of place, in one
