@@ -13,6 +13,8 @@ while read -r tool package; do
         || need_apt+=("$package")
 done < tools
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# the library muslind's nftables firewall backend calls in process (nft depends on it too)
+/sbin/ldconfig -p | grep -q 'libnftables\.so\.1 ' || need_apt+=(libnftables1)
 # the font the topology drawings are set in (muslin topo --format svg, the lab ui)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from muslin.engine.firewall import BridgeSpec, IptablesFirewall, PortSpec
+from muslin.engine.nft_firewall import NftablesFirewall
 from muslin.kernel import iptables, netns
 
 pytestmark = pytest.mark.root
@@ -15,9 +16,10 @@ PORT = PortSpec(bridge="br-intact", proto="tcp", host_ip="", host_port=8080,
                 container_ip=IPv4Address("10.91.0.2"), container_port=80)
 
 
-def test_own_commits_keep_the_rules_known_complete_a_foreign_one_does_not(host_ns) -> None:
+@pytest.mark.parametrize("backend", [IptablesFirewall, NftablesFirewall])
+def test_own_commits_keep_the_rules_known_complete_a_foreign_one_does_not(host_ns, backend) -> None:
     with netns.entered(host_ns):
-        firewall = IptablesFirewall()
+        firewall = backend()
         try:
             assert not firewall.intact()  # never checked yet
             firewall.ensure([], [])
