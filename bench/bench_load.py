@@ -5,8 +5,12 @@ both daemons (requirements 4 and 5).
 
 Run: flock -o /tmp/muslin-refdocker.lock .venv/bin/python bench/bench_load.py \
          [--networks 200 --containers 1000 --ports 500] [--rounds 10] [--budget 2400] [--only muslind|docker]
+         [--firewall-backend iptables|nftables|both]
 (root; everything inside namespaces, everything removed after; the full load takes a while on 2 cores:
 use e.g. --networks 20 --containers 100 --ports 50 for a quick run)
+
+``--firewall-backend both`` loads muslind once and times it with each backend, restarting it on the
+same data root in between (a restart with the other backend swaps the rules; the containers run on).
 
 Loading goes through the Docker SDK with a few clients at once (it is set-up, not what is measured)
 and stops when its share of ``--budget`` runs out: the load reached is printed with the figures.
@@ -93,7 +97,7 @@ OPERATIONS = {
 }
 
 
-def time_operations(host: str, rounds: int, figures: Figures, label: str) -> None:
+def time_operations(host: str, rounds: int, figures: Figures, label: str, note: str = "") -> None:
     for name, op in OPERATIONS.items():
         op(host)  # warm up (images, caches, the first network's rules)
         times = []
@@ -102,7 +106,7 @@ def time_operations(host: str, rounds: int, figures: Figures, label: str) -> Non
             op(host)
             times.append(time.perf_counter() - t0)
         figures.ops.setdefault(name, {})[label] = statistics.median(times)
-        print(f"  {label:6s} {name:24s} {statistics.median(times) * 1000:8.1f} ms", flush=True)
+        print(f"  {label:6s} {name:24s} {statistics.median(times) * 1000:8.1f} ms {note}", flush=True)
 
 
 # -- loading ----------------------------------------------------------------------------------------------
@@ -194,7 +198,8 @@ def memory_line(daemons: list[int], shims: list[int]) -> str:
 class Muslind:
     """muslind in a namespace of its own, restartable on the same data root."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
         self.ns = bench_namespace()
         self.root = Path(tempfile.mkdtemp(prefix="muslin-bench-"))
         self.host = f"unix://{self.root / 'docker.sock'}"
@@ -207,7 +212,8 @@ class Muslind:
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             ["nsenter", f"--net={netns.path_for(self.ns)}", str(Path(sys.executable).with_name("muslind")),
-             "-H", self.host, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "run")],
+             "-H", self.host, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "run"),
+             "--firewall-backend", self.backend],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "muslind.log", "ab"))  # noqa: SIM115
         while time.perf_counter() - t0 < START_SECONDS:
             if self.proc.poll() is not None:
@@ -284,23 +290,40 @@ def docker_pids() -> tuple[list[int], list[int]]:
 
 
 # -- the bench --------------------------------------------------------------------------------------------
-def bench_muslind(want: Load, rounds: int, budget: float, restart: bool) -> Figures:
-    figures = Figures()
+def bench_muslind(want: Load, rounds: int, budget: float, restart: bool, backends: list[str]) -> dict[str, Figures]:
+    """Figures per firewall backend: the empty engine timed with each, loaded once, then timed loaded
+    with each (a restart switches backend); the restart figure is a plain restart, at the end, of the
+    backend then running."""
+    figures = {backend: Figures() for backend in backends}
     print("muslind", flush=True)
-    with Muslind().running() as m:
-        time_operations(m.host, rounds, figures, "empty")
+    with Muslind(backends[0]).running() as m:
+
+        def switch(backend: str) -> None:
+            if m.backend != backend:
+                m.stop()
+                m.backend = backend
+                print(f"  restarted with --firewall-backend {backend} in {m.start():.2f} s", flush=True)
+
+        for backend in backends:
+            switch(backend)
+            time_operations(m.host, rounds, figures[backend], "empty", backend)
         t0 = time.monotonic()
-        figures.reached = load(m.host, want, t0 + budget)
-        figures.load_seconds = time.monotonic() - t0
-        print(f"  load {figures.reached} in {figures.load_seconds:.0f} s", flush=True)
-        daemon, shims = m.pids()
-        figures.memory["loaded"] = memory_line(daemon, shims)
-        time_operations(m.host, rounds, figures, "loaded")
+        reached = load(m.host, want, t0 + budget)
+        load_seconds = time.monotonic() - t0
+        print(f"  load {reached} in {load_seconds:.0f} s", flush=True)
+        for backend in reversed(backends):
+            f = figures[backend]
+            f.reached, f.load_seconds = reached, load_seconds
+            switch(backend)
+            daemon, shims = m.pids()
+            f.memory["loaded"] = memory_line(daemon, shims)
+            time_operations(m.host, rounds, f, "loaded", backend)
+        last = figures[m.backend]
         if restart:
             m.stop()
-            figures.restart_seconds = m.start()
-            print(f"  restart {figures.restart_seconds:.2f} s", flush=True)
-            time_operations(m.host, 1, figures, "after restart")
+            last.restart_seconds = m.start()
+            print(f"  restart {last.restart_seconds:.2f} s", flush=True)
+            time_operations(m.host, 1, last, "after restart")
     return figures
 
 
@@ -360,11 +383,18 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds of loading per daemon, at most")
     parser.add_argument("--only", choices=("muslind", "docker"), help="one daemon (the other's column stays empty)")
     parser.add_argument("--no-restart", action="store_true", help="skip timing muslind's restart")
+    parser.add_argument("--firewall-backend", choices=("iptables", "nftables", "both"), default="iptables",
+                        help="muslind's --firewall-backend; both: one load, timed with each")
     args = parser.parse_args()
     want = Load(args.networks, args.containers, min(args.ports, args.containers))
-    ours = None if args.only == "docker" else bench_muslind(want, args.rounds, args.budget, not args.no_restart)
+    backends = ["iptables", "nftables"] if args.firewall_backend == "both" else [args.firewall_backend]
+    ours = {} if args.only == "docker" else bench_muslind(want, args.rounds, args.budget, not args.no_restart, backends)
     ref = None if args.only == "muslind" else bench_docker(want, args.rounds, args.budget)
-    print_table(ours, ref)
+    if not ours:
+        print_table(None, ref)
+    for backend, figures in ours.items():
+        print(f"\n== muslind --firewall-backend {backend}")
+        print_table(figures, ref)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from muslin.errors import EngineError
+from muslin.kernel import libnftables
 from muslin.runtime import ImageStore, Runtime
 
 from .config import DaemonConfig
@@ -41,7 +43,10 @@ def open_firewall(config: DaemonConfig) -> Firewall | None:
     if not config.iptables:
         return None
     if config.firewall_backend == "nftables":
-        return NftablesFirewall()
+        try:
+            return NftablesFirewall()
+        except libnftables.Unavailable as exc:  # refused at start, as dockerd's "Failed to find nft tool"
+            raise EngineError(f"firewall-backend is set to nftables: {exc}") from None
     return IptablesFirewall()
 
 
