@@ -82,23 +82,23 @@ SETS: dict[str, NamedSet] = {s.name: s for s in (
 @dataclass(frozen=True)
 class Chain:
     name: str
-    hook: str  # "" for a regular chain
+    hook: tuple[str, str, str] | None  # (type, hook, priority) of a base chain; None: a regular chain
     rules: tuple[tuple[str, str], ...]  # (comment, rule): the comment names the rule in listings
 
     def declaration(self) -> str:
-        if not self.hook:
+        if self.hook is None:
             return f"add chain {QUALIFIED} {self.name}"
-        kind, hook, priority = self.hook.split()
+        kind, hook, priority = self.hook
         return (f"add chain {QUALIFIED} {self.name} "
                 f"{{ type {kind} hook {hook} priority {priority}; policy accept; }}")
 
 
 CHAINS: dict[str, Chain] = {c.name: c for c in (
-    Chain(NO_ICC_CHAIN, "", (
+    Chain(NO_ICC_CHAIN, None, (
         ("replies", "ct state established,related accept"),
         ("icc off", "drop"),
     )),
-    Chain("forward", "filter forward filter", (
+    Chain("forward", ("filter", "forward", "filter"), (
         ("user rules", f"jump {USER_CHAIN}"),
         ("internal: nothing in", "oifname @internal-bridges oifname . ip saddr != @internal-subnets drop"),
         ("internal: nothing out", "iifname @internal-bridges iifname . ip daddr != @internal-subnets drop"),
@@ -108,17 +108,18 @@ CHAINS: dict[str, Chain] = {c.name: c for c in (
         ("published ports", "oifname . ip daddr . meta l4proto . th dport @published-ports accept"),
         ("egress", "iifname @bridges accept"),
     )),
-    Chain("published", "", (
+    Chain("published", None, (
         ("to one host address", "dnat ip to ip daddr . meta l4proto . th dport map @dnat-by-address"),
         ("to any host address", "dnat ip to meta l4proto . th dport map @dnat-any-address"),
     )),
-    Chain("prerouting", "nat prerouting dstnat", (
+    Chain("prerouting", ("nat", "prerouting", "dstnat"), (
         ("host addresses", "fib daddr type local jump published"),
     )),
-    Chain("output", "nat output -100", (
+    # "dstnat" names -100 at prerouting only; output's NAT runs at the same priority.
+    Chain("output", ("nat", "output", "-100"), (
         ("host addresses", "fib daddr type local jump published"),
     )),
-    Chain("postrouting", "nat postrouting srcnat", (
+    Chain("postrouting", ("nat", "postrouting", "srcnat"), (
         ("hairpin", "ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade"),
         ("loopback to published ports", "oifname @bridges fib saddr type local masquerade"),
         ("staying on its bridge", "ip saddr . oifname @masquerade-bridge-subnets return"),
