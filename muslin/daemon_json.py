@@ -109,6 +109,7 @@ def keys(parse_bip: Callable[[str], object]) -> dict[str, Key]:
         "mtu": Key("mtu", _integer),
         "ip-masq": Key("ip_masq", _boolean),
         "iptables": Key("iptables", _boolean),
+        "firewall-backend": Key("firewall_backend", _string),
         "ip-forward": Key("ip_forward", _boolean),
         "icc": Key("icc", _boolean),
         "ip": Key("default_bind_ip", _string),

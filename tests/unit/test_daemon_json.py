@@ -37,7 +37,7 @@ def test_every_key_sets_its_flag(tmp_path: Path) -> None:
         "tlscacert": "/c/ca.pem", "tlscert": "/c/cert.pem", "tlskey": "/c/key.pem", "data-root": "/d",
         "exec-root": "/e", "pidfile": "/p.pid", "bridge": "br9", "bip": "172.21.31.1/24", "mtu": 1450,
         "ip-masq": False, "iptables": False, "ip-forward": False, "icc": False, "ip": "127.0.0.1",
-        "flannel-subnet-file": "/run/flannel/subnet.env", "cluster-store": "etcd://10.0.0.1:2379",
+        "firewall-backend": "nftables", "flannel-subnet-file": "/run/flannel/subnet.env", "cluster-store": "etcd://10.0.0.1:2379",
         "cluster-advertise": "eth0:2376", "cluster-store-opts": {"discovery.ttl": "20s", "kv.cacertfile": "/ca"},
         "debug": True})
     assert args.hosts == [UnixListener("/tmp/a.sock"), TcpListener("127.0.0.1", 2376)]
@@ -46,10 +46,11 @@ def test_every_key_sets_its_flag(tmp_path: Path) -> None:
     assert (args.data_root, args.exec_root, args.pidfile, args.bridge_name) == ("/d", "/e", "/p.pid", "br9")
     assert args.bip == IPv4Interface("172.21.31.1/24") and args.mtu == 1450
     assert (args.ip_masq, args.iptables, args.ip_forward, args.icc) == (False, False, False, False)
+    assert args.firewall_backend == "nftables"
     assert (args.default_bind_ip, args.flannel_subnet_file, args.debug) == ("127.0.0.1", "/run/flannel/subnet.env", True)
     assert (args.cluster_store, args.cluster_advertise) == ("etcd://10.0.0.1:2379", "eth0:2376")
     assert args.cluster_store_opt == ["discovery.ttl=20s", "kv.cacertfile=/ca"]
-    assert len(taken) == 23
+    assert len(taken) == 24
 
 
 def test_flags_and_the_file_combine_when_they_do_not_overlap(tmp_path: Path) -> None:
