@@ -155,6 +155,7 @@ async def serve(args: argparse.Namespace) -> int:
             await server.start_tcp(host.host, host.port, tls)
             log.info("muslind %s listening on tcp://%s:%d (TLS, client certificates verified)", __version__,
                      host.host or "0.0.0.0", host.port)
+    engine.follow_running()
     if args.pidfile:
         Path(args.pidfile).write_text(f"{os.getpid()}\n")
     stop = asyncio.Event()

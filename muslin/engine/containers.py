@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -23,8 +24,8 @@ from typing import Any
 
 from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound, NotModified
 from muslin.kernel import netns
-from muslin.runtime import (Cgroups, ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Runtime,
-                            StartFailed, State, Stream, capabilities, check_sysctls, normalize_capability)
+from muslin.runtime import (Cgroups, ContainerSpec, ExitWaiter, ImageStore, LogEntry, LogFilter, NoSuchContainer, Recovered,
+                            Runtime, StartFailed, State, Stream, capabilities, check_sysctls, normalize_capability)
 
 from . import dns, etcfiles, link_text, resources
 from . import ports as portmod
@@ -124,6 +125,16 @@ class Container:
         doc["links"] = [LegacyLink(**link) for link in doc.get("links", [])]
         doc["mounts"] = [MountPoint(**m) for m in doc.get("mounts", [])]
         return cls(**doc)
+
+
+@dataclass
+class Recovery:
+    """What ``recover`` found at muslind's start, for the steps after it: the containers that kept
+    running while muslind was away (to follow) and those that ran before and are stopped now (what
+    restart policies may start again)."""
+
+    running: list[tuple[Container, Recovered]] = field(default_factory=list)
+    stopped: list[tuple[Container, Recovered]] = field(default_factory=list)
 
 
 def _attachment(net: Network, cfg: EndpointRequest) -> NetworkAttachment:
@@ -830,32 +841,66 @@ class ContainerService:
             self._rewrite_hosts(c)
 
     # -- recovery after a restart of muslind (worker) ---------------------------------------------------
-    def recover(self) -> None:
-        states = {st.id: st for st in self.runtime.recover()}  # one read of every container's state
+    def recover(self) -> Recovery:
+        """Settle what changed while muslind was away (containers that died give back their networking,
+        the runtime's leftovers go) and bind the embedded DNS of those that kept running, before the API
+        answers: a name asked right after the restart is answered. A running container costs a look at
+        its run files and its DNS sockets, nothing more."""
+        found = {r.id: r for r in self.runtime.recover()}  # one look at every container's run files
         containers = self.all()
         known = {c.id for c in containers}
-        for st in states.values():
-            if st.id not in known:  # created by the runtime, but the store never heard of it (a crash)
-                self.runtime.delete(st.id, force=True)
+        for cid in found.keys() - known:  # created by the runtime, but the store never heard of it (a crash)
+            self.runtime.delete(cid, force=True)
+        recovery = Recovery()
         for c in containers:
-            st = states.get(c.id)
-            if st is None:
+            rec = found.get(c.id)
+            if rec is None:
                 log.warning("container %s has no runtime state; removing its record", c.id[:12])
                 self.release_networking(c)
                 with self.store.transaction() as db:
                     self.store.delete_container(db, c.id)
                 continue
-            if st.running:
+            if rec.running:
+                recovery.running.append((c, rec))
                 continue
             if self.store.endpoints(container_id=c.id) or c.published:
                 self.release_networking(c)
-            if c.host_config.get("AutoRemove") and st.status == "exited":
+            if c.host_config.get("AutoRemove") and rec.exited:
                 self._remove(c)
+            elif rec.started_at:
+                recovery.stopped.append((c, rec))
         # Sandboxes of containers the store no longer knows (a crash between steps) are ours to drop.
         if self.sandbox_root.is_dir():
+            named = {cid[:12] for cid in known}  # what create names them
             for entry in self.sandbox_root.iterdir():
-                if not any(cid.startswith(entry.name) for cid in known):
+                if entry.name not in named and not any(cid.startswith(entry.name) for cid in known):
                     netns.remove(str(entry))
+        self._rewire_broken([c for c, _ in recovery.running])
+        for c, _ in recovery.running:
+            self._bind_dns(c)
+        return recovery
+
+    def _rewire_broken(self, running: list[Container]) -> None:
+        """The endpoints of running containers whose veth was deleted (or left its bridge) while muslind
+        was away, wired again with their addresses, and the default route put back: one read of the
+        endpoints and one link dump find them, whatever the number of containers."""
+        by_id = {c.id: c for c in running if c.sandbox}
+        rewired: dict[str, Container] = {}
+        for net, ep in self.networks.broken_endpoints([ep for ep in self.store.endpoints() if ep.container_id in by_id]):
+            c = by_id[ep.container_id]
+            log.warning("endpoint %s of container %s on network %s was broken while muslind was away: wiring it again",
+                        ep.ifname, c.name, net.name)
+            try:
+                assert c.sandbox is not None
+                self.networks.rewire_endpoint(net, ep, c.sandbox)
+                rewired[c.id] = c
+            except Exception:
+                log.exception("could not wire %s of container %s again", ep.ifname, c.name)
+        for c in rewired.values():
+            try:
+                self._follow_gateway(c, self._live_gateway_candidates(c))
+            except Exception:
+                log.exception("could not route container %s again", c.name)
 
     # -- event loop: runs, exits and waits; the worker's part through engine_call -----------------------
     async def run(self, ref: str, by_user: bool = True) -> None:
@@ -992,34 +1037,37 @@ class ContainerService:
             if not fut.done():
                 fut.set_result(code)
 
-    async def follow_running(self) -> None:
-        """After recover(): watch the containers that kept running while muslind was away."""
-        # Published ports that a firewall reload removed while muslind was away came back with every
-        # other rule at start (Engine._start). A thousand containers: one trip to the worker for all
-        # their DNS sockets, and their shims asked for exit watches all at once, not one by one.
-        running = [c for c in self.all() if self.runtime.state(c.id).running]
-        await self.engine_call(lambda: [self._bind_dns(c) for c in running])
-        for c in running:
-            await self._serve_dns(c)
-        watches = await asyncio.gather(*(self.runtime.exit_waiter(c.id) for c in running))
-        for c, watch in zip(running, watches):
-            self._follow(c.id, watch)
-            self._start_health(c)
-        await self._restart_after_daemon_start()
-
-    async def _restart_after_daemon_start(self) -> None:
-        """Start again what dockerd starts when it starts: containers that ran before, stopped now, whose
-        policy says so (always; unless-stopped unless the user stopped it; on-failure after a failure)."""
-        for c in self.all():
-            st = self.state(c)
-            if st.running or not st.started_at:
-                continue
-            if restart_after_daemon_start(RestartPolicy.of(c.host_config), st.exit_code, c.manually_stopped,
+    async def restart_after_daemon_start(self, recovery: Recovery) -> None:
+        """Start again what dockerd starts when it starts, before the API answers as dockerd does:
+        containers that ran before, stopped now, whose policy says so (always; unless-stopped unless the
+        user stopped it; on-failure after a failure). Their health probes begin with the others'."""
+        for c, rec in recovery.stopped:
+            if restart_after_daemon_start(RestartPolicy.of(c.host_config), rec.exit_code, c.manually_stopped,
                                           c.restart_count):
                 try:
                     await self.run(c.id)
                 except Exception as exc:
                     log.warning("could not start container %s again: %s", c.name, exc)
+        for c, rec in recovery.running:
+            self.health.start(c.id, Healthcheck.of(c.config.get("Healthcheck")), rec.started_at,
+                              functools.partial(self._paused, c.id))
+
+    async def follow_running(self, recovery: Recovery) -> None:
+        """Once the API answers: serve the DNS that recover bound and watch the exits of the containers
+        that kept running while muslind was away, their shims asked all at once. A container that a
+        request took over meanwhile (a stop or start follows it itself) is left to that request; one that
+        exited meanwhile is found by its watch, whose shim is gone, and handled as any exit."""
+        upstreams = list(etcfiles.HostResolvConf.read().nameservers)  # the host's, read once for all
+        following = [c for c, _ in recovery.running if c.id not in self._monitors]
+        for c in following:
+            if c.sandbox:
+                await self.embedded_dns.serve(c.id, c.sandbox, c.host_config.get("Dns") or upstreams)
+        watches = await asyncio.gather(*(self.runtime.exit_waiter(c.id) for c in following))
+        for c, watch in zip(following, watches):
+            if c.id in self._monitors:  # taken over while the watches were being opened
+                watch.cancel()
+            else:
+                self._follow(c.id, watch)
 
     # -- the process, as clients drive it (event loop): stop, restart, attach, wait, follow the logs ---
     async def stop(self, ref: str, timeout: float | None = None, sig: int | None = None) -> None:

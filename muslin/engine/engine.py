@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -20,7 +21,7 @@ from muslin.kernel import libnftables
 from muslin.runtime import ImageStore, Runtime
 
 from .config import DaemonConfig
-from .containers import ContainerService
+from .containers import ContainerService, Recovery
 from .dns_service import DNSService
 from .execs import ExecService
 from .files import FileService
@@ -71,22 +72,43 @@ class Engine:
         self.execs = ExecService(self.containers, self.runtime)
         self.files = FileService(self.containers, self.runtime)
         self.guard = FirewallGuard(lambda: self.call(self.restore_firewall)) if self.firewall else None
+        self._recovery: Recovery | None = None
+        self._following: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Everything the API's first answer must reflect: the kernel reconciled, containers that died
+        while muslind was away settled, restart policies applied (as dockerd, before it serves)."""
         self.containers.loop = self.dns.loop = asyncio.get_running_loop()
-        await self.call(self._start)
-        await self.containers.follow_running()
+        t0 = time.perf_counter()
+        self._recovery = await self.call(self._start)
+        await self.containers.restart_after_daemon_start(self._recovery)
         if self.guard:
             self.guard.start()
+        log.info("engine ready in %.2f s (%d containers running, %d stopped)", time.perf_counter() - t0,
+                 len(self._recovery.running), len(self._recovery.stopped))
 
-    def _start(self) -> None:
+    def follow_running(self) -> None:
+        """Once the API answers: watch the exits of the containers that kept running (a shim round trip
+        each, in the background) and serve their DNS."""
+        assert self._recovery is not None
+        self._following = asyncio.ensure_future(self.containers.follow_running(self._recovery))
+        self._recovery = None
+
+    def _start(self) -> Recovery:
+        steps = [time.perf_counter()]
         self.images.ensure_busybox()
         self.networks.start()
-        self.containers.recover()
+        steps.append(time.perf_counter())
+        recovery = self.containers.recover()
+        steps.append(time.perf_counter())
         if self.firewall:
             # Every network's and published port's rules in one transaction (what a reload while muslind
             # was away removed comes back), rather than a read and a write of the ruleset for each.
             self.firewall.ensure(self.networks.firewall_specs(), self.containers.published_port_specs())
+        steps.append(time.perf_counter())
+        log.info("start: networks %.2f s, containers %.2f s, firewall %.2f s",
+                 *(b - a for a, b in zip(steps, steps[1:])))
+        return recovery
 
     def remove_image(self, ref: str, force: bool) -> list[dict[str, str]]:
         """On the worker, so no container can be created from the image between check and removal."""
@@ -107,6 +129,8 @@ class Engine:
         return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
         if self.guard:
             self.guard.close()
         # Queued state changes finish first; the netlink handles close on the thread that opened them

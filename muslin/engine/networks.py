@@ -160,14 +160,15 @@ class NetworkService:
         """Program every network of the store, and remove the links each driver calls its own that the
         store does not know (a create whose rollback failed, or state from an older data root)."""
         nets = self.store.networks()
-        link.reap_retired(self._host.get())
+        links = link.all_links(self._host.get())  # one dump for every driver's check
+        link.reap_retired(self._host.get(), links)
         for driver in self.drivers.values():
-            for name in driver.orphans([n for n in nets if n.driver == driver.name]):
+            for name in driver.orphans([n for n in nets if n.driver == driver.name], links):
                 log.warning("removing orphan %s link %s (no network of ours owns it)", driver.name, name)
                 driver.remove_orphan(name)
         if self.bridge.firewall:
             self.bridge.firewall.remove_legacy_rules(self.firewall_specs())
-        self.bridge.restore_all([n for n in nets if n.driver == "bridge" and n.settings is not None])
+        self.bridge.restore_all([n for n in nets if n.driver == "bridge" and n.settings is not None], links)
         for net in nets:
             if net.scope == "global" and self.global_networks is None:
                 log.warning("global network %s (%s) is left alone: muslind runs without --cluster-store",
@@ -348,6 +349,19 @@ class NetworkService:
         except Exception:
             self.release_endpoint(net, ep, sandbox)
             raise
+
+    def broken_endpoints(self, endpoints: list[Endpoint]) -> list[tuple[Network, Endpoint]]:
+        """Of these endpoints (of running containers, at start), the bridge endpoints that one dump of
+        the host's links shows broken while muslind was away (see BridgeDriver.endpoint_in_place)."""
+        links = {found.name: found for found in link.all_links(self._host.get())}
+        nets = {n.id: n for n in self.store.networks() if n.driver == "bridge" and n.settings is not None}
+        return [(nets[ep.network_id], ep) for ep in endpoints
+                if ep.network_id in nets and not self.bridge.endpoint_in_place(nets[ep.network_id], ep, links)]
+
+    def rewire_endpoint(self, net: Network, ep: Endpoint, sandbox: str) -> None:
+        """Wire a recorded endpoint afresh (what is left of it goes first); the record stays as it is."""
+        self.drivers[net.driver].leave(net, ep, sandbox)
+        self.drivers[net.driver].join(net, ep, sandbox)
 
     def release_endpoint(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         self.drivers[net.driver].leave(net, ep, sandbox)

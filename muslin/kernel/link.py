@@ -26,7 +26,7 @@ from .netlink import attributes
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 RTM_NEWLINK, RTM_GETLINK = 16, 18
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
 IFLA_INFO_KIND = 1
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 RETIRED_PREFIX = "mz-"
@@ -41,13 +41,14 @@ class LinkInfo:
     kind: str | None  # IFLA_INFO_KIND: bridge, veth, vxlan, ...; None for plain devices (lo, tun)
     loopback: bool
     up: bool = False  # administratively (IFF_UP)
+    master: int = 0  # IFLA_MASTER: the index of the bridge it is a port of, 0 for none
 
 
 def _link_info(msg) -> LinkInfo:  # pyroute2's ifinfmsg
     info = msg.get_attr("IFLA_LINKINFO")
     return LinkInfo(msg["index"], msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MTU"),
                     msg.get_attr("IFLA_ADDRESS"), info.get_attr("IFLA_INFO_KIND") if info else None,
-                    bool(msg["flags"] & IFF_LOOPBACK), bool(msg["flags"] & IFF_UP))
+                    bool(msg["flags"] & IFF_LOOPBACK), bool(msg["flags"] & IFF_UP), msg.get_attr("IFLA_MASTER") or 0)
 
 
 def index_of(ipr: IPRoute, name: str) -> int | None:
@@ -76,18 +77,20 @@ def all_links(ipr: IPRoute) -> list[LinkInfo]:
 
 def _dumped_link(message: bytes) -> LinkInfo:
     _, _, index, flags, _ = IFINFOMSG.unpack_from(message)
-    name, mtu, mac, kind = "", 0, "", None
+    name, mtu, mac, kind, master = "", 0, "", None, 0
     for attr, payload in attributes(message, IFINFOMSG.size):
         if attr == IFLA_IFNAME:
             name = payload.rstrip(b"\0").decode()
         elif attr == IFLA_MTU:
             mtu = struct.unpack_from("=I", payload)[0]
+        elif attr == IFLA_MASTER:
+            master = struct.unpack_from("=I", payload)[0]
         elif attr == IFLA_ADDRESS:
             mac = ":".join(f"{b:02x}" for b in payload)
         elif attr == IFLA_LINKINFO:
             kind = next((value.rstrip(b"\0").decode() for info, value in attributes(payload)
                          if info == IFLA_INFO_KIND), None)
-    return LinkInfo(index, name, mtu, mac, kind, bool(flags & IFF_LOOPBACK), bool(flags & IFF_UP))
+    return LinkInfo(index, name, mtu, mac, kind, bool(flags & IFF_LOOPBACK), bool(flags & IFF_UP), master)
 
 
 def random_mac() -> str:
@@ -274,9 +277,10 @@ def _delete_index(ipr: IPRoute, index: int) -> None:
             raise
 
 
-def reap_retired(ipr: IPRoute) -> None:
-    """Delete what a crash left between retiring a link and the reaper's delete."""
-    for link in all_links(ipr):
+def reap_retired(ipr: IPRoute, links: list[LinkInfo]) -> None:
+    """Delete what a crash left between retiring a link and the reaper's delete (``links``: a dump of
+    the handle's namespace)."""
+    for link in links:
         if link.name.startswith(RETIRED_PREFIX):
             _delete_index(ipr, link.index)
 

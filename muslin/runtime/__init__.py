@@ -33,8 +33,9 @@ lab may use is what this module exports, listed below; everything else in the pa
     ``set_start_env(id, extra)``                        variables before Config.Env from the next start on
     ``delete(id, force=False)``                         Conflict if running and not forced
     ``state(id) -> State``;  ``list() -> list[State]``;  ``images_in_use() -> {image_id: container_id}``
-    ``recover() -> list[State]``                        after a daemon restart: live shims are kept,
-                                                        a container whose shim died is settled (255)
+    ``recover() -> list[Recovered]``                    after a daemon restart: live shims are kept,
+                                                        a container whose shim died is settled (255);
+                                                        ``Recovered``: id, running, started_at, exit_code
     ``logs(id, LogFilter(stdout, stderr, since, until, tail)) -> list[LogEntry(stream, time, data)]``
     ``follow_logs(id, LogFilter)``                      async iterator, ends when the container stops
     ``exec_create(id, args, env=None, workdir="", user="", tty=False, stdin=False, …, detach_keys="") -> exec_id``
@@ -77,10 +78,10 @@ from .copyup import copy_image_path
 from .errors import NoSuchContainer, NoSuchExec, NoSuchImage, NotRunning, StartFailed
 from .images import Image, ImageStore
 from .logs import LogEntry, LogFilter
-from .runtime import ExecState, ExitWaiter, Runtime, State, shim_processes
+from .runtime import ExecState, ExitWaiter, Recovered, Runtime, State, shim_processes
 from .spec import ContainerSpec, Mount, ProcessConfig, Resources, capabilities, check_sysctls, normalize_capability
 
 __all__ = ["Cgroups", "Change", "ContainerSpec", "ExecState", "ExitWaiter", "Image", "ImageStore", "LogEntry", "LogFilter",
-           "Mount", "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "PathStat", "ProcessConfig", "Resources",
+           "Mount", "NoSuchContainer", "NoSuchExec", "NoSuchImage", "NotRunning", "PathStat", "ProcessConfig", "Recovered", "Resources",
            "Runtime", "StartFailed",
            "State", "Stream", "capabilities", "check_sysctls", "copy_image_path", "normalize_capability", "shim_processes"]

@@ -76,6 +76,22 @@ class State:
 
 
 @dataclass(frozen=True)
+class Recovered:
+    """A container as ``Runtime.recover`` finds it: whether it runs and how its last run ended, read
+    from its run files and its shim's pid alone (a full State also parses the bundle and reads the
+    freezer, which for a thousand containers made seconds of muslind's start)."""
+
+    id: str
+    running: bool
+    started_at: int  # ns since the epoch, 0 for never
+    exit_code: int
+
+    @property
+    def exited(self) -> bool:
+        return bool(self.started_at) and not self.running
+
+
+@dataclass(frozen=True)
 class ExecState:
     id: str
     container_id: str
@@ -418,7 +434,7 @@ class Runtime:
         """
         if next_run:
             await asyncio.to_thread(self._ensure_shim, cid)
-        elif not self.state(cid).running:
+        elif not self._running(cid):
             return ExitWaiter(self, cid, None)
         try:
             stream = await client.Stream.open(str(self._state_dir(cid)), {"op": "wait"})
@@ -590,6 +606,15 @@ class Runtime:
         return True
 
     # -- state --------------------------------------------------------------------------------
+    def _running(self, cid: str) -> bool:
+        """``state(cid).running`` from the run files and the shim alone (no bundle parsed, no freezer
+        read): what a wait asks, for each of a thousand containers when muslind starts."""
+        bundle = self._dir(cid)
+        if not ID_PATTERN.fullmatch(cid) or not (bundle / "container.json").exists():
+            raise NoSuchContainer(cid)
+        started = _read_json(bundle / "started.json") or {}
+        return bool(started.get("started_at")) and not _read_json(bundle / "exit.json") and bool(self._shim_pid(cid))
+
     def state(self, cid: str) -> State:
         meta = self._meta(cid)
         bundle = self._dir(cid)
@@ -658,34 +683,44 @@ class Runtime:
         """Image id -> a container using it (for ``ImageStore.remove``)."""
         return {s.image_id: s.id for s in self.list()}
 
-    def recover(self) -> list[State]:
-        """After a muslind restart: settle what a dead shim left, return every container's state.
+    def recover(self) -> list[Recovered]:
+        """After a muslind restart: settle what a dead shim left, return every container's run status.
 
         Live shims keep running their containers and are found through their sockets as before. A
         container whose shim died without recording an exit is killed (its output has no reader) and
-        recorded as exited with 255, as Docker does when it loses a container's supervisor.
+        recorded as exited with 255, as Docker does when it loses a container's supervisor. Each
+        container costs a few small file reads: no bundle is parsed, no freezer read.
         """
-        for leftover in (self.root / "containers").iterdir():
-            if not (leftover / "container.json").exists():
-                shutil.rmtree(leftover, ignore_errors=True)  # a create cut short
-        known = {p.name for p in (self.root / "containers").iterdir()}
+        ids = []
+        for entry in (self.root / "containers").iterdir():
+            if (entry / "container.json").exists():
+                ids.append(entry.name)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)  # a create cut short
+        known = set(ids)
         for orphan in self.state_root.iterdir():  # a delete cut short: shim state without a container
             if orphan.name != "runc" and orphan.name not in known:
                 if ID_PATTERN.fullmatch(orphan.name):
                     self._end_shim(orphan.name, 0)
                 self._delete_runc_leftover(orphan.name)
                 shutil.rmtree(orphan, ignore_errors=True)
-        for state in self.list():
-            if state.shim_pid:
-                continue
-            if self._delete_runc_leftover(state.id) or (state.started_at and not state.finished_at):
-                if not (self._dir(state.id) / "exit.json").exists():
-                    _write_json(self._dir(state.id) / "exit.json", {
-                        "exit_code": 255, "error": "the container's shim died", "finished_at": time.time_ns()})
-            shutil.rmtree(self._state_dir(state.id), ignore_errors=True)
-        return self.list()
+        found = []
+        for cid in sorted(ids):
+            bundle = self._dir(cid)
+            started = _read_json(bundle / "started.json") or {}
+            exited = _read_json(bundle / "exit.json") or {}
+            started_at = int(started.get("started_at", 0))
+            shim_alive = bool(self._shim_pid(cid))
+            if not shim_alive:
+                if (self._delete_runc_leftover(cid) or started_at) and not exited:
+                    exited = {"exit_code": 255, "error": "the container's shim died", "finished_at": time.time_ns()}
+                    _write_json(bundle / "exit.json", exited)
+                shutil.rmtree(self._state_dir(cid), ignore_errors=True)
+            running = bool(started_at) and not exited and shim_alive
+            exit_code = int(exited.get("exit_code", 0)) if exited else (0 if running or not started_at else 255)
+            found.append(Recovered(cid, running, started_at, exit_code))
+        return found
 
-    # -- files (docker cp, docker diff) -------------------------------------------------------
     def _files_of(self, cid: str) -> dict:
         """Where the helper finds the container's files: a running one's root, or a stopped one's bundle."""
         st = self.state(cid)

@@ -18,7 +18,7 @@ from muslin.engine.drivers.macvlan import MacvlanDriver
 from muslin.errors import Conflict, InvalidArgument
 from muslin.engine.model import IPAMPool, Network
 from muslin.engine.settings import MacvlanMode, MacvlanSettings, ParentOrigin, Vlan
-from muslin.kernel import netns
+from muslin.kernel import link, netns
 
 pytestmark = pytest.mark.root
 
@@ -69,5 +69,6 @@ def test_each_driver_finds_links_named_as_its_own_that_no_network_explains(host)
     stored_bridge, stored_macvlan = _net("bridge", "a"), _net("macvlan", "a")
     stored_bridge.settings = bridge_settings(stored_bridge, config)  # prepare refuses: its bridge exists
     macvlan.prepare(stored_macvlan, [])
-    assert bridge.orphans([stored_bridge]) == ["br-0123456789ab"]  # mybridge has a name the user chose
-    assert sorted(macvlan.orphans([stored_macvlan])) == ["dm-0123456789ab", "dmp-0123456789a"]
+    links = link.all_links(handle.get())
+    assert bridge.orphans([stored_bridge], links) == ["br-0123456789ab"]  # mybridge has a name the user chose
+    assert sorted(macvlan.orphans([stored_macvlan], links)) == ["dm-0123456789ab", "dmp-0123456789a"]

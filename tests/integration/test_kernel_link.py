@@ -112,7 +112,7 @@ def test_retired_link_frees_its_subnet_and_name_and_leftovers_are_reaped(host_ns
         assert index not in {found.index for found in link.all_links(ipr)}
         # What a crash leaves between the rename and the reaper's delete.
         link.ensure_veth_pair(ipr, link.RETIRED_PREFIX + "0badc0de", link.RETIRED_PREFIX + "0badc0df")
-        link.reap_retired(ipr)
+        link.reap_retired(ipr, link.all_links(ipr))
         assert not any(found.name.startswith(link.RETIRED_PREFIX) for found in link.all_links(ipr))
 
 

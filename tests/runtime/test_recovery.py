@@ -71,8 +71,10 @@ def wait_logged(runtime: Runtime, cid: str, text: bytes) -> None:
 
 def test_container_survives_its_daemon_and_is_taken_back(runtime: Runtime, busybox_store, netns_path) -> None:
     cid = start_and_crash(runtime, busybox_store, netns_path)
-    (state,) = runtime.recover()
-    assert (state.id, state.status, state.running) == (cid, "running", True)
+    (found,) = runtime.recover()
+    assert (found.id, found.running, found.exited) == (cid, True, False)
+    state = runtime.state(cid)
+    assert (state.status, state.started_at) == ("running", found.started_at)
     assert state.shim_pid and os.path.exists(f"/proc/{state.pid}")
     wait_logged(runtime, cid, b"started")
 
@@ -100,7 +102,9 @@ def test_a_dead_shim_is_settled_on_recovery(runtime: Runtime, busybox_store, net
     deadline = time.monotonic() + 5
     while runtime.state(cid).shim_pid and time.monotonic() < deadline:
         time.sleep(0.02)
-    (state,) = runtime.recover()
+    (found,) = runtime.recover()
+    assert (found.running, found.exited, found.exit_code) == (False, True, 255)
+    state = runtime.state(cid)
     assert (state.status, state.exit_code) == ("exited", 255)
     assert "shim" in state.error
     deadline = time.monotonic() + 5
@@ -111,7 +115,9 @@ def test_a_dead_shim_is_settled_on_recovery(runtime: Runtime, busybox_store, net
 
 def test_a_created_container_waits_for_the_next_daemon(runtime: Runtime, busybox_store, netns_path) -> None:
     cid = start_and_crash(runtime, busybox_store, netns_path, last_step="attach")
-    (state,) = runtime.recover()
+    (found,) = runtime.recover()
+    assert (found.running, found.started_at) == (False, 0)
+    state = runtime.state(cid)
     assert (state.status, bool(state.shim_pid)) == ("created", True)
 
     async def start_now() -> None:

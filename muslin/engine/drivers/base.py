@@ -75,10 +75,11 @@ class NetworkDriver(Protocol):
         """At start: program what the kernel lacks for a stored network (create_network again), logging
         rather than raising when what is missing is the user's to bring back."""
 
-    def orphans(self, nets: list[Network]) -> list[str]:
+    def orphans(self, nets: list[Network], links: list[link.LinkInfo]) -> list[str]:
         """Links in the daemon's namespace named as this driver names its own that none of ``nets``
         (this driver's stored networks) explains: left by a create whose rollback failed, or by an
-        older data root. A link with a name the user chose is never one: it may not be ours."""
+        older data root. A link with a name the user chose is never one: it may not be ours.
+        ``links``: one dump of the namespace's links, shared by every driver at start."""
 
     def remove_orphan(self, name: str) -> None:
         """Remove an orphan link and whatever else of the driver's names it (firewall rules)."""

@@ -93,11 +93,11 @@ class BridgeDriver(OnHostLinks):
         transaction, once the store is reconciled (``Engine``: ``IptablesFirewall.ensure``)."""
         self._program_bridge(net)
 
-    def restore_all(self, nets: list[Network]) -> None:
-        """``restore`` of these networks, each only if one dump of the links and one of the addresses
-        show something of it missing: a start then costs what changed, not a round of netlink calls
-        for each of hundreds of networks."""
-        links = {found.name: found for found in link.all_links(self.host)}
+    def restore_all(self, nets: list[Network], dumped: list[link.LinkInfo]) -> None:
+        """``restore`` of these networks, each only if one dump of the links (``dumped``) and one of the
+        addresses show something of it missing: a start then costs what changed, not a round of netlink
+        calls for each of hundreds of networks."""
+        links = {found.name: found for found in dumped}
         addresses = {(a.index, a.address) for a in address.ipv4_addresses(self.host)}
         for net in nets:
             if not self._in_place(net, links, addresses):
@@ -115,9 +115,9 @@ class BridgeDriver(OnHostLinks):
             return False
         return netns.get_sysctl(f"net/ipv4/conf/{settings.bridge_name}/route_localnet") == "1"
 
-    def orphans(self, nets: list[Network]) -> list[str]:
+    def orphans(self, nets: list[Network], links: list[link.LinkInfo]) -> list[str]:
         owned = {settings_of(n).bridge_name for n in nets if n.settings is not None}
-        return [found.name for found in link.all_links(self.host)
+        return [found.name for found in links
                 if found.kind == "bridge" and AUTO_BRIDGE.fullmatch(found.name) and found.name not in owned]
 
     def remove_orphan(self, bridge: str) -> None:
@@ -143,6 +143,13 @@ class BridgeDriver(OnHostLinks):
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
         with netns.iproute(sandbox) as ipr:
             configure_endpoint_link(ipr, ep, peer)
+
+    def endpoint_in_place(self, net: Network, ep: Endpoint, links: dict[str, link.LinkInfo]) -> bool:
+        """Whether a dump of the host's links (by name) shows the endpoint's veth up on its network's
+        bridge: not when someone deleted it (either end takes the pair along), set it down, or deleted
+        the bridge, whose restore comes back without ports."""
+        veth, bridge = links.get(host_ifname(ep)), links.get(settings_of(net).bridge_name)
+        return veth is not None and bridge is not None and veth.up and veth.master == bridge.index
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         if sandbox and netns.exists(sandbox):

@@ -147,7 +147,7 @@ class MacvlanDriver(OnHostLinks):
         except ParentMissing as exc:
             log.error("network %s cannot be used until its parent is back: %s", net.name, exc.message)
 
-    def orphans(self, nets: list[Network]) -> list[str]:
+    def orphans(self, nets: list[Network], links: list[link.LinkInfo]) -> list[str]:
         """Parents named as muslind names them that no network made; a VLAN parent has a name the user
         chose, and is never taken for an orphan: it may not be ours."""
         owned = set()
@@ -155,7 +155,7 @@ class MacvlanDriver(OnHostLinks):
             settings = settings_of(net)
             if settings.origin is ParentOrigin.DUMMY:
                 owned |= {settings.parent, dummy_peer_name(net)}
-        return [found.name for found in link.all_links(self.host)
+        return [found.name for found in links
                 if OWN_PARENT.fullmatch(found.name) and found.name not in owned]
 
     def remove_orphan(self, name: str) -> None:

@@ -194,7 +194,7 @@ class OverlayDriver(OnHostLinks):
     def restore(self, net: Network) -> None:
         self.create_network(net)
 
-    def orphans(self, nets: list[Network]) -> list[str]:
+    def orphans(self, nets: list[Network], links: list[link.LinkInfo]) -> list[str]:
         """Namespaces pinned as this driver pins them that no network owns (their paths)."""
         owned = {self.sandbox(n) for n in nets}
         if not self.sandboxes.is_dir():

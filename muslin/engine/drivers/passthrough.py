@@ -7,6 +7,7 @@ container with loopback only. Neither has endpoints to wire.
 from __future__ import annotations
 
 from muslin.errors import Forbidden
+from muslin.kernel import link
 
 from ..model import Endpoint, Network
 
@@ -27,7 +28,7 @@ class PassthroughDriver:
     def restore(self, net: Network) -> None:
         pass
 
-    def orphans(self, nets: list[Network]) -> list[str]:
+    def orphans(self, nets: list[Network], links: list[link.LinkInfo]) -> list[str]:
         return []
 
     def remove_orphan(self, name: str) -> None:
