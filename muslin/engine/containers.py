@@ -426,8 +426,11 @@ class ContainerService:
         """A running container's /etc/hosts after a network connect or disconnect."""
         self.runtime.write_etc(c.id, hosts=self._hosts_file(c, self._endpoints_in_order(c)))
 
-    def _uses_embedded_dns(self, c: Container) -> bool:
-        """Docker gives containers on user-defined networks its embedded DNS server."""
+    def _uses_embedded_dns(self, c: Container, networks: dict[str, Network] | None = None) -> bool:
+        """Docker gives containers on user-defined networks its embedded DNS server. ``networks``: every
+        network by id, when the caller has read them all (muslind's start, for each running container)."""
+        if networks is not None:
+            return any(not networks[a.network_id].predefined for a in c.attachments if a.network_id in networks)
         return any(not self.networks.get(a.network_id).predefined for a in c.attachments)
 
     @staticmethod
@@ -498,9 +501,9 @@ class ContainerService:
             self._rewrite_hosts(parent)
         return c
 
-    def _bind_dns(self, c: Container, fresh_sandbox: bool = False) -> bool:
+    def _bind_dns(self, c: Container, fresh_sandbox: bool = False, networks: dict[str, Network] | None = None) -> bool:
         """Bind the container's embedded DNS (worker thread), if it is on a user-defined network."""
-        if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c):
+        if not c.sandbox or not c.owns_sandbox or not self._uses_embedded_dns(c, networks):
             return False
         return self.embedded_dns.bind(c.id, c.name, c.sandbox, fresh_sandbox)
 
@@ -545,18 +548,24 @@ class ContainerService:
             self.store.put_container(db, c.id, c.name, c.to_doc())
         driver.publish_ports(net, ep, assigned)
 
-    def _published_on(self, c: Container) -> tuple[PortPublisher, Network, Endpoint] | None:
+    def _published_on(self, c: Container, endpoints: dict[tuple[str, str], Endpoint] | None = None,
+                       networks: dict[str, Network] | None = None) -> tuple[PortPublisher, Network, Endpoint] | None:
         """Where the container's ports are published: its live endpoint on the network that holds them,
-        with that network's driver; None when nothing is."""
+        with that network's driver; None when nothing is. ``endpoints`` (the first of each network and
+        container) and ``networks`` (by id): every one, when the caller has read them all."""
         if not c.published or not c.attachments:
             return None
         # Records older than published_network published on the first network.
-        eps = self.store.endpoints(network_id=c.published_network or c.attachments[0].network_id, container_id=c.id)
-        if not eps or eps[0].address is None:
+        network_id = c.published_network or c.attachments[0].network_id
+        if endpoints is not None:
+            ep = endpoints.get((network_id, c.id))
+        else:
+            ep = next(iter(self.store.endpoints(network_id=network_id, container_id=c.id)), None)
+        if ep is None or ep.address is None:
             return None
-        net = self.networks.get(eps[0].network_id)
+        net = networks[ep.network_id] if networks is not None else self.networks.get(ep.network_id)
         driver = self.networks.port_publisher(net)
-        return (driver, net, eps[0]) if driver is not None else None
+        return (driver, net, ep) if driver is not None else None
 
     def _unpublish(self, c: Container) -> None:
         """Give back the container's host ports and remove their forwards (before its endpoint goes)."""
@@ -569,11 +578,18 @@ class ContainerService:
         c.published = []
         c.published_network = ""
 
-    def published_port_specs(self) -> list[PortSpec]:
-        """What the firewall must hold for every published port of a container with its endpoints."""
+    def published_port_specs(self, containers: list[Container] | None = None) -> list[PortSpec]:
+        """What the firewall must hold for every published port of a container with its endpoints: one
+        read of the containers, the endpoints and the networks, whatever their number. ``containers``:
+        all that may publish, when the caller has them (at start, those recover found running)."""
+        publishing = [c for c in (self.all() if containers is None else containers) if c.published]
+        endpoints: dict[tuple[str, str], Endpoint] = {}
+        for ep in self.store.endpoints() if publishing else []:
+            endpoints.setdefault((ep.network_id, ep.container_id), ep)
+        networks = {n.id: n for n in self.networks.list()}
         specs = []
-        for c in self.all():
-            on = self._published_on(c)
+        for c in publishing:
+            on = self._published_on(c, endpoints, networks)
             if on is not None:
                 driver, net, ep = on
                 specs.extend(driver.port_forwards(net, ep, c.published))
@@ -841,11 +857,12 @@ class ContainerService:
             self._rewrite_hosts(c)
 
     # -- recovery after a restart of muslind (worker) ---------------------------------------------------
-    def recover(self) -> Recovery:
+    def recover(self, broken: list[tuple[Network, Endpoint]]) -> Recovery:
         """Settle what changed while muslind was away (containers that died give back their networking,
         the runtime's leftovers go) and bind the embedded DNS of those that kept running, before the API
         answers: a name asked right after the restart is answered. A running container costs a look at
-        its run files and its DNS sockets, nothing more."""
+        its run files and its DNS sockets, nothing more. ``broken``: endpoints the networks' reconcile
+        found broken; those of running containers are wired again."""
         found = {r.id: r for r in self.runtime.recover()}  # one look at every container's run files
         containers = self.all()
         known = {c.id for c in containers}
@@ -875,19 +892,22 @@ class ContainerService:
             for entry in self.sandbox_root.iterdir():
                 if entry.name not in named and not any(cid.startswith(entry.name) for cid in known):
                     netns.remove(str(entry))
-        self._rewire_broken([c for c, _ in recovery.running])
+        self._rewire_broken([c for c, _ in recovery.running], broken)
+        networks = {n.id: n for n in self.networks.list()}
         for c, _ in recovery.running:
-            self._bind_dns(c)
+            self._bind_dns(c, networks=networks)
         return recovery
 
-    def _rewire_broken(self, running: list[Container]) -> None:
+    def _rewire_broken(self, running: list[Container], broken: list[tuple[Network, Endpoint]]) -> None:
         """The endpoints of running containers whose veth was deleted (or left its bridge) while muslind
-        was away, wired again with their addresses, and the default route put back: one read of the
-        endpoints and one link dump find them, whatever the number of containers."""
+        was away, wired again with their addresses and MACs, and the default route put back. (Those of
+        containers that died go with the rest of their networking.)"""
         by_id = {c.id: c for c in running if c.sandbox}
         rewired: dict[str, Container] = {}
-        for net, ep in self.networks.broken_endpoints([ep for ep in self.store.endpoints() if ep.container_id in by_id]):
-            c = by_id[ep.container_id]
+        for net, ep in broken:
+            c = by_id.get(ep.container_id)
+            if c is None:
+                continue
             log.warning("endpoint %s of container %s on network %s was broken while muslind was away: wiring it again",
                         ep.ifname, c.name, net.name)
             try:

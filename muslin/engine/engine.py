@@ -97,14 +97,15 @@ class Engine:
     def _start(self) -> Recovery:
         steps = [time.perf_counter()]
         self.images.ensure_busybox()
-        self.networks.start()
+        broken = self.networks.start()
         steps.append(time.perf_counter())
-        recovery = self.containers.recover()
+        recovery = self.containers.recover(broken)
         steps.append(time.perf_counter())
         if self.firewall:
             # Every network's and published port's rules in one transaction (what a reload while muslind
             # was away removed comes back), rather than a read and a write of the ruleset for each.
-            self.firewall.ensure(self.networks.firewall_specs(), self.containers.published_port_specs())
+            self.firewall.ensure(self.networks.firewall_specs(),
+                                 self.containers.published_port_specs([c for c, _ in recovery.running]))
         steps.append(time.perf_counter())
         log.info("start: networks %.2f s, containers %.2f s, firewall %.2f s",
                  *(b - a for a, b in zip(steps, steps[1:])))

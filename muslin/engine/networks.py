@@ -107,15 +107,17 @@ class NetworkService:
         return self.store.endpoints(network_id=net.id)
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Make the predefined networks exist as configured, then bring the kernel in line."""
+    def start(self) -> list[tuple[Network, Endpoint]]:
+        """Make the predefined networks exist as configured, then bring the kernel in line; the
+        endpoints found broken (see reconcile)."""
         self._ensure_predefined()
-        self.reconcile()
+        broken = self.reconcile()
         if self.global_networks is not None:
             # Resolved now: an advertise address this host does not have stops the start.
             log.info("cluster store %s, advertising %s", self.global_networks.cluster.config.url,
                      self.global_networks.driver.underlay.ip)
             self.global_networks.start()
+        return broken
 
     def _default_bridge(self) -> Network:
         bip = self.config.default_bip
@@ -156,9 +158,11 @@ class NetworkService:
             with self.store.transaction() as db:
                 self.store.put_network(db, wanted)
 
-    def reconcile(self) -> None:
+    def reconcile(self) -> list[tuple[Network, Endpoint]]:
         """Program every network of the store, and remove the links each driver calls its own that the
-        store does not know (a create whose rollback failed, or state from an older data root)."""
+        store does not know (a create whose rollback failed, or state from an older data root). Returns
+        the bridge endpoints whose veth the same link dump shows missing or off their bridge, for the
+        containers to wire again those that still run (see BridgeDriver.endpoint_in_place)."""
         nets = self.store.networks()
         links = link.all_links(self._host.get())  # one dump for every driver's check
         link.reap_retired(self._host.get(), links)
@@ -168,13 +172,17 @@ class NetworkService:
                 driver.remove_orphan(name)
         if self.bridge.firewall:
             self.bridge.firewall.remove_legacy_rules(self.firewall_specs())
-        self.bridge.restore_all([n for n in nets if n.driver == "bridge" and n.settings is not None], links)
+        bridges = {n.id: n for n in nets if n.driver == "bridge" and n.settings is not None}
+        by_name = {found.name: found for found in links}
+        self.bridge.restore_all(list(bridges.values()), by_name)
         for net in nets:
             if net.scope == "global" and self.global_networks is None:
                 log.warning("global network %s (%s) is left alone: muslind runs without --cluster-store",
                             net.name, net.id[:12])
             elif net.settings is not None and net.driver != "bridge":  # bridges: restore_all above
                 self.drivers[net.driver].restore(net)
+        return [(bridges[ep.network_id], ep) for ep in self.store.endpoints()
+                if ep.network_id in bridges and not self.bridge.endpoint_in_place(bridges[ep.network_id], ep, by_name)]
 
     def create(self, req: NetworkCreate) -> Network:
         name, driver = req.name, req.driver or "bridge"
@@ -349,14 +357,6 @@ class NetworkService:
         except Exception:
             self.release_endpoint(net, ep, sandbox)
             raise
-
-    def broken_endpoints(self, endpoints: list[Endpoint]) -> list[tuple[Network, Endpoint]]:
-        """Of these endpoints (of running containers, at start), the bridge endpoints that one dump of
-        the host's links shows broken while muslind was away (see BridgeDriver.endpoint_in_place)."""
-        links = {found.name: found for found in link.all_links(self._host.get())}
-        nets = {n.id: n for n in self.store.networks() if n.driver == "bridge" and n.settings is not None}
-        return [(nets[ep.network_id], ep) for ep in endpoints
-                if ep.network_id in nets and not self.bridge.endpoint_in_place(nets[ep.network_id], ep, links)]
 
     def rewire_endpoint(self, net: Network, ep: Endpoint, sandbox: str) -> None:
         """Wire a recorded endpoint afresh (what is left of it goes first); the record stays as it is."""

@@ -93,15 +93,17 @@ class BridgeDriver(OnHostLinks):
         transaction, once the store is reconciled (``Engine``: ``IptablesFirewall.ensure``)."""
         self._program_bridge(net)
 
-    def restore_all(self, nets: list[Network], dumped: list[link.LinkInfo]) -> None:
-        """``restore`` of these networks, each only if one dump of the links (``dumped``) and one of the
-        addresses show something of it missing: a start then costs what changed, not a round of netlink
-        calls for each of hundreds of networks."""
-        links = {found.name: found for found in dumped}
+    def restore_all(self, nets: list[Network], links: dict[str, link.LinkInfo]) -> None:
+        """``restore`` of these networks, each only if one dump of the links (``links``, by name, updated
+        here for what is restored) and one of the addresses show something of it missing: a start then
+        costs what changed, not a round of netlink calls for each of hundreds of networks."""
         addresses = {(a.index, a.address) for a in address.ipv4_addresses(self.host)}
         for net in nets:
             if not self._in_place(net, links, addresses):
                 self.restore(net)
+                restored = link.find_link(self.host, settings_of(net).bridge_name)
+                if restored is not None:
+                    links[restored.name] = restored
 
     def _in_place(self, net: Network, links: dict[str, link.LinkInfo],
                   addresses: set[tuple[int, IPv4Interface]]) -> bool:
