@@ -206,15 +206,18 @@ class Muslind:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> float:
-        """Start the daemon; seconds until it answers (its reconcile and recovery come first)."""
+        """Start the daemon; seconds until it answers (its reconcile and recovery come first). It may
+        write its bytecode (a development shell often sets PYTHONDONTWRITEBYTECODE): an installed
+        muslind has it, and a restart that compiles every module first measures the checkout."""
         sock = self.root / "docker.sock"
         sock.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             ["nsenter", f"--net={netns.path_for(self.ns)}", str(Path(sys.executable).with_name("muslind")),
              "-H", self.host, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "run"),
              "--firewall-backend", self.backend],
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "muslind.log", "ab"))  # noqa: SIM115
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "muslind.log", "ab"), env=env)  # noqa: SIM115
         while time.perf_counter() - t0 < START_SECONDS:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"muslind exited; see {self.root / 'muslind.log'}")
@@ -223,6 +226,12 @@ class Muslind:
             time.sleep(0.02)
         log = (self.root / "muslind.log").read_text(errors="replace").splitlines()[-20:]
         raise RuntimeError(f"muslind did not answer within {START_SECONDS} s; its log ends:\n" + "\n".join(log))
+
+    def start_steps(self) -> str:
+        """What the daemon logged of its last start: its steps' times (engine.py)."""
+        lines = (self.root / "muslind.log").read_text(errors="replace").splitlines()
+        return " | ".join(line.split(" INFO ", 1)[1] for line in lines[-20:]
+                          if " INFO start: " in line or " INFO engine ready " in line)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -322,7 +331,7 @@ def bench_muslind(want: Load, rounds: int, budget: float, restart: bool, backend
         if restart:
             m.stop()
             last.restart_seconds = m.start()
-            print(f"  restart {last.restart_seconds:.2f} s", flush=True)
+            print(f"  restart {last.restart_seconds:.2f} s ({m.start_steps()})", flush=True)
             time_operations(m.host, 1, last, "after restart")
     return figures
 

@@ -1081,10 +1081,16 @@ class ContainerService:
         following = [c for c, _ in recovery.running if c.id not in self._monitors]
         for c in following:
             if c.sandbox:
-                await self.embedded_dns.serve(c.id, c.sandbox, c.host_config.get("Dns") or upstreams)
-        watches = await asyncio.gather(*(self.runtime.exit_waiter(c.id) for c in following))
+                try:
+                    await self.embedded_dns.serve(c.id, c.sandbox, c.host_config.get("Dns") or upstreams)
+                except Exception:
+                    log.exception("could not serve the embedded DNS of %s", c.name)
+        watches = await asyncio.gather(*(self.runtime.exit_waiter(c.id) for c in following), return_exceptions=True)
         for c, watch in zip(following, watches):
-            if c.id in self._monitors:  # taken over while the watches were being opened
+            if isinstance(watch, BaseException):  # removed meanwhile (rm -f)
+                if not isinstance(watch, NoSuchContainer):
+                    log.error("could not watch container %s: %s", c.name, watch)
+            elif c.id in self._monitors:  # taken over while the watches were being opened
                 watch.cancel()
             else:
                 self._follow(c.id, watch)

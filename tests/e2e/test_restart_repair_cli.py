@@ -8,6 +8,8 @@ import os
 import signal
 import time
 
+from muslin.kernel import netns, nfhandles
+
 HTTPD = "mkdir -p /www && echo hello world > /www/index.html && exec httpd -f -p 80 -h /www"
 BROKEN = "was broken while muslind was away"
 
@@ -19,6 +21,16 @@ def _inspect(daemon, name: str) -> dict:
 
 def _host_veth(container: dict, network: str) -> str:
     return "veth" + container["NetworkSettings"]["Networks"][network]["EndpointID"][:7]
+
+
+def _ruleset_generation(daemon) -> int | None:
+    """The nf_tables generation of the daemon's namespace: every committed transaction bumps it."""
+    deleter = nfhandles.HandleDeleter()
+    try:
+        with netns.entered(daemon.ns):
+            return deleter.generation()
+    finally:
+        deleter.close()
 
 
 def _wget(daemon, url: str) -> str:
@@ -38,10 +50,14 @@ def test_a_start_repairs_what_changed_while_muslind_was_away(daemon) -> None:
     kept_veth, dies_veth = _host_veth(kept, "rep"), _host_veth(dies, "rep")
     assert "hello world" in _wget(daemon, "http://127.0.0.1:8093/")
 
-    # A restart where nothing changed finds nothing to repair.
+    # A restart where nothing changed finds nothing to repair, and writes nothing: no rule committed,
+    # no link made or removed.
+    links, generation = daemon.sh("ip", "-o", "link"), _ruleset_generation(daemon)
     daemon.stop()
     daemon.start()
     assert BROKEN not in daemon.log()
+    assert _ruleset_generation(daemon) == generation
+    assert daemon.sh("ip", "-o", "link") == links
 
     daemon.stop()
     os.kill(dies["State"]["Pid"], signal.SIGKILL)  # what an OOM kill or a reboot's shutdown does
