@@ -114,10 +114,15 @@ class Nft:
 
 
 def delete_table(family: str, name: str) -> bool:
-    """Delete the table with everything in it, if it exists (one transaction); whether it did."""
+    """Delete the table with everything in it, if it exists (one transaction); whether it did. Where
+    nf_tables cannot be asked (a kernel without it), there is no table to delete."""
     nft = Nft()
     try:
-        if f"table {family} {name}\n" not in nft.run(f"list tables {family}") + "\n":
+        try:
+            tables = nft.run(f"list tables {family}")
+        except NftError:
+            return False
+        if f"table {family} {name}\n" not in tables + "\n":
             return False
         nft.run(f"delete table {family} {name}")
         return True
