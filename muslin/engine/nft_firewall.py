@@ -1,25 +1,25 @@
 """The nftables firewall backend (``--firewall-backend nftables``): ``Firewall`` over ``nft_ruleset``.
 
 Each change is the elements of one network or of some ports, added or deleted in one nf_tables
-transaction, without reading the ruleset: its cost does not grow with what already exists. Only
-when the kernel refuses such a transaction (the table was flushed by someone, an element is already
-gone or holds another value) is the table read, and one transaction written that makes those
-elements right, the table's skeleton included. The kernel applies a transaction whole or not at all,
-so a failure leaves nothing half done.
+transaction sent over netlink (``nftsets``), without reading the ruleset: its cost does not grow with
+what already exists. Only when the kernel refuses such a transaction (the table was flushed by
+someone, an element is already gone or holds another value) is the table read (libnftables), and one
+transaction written that makes those elements right, the table's skeleton included. The kernel
+applies a transaction whole or not at all, so a failure leaves nothing half done.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network
 
-from muslin.kernel import iptables, libnftables, nfhandles, nfnetlink
+from muslin.kernel import iptables, libnftables, nfhandles, nfnetlink, nftsets
 
 from .firewall import OWN_CHAINS, BridgeSpec, PortSpec, bridge_rules, legacy_rules
-from .nft_ruleset import (QUALIFIED, Element, TableState, add_elements, delete_elements, full_table,
-                          network_elements, parse_table, port_elements, skeleton, wanted_elements)
+from .nft_ruleset import (QUALIFIED, TABLE, Element, TableState, add_elements, delete_elements, full_table,
+                          network_elements, parse_table, port_elements, skeleton, wanted_elements, wire)
 
 log = logging.getLogger(__name__)
 GENERATION_REPLY_SECONDS = 5.0
@@ -39,12 +39,14 @@ class NftablesFirewall:
 
     def __init__(self) -> None:
         self._nft = libnftables.Nft()
+        self._elements = nftsets.ElementWriter(TABLE)
         self._generation_socket: socket.socket | None = None
         self._sequence = 0
         self._complete_at: int | None = None
 
     def close(self) -> None:
         self._nft.close()
+        self._elements.close()
         if self._generation_socket is not None:
             self._generation_socket.close()
             self._generation_socket = None
@@ -70,7 +72,7 @@ class NftablesFirewall:
         read_at = self._generation()
         state = self._read()
         if state is not None and (naming := state.elements_naming(ifname)):
-            self._commit(delete_elements(naming), read_at, self._complete_at)
+            self._commit_script(delete_elements(naming), read_at, self._complete_at)
 
     def remove_legacy_rules(self, networks: list[BridgeSpec]) -> None:
         """The iptables backend's chains and rules (muslind ran with it before this start): left in
@@ -93,7 +95,7 @@ class NftablesFirewall:
             lines = [*(skeleton(state) if state is not None else full_table()),
                      *delete_elements(present - wanted), *add_elements(wanted - present)]
         if lines:
-            self._commit(lines, read_at, complete_at=read_at)
+            self._commit_script(lines, read_at, complete_at=read_at)
         else:
             self._complete_at = read_at
         return len(lines)
@@ -102,22 +104,32 @@ class NftablesFirewall:
     def _change(self, add: list[Element], remove: list[Element]) -> None:
         if not add and not remove:
             return
-        read_at = self._generation()
         try:
-            self._commit(add_elements(add) + delete_elements(remove), read_at, self._complete_at)
-            return
-        except libnftables.NftError as exc:
-            log.debug("element change refused (%s): reading the table", exc)
+            changes = ([nftsets.Change(e.set, True, w) for e in sorted(set(add)) for w in wire(e)]
+                       + [nftsets.Change(e.set, False, w) for e in sorted(set(remove)) for w in wire(e)])
+        except ValueError as exc:  # nothing we can encode: nft's own parser gives the error below
+            log.debug("element not encodable (%s)", exc)
+            changes = []
+        if changes:
+            read_at = self._generation()
+            try:
+                self._commit(lambda: self._elements.apply(changes), read_at, self._complete_at)
+                return
+            except OSError as exc:  # nftsets.Refused included: nothing was applied
+                log.debug("element change refused (%s): reading the table", exc)
         read_at = self._generation()
         lines = repair(self._read(), add, remove)
         if lines:
-            self._commit(lines, read_at, self._complete_at)
+            self._commit_script(lines, read_at, self._complete_at)
 
-    def _commit(self, lines: list[str], read_at: int | None, complete_at: int | None) -> None:
-        """One transaction. The table stays known complete if it was at ``read_at`` (``complete_at``)
-        and nothing but this transaction committed since."""
+    def _commit_script(self, lines: list[str], read_at: int | None, complete_at: int | None) -> None:
+        self._commit(lambda: self._nft.run("\n".join(lines) + "\n"), read_at, complete_at)
+
+    def _commit(self, transaction: Callable[[], object], read_at: int | None, complete_at: int | None) -> None:
+        """Run one transaction. The table stays known complete if it was at ``read_at``
+        (``complete_at``) and nothing but this transaction committed since."""
         try:
-            self._nft.run("\n".join(lines) + "\n")
+            transaction()
         except BaseException:
             self._complete_at = None if self._generation() != read_at else self._complete_at
             raise

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
+from muslin.kernel import nftsets
+
 from .firewall import NFTABLES_TABLE, BridgeSpec, PortSpec
 
 FAMILY, TABLE = NFTABLES_TABLE
@@ -144,6 +146,35 @@ class Element:
             types = named.data.split(" . ") if named.data else []
             key += " : " + " . ".join(_literal(t, v) for t, v in zip(types, self.value, strict=True))
         return key
+
+
+def wire(e: Element) -> list[nftsets.Element]:
+    """The element as the kernel holds it (what nft would send for it). A range of a concatenation is
+    one element with a key and a key end; a plain range (``masquerade-subnets``) is two, its start and
+    the address after its end, flagged as an interval's end."""
+    named = SETS[e.set]
+    data = verdict = None
+    if named.data == "verdict":
+        verdict = e.value[0]
+    elif named.data:
+        data = b"".join(nftsets.field(t, v) for t, v in zip(named.data.split(" . "), e.value, strict=True))
+    if named.interval and len(named.key) == 1:
+        subnet = IPv4Network(e.key[0])
+        start = nftsets.Element(subnet.network_address.packed)
+        if int(subnet.broadcast_address) == 0xFFFFFFFF:  # nothing after it: no closing element
+            return [start]
+        return [start, nftsets.Element((subnet.broadcast_address + 1).packed, interval_end=True)]
+    starts, ends = [], []
+    for kind, value in zip(named.key, e.key, strict=True):
+        if named.interval and kind == "ipv4_addr":
+            subnet = IPv4Network(value)
+            starts.append(subnet.network_address.packed)
+            ends.append(subnet.broadcast_address.packed)
+        else:
+            starts.append(nftsets.field(kind, value))
+            ends.append(starts[-1])
+    key_end = b"".join(ends) if named.interval else None
+    return [nftsets.Element(b"".join(starts), key_end=key_end, data=data, verdict=verdict)]
 
 
 def _literal(kind: str, value: str) -> str:
