@@ -63,11 +63,11 @@ class NamedSet:
 SETS: dict[str, NamedSet] = {s.name: s for s in (
     NamedSet("bridges", ("ifname",), "bridges of networks that are not internal"),
     NamedSet("internal-bridges", ("ifname",), "bridges of internal networks"),
-    NamedSet("internal-subnets", ("ifname", "ipv4_addr"), "internal bridge . its subnet", interval=True),
-    NamedSet("masquerade-subnets", ("ipv4_addr",), "subnets masqueraded when they leave their bridge",
+    NamedSet("internal-subnets", ("ipv4_addr",), "subnets of internal networks (comment: the bridge)",
              interval=True),
-    NamedSet("masquerade-bridge-subnets", ("ipv4_addr", "ifname"),
-             "subnet . its own bridge: traffic staying there keeps its source", interval=True),
+    NamedSet("masquerade-subnets", ("ipv4_addr",),
+             "subnets masqueraded when they leave their bridge (comment: the bridge)", interval=True),
+    NamedSet("own-bridge", ("ifname", "ifname"), "bridge . bridge: traffic staying on it keeps its source"),
     NamedSet("same-bridge", ("ifname", "ifname"), "bridge . bridge : inter-container verdict (icc)",
              data="verdict"),
     NamedSet("published-ports", ("ifname", "ipv4_addr", "inet_proto", "inet_service"),
@@ -102,9 +102,11 @@ CHAINS: dict[str, Chain] = {c.name: c for c in (
     )),
     Chain("forward", ("filter", "forward", "filter"), (
         ("user rules", f"jump {USER_CHAIN}"),
-        ("internal: nothing in", "oifname @internal-bridges oifname . ip saddr != @internal-subnets drop"),
-        ("internal: nothing out", "iifname @internal-bridges iifname . ip daddr != @internal-subnets drop"),
+        ("internal: foreign source", "oifname @internal-bridges ip saddr != @internal-subnets drop"),
+        ("internal: foreign destination", "iifname @internal-bridges ip daddr != @internal-subnets drop"),
         ("icc", "iifname . oifname vmap @same-bridge"),
+        ("internal: nothing in", "oifname @internal-bridges drop"),
+        ("internal: nothing out", "iifname @internal-bridges drop"),
         ("isolation", "iifname @bridges oifname @bridges drop"),
         ("replies", "oifname @bridges ct state established,related accept"),
         ("published ports", "oifname . ip daddr . meta l4proto . th dport @published-ports accept"),
@@ -124,7 +126,7 @@ CHAINS: dict[str, Chain] = {c.name: c for c in (
     Chain("postrouting", ("nat", "postrouting", "srcnat"), (
         ("hairpin", "ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade"),
         ("loopback to published ports", "oifname @bridges fib saddr type local masquerade"),
-        ("staying on its bridge", "ip saddr . oifname @masquerade-bridge-subnets return"),
+        ("staying on its bridge", "iifname . oifname @own-bridge return"),
         ("outgoing", "ip saddr @masquerade-subnets masquerade"),
     )),
 )}
@@ -138,10 +140,13 @@ class Element:
     set: str
     key: tuple[str, ...]
     value: tuple[str, ...] = ()
+    comment: str = ""  # the bridge a subnet belongs to, shown by nft and read back by remove_rules_naming
 
     def render(self, with_value: bool = True) -> str:
         named = SETS[self.set]
         key = " . ".join(_literal(t, v) for t, v in zip(named.key, self.key, strict=True))
+        if with_value and self.comment:
+            key += f' comment "{self.comment}"'
         if with_value and self.value:
             types = named.data.split(" . ") if named.data else []
             key += " : " + " . ".join(_literal(t, v) for t, v in zip(types, self.value, strict=True))
@@ -149,32 +154,23 @@ class Element:
 
 
 def wire(e: Element) -> list[nftsets.Element]:
-    """The element as the kernel holds it (what nft would send for it). A range of a concatenation is
-    one element with a key and a key end; a plain range (``masquerade-subnets``) is two, its start and
-    the address after its end, flagged as an interval's end."""
+    """The element as the kernel holds it (what nft would send for it); a range (``*-subnets``, plain
+    interval sets) is two elements: its start, and the address after its end flagged as an interval's
+    end. No set is a concatenation of ranges: the kernel rebuilds such a set whole at each change."""
     named = SETS[e.set]
+    if named.interval:
+        subnet = IPv4Network(e.key[0])
+        start = nftsets.Element(subnet.network_address.packed, comment=e.comment or None)
+        if int(subnet.broadcast_address) == 0xFFFFFFFF:  # nothing after it: no closing element
+            return [start]
+        return [start, nftsets.Element((subnet.broadcast_address + 1).packed, interval_end=True)]
     data = verdict = None
     if named.data == "verdict":
         verdict = e.value[0]
     elif named.data:
         data = b"".join(nftsets.field(t, v) for t, v in zip(named.data.split(" . "), e.value, strict=True))
-    if named.interval and len(named.key) == 1:
-        subnet = IPv4Network(e.key[0])
-        start = nftsets.Element(subnet.network_address.packed)
-        if int(subnet.broadcast_address) == 0xFFFFFFFF:  # nothing after it: no closing element
-            return [start]
-        return [start, nftsets.Element((subnet.broadcast_address + 1).packed, interval_end=True)]
-    starts, ends = [], []
-    for kind, value in zip(named.key, e.key, strict=True):
-        if named.interval and kind == "ipv4_addr":
-            subnet = IPv4Network(value)
-            starts.append(subnet.network_address.packed)
-            ends.append(subnet.broadcast_address.packed)
-        else:
-            starts.append(nftsets.field(kind, value))
-            ends.append(starts[-1])
-    key_end = b"".join(ends) if named.interval else None
-    return [nftsets.Element(b"".join(starts), key_end=key_end, data=data, verdict=verdict)]
+    key = b"".join(nftsets.field(t, v) for t, v in zip(named.key, e.key, strict=True))
+    return [nftsets.Element(key, data=data, verdict=verdict, comment=e.comment or None)]
 
 
 def _literal(kind: str, value: str) -> str:
@@ -184,12 +180,12 @@ def _literal(kind: str, value: str) -> str:
 def network_elements(spec: BridgeSpec) -> list[Element]:
     br, net = spec.bridge, str(spec.subnet)
     if spec.internal:
-        return [Element("internal-bridges", (br,)), Element("internal-subnets", (br, net)),
+        return [Element("internal-bridges", (br,)), Element("internal-subnets", (net,), comment=br),
                 Element("same-bridge", (br, br), ("accept" if spec.icc else "drop",))]
     elements = [Element("bridges", (br,)),
                 Element("same-bridge", (br, br), ("accept" if spec.icc else f"jump {NO_ICC_CHAIN}",))]
     if spec.masquerade:
-        elements += [Element("masquerade-subnets", (net,)), Element("masquerade-bridge-subnets", (net, br))]
+        elements += [Element("masquerade-subnets", (net,), comment=br), Element("own-bridge", (br, br))]
     return elements
 
 
@@ -265,14 +261,12 @@ class TableState:
                 if name in SETS and shape != (SETS[name].key, SETS[name].data, SETS[name].interval)]
 
     def elements_naming(self, ifname: str) -> set[Element]:
-        """Elements of a bridge: those with it in their key, its subnet's masquerade entry, and the
+        """Elements of a bridge: those with it in their key, its subnet (by its comment), and the
         port elements of the containers published on it."""
-        direct = {e for e in self.elements if ifname in e.key and "ifname" in SETS[e.set].key}
-        subnets = {e.key[0] for e in direct if e.set == "masquerade-bridge-subnets"}
+        direct = {e for e in self.elements if e.comment == ifname or (ifname in e.key and "ifname" in SETS[e.set].key)}
         published = {(e.key[1], e.key[2], e.key[3]) for e in direct if e.set == "published-ports"}
         ports = {e for e in self.elements
-                 if (e.set == "masquerade-subnets" and e.key[0] in subnets)
-                 or (e.set == "hairpin" and (e.key[1], e.key[2], e.key[3]) in published)
+                 if (e.set == "hairpin" and (e.key[1], e.key[2], e.key[3]) in published)
                  or (e.set.startswith("dnat-") and (e.value[0], e.key[-2], e.value[1]) in published)}
         return direct | ports
 
@@ -306,12 +300,14 @@ def _element(set_name: str, raw: Any, is_map: bool) -> Element | None:
     if named is None:
         return None
     key, value = (raw[0], raw[1]) if is_map and isinstance(raw, list) else (raw, None)
-    if isinstance(key, dict) and "elem" in key:  # an element with a comment or timeout of its own
+    comment = ""
+    if isinstance(key, dict) and "elem" in key:  # an element with a comment (or a timeout) of its own
+        comment = key["elem"].get("comment", "")
         key = key["elem"]["val"]
     fields = _fields(key)
     if named.interval:  # nft shows a /32 prefix as a bare address
         fields = tuple(_prefix(f) if t == "ipv4_addr" else f for t, f in zip(named.key, fields))
-    return Element(set_name, fields, _fields(value) if value is not None else ())
+    return Element(set_name, fields, _fields(value) if value is not None else (), comment)
 
 
 def _prefix(text: str) -> str:

@@ -27,7 +27,8 @@ NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
-NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY_END = 1, 2, 3, 10
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_USERDATA = 1, 2, 3, 6
+NFTNL_UDATA_SET_ELEM_COMMENT = 0  # libnftnl's user data: (type, length, value) records
 NFTA_DATA_VALUE, NFTA_DATA_VERDICT = 1, 2
 NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 1, 2
 NFT_SET_ELEM_INTERVAL_END = 1
@@ -44,14 +45,14 @@ class Refused(OSError):
 
 @dataclass(frozen=True)
 class Element:
-    """One element as the kernel holds it: ``key`` (and ``key_end`` for a range of a concatenation),
-    a map's ``data`` bytes or ``verdict``, ``interval_end`` for the closing element of a plain range."""
+    """One element as the kernel holds it: ``key``, a map's ``data`` bytes or ``verdict``,
+    ``interval_end`` for the closing element of a range, and the comment nft shows with it."""
 
     key: bytes
-    key_end: bytes | None = None
     data: bytes | None = None
     verdict: str | None = None  # "accept", "drop", "jump CHAIN"
     interval_end: bool = False
+    comment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,6 @@ def _nested(kind: int, payload: bytes) -> bytes:
 
 def _element(e: Element) -> bytes:
     attrs = _nested(NFTA_SET_ELEM_KEY, _value(e.key))
-    if e.key_end is not None:
-        attrs += _nested(NFTA_SET_ELEM_KEY_END, _value(e.key_end))
     if e.data is not None:
         attrs += _nested(NFTA_SET_ELEM_DATA, _value(e.data))
     if e.verdict is not None:
@@ -102,6 +101,11 @@ def _element(e: Element) -> bytes:
         attrs += _nested(NFTA_SET_ELEM_DATA, _nested(NFTA_DATA_VERDICT, verdict))
     if e.interval_end:
         attrs += attribute(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL_END))
+    if e.comment:
+        text = e.comment.encode() + b"\0"
+        if len(text) > 255:
+            raise ValueError(f"comment {e.comment!r} is too long")
+        attrs += attribute(NFTA_SET_ELEM_USERDATA, struct.pack("BB", NFTNL_UDATA_SET_ELEM_COMMENT, len(text)) + text)
     return _nested(NFTA_LIST_ELEM, attrs)
 
 

@@ -10,7 +10,9 @@ import pytest
 from muslin.engine.firewall import BridgeSpec, PortSpec
 from muslin.engine.nft_firewall import repair
 from muslin.engine.nft_ruleset import (CHAINS, SETS, Element, add_elements, delete_elements, full_table,
-                                       network_elements, parse_table, port_elements, skeleton, wanted_elements)
+                                       network_elements, parse_table, port_elements, skeleton, wanted_elements,
+                                       wire)
+from muslin.kernel import nftsets
 from muslin.kernel.libnftables import NftError
 
 NET = BridgeSpec("br-a", IPv4Network("10.1.0.0/24"), masquerade=True, icc=True, internal=False)
@@ -21,8 +23,8 @@ def test_a_network_is_elements_keyed_on_its_bridge() -> None:
     assert set(network_elements(NET)) == {
         Element("bridges", ("br-a",)),
         Element("same-bridge", ("br-a", "br-a"), ("accept",)),
-        Element("masquerade-subnets", ("10.1.0.0/24",)),
-        Element("masquerade-bridge-subnets", ("10.1.0.0/24", "br-a")),
+        Element("masquerade-subnets", ("10.1.0.0/24",), comment="br-a"),
+        Element("own-bridge", ("br-a", "br-a")),
     }
     no_icc = BridgeSpec("br-b", IPv4Network("10.2.0.0/24"), masquerade=False, icc=False, internal=False)
     assert set(network_elements(no_icc)) == {Element("bridges", ("br-b",)),
@@ -30,7 +32,7 @@ def test_a_network_is_elements_keyed_on_its_bridge() -> None:
     internal = BridgeSpec("br-i", IPv4Network("10.3.0.0/24"), masquerade=True, icc=False, internal=True)
     assert set(network_elements(internal)) == {
         Element("internal-bridges", ("br-i",)),
-        Element("internal-subnets", ("br-i", "10.3.0.0/24")),
+        Element("internal-subnets", ("10.3.0.0/24",), comment="br-i"),
         Element("same-bridge", ("br-i", "br-i"), ("drop",)),
     }
 
@@ -44,6 +46,23 @@ def test_a_port_is_a_dnat_an_accept_and_a_hairpin_element() -> None:
     local = PortSpec("br-a", "udp", "127.0.0.1", 5353, IPv4Address("10.1.0.2"), 53)
     assert port_elements(local)[0] == Element("dnat-by-address", ("127.0.0.1", "udp", "5353"), ("10.1.0.2", "53"))
     assert port_elements(PortSpec("br-a", "tcp", "0.0.0.0", 1, IPv4Address("10.1.0.2"), 2))[0].set == "dnat-any-address"
+
+
+def test_the_kernel_bytes_of_elements() -> None:
+    """What nft itself sends: fields padded to 4 bytes, a subnet as its start and the address after
+    its end, flagged; the bridge's name as the subnet's comment."""
+    (dnat, published, hairpin) = [wire(e) for e in port_elements(PORT)]
+    assert dnat == [nftsets.Element(bytes([6, 0, 0, 0, 0x1F, 0x90, 0, 0]), data=bytes([10, 1, 0, 2, 0, 80, 0, 0]))]
+    assert published[0].key == b"br-a".ljust(16, b"\0") + bytes([10, 1, 0, 2, 6, 0, 0, 0, 0, 80, 0, 0])
+    assert len(hairpin[0].key) == 16
+    masquerade = next(e for e in network_elements(NET) if e.set == "masquerade-subnets")
+    assert wire(masquerade) == [nftsets.Element(bytes([10, 1, 0, 0]), comment="br-a"),
+                                nftsets.Element(bytes([10, 1, 1, 0]), interval_end=True)]
+    no_icc = BridgeSpec("br-b", IPv4Network("10.2.0.0/24"), masquerade=False, icc=False, internal=False)
+    same = next(e for e in network_elements(no_icc) if e.set == "same-bridge")
+    assert wire(same)[0].verdict == "jump same-bridge-no-icc"
+    with pytest.raises(ValueError, match="protocol"):
+        wire(Element("hairpin", ("10.1.0.2", "10.1.0.2", "bogus", "80")))
 
 
 def test_scripts_show_where_a_port_goes_and_delete_by_key() -> None:
@@ -95,14 +114,14 @@ def test_a_listing_reads_back_as_the_elements_written() -> None:
         "bridges": ["br-a"],
         "same-bridge": [[{"concat": ["br-a", "br-a"]}, {"accept": None}],
                         [{"concat": ["br-b", "br-b"]}, {"jump": {"target": "same-bridge-no-icc"}}]],
-        "masquerade-subnets": [{"prefix": {"addr": "10.1.0.0", "len": 24}}],
-        "masquerade-bridge-subnets": [{"concat": [{"prefix": {"addr": "10.1.0.0", "len": 24}}, "br-a"]}],
-        "internal-subnets": [{"concat": ["br-h", "10.9.0.7"]}],  # nft shows a /32 as an address
+        "masquerade-subnets": [{"elem": {"val": {"prefix": {"addr": "10.1.0.0", "len": 24}}, "comment": "br-a"}}],
+        "own-bridge": [{"concat": ["br-a", "br-a"]}],
+        "internal-subnets": ["10.9.0.7"],  # nft shows a /32 as an address
     }))
     assert state is not None
     assert wanted_elements([NET], [PORT]) <= state.elements
     assert Element("same-bridge", ("br-b", "br-b"), ("jump same-bridge-no-icc",)) in state.elements
-    assert Element("internal-subnets", ("br-h", "10.9.0.7/32")) in state.elements
+    assert Element("internal-subnets", ("10.9.0.7/32",)) in state.elements
     assert state.misshapen_sets() == []
     assert skeleton(state) == []
     assert state.elements_naming("br-a") == wanted_elements([NET], [PORT])
