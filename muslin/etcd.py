@@ -36,6 +36,10 @@ class StoreUnavailable(StoreError):
     """No endpoint answered."""
 
 
+class ApiNotServed(StoreUnavailable):
+    """etcd answered, but not in this API (v3 without its JSON gateway, v2 without --enable-v2)."""
+
+
 class StoreRefused(StoreError):
     """etcd answered but refused the request (bad credentials, no permission, invalid request)."""
 
@@ -106,6 +110,16 @@ class KeyValueStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class ClusterKeyValueStore(KeyValueStore, Protocol):
+    """What the engine's cluster store needs on top: transactions and leases (v3's own; emulated on v2)."""
+
+    async def transaction(self, compare: list[Compare], success: list[Operation]) -> bool: ...
+
+    async def grant(self, ttl: int) -> int: ...
+
+    async def keep_alive(self, lease_id: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -337,7 +351,7 @@ class EtcdV3Store:
                 except ValueError:
                     error = {}
                 if not isinstance(error, dict) or "code" not in error:
-                    raise StoreUnavailable(f"etcd at {ep} does not serve the v3 JSON gateway at {path} (HTTP "
+                    raise ApiNotServed(f"etcd at {ep} does not serve the v3 JSON gateway at {path} (HTTP "
                                            f"{response.status_code}); it needs etcd >= 3.4 with its gRPC gateway on")
                 raise _V3Error(response.status_code, int(error["code"]), str(error.get("message") or error))
             return exchange
@@ -363,12 +377,14 @@ class EtcdV3Store:
         """POST to the gateway, moving on to the next member when one does not answer. An error answer
         with the gRPC code ``tolerate`` returns an empty answer; any other refusal raises StoreRefused."""
         last: BaseException | None = None
+        not_served = 0  # members that answered without the gateway
         for _ in range(len(self._rotation.endpoints)):
             ep = self._rotation.current
             try:
                 return await self._call_member(ep, path, body)
             except (*_CONNECTION_ERRORS, StoreUnavailable) as exc:
                 last = exc
+                not_served += isinstance(exc, ApiNotServed)
             except _V3Error as exc:
                 if exc.code == tolerate:
                     return {}
@@ -377,6 +393,8 @@ class EtcdV3Store:
                 last = exc
             self._token = None
             self._rotation.advance(last)
+        if not_served == len(self._rotation.endpoints):
+            raise ApiNotServed(str(last))
         raise StoreUnavailable(f"no etcd endpoint answered ({', '.join(map(str, self._rotation.endpoints))}):"
                                f" {last}")
 
@@ -552,7 +570,24 @@ class _V2Error(StoreRefused):
 _V2_KEY_NOT_FOUND = 100
 _V2_TEST_FAILED = 101
 _V2_KEY_EXISTS = 105
+_V2_UNAUTHORIZED = 110
 _V2_EVENT_INDEX_CLEARED = 401
+
+
+# The v2 emulation of v3's transactions and leases (EtcdV2Store.transaction, grant, keep_alive).
+V2_FENCE_ROOT = "/muslin-fence"  # a remover's fence on a key it is about to delete (see _fenced_deletes)
+V2_FENCE_TTL = 30  # seconds: a remover that died leaves its fences this long at most
+V2_PROVISIONAL_TTL = 30  # seconds: what a writer that died half-way through a transaction leaves, this long
+V2_REFRESH_BATCH = 16  # a lease's keys refreshed this many at a time
+
+
+@dataclass
+class _V2Lease:
+    """v2 has no leases: here a lease is the keys written with it, each a TTL key of ``ttl`` seconds, all
+    refreshed together by keep_alive."""
+
+    ttl: int
+    keys: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -575,6 +610,8 @@ class EtcdV2Store:
             token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
             self._authorization = f"Basic {token}"
         self._ssl = _ssl_context(endpoints, tls or TlsFiles())
+        self._leases: dict[int, _V2Lease] = {}
+        self._last_lease = 0
 
     async def _request_once(self, ep: Endpoint, method: str, path: str, query: dict[str, str],
                             form: dict[str, str] | None, timeout: float | None) -> _V2Response:
@@ -609,14 +646,14 @@ class EtcdV2Store:
                 last = exc
                 self._rotation.advance(exc)
                 continue
-            if resp.status in (401, 403):
+            if resp.status in (401, 403) and resp.body.get("errorCode") in (None, _V2_UNAUTHORIZED):
                 raise StoreRefused(f"etcd at {self._rotation.current} refused the request (HTTP {resp.status}"
                                    f"{': ' + str(resp.body.get('message')) if resp.body.get('message') else ''});"
                                    " check --etcd-username/--etcd-password")
             if resp.status >= 400 and "errorCode" in resp.body:
                 raise _V2Error(resp.status, resp.body)
             if resp.status == 404:
-                raise StoreUnavailable(f"etcd at {self._rotation.current} does not serve the v2 API "
+                raise ApiNotServed(f"etcd at {self._rotation.current} does not serve the v2 API "
                                        "(start it with --enable-v2)")
             if resp.status >= 500:
                 last = RuntimeError(f"HTTP {resp.status}")
@@ -657,16 +694,32 @@ class EtcdV2Store:
         return entries, resp.index
 
     async def create(self, key: str, value: bytes, ttl: int | None) -> bool:
+        return await self._claim(key, value, ttl) is not None
+
+    async def _write(self, key: str, value: bytes, ttl: int | None, query: dict[str, str] | None = None) -> int:
+        """PUT (without a ttl the key is kept for good, also one that had a TTL); the index it got."""
         form = {"value": value.decode()}
         if ttl:
             form["ttl"] = str(ttl)
+        resp = await self._request("PUT", key, query, form)
+        return int(resp.body["node"]["modifiedIndex"])
+
+    async def _claim(self, key: str, value: bytes, ttl: int | None) -> int | None:
+        """Create key atomically (prevExist=false); its index, None if it exists."""
         try:
-            await self._request("PUT", key, {"prevExist": "false"}, form)
+            return await self._write(key, value, ttl, {"prevExist": "false"})
         except _V2Error as exc:
             if exc.code == _V2_KEY_EXISTS:
-                return False
+                return None
             raise
-        return True
+
+    async def _delete_own(self, key: str, index: int) -> None:
+        """Delete key only while it is what this client wrote at index (prevIndex)."""
+        try:
+            await self._request("DELETE", key, {"prevIndex": str(index)})
+        except _V2Error as exc:
+            if exc.code not in (_V2_KEY_NOT_FOUND, _V2_TEST_FAILED):
+                raise
 
     async def put(self, key: str, value: bytes, ttl: int | None, prev_revision: int | None = None) -> bool:
         form = {"value": value.decode()}
@@ -682,11 +735,165 @@ class EtcdV2Store:
         return True
 
     async def delete(self, key: str) -> None:
+        for lease in self._leases.values():
+            lease.keys.discard(key)  # deleted on purpose: keep_alive must not take it for an expired one
         try:
             await self._request("DELETE", key)
         except _V2Error as exc:
             if exc.code != _V2_KEY_NOT_FOUND:
                 raise
+
+    # -- v3's transactions, for the shapes the engine's cluster store uses ------------------------------
+    async def transaction(self, compare: list[Compare], success: list[Operation]) -> bool:
+        """v3's all-or-nothing transaction, built from v2's single-key conditions, for three shapes:
+
+        - no compare: the operations in order;
+        - writes, guarded by Absent(k) for keys k they write (each is created with prevExist=false, a lost
+          race undoes what was written) and Present(k) (checked after the writes, see _fenced_deletes);
+        - deletes, guarded by any compare, under fences (_fenced_deletes).
+
+        Between the first write and the last, other clients may see part of it; a writer that dies
+        half-way leaves TTL keys that expire (V2_PROVISIONAL_TTL, or the lease's). A v2 prefix is a
+        directory: Absent(prefix=True) takes keys ending in "/"."""
+        if not compare:
+            for op in success:
+                if isinstance(op, Put):
+                    await self._write(op.key, op.value, self._lease_ttl(op.lease))
+                    self._track(op)
+                else:
+                    await self.delete(op.key)
+            return True
+        if all(isinstance(op, Delete) for op in success):
+            return await self._fenced_deletes(compare, [op.key for op in success])
+        puts = [op for op in success if isinstance(op, Put)]
+        if len(puts) != len(success):
+            raise ValueError("a v2 transaction either writes or deletes")
+        return await self._guarded_puts(compare, puts)
+
+    async def _guarded_puts(self, compare: list[Compare], puts: list[Put]) -> bool:
+        claims = {c.key for c in compare if isinstance(c, Absent) and not c.prefix}
+        if any(isinstance(c, Absent) and (c.prefix or c.key not in {p.key for p in puts}) for c in compare):
+            raise ValueError("etcd v2 checks that a key is absent only by creating it")
+        # Claims first, so that a lost race has written nothing else; everything provisional (a TTL) until
+        # every condition held, then kept for good (or under its lease, refreshed from then on).
+        ordered = [p for p in puts if p.key in claims] + [p for p in puts if p.key not in claims]
+        written: list[tuple[Put, int]] = []
+        for put in ordered:
+            ttl = self._lease_ttl(put.lease) or V2_PROVISIONAL_TTL
+            if put.key in claims:
+                index = await self._claim(put.key, put.value, ttl)
+                if index is None:
+                    await self._undo(written)
+                    return False
+            else:
+                index = await self._write(put.key, put.value, ttl)
+            written.append((put, index))
+        for c in compare:
+            if isinstance(c, Present) and not await self._present_unfenced(c.key):
+                await self._undo(written)
+                return False
+        for put, index in written:
+            if put.lease:
+                self._track(put)
+            else:
+                await self._write(put.key, put.value, None, {"prevIndex": str(index)})
+        return True
+
+    async def _undo(self, written: list[tuple[Put, int]]) -> None:
+        for put, index in reversed(written):
+            await self._delete_own(put.key, index)
+
+    async def _present_unfenced(self, key: str) -> bool:
+        """The key is there, and no remover is deleting it. The fence is read first: see _fenced_deletes."""
+        return await self.get(V2_FENCE_ROOT + key) is None and await self.get(key) is not None
+
+    async def _fenced_deletes(self, compare: list[Compare], keys: list[str]) -> bool:
+        """Delete keys if every compare holds, with writers guarded by Present(key) kept out.
+
+        The remover fences each key, then checks, then deletes; a writer writes, then reads the fence, then
+        the key. Reads are linearizable (quorum), so either the writer read no fence before the fence was
+        made, and then its write came before the remover's check, which sees it (and gives up); or the
+        writer sees the fence or the key gone (and undoes its write). Both giving up is possible, one
+        succeeding where the other should not is not. A second remover finds the fence and gives up."""
+        fences: list[tuple[str, int]] = []
+        try:
+            for key in keys:
+                index = await self._claim(V2_FENCE_ROOT + key, b"", V2_FENCE_TTL)
+                if index is None:
+                    return False
+                fences.append((V2_FENCE_ROOT + key, index))
+            for c in compare:
+                if not await self._holds(c):
+                    return False
+            for key in keys:
+                await self.delete(key)
+            return True
+        finally:
+            for fence, index in fences:
+                try:
+                    await self._delete_own(fence, index)
+                except StoreError as exc:  # it expires by itself
+                    log.debug("fence %s left to expire: %s", fence, exc)
+
+    async def _holds(self, c: Compare) -> bool:
+        if isinstance(c, Present):
+            return await self.get(c.key) is not None
+        if c.prefix:
+            return not (await self.list(c.key))[0]
+        return await self.get(c.key) is None
+
+    # -- v3's leases, as TTL keys refreshed together -----------------------------------------------------
+    async def probe(self) -> None:
+        """Raises unless etcd serves the v2 API (ApiNotServed) and answers (StoreUnavailable)."""
+        await self._request("GET", "/")
+
+    async def grant(self, ttl: int) -> int:
+        """A new lease of ttl seconds (kept by this client: etcd only sees its keys' TTLs)."""
+        await self.probe()
+        self._last_lease += 1
+        self._leases[self._last_lease] = _V2Lease(ttl)
+        return self._last_lease
+
+    def _lease_ttl(self, lease_id: int) -> int | None:
+        if not lease_id:
+            return None
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise StoreRefused(f"etcd v2: lease {lease_id} not found (it expired)")
+        return lease.ttl
+
+    def _track(self, put: Put) -> None:
+        if put.lease and (lease := self._leases.get(put.lease)) is not None:
+            lease.keys.add(put.key)
+
+    async def keep_alive(self, lease_id: int) -> int:
+        """Refresh every key of the lease (refresh=true: no watcher is woken); the seconds it has left, 0 if
+        one of its keys expired meanwhile (etcd away longer than the TTL): then, as a v3 lease that
+        expired, it is over, and its holder starts again with a new one."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return 0
+        keys = sorted(lease.keys)
+        for start in range(0, len(keys), V2_REFRESH_BATCH):
+            batch = keys[start:start + V2_REFRESH_BATCH]
+            alive = await asyncio.gather(*(self._refresh(key, lease.ttl) for key in batch))
+            expired = [key for key, ok in zip(batch, alive) if not ok and key in lease.keys]
+            if expired:
+                log.info("etcd v2: %d key(s) of lease %d expired (%s ...)", len(expired), lease_id, expired[0])
+                del self._leases[lease_id]
+                return 0
+        if not keys:
+            await self.probe()
+        return lease.ttl
+
+    async def _refresh(self, key: str, ttl: int) -> bool:
+        try:
+            await self._request("PUT", key, {"refresh": "true", "prevExist": "true"}, {"ttl": str(ttl)})
+        except _V2Error as exc:
+            if exc.code == _V2_KEY_NOT_FOUND:
+                return False
+            raise
+        return True
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
         index = start_revision
@@ -719,6 +926,22 @@ class EtcdV2Store:
 
 
 # ---------------------------------------------------------------------------------------------- choice
+
+async def detect_api(v3: EtcdV3Store, v2: EtcdV2Store) -> EtcdV3Store | EtcdV2Store:
+    """The API etcd serves: the v3 JSON gateway if it answers, else v2 where only that does (etcd 2, or 3.x
+    with --enable-v2 and its gateway off). StoreUnavailable if no member answers; StoreRefused if etcd
+    serves neither."""
+    try:
+        await v3.get("/")
+        return v3
+    except ApiNotServed as exc:
+        without_v3 = exc
+    try:
+        await v2.probe()
+    except ApiNotServed as exc:
+        raise StoreRefused(f"etcd serves neither the v3 JSON gateway nor the v2 API ({without_v3}; {exc})") from exc
+    return v2
+
 
 API_CHOICES = ("auto", "v3", "v2")
 

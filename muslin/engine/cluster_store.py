@@ -1,17 +1,23 @@
-"""The cluster store: dockerd's ``--cluster-store etcd://...`` (pre-swarm), here over etcd's v3 API.
+"""The cluster store: dockerd's ``--cluster-store etcd://...`` (pre-swarm), over etcd's v3 API or its v2.
 
 dockerd 20.10 kept its global networks, their address allocations and every engine's endpoints in a
 key-value store named by ``--cluster-store`` and announced itself with ``--cluster-advertise``. This
 module is the connection: the flags parsed into a typed config, and a small synchronous face over the
-project's asynchronous etcd v3 client (``muslin.etcd``, which the fabric's agent uses too) for the
+project's asynchronous etcd client (``muslin.etcd``, which the fabric's agent uses too) for the
 engine's worker thread.
+
+Which API is found when etcd first answers: the v3 JSON gateway if it does, else v2 (the article's etcd
+may serve only that, as dockerd 20.10's libkv spoke it). The engine does not know which: on v2 the
+client emulates v3's transactions and leases (``muslin.etcd.EtcdV2Store``), and the log says which one
+is in use.
 
 The client lives on an event loop of its own, in a thread of its own: the engine's worker blocks on a
 call for at most its timeout, and the watch that keeps the engine in step with the other engines runs
 there without touching the API's loop. The engine holds one lease of its own (``discovery.ttl``,
 renewed every ``discovery.heartbeat``): its endpoints and addresses are written with it, so they go
 away with an engine that dies, and an engine that lost its lease (etcd was away longer than the TTL)
-takes a new one and writes them again (``on_new_lease``).
+takes a new one and writes them again (``on_new_lease``). On v2 the lease is TTL keys refreshed every
+heartbeat.
 """
 
 from __future__ import annotations
@@ -157,16 +163,18 @@ class ClusterStore:
         self.root = f"/{config.prefix}/network/v1.0/"
         scheme = "https" if config.tls else "http"
         tls = etcd.TlsFiles(config.cacertfile or None, config.certfile or None, config.keyfile or None)
+        endpoints = [etcd.Endpoint(scheme, m.host, m.port) for m in config.members]
         try:
-            self._etcd = etcd.EtcdV3Store([etcd.Endpoint(scheme, m.host, m.port) for m in config.members], tls)
+            self._candidates = (etcd.EtcdV3Store(endpoints, tls), etcd.EtcdV2Store(endpoints, tls))
         except OSError as exc:
             raise InvalidArgument(f"--cluster-store-opt: cannot use {exc.filename}: {exc.strerror}") from None
+        self._etcd: etcd.ClusterKeyValueStore | None = None  # the API etcd serves, once it answered
+        self._connecting: asyncio.Lock | None = None
         self.lease_id = 0
         self.on_new_lease: Callable[[], None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cluster-store", daemon=True)
         self._thread.start()
-        self._tasks: list[Any] = []
 
     # -- plumbing ---------------------------------------------------------------------------------
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -199,7 +207,25 @@ class ClusterStore:
         return future
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._tasks.append(asyncio.run_coroutine_threadsafe(coro, self._loop))
+        asyncio.run_coroutine_threadsafe(coro, self._loop)  # ended by close()
+
+    @property
+    def api(self) -> str:
+        """"v3" or "v2" once etcd answered, else empty."""
+        return self._etcd.api if self._etcd is not None else ""
+
+    async def _kv(self) -> etcd.ClusterKeyValueStore:
+        """The store in the API etcd serves, found at the first call that reaches it."""
+        if self._etcd is None:
+            if self._connecting is None:
+                self._connecting = asyncio.Lock()
+            async with self._connecting:
+                if self._etcd is None:
+                    found = await etcd.detect_api(*self._candidates)
+                    log.info("cluster store %s speaks etcd's %s API%s", self.config.url, found.api,
+                             "" if found.api == "v3" else " (its v3 JSON gateway does not answer)")
+                    self._etcd = found
+        return self._etcd
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """etcd's errors as the engine's: a Docker-style message naming the cluster store."""
@@ -212,8 +238,7 @@ class ClusterStore:
 
     # -- key-value operations -------------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:
-        entry = self.run(self._etcd.get(key))
-        return None if entry is None else KeyValue(entry.key, entry.value, entry.revision)
+        return self.run(self.get_async(key))
 
     def list(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key under prefix, and the store's revision they were read at."""
@@ -221,21 +246,31 @@ class ClusterStore:
 
     async def list_async(self, prefix: str) -> tuple[list[KeyValue], int]:
         """``list`` for coroutines on the store's own loop."""
-        entries, revision = await self._call(self._etcd.list(prefix))
+        entries, revision = await self._call(self._list(prefix))
         return [KeyValue(e.key, e.value, e.revision) for e in entries], revision
 
     def transaction(self, compares: list[Absent | Present], operations: list[Put | Delete]) -> bool:
         """All operations if every compare holds, else none; whether they were done."""
-        return self.run(self._etcd.transaction(list(compares), self._operations(operations)))
+        return self.run(self.transaction_async(compares, operations))
 
     async def transaction_async(self, compares: list[Absent | Present], operations: list[Put | Delete]) -> bool:
         """``transaction`` for coroutines on the store's own loop."""
-        return await self._call(self._etcd.transaction(list(compares), self._operations(operations)))
+        ops = self._operations(operations)
+        return await self._call(self._transaction(list(compares), ops))
 
     async def get_async(self, key: str) -> KeyValue | None:
         """``get`` for coroutines on the store's own loop."""
-        entry = await self._call(self._etcd.get(key))
+        entry = await self._call(self._get(key))
         return None if entry is None else KeyValue(entry.key, entry.value, entry.revision)
+
+    async def _get(self, key: str) -> etcd.Entry | None:
+        return await (await self._kv()).get(key)
+
+    async def _list(self, prefix: str) -> tuple[list[etcd.Entry], int]:
+        return await (await self._kv()).list(prefix)
+
+    async def _transaction(self, compares: list[etcd.Compare], ops: list[etcd.Operation]) -> bool:
+        return await (await self._kv()).transaction(compares, ops)
 
     def _operations(self, operations: list[Put | Delete]) -> list[etcd.Operation]:
         ops: list[etcd.Operation] = []
@@ -254,7 +289,11 @@ class ClusterStore:
     async def watch(self, prefix: str, start_revision: int, timeout: float) -> AsyncIterator[Change]:
         """Changes under prefix from start_revision on, for at most ``timeout`` seconds (then the
         caller lists again: the periodic reconcile). Raises StoreUnavailable or WatchCompacted."""
-        events = self._etcd.watch(prefix, start_revision)
+        try:
+            kv = await self._kv()
+        except etcd.StoreError as exc:
+            raise StoreUnavailable(f"the cluster store's watch cannot start: {exc}") from exc
+        events = kv.watch(prefix, start_revision)
         deadline = self._loop.time() + timeout
         try:
             while (left := deadline - self._loop.time()) > 0:
@@ -280,15 +319,21 @@ class ClusterStore:
         self.spawn(self._keep_lease())
 
     async def _grant(self) -> None:
-        self.lease_id = await self._call(self._etcd.grant(self.config.ttl))
+        self.lease_id = await self._call(self._grant_lease())
         log.info("cluster store %s: lease %x (ttl %ds)", self.config.url, self.lease_id, self.config.ttl)
+
+    async def _grant_lease(self) -> int:
+        return await (await self._kv()).grant(self.config.ttl)
+
+    async def _keep_alive(self) -> int:
+        return await (await self._kv()).keep_alive(self.lease_id)
 
     async def _keep_lease(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat if self.lease_id else 1)
             try:
                 if self.lease_id:
-                    if await self._call(self._etcd.keep_alive(self.lease_id)) > 0:
+                    if await self._call(self._keep_alive()) > 0:
                         continue
                     log.warning("cluster store lease %x expired: granting a new one", self.lease_id)
                 await self._grant()
@@ -302,9 +347,15 @@ class ClusterStore:
         """Stop the watches and the keeper; the lease is left to expire (an engine that stops keeps its
         containers running, and a restart within the TTL finds its records where they were)."""
         async def shutdown() -> None:
-            for task in self._tasks:
+            # Every task of the loop (the watches, the keeper and calls in flight) ends before it stops:
+            # one still unwinding (a long poll's connection being closed) would find the loop closed.
+            running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in running:
                 task.cancel()
-            await self._etcd.close()
+            if running:
+                await asyncio.wait(running, timeout=2)
+            if self._etcd is not None:
+                await self._etcd.close()
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(3)
         except Exception:  # noqa: BLE001 - best effort at shutdown

@@ -1,7 +1,8 @@
 """An etcd cluster with one member per simulated host, each listening on its host's address.
 
 Members run ``etcd`` (Debian's etcd-server) under ``nsenter --net``, with the v2 API enabled (the seed's
-flannel 0.7 uses it), data and logs under one directory. Members can be stopped and started one by one
+flannel 0.7 uses it), data and logs under one directory; ``v3_gateway=False`` turns off the v3 JSON
+gateway, so that over HTTP only v2 answers (as from an etcd 2). Members can be stopped and started one by one
 to test failover.
 """
 
@@ -40,7 +41,8 @@ class TlsConfig:
 
 class EtcdCluster:
     def __init__(self, hosts: Sequence[Host], data_dir: str, tls: TlsConfig | None = None,
-                 binary: str = "etcd", names: Sequence[str] | None = None, detached: bool = False) -> None:
+                 binary: str = "etcd", names: Sequence[str] | None = None, detached: bool = False,
+                 v3_gateway: bool = True) -> None:
         """``names``: member names (default m1, m2, ...); ``detached``: members in their own session, so
         they outlive the process that started them (the lab's ``up``)."""
         if not hosts:
@@ -55,6 +57,7 @@ class EtcdCluster:
         self.token = f"muslin-{uuid.uuid4().hex[:8]}"
         self.names = list(names) if names else [f"m{i + 1}" for i in range(len(self.hosts))]
         self.detached = detached
+        self.v3_gateway = v3_gateway
         self._procs: dict[int, subprocess.Popen] = {}
 
     @property
@@ -87,6 +90,8 @@ class EtcdCluster:
                "--initial-cluster-token", self.token, "--enable-v2",
                "--heartbeat-interval", "50", "--election-timeout", "500",
                "--logger", "zap", "--log-level", "warn"]
+        if not self.v3_gateway:
+            cmd.append("--enable-grpc-gateway=false")
         if self.tls:
             cmd += ["--cert-file", self.tls.certfile, "--key-file", self.tls.keyfile,
                     "--trusted-ca-file", self.tls.cafile, "--client-cert-auth"]

@@ -1,11 +1,16 @@
 """Engines sharing overlay networks: hosts on an underlay (muslin.lab.topology), an etcd cluster on them
 (muslin.lab.etcd) and a muslind per host started with --cluster-store on it; all removed at the end,
-also when a test fails."""
+also when a test fails. The etcd serves v3 (its JSON gateway on) or, for the scenarios where the store's
+API makes a difference (the ``etcd_api`` fixture), only v2 over HTTP (its gateway off)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.etcd import EtcdCluster
 from muslin.lab.lab import unmount_under
@@ -51,11 +57,42 @@ class Cluster:
         d.start()
         return d
 
+    @property
+    def api(self) -> str:
+        return "v3" if self.etcd.v3_gateway else "v2"
+
     def etcdctl(self, *args: str) -> str:
         proc = in_ns(self.underlay.hosts[0].name, "etcdctl", f"--endpoints={','.join(self.etcd.endpoints)}", *args,
                      env={"ETCDCTL_API": "3"})
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
+
+    def records(self, prefix: str) -> dict[str, str]:
+        """Every key under prefix (a directory: ends in "/") and its value, from the keyspace the engines
+        use: v3's through etcdctl, v2's through its HTTP API (its nodes also say which keys have a TTL)."""
+        if self.api == "v3":
+            lines = self.etcdctl("get", "--prefix", prefix).splitlines()
+            return dict(zip(lines[0::2], lines[1::2]))
+        return {node["key"]: node["value"] for node in self.v2_nodes(prefix)}
+
+    def v2_nodes(self, prefix: str) -> list[dict]:
+        """The v2 keyspace's nodes (not directories) under prefix, as etcd answers them."""
+        url = f"{self.etcd.endpoints[0]}/v2/keys{urllib.parse.quote(prefix.rstrip('/'))}?recursive=true"
+        try:
+            with netns.entered(self.underlay.hosts[0].netns), urllib.request.urlopen(url, timeout=5) as resp:
+                stack = [json.load(resp)["node"]]
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return []
+            raise
+        nodes = []
+        while stack:
+            node = stack.pop()
+            if node.get("dir"):
+                stack.extend(node.get("nodes", []))
+            else:
+                nodes.append(node)
+        return nodes
 
 
 @dataclass
@@ -104,16 +141,23 @@ def remove(made: Made, failures: list[str], tracebacks: list[str]) -> None:
                 lambda: wait_for(lambda: not processes_naming(workdir), 5, "the cluster's processes to go"))
 
 
+@pytest.fixture(params=["v3", "v2"])
+def etcd_api(request: pytest.FixtureRequest) -> str:
+    """For a scenario that runs against both: etcd's v3 (JSON gateway), then a v2-only etcd."""
+    return request.param
+
+
 @pytest.fixture
-def make_cluster() -> Iterator[Callable[[int], Cluster]]:
+def make_cluster() -> Iterator[Callable[..., Cluster]]:
     made: list[Made] = []
 
-    def make(engines: int = 2) -> Cluster:
+    def make(engines: int = 2, api: str = "v3") -> Cluster:
         record = Made(prefix=f"ov{uuid.uuid4().hex[:5]}")
         made.append(record)
         underlay = topology.create(record.prefix, engines)
         record.workdir = Path(tempfile.mkdtemp(prefix=f"muslin-{record.prefix}-"))
-        cluster = Cluster(underlay, record.workdir, EtcdCluster(underlay.hosts, str(record.workdir / "etcd")))
+        cluster = Cluster(underlay, record.workdir, EtcdCluster(underlay.hosts, str(record.workdir / "etcd"),
+                                                                v3_gateway=api == "v3"))
         record.cluster = cluster
         cluster.etcd.start()
         for i in range(engines):

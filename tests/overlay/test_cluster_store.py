@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 
 import docker
 
+from muslin.kernel import netns
 from muslin.lab.rig import in_ns, wait_for
 
 SHOWS_UP = 30  # seconds: generous, for a loaded machine; latency is measured in bench/, not asserted here
@@ -17,9 +20,24 @@ def listed(d, name: str) -> dict | None:
     return found[0] if found else None
 
 
-def test_info_and_global_network_seen_by_both(make_cluster):
-    cluster = make_cluster(2)
+def v3_gateway_answers(cluster) -> bool:
+    """Whether etcd's v3 JSON gateway answers over HTTP (an etcd without it answers 404 pages)."""
+    request = urllib.request.Request(f"{cluster.etcd.endpoints[0]}/v3/kv/range", data=b'{"key": "Lw=="}',
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with netns.entered(cluster.underlay.hosts[0].netns), urllib.request.urlopen(request, timeout=5) as resp:
+            return "header" in json.load(resp)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404, exc
+        return False
+
+
+def test_info_and_global_network_seen_by_both(make_cluster, etcd_api):
+    cluster = make_cluster(2, etcd_api)
     one, two = cluster.engines
+    assert v3_gateway_answers(cluster) == (etcd_api == "v3")
+    # the engine found the API etcd serves, and says which
+    wait_for(lambda: f"speaks etcd's {etcd_api} API" in one.log(), 10, "the engine to log the store's API")
     # the CLI of today drops these fields: the API's answer, through the SDK
     info = docker.DockerClient(base_url=f"unix://{one.sock}").info()
     assert info["ClusterStore"] == cluster.store_url
@@ -43,11 +61,12 @@ def test_info_and_global_network_seen_by_both(make_cluster):
     # rm from the other engine removes it everywhere
     two.docker("network", "rm", "ov1")
     wait_for(lambda: listed(one, "ov1") is None, SHOWS_UP, "ov1 gone from the first engine")
-    assert cluster.etcdctl("get", "--prefix", "--keys-only", "/docker/network/v1.0/network/").strip() == ""
+    assert cluster.records("/docker/network/v1.0/network/") == {}
+    assert cluster.records("/docker/network/v1.0/name/") == {}
 
 
-def test_containers_across_engines(make_cluster):
-    cluster = make_cluster(2)
+def test_containers_across_engines(make_cluster, etcd_api):
+    cluster = make_cluster(2, etcd_api)
     one, two = cluster.engines
     one.docker("network", "create", "-d", "overlay", "ov1")
     wait_for(lambda: listed(two, "ov1"), SHOWS_UP, "ov1 on the second engine")
@@ -56,10 +75,16 @@ def test_containers_across_engines(make_cluster):
     ip = one.docker("inspect", "-f", "{{.NetworkSettings.Networks.ov1.IPAddress}}", "web1").stdout.strip()
     assert ip == "10.0.0.2"
     out = two.docker("run", "--rm", "--network", "ov1", "busybox", "sh", "-c",
-                     f"ip -o addr show eth0; cat /sys/class/net/eth0/mtu; ping -c1 -W2 {ip}; wget -qO- http://{ip}/")
+                     f"ip -o addr show eth0; cat /sys/class/net/eth0/mtu; ping -c1 -W2 {ip}; wget -qO- http://{ip}/;"
+                     " wget -qO- http://web1/")
     assert "10.0.0.3/24" in out.stdout, out.stdout
     assert "\n1450\n" in out.stdout
-    assert "hello-from-node1" in out.stdout
+    assert out.stdout.count("hello-from-node1") == 2, out.stdout  # by address, and by name across hosts
+    if etcd_api == "v2":
+        # no leases in v2: an engine's records are TTL keys (refreshed every heartbeat), the network's not
+        ttl = {n["key"].split("/")[4]: "ttl" in n for n in cluster.v2_nodes("/docker/network/v1.0/")}
+        assert ttl == {"network": False, "name": False, "vni": False, "subnet": False, "engine": True,
+                       "endpoint": True, "address": True}, ttl
     rm = two.docker("network", "rm", "ov1", check=False)
     assert rm.returncode != 0 and "has active endpoints" in rm.stderr
     one.docker("rm", "-f", "web1")

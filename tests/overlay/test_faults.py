@@ -29,8 +29,8 @@ def ping(d, target: str, net: str = "ov1") -> bool:
                     check=False).returncode == 0
 
 
-def test_etcd_away_existing_containers_keep_talking_then_catch_up(make_cluster):
-    cluster = make_cluster(2)
+def test_etcd_away_existing_containers_keep_talking_then_catch_up(make_cluster, etcd_api):
+    cluster = make_cluster(2, etcd_api)
     one, two = cluster.engines
     net_id = one.docker("network", "create", "-d", "overlay", "ov1").stdout.strip()
     wait_for(lambda: listed(two, "ov1"), 30, "ov1 on the second engine")
@@ -62,8 +62,8 @@ def test_etcd_away_existing_containers_keep_talking_then_catch_up(make_cluster):
     wait_for(lambda: listed(one, "ov2"), 30, "ov2 on the first engine")
 
 
-def test_dead_engine_expires_and_restart_reconciles(make_cluster):
-    cluster = make_cluster(2)
+def test_dead_engine_expires_and_restart_reconciles(make_cluster, etcd_api):
+    cluster = make_cluster(2, etcd_api)
     one, two = cluster.engines
     net_id = one.docker("network", "create", "-d", "overlay", "ov1").stdout.strip()
     wait_for(lambda: listed(two, "ov1"), 30, "ov1 on the second engine")
@@ -82,8 +82,8 @@ def test_dead_engine_expires_and_restart_reconciles(make_cluster):
     assert ping(two, "web1")
 
 
-def test_three_engines_allocate_unique_addresses_at_once(make_cluster):
-    cluster = make_cluster(3)
+def test_three_engines_allocate_unique_addresses_at_once(make_cluster, etcd_api):
+    cluster = make_cluster(3, etcd_api)
     one, two, three = cluster.engines
     one.docker("network", "create", "-d", "overlay", "--subnet", "10.0.9.0/24", "ov1")
     for d in (two, three):
@@ -98,9 +98,7 @@ def test_three_engines_allocate_unique_addresses_at_once(make_cluster):
     with ThreadPoolExecutor(6) as pool:
         addresses = list(pool.map(run, [(e, n) for n in range(3) for e in range(3)]))
     assert len(set(addresses)) == 9, addresses
-    records = json.loads("[" + ",".join(
-        v for v in cluster.etcdctl("get", "--prefix", "--print-value-only", "/docker/network/v1.0/endpoint/").split("\n")
-        if v.strip()) + "]")
+    records = [json.loads(v) for v in cluster.records("/docker/network/v1.0/endpoint/").values()]
     assert sorted(r["address"].split("/")[0] for r in records) == sorted(addresses)
     # every engine reaches the others' containers
     assert three.docker("exec", "c22", "ping", "-c1", "-W2", "c02").returncode == 0
