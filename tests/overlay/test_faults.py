@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from muslin.kernel import link, neighbour, netns
@@ -24,6 +25,10 @@ def mac_of(d, name: str, net: str) -> str:
     return d.docker("inspect", "-f", f"{{{{.NetworkSettings.Networks.{net}.MacAddress}}}}", name).stdout.strip()
 
 
+def endpoint_names(cluster) -> list[str]:
+    return sorted(json.loads(v)["name"] for v in cluster.records("/docker/network/v1.0/endpoint/").values())
+
+
 def ping(d, target: str, net: str = "ov1") -> bool:
     return d.docker("run", "--rm", "--network", net, "busybox", "ping", "-c1", "-W2", target,
                     check=False).returncode == 0
@@ -41,6 +46,7 @@ def test_etcd_away_existing_containers_keep_talking_then_catch_up(make_cluster, 
     wait_for(lambda: mac_b in fdb_macs(cluster, 1, net_id), 30, "b's MAC in node2's fdb")
 
     cluster.etcd.stop()
+    stopped = time.monotonic()
     try:
         # the data path stands without etcd
         assert two.docker("exec", "cc", "ping", "-c1", "-W2", "aa").returncode == 0
@@ -54,10 +60,16 @@ def test_etcd_away_existing_containers_keep_talking_then_catch_up(make_cluster, 
         assert joining.returncode != 0 and "cluster store" in joining.stderr, joining.stderr
         assert "Traceback" not in two.log()
         two.docker("rm", "-f", "dd")
+        # away longer than the engines' TTL: on v2 their records' TTLs run out meanwhile
+        time.sleep(max(0.0, stopped + TTL + 1 - time.monotonic()))
     finally:
         cluster.etcd.start()
     wait_for(lambda: mac_b not in fdb_macs(cluster, 1, net_id), 30, "node2 to drop b's fdb entry after etcd is back")
     assert two.docker("exec", "cc", "ping", "-c1", "-W2", "aa").returncode == 0
+    # the running containers' records are in the store again (rewritten where they had expired)
+    wait_for(lambda: endpoint_names(cluster) == ["aa", "cc"], 30, "aa's and cc's records back in the store")
+    if etcd_api == "v2":  # they had expired: v3's leases are extended when etcd starts, v2's TTLs are not
+        assert all("expired: granting a new one" in d.log() for d in (one, two))
     two.docker("network", "create", "-d", "overlay", "ov2")
     wait_for(lambda: listed(one, "ov2"), 30, "ov2 on the first engine")
 
