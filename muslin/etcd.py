@@ -377,14 +377,15 @@ class EtcdV3Store:
         """POST to the gateway, moving on to the next member when one does not answer. An error answer
         with the gRPC code ``tolerate`` returns an empty answer; any other refusal raises StoreRefused."""
         last: BaseException | None = None
-        not_served = 0  # members that answered without the gateway
+        not_served: ApiNotServed | None = None  # a member answered, without the gateway
         for _ in range(len(self._rotation.endpoints)):
             ep = self._rotation.current
             try:
                 return await self._call_member(ep, path, body)
             except (*_CONNECTION_ERRORS, StoreUnavailable) as exc:
                 last = exc
-                not_served += isinstance(exc, ApiNotServed)
+                if isinstance(exc, ApiNotServed):
+                    not_served = exc
             except _V3Error as exc:
                 if exc.code == tolerate:
                     return {}
@@ -393,8 +394,8 @@ class EtcdV3Store:
                 last = exc
             self._token = None
             self._rotation.advance(last)
-        if not_served == len(self._rotation.endpoints):
-            raise ApiNotServed(str(last))
+        if not_served is not None:  # and the members that did not answer are configured alike
+            raise not_served
         raise StoreUnavailable(f"no etcd endpoint answered ({', '.join(map(str, self._rotation.endpoints))}):"
                                f" {last}")
 
