@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
+from typing import TypeVar
 
 from muslin.errors import Conflict, EngineError, Forbidden, InvalidArgument
 from muslin.etcd import CALL_TIMEOUT, Absent, Delete, Present
@@ -49,6 +50,7 @@ from .settings import OverlaySettings
 from .store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 GLOBAL_POOL = IPv4Network("10.0.0.0/8")  # Docker's default global address pool, in /24s
 GLOBAL_SUBNET_PREFIX = 24
@@ -100,6 +102,22 @@ def _network_doc(net: Network) -> bytes:
     }).encode()
 
 
+class ForeignRecord(ValueError):
+    """A record under the cluster store's prefix that muslind did not write: dockerd's libnetwork keeps
+    its own ``network/`` and ``endpoint/`` records, in formats of its own, under the same default prefix."""
+
+
+def _foreign_as_error(parse: Callable[[bytes], T]) -> Callable[[bytes], T]:
+    @functools.wraps(parse)
+    def checked(value: bytes) -> T:
+        try:
+            return parse(value)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ForeignRecord(f"{type(exc).__name__}: {exc}") from None
+    return checked
+
+
+@_foreign_as_error
 def _network_from_doc(value: bytes) -> Network:
     doc = json.loads(value)
     pool = IPAMPool(subnet=IPv4Network(doc["subnet"]),
@@ -135,6 +153,7 @@ class GlobalNetworks:
         self.k_network, self.k_name, self.k_vni = root + "network/", root + "name/", root + "vni/"
         self.k_subnet, self.k_endpoint, self.k_address = root + "subnet/", root + "endpoint/", root + "address/"
         self.k_engine = root + "engine/"
+        self._foreign: set[str] = set()  # keys of records not muslind's, warned about once (worker only)
 
     # -- start and follow --------------------------------------------------------------------------
     def start(self) -> None:
@@ -200,11 +219,12 @@ class GlobalNetworks:
         endpoints: dict[str, dict[str, RemoteEndpoint]] = {}
         for kv in entries:
             if kv.key.startswith(self.k_network):
-                net = _network_from_doc(kv.value)
-                networks[net.id] = net
+                if (net := self._read(_network_from_doc, kv.key, kv.value)) is not None:
+                    networks[net.id] = net
             elif kv.key.startswith(self.k_endpoint):
                 net_id, _, ep_id = kv.key[len(self.k_endpoint):].partition("/")
-                endpoints.setdefault(net_id, {})[ep_id] = self._remote_from_doc(kv.value)
+                if (remote := self._read(self._remote_from_doc, kv.key, kv.value)) is not None:
+                    endpoints.setdefault(net_id, {})[ep_id] = remote
         local = {n.id: n for n in self.store.networks() if n.scope == "global"}
         for net in networks.values():
             if net.id not in local:
@@ -226,15 +246,16 @@ class GlobalNetworks:
             net_id = change.key[len(self.k_network):]
             known = self.store.find_networks(net_id)
             if change.kind == "put" and not known:
-                self._mirror(_network_from_doc(change.value))
+                if (net := self._read(_network_from_doc, change.key, change.value)) is not None:
+                    self._mirror(net)
             elif change.kind == "delete" and known and known[0].id == net_id:
                 self._forget(known[0])
         elif change.key.startswith(self.k_endpoint):
             net_id, _, ep_id = change.key[len(self.k_endpoint):].partition("/")
             eps = dict(self._remote.get(net_id, {}))
             if change.kind == "put":
-                remote = self._remote_from_doc(change.value)
-                if remote.engine == self.me:
+                remote = self._read(self._remote_from_doc, change.key, change.value)
+                if remote is None or remote.engine == self.me:
                     return
                 eps[ep_id] = remote
             elif eps.pop(ep_id, None) is None:
@@ -316,7 +337,8 @@ class GlobalNetworks:
         wanted_vni = requested_vni(net)
         for _ in range(CREATE_ATTEMPTS):
             entries, _ = self.cluster.list(self.cluster.root)
-            others = [_network_from_doc(kv.value) for kv in entries if kv.key.startswith(self.k_network)]
+            others = [other for kv in entries if kv.key.startswith(self.k_network)
+                      if (other := self._read(_network_from_doc, kv.key, kv.value)) is not None]
             if any(o.name == net.name for o in others):
                 raise Conflict(f"network with name {net.name} already exists")
             taken = [(o.name, o.pool.subnet) for o in others if o.pool]
@@ -464,6 +486,18 @@ class GlobalNetworks:
         return list(self._remote.get(network_id, {}).values())
 
     # -- records ---------------------------------------------------------------------------------------
+    def _read(self, parse: Callable[[bytes], T], key: str, value: bytes) -> T | None:
+        """A record parsed, or None for one that is not muslind's (warned about once)."""
+        try:
+            return parse(value)
+        except ForeignRecord as exc:
+            if key not in self._foreign:
+                self._foreign.add(key)
+                log.warning("%s is not a muslind record (%s): ignored. Another kind of engine (dockerd?) uses the "
+                            "prefix %s: give muslind a --cluster-store prefix of its own, like etcd://HOST:PORT/muslin",
+                            key, exc, self.cluster.root)
+            return None
+
     def _endpoint_key(self, net_id: str, ep_id: str) -> str:
         return f"{self.k_endpoint}{net_id}/{ep_id}"
 
@@ -476,6 +510,7 @@ class GlobalNetworks:
                            "hostname": ep.hostname, "address": str(ep.address), "mac": ep.mac}).encode()
 
     @staticmethod
+    @_foreign_as_error
     def _remote_from_doc(value: bytes) -> RemoteEndpoint:
         doc = json.loads(value)
         return RemoteEndpoint(engine=doc["engine"], vtep=IPv4Address(doc["vtep"]), endpoint_id=doc["id"],
