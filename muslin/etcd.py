@@ -1,5 +1,7 @@
 """etcd as a small key-value store, in both of the keyspaces flannel has used; shared by the fabric's agent
-and the engine's cluster store (``--cluster-store``), which also uses its transactions and leases.
+and the engine's cluster store (``--cluster-store``), which also uses its transactions and leases: v3's
+own, or on an etcd that serves only v2 the same emulated with v2's single-key conditions and TTLs
+(``EtcdV2Store.transaction``, ``grant``, ``keep_alive``; ``detect_api`` tells which API answers).
 
 flanneld <= 0.17 (the seed's 0.7) keeps its network in etcd's v2 keyspace; >= 0.18 in v3. In etcd 3.x the
 two are separate stores, so ``etcdctl mk`` (v2) and ``etcdctl put`` (v3) configure different networks. The
@@ -352,7 +354,7 @@ class EtcdV3Store:
                     error = {}
                 if not isinstance(error, dict) or "code" not in error:
                     raise ApiNotServed(f"etcd at {ep} does not serve the v3 JSON gateway at {path} (HTTP "
-                                           f"{response.status_code}); it needs etcd >= 3.4 with its gRPC gateway on")
+                                       f"{response.status_code}); it needs etcd >= 3.4 with its gRPC gateway on")
                 raise _V3Error(response.status_code, int(error["code"]), str(error.get("message") or error))
             return exchange
         except BaseException:
@@ -655,7 +657,7 @@ class EtcdV2Store:
                 raise _V2Error(resp.status, resp.body)
             if resp.status == 404:
                 raise ApiNotServed(f"etcd at {self._rotation.current} does not serve the v2 API "
-                                       "(start it with --enable-v2)")
+                                   "(start it with --enable-v2)")
             if resp.status >= 500:
                 last = RuntimeError(f"HTTP {resp.status}")
                 self._rotation.advance(last)

@@ -209,11 +209,6 @@ class ClusterStore:
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         asyncio.run_coroutine_threadsafe(coro, self._loop)  # ended by close()
 
-    @property
-    def api(self) -> str:
-        """"v3" or "v2" once etcd answered, else empty."""
-        return self._etcd.api if self._etcd is not None else ""
-
     async def _kv(self) -> etcd.ClusterKeyValueStore:
         """The store in the API etcd serves, found at the first call that reaches it."""
         if self._etcd is None:

@@ -9,7 +9,6 @@ import asyncio
 import pytest
 
 from muslin import etcd
-from muslin.engine.cluster_store import ClusterStore, parse_cluster_config
 from muslin.etcd import Absent, Delete, Present, Put
 
 ENDPOINTS = [etcd.Endpoint.parse("http://192.0.2.1:2379")]  # never reached: requests are replaced
@@ -55,14 +54,6 @@ def test_the_v3_gateway_first_then_v2_where_only_it_answers():
     with pytest.raises(etcd.StoreUnavailable) as raised:
         detect(etcd.StoreUnavailable("connection refused"), None)
     assert not isinstance(raised.value, etcd.ApiNotServed)
-
-
-def test_the_api_is_unknown_until_etcd_answered():
-    store = ClusterStore(parse_cluster_config("etcd://192.0.2.1:2379", "192.0.2.2:2376", []))
-    try:
-        assert store.api == ""
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize(("compare", "success", "message"), [
