@@ -133,22 +133,22 @@ def test_shapes_v2_cannot_do_are_refused_before_anything_is_written(v2_etcd: V2E
 def test_a_lease_is_ttl_keys_refreshed_together_and_over_when_one_expired(v2_etcd: V2Etcd):
     async def main() -> None:
         _, store = v2_etcd.stores()
-        lease = await store.grant(2)
+        lease = await store.grant(3)
         await store.transaction([], [Put(ROOT + "engine/me", b"192.0.2.1", lease), Put(ROOT + "endpoint/n/e", b"", lease)])
         root, index = await store.list(ROOT)
         events = store.watch(ROOT, index + 1)
         waiting = asyncio.ensure_future(anext(events))
-        for _ in range(3):  # 4.5 s of refreshes every 1.5 s: longer than the TTL, and no watcher woken
-            await asyncio.sleep(1.5)
-            assert await store.keep_alive(lease) == 2
+        for _ in range(4):  # 4 s of refreshes every second: longer than the TTL, and no watcher woken
+            await asyncio.sleep(1)
+            assert await store.keep_alive(lease) == 3
         assert not waiting.done()
         # a key deleted on purpose is no expiry
         await store.delete(ROOT + "endpoint/n/e")
         deleted = await asyncio.wait_for(waiting, 5)
         assert (deleted.kind, deleted.key) == ("delete", ROOT + "endpoint/n/e")
-        assert await store.keep_alive(lease) == 2
+        assert await store.keep_alive(lease) == 3
         # unrefreshed past its TTL (an engine that died, or etcd away that long), the key expires
-        await asyncio.sleep(3.5)
+        await asyncio.sleep(4.5)
         expired = await asyncio.wait_for(anext(events), 5)
         assert (expired.kind, expired.key) == ("delete", ROOT + "engine/me")
         await events.aclose()
