@@ -7,7 +7,9 @@ Keys under ``/<prefix>/network/v1.0/`` (``ClusterStore.root``):
   subnet/<a.b.c.d_len>  its subnet (from 10.0.0.0/8 in /24s unless given);
   endpoint/<net>/<ep>   each engine's endpoints (JSON), created in one transaction with
   address/<net>/<ip>    their address: compare-and-swap, so an address is handed out once in the cluster;
-  engine/<engine-id>    each engine's VTEP address.
+  engine/<engine-id>    each engine's VTEP address;
+  encryption/key        the cluster's IPsec key, made by the first ``--opt encrypted`` create (see
+                        overlay_encryption: readable by whoever reads the store).
 Endpoints, addresses and engines are written under the engine's lease: an engine that dies loses them
 after its TTL, and the other engines drop its forwarding entries and names.
 
@@ -43,8 +45,9 @@ from muslin.etcd import CALL_TIMEOUT, Absent, Delete, Present
 
 from . import ipam
 from .cluster_store import Change, ClusterStore, KeyValue, Put, StoreUnavailable, WatchCompacted
-from .drivers.overlay import OverlayDriver, Peer, requested_vni
+from .drivers.overlay import OverlayDriver, Peer, is_encrypted, requested_vni
 from .model import Endpoint, IPAMPool, Network, new_id
+from .overlay_encryption import ClusterKey, OverlayEncryption
 from .requests import IPAMPoolRequest
 from .settings import OverlaySettings
 from .store import Store
@@ -154,6 +157,9 @@ class GlobalNetworks:
         self.k_subnet, self.k_endpoint, self.k_address = root + "subnet/", root + "endpoint/", root + "address/"
         self.k_engine = root + "engine/"
         self._foreign: set[str] = set()  # keys of records not muslind's, warned about once (worker only)
+        self.k_key = root + "encryption/key"
+        self._key: ClusterKey | None = None
+        self.encryption = OverlayEncryption()
 
     # -- start and follow --------------------------------------------------------------------------
     def start(self) -> None:
@@ -225,6 +231,7 @@ class GlobalNetworks:
                 net_id, _, ep_id = kv.key[len(self.k_endpoint):].partition("/")
                 if (remote := self._read(self._remote_from_doc, kv.key, kv.value)) is not None:
                     endpoints.setdefault(net_id, {})[ep_id] = remote
+        self._key = next((self._key_from(kv.value) for kv in entries if kv.key == self.k_key), None)
         local = {n.id: n for n in self.store.networks() if n.scope == "global"}
         for net in networks.values():
             if net.id not in local:
@@ -236,13 +243,17 @@ class GlobalNetworks:
                 self._forget(net)
         self._remote = {net_id: {ep_id: r for ep_id, r in eps.items() if r.engine != self.me}
                         for net_id, eps in endpoints.items()}
+        self._sync_encryption()  # before the forwarding entries it protects
         for net in self.store.networks():
             if net.scope == "global":
                 self._sync_peers(net)
         self._sync_own(endpoints)
 
     def _apply_change(self, change: Change) -> None:
-        if change.key.startswith(self.k_network):
+        if change.key == self.k_key:
+            self._key = self._key_from(change.value) if change.kind == "put" else None
+            self._sync_encryption()
+        elif change.key.startswith(self.k_network):
             net_id = change.key[len(self.k_network):]
             known = self.store.find_networks(net_id)
             if change.kind == "put" and not known:
@@ -262,8 +273,14 @@ class GlobalNetworks:
                 return
             self._remote[net_id] = eps
             for net in self.store.find_networks(net_id):
-                if net.id == net_id:
-                    self._sync_peers(net)
+                if net.id != net_id:
+                    continue
+                # as libnetwork: IPsec towards a peer before its forwarding entry, and after it when it goes
+                if is_encrypted(net) and change.kind == "put":
+                    self._sync_encryption()
+                self._sync_peers(net)
+                if is_encrypted(net) and change.kind == "delete":
+                    self._sync_encryption()
 
     def _mirror(self, net: Network) -> None:
         """A global network this engine did not know: recorded, then programmed (networks.py's order)."""
@@ -287,6 +304,22 @@ class GlobalNetworks:
             self.store.delete_network(db, net.id)
         self._remote.pop(net.id, None)
         log.info("global network %s (%s) removed", net.name, net.id[:12])
+
+    def _sync_encryption(self, joining: str = "", leaving: str = "") -> None:
+        """IPsec towards every engine that shares an encrypted network with this one, where this one has
+        an endpoint (``joining``: a network it is about to have one on; ``leaving``: an endpoint about to
+        go), as libnetwork programs it; see overlay_encryption."""
+        encrypted = [n for n in self.store.networks() if n.scope == "global" and is_encrypted(n)]
+        if not encrypted and not self.encryption.active:
+            return
+        remotes: set[IPv4Address] = set()
+        vnis: set[int] = set()
+        for net in encrypted:
+            local = [ep for ep in self.store.endpoints(network_id=net.id) if ep.id != leaving]
+            if local or net.id == joining:
+                vnis.add(self._vni(net))
+                remotes.update(r.vtep for r in self._remote.get(net.id, {}).values())
+        self.encryption.sync(self.driver.underlay.ip, remotes, vnis, self._key)
 
     def _sync_peers(self, net: Network) -> None:
         peers = [Peer(ip=r.address.ip, mac=r.mac, vtep=r.vtep) for r in self._remote.get(net.id, {}).values()]
@@ -335,6 +368,8 @@ class GlobalNetworks:
             raise Conflict(f"network with name {net.name} already exists")
         user_pool = ipam.pool_from_config(config) if config else None
         wanted_vni = requested_vni(net)
+        if is_encrypted(net):
+            self._ensure_key()
         for _ in range(CREATE_ATTEMPTS):
             entries, _ = self.cluster.list(self.cluster.root)
             others = [other for kv in entries if kv.key.startswith(self.k_network)
@@ -377,6 +412,30 @@ class GlobalNetworks:
             raise
         log.info("created global network %s (%s, VNI %d, %s)", net.name, net.id[:12], vni, pool.subnet)
         return net
+
+    def _ensure_key(self) -> None:
+        """The cluster's IPsec key: the one in the store, or a new one put there if there is none yet
+        (the first engine to put it wins; the others read it)."""
+        if self._key is not None:
+            return
+        fresh = ClusterKey.generate()
+        self.cluster.transaction([Absent(self.k_key)], [Put(self.k_key, fresh.to_doc())])
+        stored = self.cluster.get(self.k_key)
+        if stored is None:
+            raise EngineError("the cluster's encryption key vanished from the cluster store right after it was made")
+        self._key = self._key_from(stored.value)
+        if self._key is None:
+            raise EngineError("the cluster's encryption key in the cluster store is unreadable: see the log")
+
+    @staticmethod
+    def _key_from(value: bytes) -> ClusterKey | None:
+        """The key record, or None (logged) if it is not one: no encrypted traffic rather than no listing."""
+        try:
+            return ClusterKey.from_doc(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("the cluster's encryption key in the cluster store is unreadable (%s): encrypted overlay "
+                      "networks carry nothing until it is put right", exc)
+            return None
 
     def _undo_create(self, net: Network) -> None:
         try:
@@ -423,6 +482,7 @@ class GlobalNetworks:
         within ALLOCATE_WAIT, else StoreUnavailable."""
         pool = net.pool
         assert pool is not None
+        self.driver.check_encryption(net, "join")  # an encrypted network that an engine with ESP created
         if not self.cluster.lease_id:
             raise StoreUnavailable(f"the cluster store {self.cluster.config.url} is unreachable: no lease yet")
         requested = ipam.parse_address(ip, "IPv4") if ip else None
@@ -445,7 +505,14 @@ class GlobalNetworks:
         if left <= 0:
             raise StoreUnavailable(f"the cluster store {self.cluster.config.url} did not answer within "
                                    f"{ALLOCATE_WAIT:g}s")
-        return self.cluster.run(self._take_address(net, pool, requested, endpoint), timeout=left)
+        ep = self.cluster.run(self._take_address(net, pool, requested, endpoint), timeout=left)
+        if is_encrypted(net):
+            try:
+                self._sync_encryption(joining=net.id)
+            except Exception:
+                self.release_endpoint(net, ep)
+                raise
+        return ep
 
     async def _take_address(self, net: Network, pool: IPAMPool, requested: IPv4Address | None,
                             endpoint: Callable[[IPv4Address], Endpoint]) -> Endpoint:
@@ -480,6 +547,11 @@ class GlobalNetworks:
             what=f"releasing endpoint {ep.id[:12]} of {ep.container_name} on {net.name}")
         self._releasing[future] = net.id
         future.add_done_callback(lambda done: self._releasing.pop(done, None))
+        if is_encrypted(net):
+            try:
+                self._sync_encryption(leaving=ep.id)
+            except EngineError as exc:
+                log.error("%s (the next listing of the store tries again)", exc.message)
 
     def remote_endpoints(self, network_id: str) -> list[RemoteEndpoint]:
         """Other engines' endpoints on the network (read by the embedded DNS, from the event loop)."""

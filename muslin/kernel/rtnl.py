@@ -16,6 +16,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from . import netns
 from .netlink import (NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attributes, error_code,
@@ -87,7 +88,7 @@ class RtnlSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> RtnlSocket:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -232,18 +232,27 @@ class XfrmSocket(RtnlSocket):
                  if kind == XFRM_MSG_NEWPOLICY)
         return [p for p in found if p is not None]
 
-    def apply(self, add_states: list[EspState], add_policies: list[UdpPolicy], remove_policies: list[UdpPolicy],
-              remove_states: list[StateId]) -> None:
-        """One batch: states first (a policy needs its SA before traffic meets it), then policies added,
-        then stale policies and states removed (those already gone are no failure). Raises RtnlError, or
-        XfrmUnsupported when the kernel lacks ESP or the AEAD."""
-        requests = [Request(XFRM_MSG_NEWSA, NLM_F_CREATE, state_body(s), "xfrm state add", s.id) for s in add_states]
-        requests += [Request(XFRM_MSG_NEWPOLICY, NLM_F_CREATE, policy_body(p), "xfrm policy add", p)
-                     for p in add_policies]
-        requests += [Request(XFRM_MSG_DELPOLICY, 0, policy_id_body(p), "xfrm policy delete", p, MISSING)
-                     for p in remove_policies]
-        requests += [Request(XFRM_MSG_DELSA, 0, state_id_body(s), "xfrm state delete", s, MISSING)
-                     for s in remove_states]
+    def add_states(self, states: list[EspState]) -> None:
+        """Raises XfrmUnsupported when the kernel lacks ESP or the AEAD, RtnlError for other refusals;
+        the states of the batch that the kernel took stay (the caller removes them)."""
+        self._execute([Request(XFRM_MSG_NEWSA, NLM_F_CREATE, state_body(s), "xfrm state add", s.id) for s in states])
+
+    def add_policies(self, policies: list[UdpPolicy]) -> None:
+        self._execute([Request(XFRM_MSG_NEWPOLICY, NLM_F_CREATE, policy_body(p), "xfrm policy add", p)
+                       for p in policies])
+
+    def remove_policies(self, policies: list[UdpPolicy]) -> None:
+        """Those already gone are no failure."""
+        self._execute([Request(XFRM_MSG_DELPOLICY, 0, policy_id_body(p), "xfrm policy delete", p, MISSING)
+                       for p in policies])
+
+    def remove_states(self, states: list[StateId]) -> None:
+        """Those already gone are no failure."""
+        self._execute([Request(XFRM_MSG_DELSA, 0, state_id_body(s), "xfrm state delete", s, MISSING) for s in states])
+
+    def _execute(self, requests: list[Request]) -> None:
+        if not requests:
+            return
         try:
             self.execute(requests)
         except RtnlError as exc:
@@ -277,12 +286,13 @@ def probe_esp(reqid: int) -> list[str]:
     try:
         sock = XfrmSocket()
     except XfrmUnsupported as exc:
-        return [exc.strerror]
+        return [str(exc.strerror)]
     missing: list[str] = []
     with sock:
         probe = EspState(StateId(PROBE_SRC, PROBE_DST, PROBE_SPI), reqid, PROBE_KEY)
         try:
-            sock.apply([probe], [], [], [probe.id])
+            sock.add_states([probe])
+            sock.remove_states([probe.id])
         except XfrmUnsupported as exc:
             missing.append(unsupported_reason(exc.errno))
             if exc.errno == errno.ENOSYS and not _esp_type_present(sock, reqid):

@@ -26,15 +26,16 @@ def test_policy_round_trip_as_iproute2_shows_it(host_ns: str) -> None:
     policy = xfrm.UdpPolicy(LOCAL, REMOTE, 4789, xfrm.XFRM_POLICY_OUT, xfrm.Mark(REQID), 0x1234ABCD, REQID)
     inbound = xfrm.UdpPolicy(REMOTE, LOCAL, 4789, xfrm.XFRM_POLICY_IN, xfrm.Mark(REQID), 0x5678, REQID)
     with xfrm.XfrmSocket(host_ns) as sock:
-        sock.apply([], [policy, inbound], [], [])
+        sock.add_policies([policy, inbound])
         shown = ip(host_ns, "xfrm", "policy").stdout
         assert "src 10.1.1.1/32 dst 10.1.1.2/32 proto udp dport 4789" in shown
         assert "dir out" in shown and "dir in" in shown and "mark 0x4d534c/0xffffffff" in shown
         assert "proto esp spi 0x1234abcd reqid 5067596 mode transport" in shown
         assert sorted(sock.policies()) == sorted([policy, inbound])
-        sock.apply([], [], [policy, inbound], [])
+        sock.remove_policies([policy, inbound])
         assert sock.policies() == [] and ip(host_ns, "xfrm", "policy").stdout.strip() == ""
-        sock.apply([], [], [policy], [xfrm.StateId(LOCAL, REMOTE, 0x1234ABCD)])  # gone already: no failure
+        sock.remove_policies([policy])  # gone already: no failure
+        sock.remove_states([xfrm.StateId(LOCAL, REMOTE, 0x1234ABCD)])
 
 
 def test_probe_agrees_with_iproute2_and_states_follow_it(host_ns: str) -> None:
@@ -51,12 +52,12 @@ def test_probe_agrees_with_iproute2_and_states_follow_it(host_ns: str) -> None:
         if missing:
             assert "AEAD algorithm not found" in by_hand.stderr or "type not found" in by_hand.stderr
             with pytest.raises(xfrm.XfrmUnsupported) as refused:
-                sock.apply([state], [], [], [])
+                sock.add_states([state])
             assert xfrm.unsupported_reason(refused.value.errno) == missing[0]
             assert sock.states() == []
             return
-        sock.apply([state], [], [], [])
+        sock.add_states([state])
         assert sock.states() == [xfrm.DumpedState(state.id, xfrm.IPPROTO_ESP, REQID, None)]
         assert "proto esp spi 0x1234abcd reqid 5067596 mode transport" in ip(host_ns, "xfrm", "state").stdout
-        sock.apply([], [], [], [state.id])
+        sock.remove_states([state.id])
         assert sock.states() == []

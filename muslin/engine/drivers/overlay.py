@@ -12,6 +12,9 @@ never sees the overlay's frames; in it
   its MAC) written from the endpoint records the engines publish in the cluster store
   (``sync_peers``), and the vxlan answers the containers' ARP requests from those neighbours.
 Containers reach the outside through the gateway bridge (``gwbridge``), not through the overlay.
+An encrypted network (``--opt encrypted``) is the same, with veths 26 bytes narrower for ESP; its VXLAN
+packets are put in ESP by the engine's IPsec state (``overlay_encryption``), which ``GlobalNetworks``
+keeps; on a kernel without ESP it is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from muslin.errors import EngineError, Forbidden, InvalidArgument
 from muslin.kernel import address, link, neighbour, netns, tunnel, xfrm
 
 from ..model import Endpoint, Network
+from ..overlay_encryption import REQID, encrypted_mtu
 from ..settings import OverlaySettings
 from .base import HostNetlink, OnHostLinks, configure_endpoint_link
 from .bridge import host_ifname
@@ -41,7 +45,6 @@ OPT_ENCRYPTED = "encrypted"
 BRIDGE = "br0"
 VXLAN = "vxlan0"
 SANDBOX_NAME = re.compile(r"[0-9a-f]{12}")
-XFRM_REQID = 0x4D534C  # marks the IPsec states muslind adds (its probe's), as libnetwork's 0xD0C4E3 does its own
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ def settings_of(net: Network) -> OverlaySettings:
     if not isinstance(net.settings, OverlaySettings):
         raise TypeError(f"network {net.name} has no overlay settings")
     return net.settings
+
+
+def is_encrypted(net: Network) -> bool:
+    """``--opt encrypted``: its VXLAN traffic between engines goes in IPsec ESP (overlay_encryption)."""
+    return OPT_ENCRYPTED in net.options
 
 
 def requested_vni(net: Network) -> int | None:
@@ -132,22 +140,24 @@ class OverlayDriver(OnHostLinks):
         unknown = sorted(set(net.options) - {OPT_VNI, OPT_ENCRYPTED})
         if unknown:
             raise InvalidArgument(f"unknown option {unknown[0]!r} for the overlay driver (it knows {OPT_VNI})")
-        if OPT_ENCRYPTED in net.options:
-            self._refuse_encrypted()
+        self.check_encryption(net, "create")
         requested_vni(net)
 
-    def _refuse_encrypted(self) -> None:
-        """``--opt encrypted``: refused. dockerd 20.10 without swarm stores such a network and then fails every
-        container's join with "cannot join secure network: encryption keys not present" (its keys come only
-        from swarm); muslind refuses at create instead, so nothing is stored. A kernel without ESP or
-        libnetwork's AEAD (probed once) is named as dockerd names it on join."""
+    def esp_missing(self) -> list[str]:
+        """What the kernel lacks for IPsec ESP with libnetwork's AEAD ([]: nothing), probed once."""
         if self._esp_missing is None:
-            self._esp_missing = xfrm.probe_esp(XFRM_REQID)
-        if self._esp_missing:
-            raise Forbidden("cannot create secure network: required modules to install IPSEC rules are missing on "
-                            f"host ({'; '.join(self._esp_missing)}): create the network without --opt encrypted")
-        raise InvalidArgument("encrypted overlay networks (IPsec ESP between engines) are not supported by "
-                              "muslind: create the network without --opt encrypted")
+            self._esp_missing = xfrm.probe_esp(REQID)
+        return self._esp_missing
+
+    def check_encryption(self, net: Network, doing: str) -> None:
+        """An encrypted network needs ESP in the kernel: refused as dockerd refuses a join on such a host."""
+        if is_encrypted(net) and self.esp_missing():
+            raise Forbidden(f"cannot {doing} secure network: required modules to install IPSEC rules are missing on "
+                            f"host ({'; '.join(self.esp_missing())})")
+
+    def mtu_of(self, net: Network) -> int:
+        """Underlay − 50, and room for ESP on an encrypted network (1424 on a 1500 underlay, libnetwork's)."""
+        return encrypted_mtu(self.mtu) if is_encrypted(net) else self.mtu
 
     def create_network(self, net: Network) -> None:
         settings = settings_of(net)
@@ -155,12 +165,12 @@ class OverlayDriver(OnHostLinks):
         sandbox = netns.create(self.sandbox(net))
         try:
             with netns.iproute(sandbox) as ipr:
-                bridge = link.ensure_bridge(ipr, BRIDGE, self.mtu)
+                bridge = link.ensure_bridge(ipr, BRIDGE, self.mtu_of(net))
                 if link.index_of(ipr, VXLAN) is None:
                     fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
                     try:
                         tunnel.add_vxlan_into(self.host, VXLAN, settings.vni, underlay.ip, underlay.index, VXLAN_PORT,
-                                              self.mtu, fd, proxy=True)
+                                              self.mtu_of(net), fd, proxy=True)
                     finally:
                         os.close(fd)
                 vxlan = link.index_of(ipr, VXLAN)
@@ -238,7 +248,7 @@ class OverlayDriver(OnHostLinks):
                 raise EngineError(f"the bridge of overlay network {net.name} is missing")
             fd = os.open(sandbox, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                _, peer = link.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, self.mtu, ep.mac, master)
+                _, peer = link.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, self.mtu_of(net), ep.mac, master)
             finally:
                 os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
