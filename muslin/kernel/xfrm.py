@@ -223,12 +223,12 @@ class XfrmSocket(RtnlSocket):
             raise
 
     def states(self) -> list[DumpedState]:
-        found = (parse_state(body) for kind, body in self.dump(XFRM_MSG_GETSA, b"\0" * USERSA_INFO_SIZE)
+        found = (parse_state(body) for kind, body in self.dump(XFRM_MSG_GETSA, b"")
                  if kind == XFRM_MSG_NEWSA)
         return [s for s in found if s is not None]
 
     def policies(self) -> list[UdpPolicy]:
-        found = (parse_policy(body) for kind, body in self.dump(XFRM_MSG_GETPOLICY, b"\0" * USERPOLICY_INFO_SIZE)
+        found = (parse_policy(body) for kind, body in self.dump(XFRM_MSG_GETPOLICY, b"")
                  if kind == XFRM_MSG_NEWPOLICY)
         return [p for p in found if p is not None]
 
