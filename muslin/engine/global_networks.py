@@ -310,8 +310,8 @@ class GlobalNetworks:
         an endpoint (``joining``: a network it is about to have one on; ``leaving``: an endpoint about to
         go), as libnetwork programs it; see overlay_encryption."""
         encrypted = [n for n in self.store.networks() if n.scope == "global" and is_encrypted(n)]
-        if not encrypted and not self.encryption.active:
-            return
+        if self._key is None or (not encrypted and not self.encryption.active):
+            return  # without a key what the kernel holds stays: taking it away would let VXLAN out in plain
         remotes: set[IPv4Address] = set()
         vnis: set[int] = set()
         for net in encrypted:
@@ -483,6 +483,8 @@ class GlobalNetworks:
         pool = net.pool
         assert pool is not None
         self.driver.check_encryption(net, "join")  # an encrypted network that an engine with ESP created
+        if is_encrypted(net) and self._key is None:
+            raise Forbidden("cannot join secure network: encryption keys not present")
         if not self.cluster.lease_id:
             raise StoreUnavailable(f"the cluster store {self.cluster.config.url} is unreachable: no lease yet")
         requested = ipam.parse_address(ip, "IPv4") if ip else None

@@ -129,15 +129,13 @@ class OverlayEncryption:
         """Whether anything may be programmed (so a change of peers must be looked at)."""
         return self._active
 
-    def sync(self, local: IPv4Address, remotes: set[IPv4Address], vnis: set[int], key: ClusterKey | None) -> None:
-        """SAs and policies towards exactly ``remotes``, marks for exactly ``vnis`` (nothing without a key).
+    def sync(self, local: IPv4Address, remotes: set[IPv4Address], vnis: set[int], key: ClusterKey) -> None:
+        """SAs and policies towards exactly ``remotes``, marks for exactly ``vnis``.
         Order: marks that go are removed first, SAs then policies are added, marks added, and only then
         stale policies and SAs removed, so a marked packet always meets its policy and a policy its SA:
         no packet of an encrypted network leaves in plain. SAs that cannot be added are removed again
         with what this call added, and EngineError says why."""
-        if key is None:
-            remotes, vnis = set(), set()
-        states, policies = wanted_xfrm(local, remotes, key) if key else ([], [])
+        states, policies = wanted_xfrm(local, remotes, key)
         self.write_marks(vnis & self._rules_now())
         try:
             with xfrm.XfrmSocket() as sock:
