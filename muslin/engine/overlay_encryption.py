@@ -14,7 +14,9 @@ SAs and the policy towards an engine exist while this engine has an endpoint on 
 which that engine has one too (libnetwork's rule: the first such endpoint programs them, the last one
 to go removes them); the marks while this engine has endpoints on that network. Everything is kept by
 difference with the kernel's own listing (states by REQID, policies by MARK, the two chains as a whole),
-so a restart after a crash removes what is stale and adds what is missing.
+so a restart after a crash removes what is stale and adds what is missing. An engine that stops leaves
+them (its containers keep running and keep talking, as they do on any overlay); removing its last
+endpoint removes them.
 
 Keys: dockerd gets its keys only from swarm (in classic ``--cluster-store`` mode it has none, and every
 container's join fails with "encryption keys not present"). muslind makes one cluster key itself, the
