@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import address, neighbour, netns
+from . import address, neighbour, netns, rtnl
+from .netlink import attribute
 
 IFF_UP = 0x1
+RTM_GETNSID = 90
+NETNSA_NSID = 1
+NETNSA_FD = 3
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 NTF_SELF = 0x02
@@ -164,3 +169,21 @@ def route_get(path: str, dst: IPv4Address, src: IPv4Address | None = None, iif: 
         names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
         return RouteChoice(dst=str(dst), dev=names.get(r.get_attr("RTA_OIF")), gateway=r.get_attr("RTA_GATEWAY"),
                            src=r.get_attr("RTA_PREFSRC"), kind=RTN_NAMES.get(r["type"], str(r["type"])))
+
+
+def netns_id(path: str, other: str) -> int | None:
+    """The id the namespace at ``path`` knows the namespace at ``other`` by (what its links' IFLA_LINK_NETNSID
+    say when their other end, or a vxlan's socket, is there); None when it has given it none."""
+    fd = os.open(netns.path_for(other), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        body = struct.pack("=Bxxx", socket.AF_UNSPEC) + attribute(NETNSA_FD, struct.pack("=I", fd))
+        with rtnl.RtnlSocket(path) as sock:
+            replies = sock.execute([rtnl.Request(RTM_GETNSID, 0, body, "netnsid of", other)])
+    finally:
+        os.close(fd)
+    for _, _, payload in replies:
+        found = rtnl.attrs(payload, 4).get(NETNSA_NSID)
+        if found is not None:
+            nsid = struct.unpack("=i", found[:4])[0]
+            return nsid if nsid >= 0 else None
+    return None

@@ -71,8 +71,8 @@ def _overlay(o: Overlay, host: Host, hosts_by_address: dict[str, str]) -> tuple[
     ports: list[tuple[str, list]] = [(f"{p.name} ⇄ {p.container}:{p.ifname or '?'} {p.address or '-'} {p.mac}", [])
                                      for p in o.ports]
     ports.append((f"{t.name} (vxlan port)", []))
-    vtep_label = (f"vxlan {t.name} VNI {t.vni} UDP {t.port} local {t.local or '-'} (socket on {host.name}'s "
-                  f"{t.underlay or '?'}) mtu {t.mtu}")
+    socket = f"on {host.name}'s {t.underlay}" if t.underlay else f"in {host.name}'s namespace"
+    vtep_label = f"vxlan {t.name} VNI {t.vni} UDP {t.port} local {t.local or '-'} (socket {socket}) mtu {t.mtu}"
     by_vtep: dict[str, list[str]] = {}
     for peer in o.peers:
         by_vtep.setdefault(peer.vtep, []).append(f"{peer.mac} {peer.address or '(no neighbour)'}")

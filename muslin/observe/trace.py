@@ -525,9 +525,10 @@ def _overlay_steps(topology: Topology, overlay: Overlay, first: Packet | None, l
     peer = next((p for p in overlay.peers if p.address == last.daddr), None)
     port = next((p for p in overlay.ports if p.address and p.address.split("/")[0] == last.daddr), None)
     if peer is not None:
+        sender = (f", from {t.local}" if t.local else "") + (f" over {t.underlay}" if t.underlay else "")
         steps.append(Step("encap", f"{overlay.bridge} → {t.name}: {last.daddr} is {peer.mac} (permanent neighbour), "
                                    f"fdb {peer.mac} dst {peer.vtep}{_host_named(topology, peer.vtep)}: VXLAN VNI "
-                                   f"{t.vni}, UDP {t.port}, from {t.local or '?'} over {t.underlay or '?'}"))
+                                   f"{t.vni}, UDP {t.port}{sender}"))
     elif port is not None:
         steps.append(Step("bridge", f"{overlay.bridge} → {port.name} ⇄ {port.container}:{port.ifname} "
                                     f"({port.mac})"))

@@ -161,8 +161,17 @@ def test_overlay_pins_are_read_from_the_engines_mount_table() -> None:
         "52 49 0:40 / /tmp/e1/run/overlay rw shared:11 - tmpfs tmpfs rw",
         "53 52 0:4 net:[4026532671] /tmp/e1/run/netns/4d898a060369 rw shared:12 - nsfs nsfs rw",
     ])
-    assert overlays.pins_in(mountinfo, "/proc/7/root") == {
-        "228cf633885a": ["/proc/7/root/tmp/e1/run/overlay/228cf633885a", "/proc/7/root/tmp/e 2/run/overlay/228cf633885a"]}
+    pins = overlays.pins_in(mountinfo + "\n54 42 0:4 net:[4026532700] /var/run/docker/netns/1-228cf63388 rw - nsfs nsfs rw",
+                            "/proc/7/root")
+    assert pins == {
+        "228cf633885a": ["/proc/7/root/tmp/e1/run/overlay/228cf633885a", "/proc/7/root/tmp/e 2/run/overlay/228cf633885a"],
+        "4d898a060369": ["/proc/7/root/tmp/e1/run/netns/4d898a060369"],  # a container's: no network's name
+        "1-228cf63388": ["/proc/7/root/var/run/docker/netns/1-228cf63388"]}
+    # the network's own, muslind's and libnetwork's (<epoch>-<first 10 of the id>), not the container's
+    assert overlays.pins_of(pins, "228cf633885a" + "0" * 52) == [
+        "/proc/7/root/var/run/docker/netns/1-228cf63388", "/proc/7/root/tmp/e1/run/overlay/228cf633885a",
+        "/proc/7/root/tmp/e 2/run/overlay/228cf633885a"]
+    assert overlays.pins_of(pins, "ffff" * 16) == []
 
 
 def overlay_hosts() -> Topology:
