@@ -38,7 +38,10 @@ from muslin.errors import EngineError, InvalidArgument
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_PREFIX = "docker"
+# Not dockerd's "docker": our records are not libnetwork's, and dockerd 20.10 panics listing networks
+# when it meets ours under its prefix (and we would have to skip its records). Sharing an etcd with
+# dockerd then just works; a user who wants the old paths names the prefix.
+DEFAULT_PREFIX = "muslin"
 DEFAULT_TTL = 20  # seconds; dockerd's discovery.ttl defaulted to 60, too long for a lab to watch
 DEFAULT_HEARTBEAT = 5
 STORE_OPTS = ("kv.cacertfile", "kv.certfile", "kv.keyfile", "discovery.ttl", "discovery.heartbeat")

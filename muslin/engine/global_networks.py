@@ -568,7 +568,7 @@ class GlobalNetworks:
             if key not in self._foreign:
                 self._foreign.add(key)
                 log.warning("%s is not a muslind record (%s): ignored. Another kind of engine (dockerd?) uses the "
-                            "prefix %s: give muslind a --cluster-store prefix of its own, like etcd://HOST:PORT/muslin",
+                            "prefix %s: give muslind a --cluster-store prefix of its own, like etcd://HOST:PORT/muslin (the default)",
                             key, exc, self.cluster.root)
             return None
 

@@ -61,8 +61,8 @@ def test_info_and_global_network_seen_by_both(make_cluster, etcd_api):
     # rm from the other engine removes it everywhere
     two.docker("network", "rm", "ov1")
     wait_for(lambda: listed(one, "ov1") is None, SHOWS_UP, "ov1 gone from the first engine")
-    assert cluster.records("/docker/network/v1.0/network/") == {}
-    assert cluster.records("/docker/network/v1.0/name/") == {}
+    assert cluster.records("/muslin/network/v1.0/network/") == {}
+    assert cluster.records("/muslin/network/v1.0/name/") == {}
 
 
 def test_containers_across_engines(make_cluster, etcd_api):
@@ -82,7 +82,7 @@ def test_containers_across_engines(make_cluster, etcd_api):
     assert out.stdout.count("hello-from-node1") == 2, out.stdout  # by address, and by name across hosts
     if etcd_api == "v2":
         # no leases in v2: an engine's records are TTL keys (refreshed every heartbeat), the network's not
-        ttl = {n["key"].split("/")[4]: "ttl" in n for n in cluster.v2_nodes("/docker/network/v1.0/")}
+        ttl = {n["key"].split("/")[4]: "ttl" in n for n in cluster.v2_nodes("/muslin/network/v1.0/")}
         assert ttl == {"network": False, "name": False, "vni": False, "subnet": False, "engine": True,
                        "endpoint": True, "address": True}, ttl
     rm = two.docker("network", "rm", "ov1", check=False)

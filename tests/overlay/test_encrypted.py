@@ -79,21 +79,21 @@ def test_encrypted_overlay_refused_on_a_kernel_without_esp(make_cluster, make_ne
     with pytest.raises(docker.errors.APIError) as again:
         api.create_network("sec", driver="overlay", options={"encrypted": ""})
     assert again.value.status_code == 403
-    assert "sec" not in cluster.etcdctl("get", "--prefix", "--keys-only", "/docker/network/v1.0/")
+    assert "sec" not in cluster.etcdctl("get", "--prefix", "--keys-only", "/muslin/network/v1.0/")
     assert listed(one, "sec") is None and listed(two, "sec") is None
 
     # an encrypted network that an engine with ESP would have made: listed here, but no container joins it
     one.docker("network", "create", "-d", "overlay", "carrier")
-    doc = json.loads(cluster.etcdctl("get", "--print-value-only", "/docker/network/v1.0/network/"
+    doc = json.loads(cluster.etcdctl("get", "--print-value-only", "/muslin/network/v1.0/network/"
                                      + json.loads(one.docker("network", "inspect", "carrier").stdout)[0]["Id"]))
     one.docker("network", "rm", "carrier")
     doc.update(id="e" * 64, name="sec", options={"encrypted": ""})
-    cluster.etcdctl("put", "/docker/network/v1.0/network/" + "e" * 64, json.dumps(doc))
+    cluster.etcdctl("put", "/muslin/network/v1.0/network/" + "e" * 64, json.dumps(doc))
     wait_for(lambda: listed(two, "sec"), SHOWS_UP, "the encrypted network on the second engine")
     joined = two.docker("run", "--rm", "--network", "sec", "busybox", "true", check=False)
     assert joined.returncode != 0
     assert "cannot join secure network: required modules to install IPSEC rules are missing on host" in joined.stderr
-    assert "encryption/key" not in cluster.etcdctl("get", "--prefix", "--keys-only", "/docker/network/v1.0/")
+    assert "encryption/key" not in cluster.etcdctl("get", "--prefix", "--keys-only", "/muslin/network/v1.0/")
     two.docker("network", "rm", "sec")
     wait_for(lambda: listed(one, "sec") is None, SHOWS_UP, "the encrypted network gone from the first engine")
     assert [ipsec_of(h) for h in hosts] == [NOTHING, NOTHING]
@@ -109,8 +109,8 @@ def test_encrypted_overlay_in_esp_beside_a_plain_one(make_cluster, make_netns):
     one.docker("network", "create", "-d", "overlay", "--opt", "encrypted", "-o", f"{VNI_OPT}={SEC_VNI}", "sec")
     one.docker("network", "create", "-d", "overlay", "-o", f"{VNI_OPT}={PLAIN_VNI}", "plain")
     wait_for(lambda: listed(two, "sec") and listed(two, "plain"), SHOWS_UP, "both networks on the second engine")
-    assert "/docker/network/v1.0/encryption/key" in cluster.etcdctl("get", "--prefix", "--keys-only",
-                                                                   "/docker/network/v1.0/encryption/")
+    assert "/muslin/network/v1.0/encryption/key" in cluster.etcdctl("get", "--prefix", "--keys-only",
+                                                                   "/muslin/network/v1.0/encryption/")
     one.docker("run", "-d", "--name", "s1", "--network", "sec", "busybox", "sh", "-c", HTTPD.format("s1"))
     one.docker("run", "-d", "--name", "p1", "--network", "plain", "busybox", "sh", "-c", HTTPD.format("p1"))
     assert ipsec_of(host1.name)[:2] == ("", "")  # no engine shares sec with this one yet

@@ -21,7 +21,7 @@ from muslin.lab.etcd import EtcdCluster
 from muslin.lab.topology import Underlay
 
 T = TypeVar("T")
-ROOT = "/docker/network/v1.0/"
+ROOT = "/muslin/network/v1.0/"
 
 
 @dataclass

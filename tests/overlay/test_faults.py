@@ -26,7 +26,7 @@ def mac_of(d, name: str, net: str) -> str:
 
 
 def endpoint_names(cluster) -> list[str]:
-    return sorted(json.loads(v)["name"] for v in cluster.records("/docker/network/v1.0/endpoint/").values())
+    return sorted(json.loads(v)["name"] for v in cluster.records("/muslin/network/v1.0/endpoint/").values())
 
 
 def ping(d, target: str, net: str = "ov1") -> bool:
@@ -110,7 +110,7 @@ def test_three_engines_allocate_unique_addresses_at_once(make_cluster, etcd_api)
     with ThreadPoolExecutor(6) as pool:
         addresses = list(pool.map(run, [(e, n) for n in range(3) for e in range(3)]))
     assert len(set(addresses)) == 9, addresses
-    records = [json.loads(v) for v in cluster.records("/docker/network/v1.0/endpoint/").values()]
+    records = [json.loads(v) for v in cluster.records("/muslin/network/v1.0/endpoint/").values()]
     assert sorted(r["address"].split("/")[0] for r in records) == sorted(addresses)
     # every engine reaches the others' containers
     assert three.docker("exec", "c22", "ping", "-c1", "-W2", "c02").returncode == 0

@@ -17,7 +17,7 @@ def test_members_prefix_and_opts():
 
 def test_defaults():
     cfg = parse_cluster_config("etcd://h:2379", "10.1.2.3:2376", [])
-    assert cfg.prefix == "docker" and not cfg.tls and cfg.advertise_host == "10.1.2.3"
+    assert cfg.prefix == "muslin" and not cfg.tls and cfg.advertise_host == "10.1.2.3"
 
 
 @pytest.mark.parametrize("store, advertise, opts, words", [
