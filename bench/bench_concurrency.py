@@ -86,7 +86,7 @@ def call(sock: str, method: str, path: str, body: object | None = None, ok: tupl
         conn.close()
 
 
-def op_run(sock: str, tag: str) -> None:
+def op_run(sock: str, tag: str, client: int) -> None:
     """What `docker run --rm busybox true` asks of the engine (create, start, wait, remove)."""
     created = call(sock, "POST", "/containers/create", {"Image": "busybox", "Cmd": ["true"]})
     cid = created["Id"]  # type: ignore[index]
@@ -97,7 +97,7 @@ def op_run(sock: str, tag: str) -> None:
         call(sock, "DELETE", f"/containers/{cid}?force=1")
 
 
-def op_run_published(sock: str, tag: str) -> None:
+def op_run_published(sock: str, tag: str, client: int) -> None:
     """`docker run -d -p 80 busybox sleep` then `docker rm -f`."""
     created = call(sock, "POST", "/containers/create", {
         "Image": "busybox", "Cmd": ["sleep", "60"], "ExposedPorts": {"80/tcp": {}},
@@ -109,17 +109,20 @@ def op_run_published(sock: str, tag: str) -> None:
         call(sock, "DELETE", f"/containers/{cid}?force=1")
 
 
-def op_network(sock: str, tag: str) -> None:
-    created = call(sock, "POST", "/networks/create", {"Name": f"load-{tag}"})
+def op_network(sock: str, tag: str, client: int) -> None:
+    """With a subnet of the client's own: Docker 20.10's default pools hold about 30 networks, fewer
+    than 50 clients may have at once."""
+    created = call(sock, "POST", "/networks/create", {
+        "Name": f"load-{tag}", "IPAM": {"Config": [{"Subnet": f"10.99.{client}.0/24"}]}})
     call(sock, "DELETE", f"/networks/{created['Id']}")  # type: ignore[index]
 
 
-def op_list(sock: str, tag: str) -> None:
+def op_list(sock: str, tag: str, client: int) -> None:
     call(sock, "GET", "/networks")
     call(sock, "GET", "/containers/json?all=1")
 
 
-LOAD_OPS: list[tuple[str, Callable[[str, str], None]]] = [
+LOAD_OPS: list[tuple[str, Callable[[str, str, int], None]]] = [
     ("run --rm", op_run), ("run -d -p + rm -f", op_run_published), ("network create + rm", op_network),
     ("network ls + ps -a", op_list)]
 
@@ -138,7 +141,7 @@ def load(host: str, clients: int, seconds: float) -> tuple[dict[str, list[float]
             name, op = LOAD_OPS[(n + i) % len(LOAD_OPS)]
             t0 = time.perf_counter()
             try:
-                op(sock, f"{os.getpid()}-{n}-{i}")
+                op(sock, f"{os.getpid()}-{n}-{i}", n)
             except Exception as exc:  # noqa: BLE001 - counted and shown, the load goes on
                 with lock:
                     errors.append(f"{name}: {exc}")

@@ -56,7 +56,7 @@ async def remove(engine: Engine, req: Request) -> Response:
 
 async def tag(engine: Engine, req: Request) -> Response:
     repo, tag_ = req.arg("repo"), req.arg("tag") or "latest"
-    await engine.call(engine.images.tag, req.params["name"], f"{repo}:{tag_}")
+    await engine.call(engine.change_images, engine.images.tag, req.params["name"], f"{repo}:{tag_}")
     return Response(status=201, content_type="text/plain")
 
 
@@ -66,7 +66,7 @@ async def create(engine: Engine, req: Request) -> Response:
         repo, tag_ = req.arg("repo"), req.arg("tag")
         has_tag = ":" in repo.rsplit("/", 1)[-1]
         ref = (repo if has_tag or not tag_ else f"{repo}:{tag_}") if repo else None
-        image = await engine.call(engine.images.import_tar, io.BytesIO(req.body), ref, req.query.get("changes", []),
+        image = await engine.call(engine.change_images, engine.images.import_tar, io.BytesIO(req.body), ref, req.query.get("changes", []),
                                   req.arg("message"))
         return Response(body=_progress({"status": image.id}), content_type="application/json")
     if source:
@@ -94,7 +94,7 @@ def _repository(reference: str) -> str:
 
 
 async def load(engine: Engine, req: Request) -> Response:
-    loaded = await engine.call(engine.images.load, io.BytesIO(req.body))
+    loaded = await engine.call(engine.change_images, engine.images.load, io.BytesIO(req.body))
     lines = b"".join(_progress({"stream": f"Loaded image: {ref}\n"}) for ref in loaded)
     return Response(body=lines, content_type="application/json")
 

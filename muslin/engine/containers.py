@@ -20,7 +20,7 @@ import signal
 from dataclasses import asdict, dataclass, field
 from collections.abc import AsyncIterator, Awaitable, Callable
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, TypeVar
 
 from muslin.errors import Conflict, Forbidden, InvalidArgument, NotFound, NotModified
 from muslin.kernel import netns
@@ -35,6 +35,7 @@ from .drivers.base import PortPublisher
 from .firewall import PortSpec
 from .gateway import GatewayCandidate, gateway_endpoint
 from .linking import LegacyLink, LegacyLinks
+from .locks import EngineLocks
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .mounts import MountPoint, borrowed
 from .networks import ENDPOINT_DRIVERS, NetworkService
@@ -46,6 +47,7 @@ from .store import Store
 from .volumes import VolumeService
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 KILL_WAIT_SECONDS = 10.0  # how long a SIGKILL's kill waits for the exit (a process in D state may lag)
 
 # IPv4-only networks give containers no IPv6 (as Docker 26+): no link-local address on eth0, and no
@@ -155,6 +157,21 @@ def _add_implicit_aliases(c: Container, net: Network, att: NetworkAttachment) ->
             att.aliases.append(alias)
 
 
+def _holding_container(volumes: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A container's state change under its lock (``locks``): the reference is resolved first, then the
+    method runs with the full id and reads the container afresh under the lock. ``volumes``: it may
+    remove the container's anonymous volumes (the ``volumes`` lock shared, taken first)."""
+    def decorate(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def locked(self: ContainerService, ref: str, *args: Any, **kwargs: Any) -> T:
+            with self.locks.volumes.shared() if volumes else contextlib.nullcontext():
+                cid = self.get(ref).id
+                with self.locks.container(cid):
+                    return method(self, cid, *args, **kwargs)
+        return locked
+    return decorate
+
+
 def _endpoint_extras(att: NetworkAttachment) -> dict[str, Any]:
     """What an endpoint takes from its attachment besides address, MAC and aliases."""
     return {"link_aliases": link_text.endpoint_aliases(att.links),
@@ -165,26 +182,31 @@ class ContainerService:
     """Docker's containers: their records and their lifecycle (create, start, stop, rm, rename, network
     connect/disconnect, recovery after a restart of muslind).
 
-    Threads: the state changes (the sections marked "worker") run on the engine's worker thread, one
-    at a time, through ``engine_call``; ``run``, ``follow_running``, the exit monitors and waiters, and
-    what clients await (stop, restart, attach, wait, followed logs: the "event loop" sections) run on
-    the event loop and reach the worker only through ``engine_call``. The worker reaches the loop only
-    through ``loop.call_soon_threadsafe`` (removal waiters) and the DNS service's ``*_soon`` calls.
-    Lookups only read, from either thread (and from the API's reader threads: logs).
-    Loop-only state: ``_exit_waiters``, ``_removal_waiters``, ``_monitors``; worker-only: ``_last_exit``.
+    Threads: the state changes (the sections marked "worker") run on the engine's worker threads,
+    through ``engine_call``, each under its container's lock (``locks``: ``_holding_container``), so
+    changes of different containers run together and those of one container one at a time; ``run``,
+    ``follow_running``, the exit monitors and waiters, and what clients await (stop, restart, attach,
+    wait, followed logs: the "event loop" sections) run on the event loop and reach the workers only
+    through ``engine_call``: a stop's wait for the process holds no lock. The workers reach the loop
+    only through ``loop.call_soon_threadsafe`` (removal waiters) and the DNS service's ``*_soon`` calls.
+    Lookups only read, from any thread (and from the API's reader threads: logs).
+    Loop-only state: ``_exit_waiters``, ``_removal_waiters``, ``_monitors``; workers' only, under the
+    container's lock: ``_last_exit``. Not locked: a child's start rewriting its running parents'
+    /etc/hosts (legacy links; each write is whole, from the store as it then is).
     """
 
     def __init__(self, store: Store, config: DaemonConfig, networks: NetworkService, images: ImageStore,
                  runtime: Runtime, embedded_dns: DNSService, engine_call: Callable[..., Awaitable[Any]],
-                 volumes: VolumeService) -> None:
+                 volumes: VolumeService, locks: EngineLocks | None = None) -> None:
         self.store = store
+        self.locks = locks or EngineLocks()
         self.volumes = volumes
         self.config = config
         self.networks = networks
         self.images = images
         self.runtime = runtime
         self.embedded_dns = embedded_dns
-        self.engine_call = engine_call  # runs a function on the engine's worker thread (state changes)
+        self.engine_call = engine_call  # runs a function on an engine worker thread (state changes)
         self.sandbox_root = config.exec_root / "netns"
         self._exit_waiters: dict[str, list[asyncio.Future[int]]] = {}
         self._removal_waiters: dict[str, list[asyncio.Future[int]]] = {}
@@ -257,8 +279,15 @@ class ContainerService:
         return name
 
     def create(self, req: ContainerCreate) -> Container:
+        """Under the images and volumes locks shared, and the name's from its check to the record."""
+        with self.locks.images.shared(), self.locks.volumes.shared():
+            name = req.name.lstrip("/") if req.name else self._unique_name()
+            with self.locks.container_name(name):
+                return self._create(req, name)
+
+    def _create(self, req: ContainerCreate, name: str) -> Container:
         image = self.images.get(req.image)
-        name = self._check_name(req.name) if req.name else self._unique_name()
+        name = self._check_name(name)
         cid = new_id()
         try:
             mode, attachments = self._network_mode(req)
@@ -439,6 +468,7 @@ class ContainerService:
                                     dns.EMBEDDED_ADDRESS if embedded_dns else None, etcfiles.HostResolvConf.read())
 
     # -- start (worker) ---------------------------------------------------------------------------------
+    @_holding_container()
     def start(self, ref: str, by_user: bool = True) -> Container:
         """``by_user``: the user's start (not a restart policy's), which resets the restart count."""
         c = self.get(ref)
@@ -461,13 +491,13 @@ class ContainerService:
         wired: list[tuple[Network, Endpoint]] = []
         try:
             for i, att in enumerate(c.attachments):
-                net = self.networks.get(att.network_id)
-                _add_implicit_aliases(c, net, att)
-                ep = self.networks.allocate_endpoint(net, c.id, c.name, f"eth{i}", ip=att.ip, mac=att.mac,
-                                                     aliases=att.aliases, hostname=c.config.get("Hostname") or "",
-                                                     **_endpoint_extras(att))
-                assert c.sandbox is not None
-                self.networks.wire_endpoint(net, ep, c.sandbox)
+                with self.networks.joining(att.network_id) as net:
+                    _add_implicit_aliases(c, net, att)
+                    ep = self.networks.allocate_endpoint(net, c.id, c.name, f"eth{i}", ip=att.ip, mac=att.mac,
+                                                         aliases=att.aliases, hostname=c.config.get("Hostname") or "",
+                                                         **_endpoint_extras(att))
+                    assert c.sandbox is not None
+                    self.networks.wire_endpoint(net, ep, c.sandbox)
                 wired.append((net, ep))
             if c.sandbox:  # containers only on overlays go out through docker_gwbridge (see gwbridge)
                 wired += self.networks.attach_gateway(c.id, c.name, c.sandbox, wired)
@@ -608,15 +638,17 @@ class ContainerService:
 
     # -- exit, removal, rename (worker) -----------------------------------------------------------------
     def _after_exit(self, cid: str, code: int) -> None:
-        try:
-            c = self.get(cid)
-        except NotFound:
-            return
-        self._last_exit[cid] = code  # for the removal waiters, once the runtime has forgotten it
-        self.release_networking(c)
-        if c.host_config.get("AutoRemove"):
-            self._remove(c)
+        with self.locks.volumes.shared(), self.locks.container(cid):
+            try:
+                c = self.get(cid)
+            except NotFound:
+                return
+            self._last_exit[cid] = code  # for the removal waiters, once the runtime has forgotten it
+            self.release_networking(c)
+            if c.host_config.get("AutoRemove"):
+                self._remove(c)
 
+    @_holding_container(volumes=True)
     def remove(self, ref: str, force: bool, volumes: bool = False) -> Container:
         c = self.get(ref)
         st = self.state(c)
@@ -633,13 +665,22 @@ class ContainerService:
         """Remove every stopped container that ``keep`` lets go; their ids and the bytes their writable
         layers held."""
         removed, space = [], 0
-        for c in self.all():
-            if self.state(c).running or self.restarts.restarting(c.id) or keep(c):
-                continue
-            space += self.runtime.rw_size(c.id)
-            self._remove(c)
-            removed.append(c.id)
+        with self.locks.volumes.shared():
+            for listed in self.all():
+                with self.locks.container(listed.id):
+                    found = self.store.find_containers(listed.id)  # again, under its lock
+                    c = Container.from_doc(found[0]) if found else None
+                    if c is None or self.state(c).running or self.restarts.restarting(c.id) or keep(c):
+                        continue
+                    space += self.runtime.rw_size(c.id)
+                    self._remove(c)
+                    removed.append(c.id)
         return removed, space
+
+    @_holding_container(volumes=True)
+    def remove_after_failed_start(self, ref: str) -> None:
+        """A --rm container whose start failed goes (``run``)."""
+        self._remove(self.get(ref))
 
     def _remove(self, c: Container, volumes: bool = False) -> None:
         """``volumes`` (`docker rm -v`, and always for --rm): its anonymous volumes go too."""
@@ -669,6 +710,7 @@ class ContainerService:
         except Exception:
             return 0
 
+    @_holding_container()
     def remove_link(self, ref: str) -> None:
         """``docker rm --link parent/alias``: only the link goes (``linking``)."""
         parent = self.linking.unlink(ref)
@@ -685,6 +727,11 @@ class ContainerService:
         return users
 
     def rename(self, ref: str, new_name: str) -> None:
+        with self.locks.container_name(new_name.lstrip("/")):
+            self._rename(ref, new_name)
+
+    @_holding_container()
+    def _rename(self, ref: str, new_name: str) -> None:
         c = self.get(ref)
         c.name = self._check_name(new_name, c.id)
         with self.store.transaction() as db:
@@ -694,6 +741,7 @@ class ContainerService:
                 self.store.put_endpoint(db, ep)
 
     # -- the process, as clients drive it (worker): signals and terminal size ---------------------------
+    @_holding_container()
     def _signal(self, ref: str, sig: int) -> None:
         """Send the signal of a `docker kill`: from now on the container counts as stopped by the user
         (unless-stopped)."""
@@ -710,6 +758,7 @@ class ContainerService:
         none, the exit is final (no restart) and a paused container is thawed to act on it."""
         return sig == int(signal.SIGKILL) or not c.config.get("StopSignal") or sig == c.stop_signal
 
+    @_holding_container()
     def update(self, ref: str, req: ContainerUpdate) -> None:
         """`docker update`: new limits (applied at once to a running container) and restart policy."""
         c = self.get(ref)
@@ -769,6 +818,11 @@ class ContainerService:
 
     # -- networks of a container (worker) ---------------------------------------------------------------
     def connect(self, net_ref: str, container_ref: str, cfg: EndpointRequest) -> None:
+        cid = self.get(container_ref).id
+        with self.locks.container(cid):
+            self._connect(net_ref, cid, cfg)
+
+    def _connect(self, net_ref: str, container_ref: str, cfg: EndpointRequest) -> None:
         net = self.networks.get(net_ref)
         c = self.get(container_ref)
         if not c.owns_sandbox:
@@ -789,10 +843,12 @@ class ContainerService:
             endpoints = self.store.endpoints(container_id=c.id)
             used = {e.ifname for e in endpoints}
             ifname = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
-            ep = self.networks.allocate_endpoint(net, c.id, c.name, ifname, ip=att.ip, mac=att.mac, aliases=att.aliases,
-                                                 hostname=c.config.get("Hostname") or "", **_endpoint_extras(att))
-            assert c.sandbox is not None
-            self.networks.wire_endpoint(net, ep, c.sandbox)
+            with self.networks.joining(net.id) as net:
+                ep = self.networks.allocate_endpoint(net, c.id, c.name, ifname, ip=att.ip, mac=att.mac,
+                                                     aliases=att.aliases, hostname=c.config.get("Hostname") or "",
+                                                     **_endpoint_extras(att))
+                assert c.sandbox is not None
+                self.networks.wire_endpoint(net, ep, c.sandbox)
             self.networks.attach_gateway(c.id, c.name, c.sandbox,
                                          [*((self.networks.get(e.network_id), e) for e in endpoints), (net, ep)])
         c.attachments.append(att)
@@ -820,6 +876,15 @@ class ContainerService:
             self.embedded_dns.serve_soon(c.id, c.name, c.sandbox, self._dns_upstreams(c))
 
     def disconnect(self, net_ref: str, container_ref: str, force: bool) -> None:
+        try:
+            cid = self.get(container_ref).id
+        except NotFound:  # its stale endpoints, with force (below): nothing of a container to lock
+            self._disconnect(net_ref, container_ref, force)
+            return
+        with self.locks.container(cid):
+            self._disconnect(net_ref, cid, force)
+
+    def _disconnect(self, net_ref: str, container_ref: str, force: bool) -> None:
         net = self.networks.get(net_ref)
         try:
             c = self.get(container_ref)
@@ -952,7 +1017,7 @@ class ContainerService:
             watch.cancel()
             if c.host_config.get("AutoRemove") and self.store.find_containers(c.id):
                 try:
-                    await self.engine_call(self._remove, self.get(c.id))
+                    await self.engine_call(self.remove_after_failed_start, c.id)
                 except Exception:
                     log.exception("could not remove %s after its failed start", c.name)
             raise
@@ -1017,6 +1082,7 @@ class ContainerService:
         if self.restarts.exited(cid, RestartPolicy.of(c.host_config), code, c.manually_stopped, ran_for):
             await self.engine_call(self._count_restart, cid)
 
+    @_holding_container()
     def _count_restart(self, cid: str) -> None:
         """(worker)"""
         c = self.get(cid)
@@ -1126,6 +1192,7 @@ class ContainerService:
         finally:
             self._drop_exit_future(c.id, done)
 
+    @_holding_container()
     def _mark_stopped(self, cid: str) -> None:
         """(worker)"""
         c = self.get(cid)

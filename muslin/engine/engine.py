@@ -1,9 +1,16 @@
 """The engine: one object that owns the store, the daemon's configuration and the services.
 
-State changes of the model (networks, endpoints, container records, ports) run one at a time on a
-single worker thread, so handlers never race each other over the store or the kernel, and the event
-loop stays free for streams while netlink and iptables work. Process-level calls into the runtime
-(stop, attach, exec) go straight to the container's shim, which serialises them itself.
+State changes of the model (networks, endpoints, container records, ports) run on a pool of worker
+threads, so independent requests proceed together (two containers starting on different networks, a
+network created while a container starts) and the event loop stays free for streams while netlink,
+iptables and runc work. What conflicts is ordered by the locks of ``locks`` (their rules are there):
+every call holds the ``model`` lock shared; the engine's start, the firewall guard's full restore and
+the cluster store's changes hold it exclusive. Process-level calls into the runtime (stop, attach,
+exec) go straight to the container's shim, which serialises them itself.
+
+Netlink handles are per thread (pyroute2's are not to be shared, and close on the thread that opened
+them): each worker opens its own into the daemon's namespace on first use, and ``close`` has each
+worker close its own.
 """
 
 from __future__ import annotations
@@ -11,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from muslin.errors import EngineError
@@ -27,6 +35,7 @@ from .execs import ExecService
 from .files import FileService
 from .firewall import Firewall, IptablesFirewall
 from .guard import FirewallGuard
+from .locks import EngineLocks, SerialFirewall
 from .networks import NetworkService
 from .nft_firewall import NftablesFirewall
 from .store import Store
@@ -36,6 +45,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DATA_ROOT_MODE = 0o710
 EXEC_ROOT_MODE = 0o700
+# Worker threads for state changes: enough that runc, iptables-restore and netlink waits of concurrent
+# requests overlap; the work itself is mostly in the kernel and in child processes (2 cores here).
+WORKERS = 8
 
 
 def open_firewall(config: DaemonConfig) -> Firewall | None:
@@ -60,18 +72,22 @@ class Engine:
             root.mkdir(parents=True, exist_ok=True)
             root.chmod(mode)
         self.store = Store(config.data_root)
-        self.firewall = open_firewall(config)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self.networks = NetworkService(self.store, config, self.firewall, self._worker.submit)
+        self.locks = EngineLocks()
+        backend = open_firewall(config)
+        self.firewall = SerialFirewall(backend, self.locks.firewall) if backend is not None else None
+        self._workers = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="engine")
+        # The cluster store's changes to global networks: applied in order, on a thread of their own.
+        self._cluster_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-cluster")
+        self.networks = NetworkService(self.store, config, self.firewall, self._submit_in_order, self.locks)
         self.images = ImageStore(config.data_root / "images")
         self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
         self.dns = DNSService(self.store, self.networks.get, self.networks.remote_endpoints)
-        self.volumes = VolumeService(self.store, config.data_root, lambda: self.containers.volume_users())
+        self.volumes = VolumeService(self.store, config.data_root, lambda: self.containers.volume_users(), self.locks)
         self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.dns,
-                                           self.call, self.volumes)
+                                           self.call, self.volumes, self.locks)
         self.execs = ExecService(self.containers, self.runtime)
         self.files = FileService(self.containers, self.runtime)
-        self.guard = FirewallGuard(lambda: self.call(self.restore_firewall)) if self.firewall else None
+        self.guard = FirewallGuard(self._restore_firewall_on_worker) if self.firewall else None
         self._recovery: Recovery | None = None
         self._following: asyncio.Task | None = None
 
@@ -80,7 +96,7 @@ class Engine:
         while muslind was away settled, restart policies applied (as dockerd, before it serves)."""
         self.containers.loop = self.dns.loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        self._recovery = await self.call(self._start)
+        self._recovery = await asyncio.wrap_future(self._workers.submit(self._exclusively, self._start))
         await self.containers.restart_after_daemon_start(self._recovery)
         if self.guard:
             self.guard.start()
@@ -112,36 +128,71 @@ class Engine:
         return recovery
 
     def remove_image(self, ref: str, force: bool) -> list[dict[str, str]]:
-        """On the worker, so no container can be created from the image between check and removal."""
-        return self.images.remove(ref, force, self.runtime.images_in_use())
+        """Under the images lock, so no container can be created from the image between check and removal."""
+        with self.locks.images.exclusive():
+            return self.images.remove(ref, force, self.runtime.images_in_use())
+
+    def change_images(self, fn: Callable[..., T], *args: object) -> T:
+        """An image store change (tag, import, load): none while a container create reads the images."""
+        with self.locks.images.exclusive():
+            return fn(*args)
 
     def restore_firewall(self) -> int:
         """Put back any missing rule of the networks and published ports; how many that was. When only
         muslind has committed since its rules were last complete, there is nothing to look for (the
-        guard is woken by muslind's own commits too)."""
+        guard is woken by muslind's own commits too). Otherwise the model is held still while its rules
+        are read and written: a network torn down in between would get its rules back."""
         assert self.firewall is not None
         if self.firewall.intact():
             return 0
-        return self.firewall.ensure(self.networks.firewall_specs(), self.containers.published_port_specs())
+        with self.locks.model.exclusive():
+            if self.firewall.intact():
+                return 0
+            return self.firewall.ensure(self.networks.firewall_specs(), self.containers.published_port_specs())
+
+    async def _restore_firewall_on_worker(self) -> int:
+        return await asyncio.wrap_future(self._workers.submit(self.restore_firewall))
 
     async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run a state-changing engine call on the engine's worker thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
+        """Run a state-changing engine call on a worker thread, holding the model lock shared (``fn``
+        takes the finer locks it needs)."""
+        return await asyncio.wrap_future(self._workers.submit(self._shared, functools.partial(fn, *args, **kwargs)))
+
+    def _shared(self, fn: Callable[[], T]) -> T:
+        with self.locks.model.shared():
+            return fn()
+
+    def _exclusively(self, fn: Callable[[], T]) -> T:
+        with self.locks.model.exclusive():
+            return fn()
+
+    def _submit_in_order(self, fn: Callable[[], None]) -> Future[None]:
+        """For the global networks: their changes one after the other, each with the model still."""
+        return self._cluster_lane.submit(self._exclusively, fn)
 
     def close(self) -> None:
         if self._following is not None:
             self._following.cancel()
         if self.guard:
             self.guard.close()
-        # Queued state changes finish first; the netlink handles close on the thread that opened them
-        # (pyroute2 keeps an event loop per thread, which only that thread's close releases).
-        self._worker.submit(self._close_handles).result()
-        self._worker.shutdown(wait=True)
-        self.runtime.close()
-        self.store.close()
+        # Queued state changes finish first (the cluster store's: dropped once it is closed, below).
+        # The netlink handles close on the thread that opened them (pyroute2 keeps an event loop per
+        # thread, which only that thread's close releases): a job on each worker at once, each one
+        # waiting for the others so that no worker runs two of them.
+        if self.networks.global_networks is not None:
+            self.networks.global_networks.close()
+        self._cluster_lane.submit(self.networks.close_thread_handles).result()
+        self._cluster_lane.shutdown(wait=True)
+        everyone = threading.Barrier(WORKERS)
 
-    def _close_handles(self) -> None:
-        self.networks.close()
+        def close_own() -> None:
+            everyone.wait(timeout=30)
+            self.networks.close_thread_handles()
+
+        for done in [self._workers.submit(close_own) for _ in range(WORKERS)]:
+            done.result()
+        self._workers.shutdown(wait=True)
         if self.firewall:
             self.firewall.close()
+        self.runtime.close()
+        self.store.close()

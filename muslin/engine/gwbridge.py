@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from muslin.errors import NotFound
+from muslin.errors import Conflict, NotFound
 
 from .drivers.bridge_options import OPT_ICC, OPT_MASQ, OPT_NAME
 from .model import Endpoint, Network
@@ -45,9 +45,13 @@ class GatewayBridge:
         try:
             return self.networks.get(GATEWAY_BRIDGE)
         except NotFound:
+            pass
+        try:
             return self.networks.create(NetworkCreate(
                 name=GATEWAY_BRIDGE, driver="bridge",
                 options={OPT_NAME: GATEWAY_BRIDGE, OPT_ICC: "false", OPT_MASQ: "true"}))
+        except Conflict:  # made meanwhile, for another container's start
+            return self.networks.get(GATEWAY_BRIDGE)
 
     def attach(self, container_id: str, container_name: str, sandbox: str,
                wired: list[tuple[Network, Endpoint]]) -> list[tuple[Network, Endpoint]]:
@@ -55,11 +59,11 @@ class GatewayBridge:
         ``wired`` (all of them: the caller has them at hand), need one."""
         if not needs_gateway(wired):
             return []
-        net = self.network()
         used = {ep.ifname for _, ep in wired}
         ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
-        ep = self.networks.allocate_endpoint(net, container_id, container_name, ifname)
-        self.networks.wire_endpoint(net, ep, sandbox)
+        with self.networks.joining(self.network().id) as net:
+            ep = self.networks.allocate_endpoint(net, container_id, container_name, ifname)
+            self.networks.wire_endpoint(net, ep, sandbox)
         return [(net, ep)]
 
     def unneeded(self, container_id: str, leaving_network_id: str = "") -> list[tuple[Network, Endpoint]]:

@@ -7,12 +7,18 @@ Ordering is what keeps the store and the kernel consistent when muslind dies hal
   re-programs, and the user's next `network rm` finishes the job).
 So the kernel never holds something the store does not know, and start-up reconcile is the same code
 as the first create.
+
+Concurrency (``locks``): a create holds ``network_table`` from its checks (name, subnet, bridge name)
+until its record is committed, and the new network's lock exclusive until the kernel has it; a removal
+holds the network's lock exclusive; an endpoint joins under its network's lock held shared
+(``joining``), so a network never goes while an endpoint is being wired into it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -31,8 +37,9 @@ from .drivers.passthrough import PassthroughDriver
 from .firewall import BridgeSpec, Firewall
 from .gwbridge import GatewayBridge
 from .global_networks import GlobalNetworks, engine_id
+from .locks import EngineLocks
 from .model import Endpoint, IPAMPool, Network, new_id, now_rfc3339
-from .requests import NetworkCreate
+from .requests import IPAMPoolRequest, NetworkCreate
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -51,13 +58,14 @@ ENDPOINT_DRIVERS = {"bridge", "macvlan", "overlay"}
 
 class NetworkService:
     """Networks, endpoints and published ports. State changes and kernel work run on the engine's
-    worker thread (the drivers' netlink handles live there); the queries (list, get, endpoints) only
-    read the store, from either thread."""
+    worker threads (each with netlink handles of its own), under ``locks``; the queries (list, get,
+    endpoints) only read the store, from any thread."""
 
     def __init__(self, store: Store, config: DaemonConfig, firewall: Firewall | None,
-                 submit: Callable[[Callable[[], None]], Future[None]]) -> None:
+                 submit: Callable[[Callable[[], None]], Future[None]], locks: EngineLocks | None = None) -> None:
         self.store = store
         self.config = config
+        self.locks = locks or EngineLocks()
         self._host = HostNetlink()
         self.bridge = BridgeDriver(config, firewall, self._host)
         self.drivers: dict[str, NetworkDriver] = {
@@ -67,7 +75,7 @@ class NetworkService:
             "null": PassthroughDriver("null"),
         }
         # With a cluster store: the overlay driver, and the global networks it serves (``submit`` runs
-        # the store's changes on the engine's worker thread).
+        # the store's changes on an engine worker, in order).
         self.global_networks: GlobalNetworks | None = None
         self.gateway_bridge = GatewayBridge(self)
         if config.cluster is not None:
@@ -76,9 +84,8 @@ class NetworkService:
             self.global_networks = GlobalNetworks(ClusterStore(config.cluster), store, overlay,
                                                   engine_id(config.data_root), submit)
 
-    def close(self) -> None:
-        if self.global_networks is not None:
-            self.global_networks.close()
+    def close_thread_handles(self) -> None:
+        """Close the calling worker thread's netlink handle."""
         self._host.close()
 
     def driver_names(self) -> list[str]:
@@ -214,6 +221,23 @@ class NetworkService:
                       labels=dict(req.labels), ipam_options=dict(req.ipam_options))
         if global_overlay and self.global_networks is not None:
             return self.global_networks.create(net, configs[0] if configs else None)
+        # The new network's lock before network_table (see ``locks``): nobody can wait for an id that is
+        # not recorded yet, and once it is, joins wait until the kernel has the network.
+        with self.locks.network(net.id, exclusive=True):
+            with self.locks.network_table:
+                self._record(net, configs)
+            try:
+                self.drivers[driver].create_network(net)
+            except Exception:
+                with self.store.transaction() as db:
+                    self.store.delete_network(db, net.id)
+                raise
+        log.info("created network %s (%s, %s, %s)", name, net.id[:12], driver, net.pools[0].subnet)
+        return net
+
+    def _record(self, net: Network, configs: list[IPAMPoolRequest]) -> None:
+        """Choose the new network's pool and settings against the others, and commit its record."""
+        name, driver = net.name, net.driver
         others = self.store.networks()
         if any(n.name == name for n in others):
             raise Conflict(f"network with name {name} already exists")
@@ -234,14 +258,6 @@ class NetworkService:
         self.drivers[driver].prepare(net, others)
         with self.store.transaction() as db:
             self.store.put_network(db, net)
-        try:
-            self.drivers[driver].create_network(net)
-        except Exception:
-            with self.store.transaction() as db:
-                self.store.delete_network(db, net.id)
-            raise
-        log.info("created network %s (%s, %s, %s)", name, net.id[:12], driver, pool.subnet)
-        return net
 
     def firewall_specs(self) -> list[BridgeSpec]:
         """What the firewall must hold for every bridge network of the store."""
@@ -254,7 +270,11 @@ class NetworkService:
         return routes + addrs
 
     def delete(self, ref: str) -> None:
-        net = self.get(ref)
+        with self.locks.network(self.get(ref).id, exclusive=True):
+            self._delete(ref)
+
+    def _delete(self, ref: str) -> None:
+        net = self.get(ref)  # again, under its lock: removed meanwhile, it is not found
         if net.predefined:
             raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
         if self.store.endpoints(network_id=net.id):
@@ -275,11 +295,23 @@ class NetworkService:
         for net in self.store.networks():
             if net.predefined or keep(net) or self.store.endpoints(network_id=net.id):
                 continue
-            self.delete(net.id)
+            try:
+                self.delete(net.id)
+            except (NotFound, Forbidden):  # removed, or joined, since the listing
+                continue
             removed.append(net.name)
         return removed
 
     # -- endpoints ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def joining(self, network_id: str) -> Iterator[Network]:
+        """The network, held so that it stays while an endpoint is allocated and wired into it (not
+        found: it was removed meanwhile). Overlays' joins go one at a time (their driver's shared
+        namespace per network)."""
+        exclusive = self.get(network_id).driver == "overlay"
+        with self.locks.network(network_id, exclusive=exclusive):
+            yield self.get(network_id)
+
     @staticmethod
     def check_endpoint_aliases(net: Network, aliases: list[str]) -> None:
         """dockerd answers names on the predefined networks through /etc/hosts only: no aliases there

@@ -21,6 +21,7 @@ from pathlib import Path
 from muslin.errors import Conflict, InvalidArgument, NotFound
 from muslin.runtime import copy_image_path
 
+from .locks import EngineLocks
 from .mounts import MountPoint, MountRequest
 from .model import new_id
 from .store import Store
@@ -67,10 +68,14 @@ def check_options(name: str, options: dict[str, str]) -> None:
 
 
 class VolumeService:
-    """Volumes' records and directories. State changes run on the engine's worker thread."""
+    """Volumes' records and directories. State changes run on the engine's workers: create, rm and
+    prune hold the ``volumes`` lock exclusive; a container's mount points and its anonymous volumes are
+    handled under it shared, by the container service (``locks``)."""
 
-    def __init__(self, store: Store, data_root: Path, users: Callable[[], dict[str, list[str]]]) -> None:
+    def __init__(self, store: Store, data_root: Path, users: Callable[[], dict[str, list[str]]],
+                 locks: EngineLocks | None = None) -> None:
         self.store = store
+        self.locks = locks or EngineLocks()
         self.root = data_root / "volumes"
         self.root.mkdir(parents=True, exist_ok=True)
         # Every volume in use -> ids of the containers that mount it: built once for a whole request
@@ -94,6 +99,11 @@ class VolumeService:
     def create(self, name: str = "", driver: str = LOCAL_DRIVER, labels: dict[str, str] | None = None,
                options: dict[str, str] | None = None) -> Volume:
         """Create a volume (a name already taken returns that volume, as dockerd does)."""
+        with self.locks.volumes.exclusive():
+            return self._create(name, driver, labels, options)
+
+    def _create(self, name: str, driver: str, labels: dict[str, str] | None,
+                options: dict[str, str] | None) -> Volume:
         anonymous = not name
         name = name or new_id()
         driver = driver or LOCAL_DRIVER
@@ -120,6 +130,10 @@ class VolumeService:
 
     def remove(self, name: str, force: bool = False) -> None:
         """``force`` only forgives a missing volume; one in use is never removed."""
+        with self.locks.volumes.exclusive():
+            self._remove(name, force)
+
+    def _remove(self, name: str, force: bool) -> None:
         doc = self.store.volume(name)
         if doc is None:
             if force:
@@ -138,6 +152,10 @@ class VolumeService:
 
     def prune(self, keep: Callable[[Volume], bool]) -> list[str]:
         """Remove every volume no container uses that ``keep`` lets go; their names."""
+        with self.locks.volumes.exclusive():
+            return self._prune(keep)
+
+    def _prune(self, keep: Callable[[Volume], bool]) -> list[str]:
         removed = []
         users = self.users()
         for volume in self.all():
@@ -202,7 +220,7 @@ class VolumeService:
             volume = self.get(req.source)
         else:
             try:
-                volume = self.create(req.source, req.volume_driver, req.volume_labels, req.volume_options)
+                volume = self._create(req.source, req.volume_driver, req.volume_labels, req.volume_options)
             except NotFound as exc:
                 # Not a 404 from container create: the CLI takes that for a missing image and pulls.
                 raise InvalidArgument(exc.message) from None

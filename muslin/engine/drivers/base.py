@@ -4,6 +4,7 @@ with NAT (bridge), publishing an endpoint's ports."""
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol, runtime_checkable
 
 from pyroute2 import IPRoute
@@ -16,21 +17,25 @@ from ..ports import HostPort, PortBinding
 
 
 class HostNetlink:
-    """One netlink handle into the daemon's namespace, shared by the drivers and kept open: opening
-    one costs ~0.6 ms, a tenth of a container's whole attach. Used from the engine's worker thread only."""
+    """Netlink handles into the daemon's namespace, shared by the drivers and kept open: opening one
+    costs ~0.6 ms, a tenth of a container's whole attach. One per thread (the engine's workers): a
+    pyroute2 handle is not to be shared between threads, and closes on the thread that opened it."""
 
     def __init__(self) -> None:
-        self._ipr: IPRoute | None = None
+        self._own = threading.local()
 
     def get(self) -> IPRoute:
-        if self._ipr is None:
-            self._ipr = netns.iproute(echo=True)
-        return self._ipr
+        ipr: IPRoute | None = getattr(self._own, "ipr", None)
+        if ipr is None:
+            ipr = self._own.ipr = netns.iproute(echo=True)
+        return ipr
 
     def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        """Close the calling thread's handle (each thread closes its own)."""
+        ipr: IPRoute | None = getattr(self._own, "ipr", None)
+        if ipr is not None:
+            ipr.close()
+            self._own.ipr = None
 
 
 class OnHostLinks:
@@ -94,7 +99,7 @@ class NetworkDriver(Protocol):
 @runtime_checkable
 class PortPublisher(Protocol):
     """A driver that publishes container ports on the host (bridge: DNAT to the endpoint). Used from
-    the engine's worker thread."""
+    the engine's worker threads."""
 
     def assign_ports(self, net: Network, ep: Endpoint, requested: list[PortBinding],
                      taken: list[HostPort]) -> list[PortBinding]:
