@@ -1,0 +1,132 @@
+"""Requests served together (issue #11, requirement 2), through the real docker CLI: independent ones do
+not wait for each other, conflicting ones are ordered (one winner, Docker's conflict for the others), and
+the store and the kernel agree afterwards. No timing is asserted: only what finished while what."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Interface
+
+from ..tools import require
+
+BOUND_SECONDS = 60  # every wait below is bounded
+
+
+def _together(daemon, commands: list[tuple[str, ...]]) -> list[subprocess.CompletedProcess]:
+    """Run the docker commands at once; their results in order."""
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        return list(pool.map(lambda args: daemon.docker(*args, check=False, timeout=BOUND_SECONDS), commands))
+
+
+def _ok(results: list[subprocess.CompletedProcess]) -> None:
+    failed = [f"{p.args}: {p.stderr}" for p in results if p.returncode]
+    assert not failed, failed
+
+
+def _nat_rules(daemon) -> list[str]:
+    return [line for line in daemon.sh("iptables-save", "-t", "nat").splitlines() if line.startswith("-A")]
+
+
+def test_a_slow_stop_holds_up_nothing_else(daemon) -> None:
+    """A `stop -t 30` of a container that ignores SIGTERM is pending while network ls, network create
+    and rm, and another container's run --rm all complete; the stop then ends with the container."""
+    daemon.docker("run", "-d", "--name", "stubborn", "busybox", "sh", "-c",
+                  "trap 'echo got-term' TERM; echo ready; while true; do sleep 1; done")
+    stop = subprocess.Popen([require("docker"), "stop", "-t", "30", "stubborn"], env=daemon.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + BOUND_SECONDS
+        while "got-term" not in daemon.docker("logs", "stubborn").stdout:  # the stop is now waiting
+            assert time.monotonic() < deadline and stop.poll() is None, "the stop never signalled"
+            time.sleep(0.1)
+        daemon.docker("network", "ls")
+        daemon.docker("network", "create", "meanwhile")
+        daemon.docker("network", "rm", "meanwhile")
+        assert daemon.docker("run", "--rm", "busybox", "echo", "ran").stdout == "ran\n"
+        assert daemon.docker("inspect", "-f", "{{.State.Running}}", "stubborn").stdout.strip() == "true"
+        assert stop.poll() is None  # everything above returned while the stop was still waiting
+        daemon.docker("kill", "stubborn")
+        assert stop.wait(BOUND_SECONDS) == 0
+    finally:
+        if stop.poll() is None:
+            stop.kill()
+            stop.wait()
+
+
+def test_concurrent_creates_of_one_name_have_one_winner(daemon) -> None:
+    results = _together(daemon, [("create", "--name", "only-one", "busybox", "true")] * 6)
+    winners = [p for p in results if p.returncode == 0]
+    assert len(winners) == 1
+    for lost in (p for p in results if p.returncode):
+        assert 'Conflict. The container name "/only-one" is already in use by container' in lost.stderr
+    assert daemon.docker("inspect", "-f", "{{.Id}}", "only-one").stdout.strip() == winners[0].stdout.strip()
+    assert len(daemon.docker("ps", "-aq").stdout.split()) == 1
+
+    nets = _together(daemon, [("network", "create", "one-net")] * 4)
+    assert sum(p.returncode == 0 for p in nets) == 1
+    for lost in (p for p in nets if p.returncode):
+        assert "network with name one-net already exists" in lost.stderr
+    assert daemon.docker("network", "ls", "-q", "--filter", "name=one-net").stdout.count("\n") == 1
+
+
+def test_concurrent_runs_on_one_network_get_distinct_addresses_and_rules(daemon) -> None:
+    daemon.docker("network", "create", "--subnet", "10.77.0.0/24", "shared")
+    names = [f"c{i}" for i in range(8)]
+    _ok(_together(daemon, [("run", "-d", "--name", n, "--network", "shared", "-p", "80", "busybox", "sleep", "300")
+                           for n in names]))
+    inspected = json.loads(daemon.docker("inspect", *names).stdout)
+    addresses = [c["NetworkSettings"]["Networks"]["shared"]["IPAddress"] for c in inspected]
+    assert len(set(addresses)) == len(names)
+    # Every address is on its container's eth0 in the kernel, and every published port has its DNAT.
+    for n, ip in zip(names, addresses):
+        assert f"inet {ip}/24" in daemon.docker("exec", n, "ip", "-4", "addr", "show", "eth0").stdout
+    dnat = [r for r in _nat_rules(daemon) if "DNAT" in r]
+    for c in inspected:
+        port = c["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"]
+        ip = c["NetworkSettings"]["Networks"]["shared"]["IPAddress"]
+        assert f"-A MUSLIN -p tcp -m tcp --dport {port} -j DNAT --to-destination {ip}:80" in dnat
+    # Removed together: every rule and endpoint goes with them.
+    _ok(_together(daemon, [("rm", "-f", n) for n in names]))
+    assert not [r for r in _nat_rules(daemon) if "DNAT" in r]
+    daemon.docker("network", "rm", "shared")
+    assert "10.77.0." not in daemon.sh("ip", "-4", "addr")
+
+
+def test_concurrent_network_creates_pick_distinct_subnets(daemon) -> None:
+    names = [f"auto{i}" for i in range(6)]
+    _ok(_together(daemon, [("network", "create", n) for n in names]))
+    inspected = json.loads(daemon.docker("network", "inspect", *names).stdout)
+    subnets = [IPv4Interface(n["IPAM"]["Config"][0]["Subnet"]).network for n in inspected]
+    assert all(not a.overlaps(b) for i, a in enumerate(subnets) for b in subnets[i + 1:])
+    _ok(_together(daemon, [("network", "rm", n) for n in names]))
+    assert not daemon.docker("network", "ls", "-q", "--filter", "name=auto").stdout.strip()
+
+
+def test_network_rm_racing_a_connect_leaves_one_consistent_outcome(daemon) -> None:
+    """rm and connect of one network at once: either the network went (and the connect failed) or the
+    container is on it (and the rm was refused for its endpoint); never a half of each."""
+    daemon.docker("run", "-d", "--name", "joiner", "busybox", "sleep", "300")
+    for round_ in range(4):
+        net = f"race{round_}"
+        daemon.docker("network", "create", net)
+        rm, connect, other = _together(daemon, [("network", "rm", net), ("network", "connect", net, "joiner"),
+                                                ("network", "create", f"bystander{round_}")])
+        assert other.returncode == 0, other.stderr
+        networks = json.loads(daemon.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", "joiner").stdout)
+        links = daemon.docker("exec", "joiner", "ip", "-o", "link").stdout
+        if rm.returncode == 0:
+            assert connect.returncode != 0 and "not found" in connect.stderr
+            assert net not in networks and "eth1" not in links
+        else:
+            assert connect.returncode == 0, connect.stderr
+            assert "has active endpoints" in rm.stderr
+            assert net in networks and "eth1" in links
+            daemon.docker("network", "disconnect", net, "joiner")
+            daemon.docker("network", "rm", net)
+        daemon.docker("network", "rm", f"bystander{round_}")
+    # Nothing of the raced networks is left in the kernel: only the default bridge and its veth.
+    bridges = daemon.sh("ip", "-o", "link", "show", "type", "bridge")
+    assert bridges.count("\n") == 1 and "muslin0" in bridges
