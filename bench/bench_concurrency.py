@@ -9,20 +9,27 @@
 
 Run: flock -o /tmp/muslin-refdocker.lock .venv/bin/python bench/bench_concurrency.py [--clients 8] [--rounds 3]
      [--load-clients 50] [--load-seconds 60] [--only a|b]   (root; everything inside namespaces)
+     --baseline CHECKOUT: also the muslind of another checkout (its .venv/bin/muslind; /work/main, say),
+     in the same run, for before/after figures.
+     .venv/bin/python bench/bench_concurrency.py --profile FILE [...]: muslind alone, under a sampling
+     profiler of its threads (sampled_muslind.py), its report written to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from common import docker, muslind, reference_dockerd
 
@@ -187,24 +194,34 @@ def main() -> None:
     p.add_argument("--load-clients", type=int, default=50)
     p.add_argument("--load-seconds", type=float, default=60.0)
     p.add_argument("--only", choices=["", "a", "b"], default="")
+    p.add_argument("--profile", default="", help="muslind alone, profiled; the report goes to this file")
+    p.add_argument("--baseline", default="", help="a checkout whose muslind is measured too (before/after)")
     args = p.parse_args()
-    with muslind() as host:
-        ours = measure(host, args)
-    theirs: dict[str, object] = {}
-    with reference_dockerd() as ref_host:
+    command = None
+    if args.profile:
+        os.environ["MUSLIN_PROFILE_OUT"] = str(Path(args.profile).resolve())
+        command = [sys.executable, str(Path(__file__).with_name("sampled_muslind.py"))]
+    results: dict[str, dict[str, object]] = {}
+    if args.baseline:
+        with muslind(command=[str(Path(args.baseline) / ".venv" / "bin" / "muslind")]) as host:
+            results["muslind (baseline)"] = measure(host, args)
+    with muslind(command=command) as host:
+        results["muslind"] = ours = measure(host, args)
+    with (reference_dockerd() if not args.profile else contextlib.nullcontext()) as ref_host:
         if ref_host:
-            theirs = measure(ref_host, args)
-    if "one" in ours:
-        for key, label in (("one", "1 CLI client"), (("many"), f"{args.clients} CLI clients")):
-            line = f"{label:16s} x {args.rounds} rounds of the mix: muslind {ours[key]:6.2f} s"  # type: ignore[str-format]
-            if key in theirs:
-                line += f" | docker {theirs[key]:6.2f} s | ratio {ours[key] / theirs[key]:5.2f}"  # type: ignore[operator]
-            line += " (goal <= 0.25)" if key == "many" else ""
+            theirs = results["docker"] = measure(ref_host, args)
+    for label, got in results.items():
+        if "one" not in got:
+            continue
+        for key, what in (("one", "1 CLI client"), ("many", f"{args.clients} CLI clients")):
+            line = f"{label:18s} {what:14s} x {args.rounds} rounds of the mix: {got[key]:6.2f} s"
+            if label != "docker" and "docker" in results:
+                line += f" | docker {theirs[key]:6.2f} s | ratio {got[key] / theirs[key]:5.2f}"  # type: ignore[operator]
+                line += " (goal <= 0.25)" if key == "many" else ""
             print(line, flush=True)
-    if "load" in ours:
-        report_load(f"muslind, {args.load_clients} API clients for {args.load_seconds:.0f} s", *ours["load"])  # type: ignore[misc]
-        if "load" in theirs:
-            report_load(f"docker, {args.load_clients} API clients for {args.load_seconds:.0f} s", *theirs["load"])  # type: ignore[misc]
+    for label, got in results.items():
+        if "load" in got:
+            report_load(f"{label}, {args.load_clients} API clients for {args.load_seconds:.0f} s", *got["load"])  # type: ignore[misc]
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ def bench_namespace() -> str:
 
 
 @contextmanager
-def muslind(*args: str, prepare: Callable[[str], None] | None = None) -> Iterator[str]:
+def muslind(*args: str, prepare: Callable[[str], None] | None = None,
+            command: list[str] | None = None) -> Iterator[str]:
     """A muslind in a fresh namespace; yields its DOCKER_HOST and removes everything after.
-    ``prepare(namespace)`` runs before the daemon starts (to give the host links of its own)."""
+    ``prepare(namespace)`` runs before the daemon starts (to give the host links of its own);
+    ``command``: what runs muslind (a profiler around it), instead of the muslind script."""
     name = bench_namespace()
     netns.create(name)
     if prepare:
@@ -37,7 +39,7 @@ def muslind(*args: str, prepare: Callable[[str], None] | None = None) -> Iterato
     root = Path(tempfile.mkdtemp(prefix="muslin-bench-"))
     sock = root / "docker.sock"
     proc = subprocess.Popen(["nsenter", f"--net={netns.path_for(name)}",
-                             str(Path(sys.executable).with_name("muslind")), "-H", f"unix://{sock}",
+                             *(command or [str(Path(sys.executable).with_name("muslind"))]), "-H", f"unix://{sock}",
                              "--data-root", str(root / "data"), "--exec-root", str(root / "run"), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     host = f"unix://{sock}"

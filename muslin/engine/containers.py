@@ -281,9 +281,15 @@ class ContainerService:
     def create(self, req: ContainerCreate) -> Container:
         """Under the images and volumes locks shared, and the name's from its check to the record."""
         with self.locks.images.shared(), self.locks.volumes.shared():
-            name = req.name.lstrip("/") if req.name else self._unique_name()
-            with self.locks.container_name(name):
-                return self._create(req, name)
+            if req.name:
+                with self.locks.container_name(req.name.lstrip("/")):
+                    return self._create(req, req.name.lstrip("/"))
+            for _ in range(100):
+                name = self._unique_name()
+                with self.locks.container_name(name):
+                    if self.store.container_named(name) is None:  # not taken by a create meanwhile
+                        return self._create(req, name)
+            raise Conflict("could not generate a free container name: give one with --name")
 
     def _create(self, req: ContainerCreate, name: str) -> Container:
         image = self.images.get(req.image)

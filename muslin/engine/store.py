@@ -3,6 +3,11 @@
 One table per kind of record, each row a JSON document plus the columns that must be unique (names,
 addresses). Uniqueness is enforced by SQLite, so two racing creates cannot both win, and every change
 the engine makes is one transaction: a muslind killed halfway leaves either the old or the new record.
+
+Threads: transactions go one at a time through the one writing connection, under the store's lock; a
+read inside a transaction uses it too (it sees the transaction's writes). Other reads use a connection
+of their thread's own: in WAL mode readers never wait for the writer, so the event loop answering a
+`docker ps` never waits for a worker's transaction; they see the last committed state.
 """
 
 from __future__ import annotations
@@ -154,24 +159,47 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
+        self._path = path
+        self._thread = threading.local()  # per thread: its reading connection, whether it is in a transaction
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
         self._db.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self._thread.writing = True
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._thread.writing = False
             self._db.execute("COMMIT")
 
     def _rows(self, sql: str, *args: Any) -> list[tuple]:
-        with self._lock:
+        if getattr(self._thread, "writing", False):
             return self._db.execute(sql, args).fetchall()
+        return self._reader().execute(sql, args).fetchall()
+
+    def _reader(self) -> sqlite3.Connection:
+        reader: sqlite3.Connection | None = getattr(self._thread, "reader", None)
+        if reader is None:
+            # Used by this thread only; closed by close() from whichever thread closes the store.
+            reader = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            reader.execute("PRAGMA query_only=1")
+            with self._readers_lock:
+                self._readers.append(reader)
+            self._thread.reader = reader
+        return reader
 
     def _find(self, table: str, ref: str) -> list[str]:
         """Docs of the rows ``ref`` names, as Docker resolves a reference: the full id, else the name,
