@@ -716,13 +716,16 @@ class ContainerService:
         except Exception:
             return 0
 
-    @_holding_container()
     def remove_link(self, ref: str) -> None:
-        """``docker rm --link parent/alias``: only the link goes (``linking``)."""
-        parent = self.linking.unlink(ref)
-        self._save(parent)
-        if self.state(parent).running:
-            self._rewrite_hosts(parent)
+        """``docker rm --link parent/alias``: only the link goes (``linking``), under the parent's lock
+        (a reference that names no parent is refused by ``unlink`` as dockerd refuses it)."""
+        parent_ref = ref.strip("/").rpartition("/")[0]
+        found = self.store.find_containers(parent_ref) if parent_ref else []
+        with self.locks.container(found[0]["id"]) if len(found) == 1 else contextlib.nullcontext():
+            parent = self.linking.unlink(ref)
+            self._save(parent)
+            if self.state(parent).running:
+                self._rewrite_hosts(parent)
 
     def volume_users(self) -> dict[str, list[str]]:
         """Every volume in use -> the ids of the containers that mount it (one read of the containers)."""
