@@ -130,3 +130,35 @@ def test_network_rm_racing_a_connect_leaves_one_consistent_outcome(daemon) -> No
     # Nothing of the raced networks is left in the kernel: only the default bridge and its veth.
     bridges = daemon.sh("ip", "-o", "link", "show", "type", "bridge")
     assert bridges.count("\n") == 1 and "muslin0" in bridges
+
+
+def test_a_firewall_flush_amid_concurrent_changes_is_repaired_to_exactly_what_exists(daemon) -> None:
+    """Rules wiped by someone else while networks and published ports come and go: the guard puts back
+    those of what exists, and none of what was removed meanwhile."""
+    daemon.docker("run", "-d", "--name", "keeper", "-p", "8080:80", "busybox", "sleep", "300")
+
+    def networks() -> None:
+        for i in range(4):
+            daemon.docker("network", "create", f"churn{i}")
+            daemon.docker("network", "rm", f"churn{i}")
+
+    def ports() -> None:
+        for i in range(4):
+            daemon.docker("run", "-d", "--name", f"passing{i}", "-p", "80", "busybox", "sleep", "300")
+            daemon.docker("rm", "-f", f"passing{i}")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        churn = [pool.submit(networks), pool.submit(ports)]
+        daemon.sh("iptables", "-t", "nat", "-F", "MUSLIN")
+        daemon.sh("iptables", "-F", "MUSLIN-FORWARD")
+        for fut in churn:
+            fut.result(BOUND_SECONDS)
+    keeper = json.loads(daemon.docker("inspect", "keeper").stdout)[0]["NetworkSettings"]["IPAddress"]
+    wanted = f"-A MUSLIN -p tcp -m tcp --dport 8080 -j DNAT --to-destination {keeper}:80"
+    deadline = time.monotonic() + BOUND_SECONDS
+    while wanted not in _nat_rules(daemon) or "-o muslin0 -j MUSLIN" not in daemon.sh("iptables-save", "-t", "filter"):
+        assert time.monotonic() < deadline, "the guard did not put the rules back"
+        time.sleep(0.1)
+    rules = daemon.sh("iptables-save")
+    assert [line for line in rules.splitlines() if "DNAT" in line] == [wanted]
+    assert "br-" not in rules  # no rule of a network that is gone
