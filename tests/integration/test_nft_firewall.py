@@ -110,3 +110,22 @@ def test_each_backend_removes_the_others_rules(host_ns) -> None:
         finally:
             back.close()
         assert _state(host_ns) is None
+
+
+def test_a_table_of_an_older_layout_is_recreated_at_ensure(host_ns) -> None:
+    with netns.entered(host_ns):
+        subprocess.run(["nft", "-f", "-"], check=True, text=True, input=(
+            "table ip muslin {\n"
+            "  set internal-subnets { type ifname . ipv4_addr; flags interval; }\n"
+            "  chain postrouting { type nat hook postrouting priority srcnat; policy accept; "
+            "oifname . ip saddr @internal-subnets accept; }\n"
+            "}\n"))
+        firewall = NftablesFirewall()
+        try:
+            assert firewall.ensure([NET, OTHER], [PORT]) > 0
+            state = _state(host_ns)
+            assert state is not None and state.misshapen_sets() == []
+            assert state.elements == wanted_elements([NET, OTHER], [PORT])
+            assert firewall.intact() and firewall.ensure([NET, OTHER], [PORT]) == 0
+        finally:
+            firewall.close()
