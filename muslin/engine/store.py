@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from .model import Endpoint, IPAMPool, Network
 _address = functools.lru_cache(maxsize=16384)(IPv4Address)
 _subnet = functools.lru_cache(maxsize=4096)(IPv4Network)
 _interface = functools.lru_cache(maxsize=16384)(IPv4Interface)
+DECODED_NETWORKS = 4096
 from .settings import BridgeSettings, DriverSettings, MacvlanMode, MacvlanSettings, OverlaySettings, ParentOrigin, Vlan
 
 SCHEMA = """
@@ -131,6 +132,12 @@ def _network_from_doc(text: str) -> Network:
     return Network(**doc)
 
 
+def _copy_network(net: Network) -> Network:
+    """A copy that shares nothing mutable with ``net`` (its settings and addresses are immutable)."""
+    return replace(net, pools=[replace(p, aux_addresses=dict(p.aux_addresses)) for p in net.pools],
+                   ipam_options=dict(net.ipam_options), options=dict(net.options), labels=dict(net.labels))
+
+
 def _endpoint_to_doc(ep: Endpoint) -> str:
     doc = asdict(ep)
     doc["address"] = str(ep.address) if ep.address else None
@@ -163,6 +170,10 @@ class Store:
         self._thread = threading.local()  # per thread: its reading connection, whether it is in a transaction
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        # Networks decoded, by their stored text: a network create reads every network, and decoding
+        # 200 of them was most of its time. Keyed by the text, an entry can never be stale; callers get
+        # copies, so none of them can change what another reads.
+        self._decoded_networks: dict[str, Network] = {}
 
     def close(self) -> None:
         with self._readers_lock:
@@ -217,10 +228,18 @@ class Store:
 
     # networks
     def find_networks(self, ref: str) -> list[Network]:
-        return [_network_from_doc(d) for d in self._find("networks", ref)]
+        return [self._network(d) for d in self._find("networks", ref)]
 
     def networks(self) -> list[Network]:
-        return [_network_from_doc(d) for (d,) in self._rows("SELECT doc FROM networks ORDER BY name")]
+        return [self._network(d) for (d,) in self._rows("SELECT doc FROM networks ORDER BY name")]
+
+    def _network(self, doc: str) -> Network:
+        decoded = self._decoded_networks.get(doc)
+        if decoded is None:
+            if len(self._decoded_networks) >= DECODED_NETWORKS:
+                self._decoded_networks.clear()  # old versions of networks: start afresh
+            decoded = self._decoded_networks[doc] = _network_from_doc(doc)
+        return _copy_network(decoded)
 
     def put_network(self, db: sqlite3.Connection, net: Network) -> None:
         db.execute(
