@@ -9,8 +9,8 @@
 
 Run: flock -o /tmp/muslin-refdocker.lock .venv/bin/python bench/bench_concurrency.py [--clients 8] [--rounds 3]
      [--load-clients 50] [--load-seconds 60] [--only a|b]   (root; everything inside namespaces)
-     --baseline CHECKOUT: also the muslind of another checkout (its .venv/bin/muslind; /work/main, say),
-     in the same run, for before/after figures.
+     --baseline CHECKOUT: also the muslind of another checkout (a `git worktree add` of an older commit,
+     say), in the same run and this virtualenv, for before/after figures.
      .venv/bin/python bench/bench_concurrency.py --profile FILE [...]: muslind alone, under a sampling
      profiler of its threads (sampled_muslind.py), its report written to FILE.
 """
@@ -196,6 +196,7 @@ def main() -> None:
     p.add_argument("--only", choices=["", "a", "b"], default="")
     p.add_argument("--profile", default="", help="muslind alone, profiled; the report goes to this file")
     p.add_argument("--baseline", default="", help="a checkout whose muslind is measured too (before/after)")
+    p.add_argument("--no-reference", action="store_true", help="muslind only (no lock on the reference needed)")
     args = p.parse_args()
     command = None
     if args.profile:
@@ -203,11 +204,13 @@ def main() -> None:
         command = [sys.executable, str(Path(__file__).with_name("sampled_muslind.py"))]
     results: dict[str, dict[str, object]] = {}
     if args.baseline:
-        with muslind(command=[str(Path(args.baseline) / ".venv" / "bin" / "muslind")]) as host:
+        checkout = str(Path(args.baseline).resolve())
+        run_checkout = f"import sys; sys.path.insert(0, {checkout!r}); from muslin.daemon import main; sys.exit(main())"
+        with muslind(command=[sys.executable, "-c", run_checkout]) as host:
             results["muslind (baseline)"] = measure(host, args)
     with muslind(command=command) as host:
         results["muslind"] = ours = measure(host, args)
-    with (reference_dockerd() if not args.profile else contextlib.nullcontext()) as ref_host:
+    with (reference_dockerd() if not (args.profile or args.no_reference) else contextlib.nullcontext()) as ref_host:
         if ref_host:
             theirs = results["docker"] = measure(ref_host, args)
     for label, got in results.items():

@@ -25,8 +25,9 @@ of each kind, except that ``container_name`` comes before the ``container`` lock
    until its record is gone. Overlay joins hold it exclusive (the driver's per-network namespace).
 8. ``firewall``: every call into the host's Firewall (``SerialFirewall``): its own-commit tracking
    (generation counting) needs its commits one after the other. Held only around a firewall call.
-The store's own lock (one SQLite connection, ``Store``) is taken innermost, by the store itself; IPAM
-allocates inside a store transaction, so two joins of one network never get the same address.
+The store's own lock (its one writing connection, ``Store``) is taken innermost, by the store itself;
+reads outside a transaction take none (WAL). IPAM allocates inside a store transaction, so two joins of
+one network never get the same address.
 
 Slow runtime work (runc create and start, a stop's wait) runs without any lock others need beyond
 ``model`` shared and its own container's. Locks are threading locks: they are held on worker threads
