@@ -22,6 +22,8 @@ from ..conftest import unique
 from ..tools import require
 
 MUSLIND = str(Path(sys.executable).with_name("muslind"))
+# seconds a muslind may take to answer; tests/uml_pytest.py's guest, where every syscall is trapped, sets more
+START_LIMIT = float(os.environ.get("MUSLIN_TEST_START_LIMIT", "15"))
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Daemon:
             ["nsenter", f"--net={netns.path_for(self.ns)}", MUSLIND, "-H", f"unix://{self.sock}",
              "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "run"), *self.args],
             stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + START_LIMIT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"muslind exited: {(self.root / 'muslind.log').read_text()}")

@@ -18,35 +18,8 @@ from muslin.engine.overlay_encryption import CHAIN, REQID, ClusterKey, OverlayEn
 from muslin.kernel import netns, xfrm  # noqa: E402
 from tests.overlay.capture import Capture  # noqa: E402
 
-MODULES = "/usr/lib/uml/modules/" + os.uname().release + "/"
-WANTED = ["xfrm_user", "esp4", "gcm", "ghash_generic", "ctr", "seqiv", "drbg", "jitterentropy_rng", "hmac",
-          "sha512_generic", "vxlan", "veth", "ip_tables", "iptable_mangle", "iptable_filter", "xt_u32",
-          "xt_policy", "xt_mark", "xt_tcpudp"]
 ENCRYPTED, PLAIN = 5001, 5002
 A, B = IPv4Address("192.168.99.1"), IPv4Address("192.168.99.2")
-
-
-def load_modules() -> None:
-    """insmod (busybox's: the host has no kmod) each module after the ones it needs (modules.dep)."""
-    deps: dict[str, tuple[str, list[str]]] = {}
-    with open(MODULES + "modules.dep") as f:
-        for line in f:
-            path, _, needs = line.partition(":")
-            deps[os.path.basename(path).removesuffix(".ko").replace("-", "_")] = (path, needs.split())
-    name_of = {path: name for name, (path, _) in deps.items()}
-    loaded: set[str] = set()
-
-    def load(name: str) -> None:
-        if name in loaded:
-            return
-        loaded.add(name)
-        path, needs = deps[name]
-        for need in reversed(needs):
-            load(name_of[need])
-        subprocess.run(["busybox", "insmod", MODULES + path], capture_output=True, check=False)
-
-    for name in WANTED:
-        load(name)
 
 
 def ip(ns: str, *args: str) -> None:
@@ -95,7 +68,6 @@ def sync(ns: str, me: IPv4Address, remotes: set[IPv4Address], vnis: set[int], ke
 
 
 def main() -> None:
-    load_modules()
     build()
     result: dict[str, object] = {}
     with netns.entered("/run/netns/a"):

@@ -14,6 +14,9 @@ for t in iptables iptables-save iptables-restore; do
   ln -s "/usr/sbin/$(echo $t | sed 's/iptables/iptables-legacy/')" "/mnt/bin/$t"
 done
 export PATH=/mnt/bin:$PATH TMPDIR=/mnt/tmp
+"$MUSLIN_PYTHON" -B "$MUSLIN_REPO/tests/integration/uml_guest/modules.py" xfrm_user esp4 gcm ghash_generic ctr seqiv \
+  drbg jitterentropy_rng hmac sha512_generic vxlan veth ip_tables iptable_mangle iptable_filter xt_u32 xt_policy \
+  xt_mark xt_tcpudp
 "$MUSLIN_PYTHON" -B "$MUSLIN_REPO/tests/integration/uml_guest/esp_check.py" 2>&1
 echo "UML-GUEST-EXIT $?"
 poweroff -f
