@@ -17,7 +17,7 @@ import fcntl
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from pyroute2 import IPRoute
 
@@ -180,34 +180,22 @@ def socket_in(name_or_path: str | None, proto: int = NETLINK_ROUTE) -> socket.so
         return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto)
 
 
-def udp_socket_in(name_or_path: str, address: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound inside the namespace (a server the caller's process runs there)."""
-    return _bound_in(name_or_path, socket.SOCK_DGRAM, address, port)
-
-
-def tcp_listener_in(name_or_path: str, address: str, port: int) -> socket.socket:
-    """A non-blocking TCP socket listening inside the namespace."""
-    sock = _bound_in(name_or_path, socket.SOCK_STREAM, address, port)
+def inet_sockets_in(name_or_path: str, kinds: Sequence[int]) -> list[socket.socket]:
+    """Non-blocking IPv4 sockets of these kinds (SOCK_DGRAM, SOCK_STREAM) living in the namespace, made
+    in one visit to it (servers the caller's process runs there). The caller binds them: a bind acts in
+    the socket's namespace, wherever the thread is."""
+    made: list[socket.socket] = []
     try:
-        sock.listen(16)
-    except OSError:
-        sock.close()
+        with entered(name_or_path):
+            for kind in kinds:
+                made.append(socket.socket(socket.AF_INET, kind))
+        for sock in made:
+            sock.setblocking(False)
+    except BaseException:
+        for sock in made:
+            sock.close()
         raise
-    return sock
-
-
-def _bound_in(name_or_path: str, kind: int, address: str, port: int) -> socket.socket:
-    with entered(name_or_path):
-        sock = socket.socket(socket.AF_INET, kind)
-    try:
-        sock.setblocking(False)
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return made
 
 
 def iproute(name_or_path: str | None = None, echo: bool = False) -> IPRoute:
