@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
-from muslin.kernel import iptables, libnftables, netns, nfhandles
+from muslin.kernel import iptables, libnftables, netns, nfhandles, nfnetlink
 
 # (table, chain, rule spec without "-A CHAIN", position): "first" inserts at the top of the chain,
 # "append" adds at the end, and the "head" rules of a chain are kept as its very first rules, in the
@@ -256,8 +256,11 @@ class IptablesFirewall:
     def remove_legacy_rules(self, networks: list[BridgeSpec]) -> None:
         """Rules of older layouts, and the nftables backend's table (muslind ran with
         --firewall-backend nftables before this start)."""
-        self._remove(legacy_rules(networks))
-        if libnftables.available():
+        legacy = legacy_rules(networks)
+        present = {iptables.normalize(line) for line in iptables.chain_rules("filter", "FORWARD")}
+        if stale := [r for r in legacy if iptables.normalize(f"-A {r[1]} {r[2]}") in present]:
+            self._remove(stale)
+        if libnftables.available() and nfnetlink.table_exists(*NFTABLES_TABLE):
             libnftables.delete_table(*NFTABLES_TABLE)
 
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int:
