@@ -188,8 +188,11 @@ class NetworkService:
                             net.name, net.id[:12])
             elif net.settings is not None and net.driver != "bridge":  # bridges: restore_all above
                 self.drivers[net.driver].restore(net)
-        return [(bridges[ep.network_id], ep) for ep in self.store.endpoints()
-                if ep.network_id in bridges and not self.bridge.endpoint_in_place(bridges[ep.network_id], ep, by_name)]
+        broken = [(bridges[network_id], container_id, endpoint_id)
+                  for endpoint_id, network_id, container_id in self.store.endpoint_keys()
+                  if network_id in bridges and not self.bridge.endpoint_in_place(bridges[network_id], endpoint_id, by_name)]
+        return [(net, ep) for net, container_id, endpoint_id in broken
+                for ep in self.store.endpoints(network_id=net.id, container_id=container_id) if ep.id == endpoint_id]
 
     def create(self, req: NetworkCreate) -> Network:
         name, driver = req.name, req.driver or "bridge"

@@ -29,7 +29,11 @@ def settings_of(net: Network) -> BridgeSettings:
 
 def host_ifname(ep: Endpoint) -> str:
     """The host end of an endpoint's veth, derived from its id so nothing more needs storing."""
-    return "veth" + ep.id[:7]
+    return host_ifname_of(ep.id)
+
+
+def host_ifname_of(endpoint_id: str) -> str:
+    return "veth" + endpoint_id[:7]
 
 
 class BridgeDriver(OnHostLinks):
@@ -146,11 +150,11 @@ class BridgeDriver(OnHostLinks):
         with netns.iproute(sandbox) as ipr:
             configure_endpoint_link(ipr, ep, peer)
 
-    def endpoint_in_place(self, net: Network, ep: Endpoint, links: dict[str, link.LinkInfo]) -> bool:
+    def endpoint_in_place(self, net: Network, endpoint_id: str, links: dict[str, link.LinkInfo]) -> bool:
         """Whether a dump of the host's links (by name) shows the endpoint's veth up on its network's
         bridge: not when someone deleted it (either end takes the pair along), set it down, or deleted
         the bridge, whose restore comes back without ports."""
-        veth, bridge = links.get(host_ifname(ep)), links.get(settings_of(net).bridge_name)
+        veth, bridge = links.get(host_ifname_of(endpoint_id)), links.get(settings_of(net).bridge_name)
         return veth is not None and bridge is not None and veth.up and veth.master == bridge.index
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
