@@ -157,19 +157,15 @@ def _add_implicit_aliases(c: Container, net: Network, att: NetworkAttachment) ->
             att.aliases.append(alias)
 
 
-def _holding_container(volumes: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
+def _holding_container(method: Callable[..., T]) -> Callable[..., T]:
     """A container's state change under its lock (``locks``): the reference is resolved first, then the
-    method runs with the full id and reads the container afresh under the lock. ``volumes``: it may
-    remove the container's anonymous volumes (the ``volumes`` lock shared, taken first)."""
-    def decorate(method: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(method)
-        def locked(self: ContainerService, ref: str, *args: Any, **kwargs: Any) -> T:
-            with self.locks.volumes.shared() if volumes else contextlib.nullcontext():
-                cid = self.get(ref).id
-                with self.locks.container(cid):
-                    return method(self, cid, *args, **kwargs)
-        return locked
-    return decorate
+    method runs with the full id and reads the container afresh under the lock."""
+    @functools.wraps(method)
+    def locked(self: ContainerService, ref: str, *args: Any, **kwargs: Any) -> T:
+        cid = self.get(ref).id
+        with self.locks.container(cid):
+            return method(self, cid, *args, **kwargs)
+    return locked
 
 
 def _endpoint_extras(att: NetworkAttachment) -> dict[str, Any]:
@@ -279,16 +275,18 @@ class ContainerService:
         return name
 
     def create(self, req: ContainerCreate) -> Container:
-        """Under the images and volumes locks shared, and the name's from its check to the record."""
-        with self.locks.images.shared(), self.locks.volumes.shared():
+        """Under the images lock shared, the name's from its check to the record, and the volumes lock
+        shared (its mount points)."""
+        with self.locks.images.shared():
             if req.name:
-                with self.locks.container_name(req.name.lstrip("/")):
+                with self.locks.container_name(req.name.lstrip("/")), self.locks.volumes.shared():
                     return self._create(req, req.name.lstrip("/"))
             for _ in range(100):
                 name = self._unique_name()
                 with self.locks.container_name(name):
                     if self.store.container_named(name) is None:  # not taken by a create meanwhile
-                        return self._create(req, name)
+                        with self.locks.volumes.shared():
+                            return self._create(req, name)
             raise Conflict("could not generate a free container name: give one with --name")
 
     def _create(self, req: ContainerCreate, name: str) -> Container:
@@ -474,7 +472,7 @@ class ContainerService:
                                     dns.EMBEDDED_ADDRESS if embedded_dns else None, etcfiles.HostResolvConf.read())
 
     # -- start (worker) ---------------------------------------------------------------------------------
-    @_holding_container()
+    @_holding_container
     def start(self, ref: str, by_user: bool = True) -> Container:
         """``by_user``: the user's start (not a restart policy's), which resets the restart count."""
         c = self.get(ref)
@@ -644,7 +642,7 @@ class ContainerService:
 
     # -- exit, removal, rename (worker) -----------------------------------------------------------------
     def _after_exit(self, cid: str, code: int) -> None:
-        with self.locks.volumes.shared(), self.locks.container(cid):
+        with self.locks.container(cid):
             try:
                 c = self.get(cid)
             except NotFound:
@@ -654,7 +652,7 @@ class ContainerService:
             if c.host_config.get("AutoRemove"):
                 self._remove(c)
 
-    @_holding_container(volumes=True)
+    @_holding_container
     def remove(self, ref: str, force: bool, volumes: bool = False) -> Container:
         c = self.get(ref)
         st = self.state(c)
@@ -671,19 +669,18 @@ class ContainerService:
         """Remove every stopped container that ``keep`` lets go; their ids and the bytes their writable
         layers held."""
         removed, space = [], 0
-        with self.locks.volumes.shared():
-            for listed in self.all():
-                with self.locks.container(listed.id):
-                    found = self.store.find_containers(listed.id)  # again, under its lock
-                    c = Container.from_doc(found[0]) if found else None
-                    if c is None or self.state(c).running or self.restarts.restarting(c.id) or keep(c):
-                        continue
-                    space += self.runtime.rw_size(c.id)
-                    self._remove(c)
-                    removed.append(c.id)
+        for listed in self.all():
+            with self.locks.container(listed.id):
+                found = self.store.find_containers(listed.id)  # again, under its lock
+                c = Container.from_doc(found[0]) if found else None
+                if c is None or self.state(c).running or self.restarts.restarting(c.id) or keep(c):
+                    continue
+                space += self.runtime.rw_size(c.id)
+                self._remove(c)
+                removed.append(c.id)
         return removed, space
 
-    @_holding_container(volumes=True)
+    @_holding_container
     def remove_after_failed_start(self, ref: str) -> None:
         """A --rm container whose start failed goes (``run``)."""
         self._remove(self.get(ref))
@@ -702,7 +699,8 @@ class ContainerService:
         with self.store.transaction() as db:
             self.store.delete_container(db, c.id)
         if volumes or c.host_config.get("AutoRemove"):
-            self.volumes.remove_anonymous([m.name for m in c.mounts if m.anonymous])
+            with self.locks.volumes.shared():  # only here: a kill's wait above holds up no volume change
+                self.volumes.remove_anonymous([m.name for m in c.mounts if m.anonymous])
         self.embedded_dns.stop_soon(c.id)
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.restarts.forget, c.id)
@@ -739,7 +737,7 @@ class ContainerService:
         with self.locks.container_name(new_name.lstrip("/")):
             self._rename(ref, new_name)
 
-    @_holding_container()
+    @_holding_container
     def _rename(self, ref: str, new_name: str) -> None:
         c = self.get(ref)
         c.name = self._check_name(new_name, c.id)
@@ -750,7 +748,7 @@ class ContainerService:
                 self.store.put_endpoint(db, ep)
 
     # -- the process, as clients drive it (worker): signals and terminal size ---------------------------
-    @_holding_container()
+    @_holding_container
     def _signal(self, ref: str, sig: int) -> None:
         """Send the signal of a `docker kill`: from now on the container counts as stopped by the user
         (unless-stopped)."""
@@ -767,7 +765,7 @@ class ContainerService:
         none, the exit is final (no restart) and a paused container is thawed to act on it."""
         return sig == int(signal.SIGKILL) or not c.config.get("StopSignal") or sig == c.stop_signal
 
-    @_holding_container()
+    @_holding_container
     def update(self, ref: str, req: ContainerUpdate) -> None:
         """`docker update`: new limits (applied at once to a running container) and restart policy."""
         c = self.get(ref)
@@ -1091,7 +1089,7 @@ class ContainerService:
         if self.restarts.exited(cid, RestartPolicy.of(c.host_config), code, c.manually_stopped, ran_for):
             await self.engine_call(self._count_restart, cid)
 
-    @_holding_container()
+    @_holding_container
     def _count_restart(self, cid: str) -> None:
         """(worker)"""
         c = self.get(cid)
@@ -1201,7 +1199,7 @@ class ContainerService:
         finally:
             self._drop_exit_future(c.id, done)
 
-    @_holding_container()
+    @_holding_container
     def _mark_stopped(self, cid: str) -> None:
         """(worker)"""
         c = self.get(cid)

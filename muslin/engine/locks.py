@@ -1,7 +1,8 @@
 """The engine's locks: state changes run on a pool of worker threads, ordered only where they conflict.
 
 Which lock guards what (taken in this order, never the other way round; a thread holds at most one lock
-of each kind, except that ``container_name`` comes before the ``container`` lock of the same create):
+of each kind, except that a network's create takes the new network's lock before ``network_table``:
+nobody can wait for an id that is not recorded yet):
 
 1. ``model`` (shared/exclusive): every state-changing engine call holds it shared (``Engine.call``).
    Exclusive: what must see the model and the kernel still, with nothing half done: the engine's start
@@ -10,13 +11,14 @@ of each kind, except that ``container_name`` comes before the ``container`` lock
    to global networks (applied in order, one at a time, as before there was a pool).
 2. ``images`` (shared/exclusive): container creates read images shared; removing, tagging, importing
    and loading them is exclusive (no container is created from an image being removed).
-3. ``volumes`` (shared/exclusive): a container's create and removal (its mount points, its anonymous
-   volumes) shared; volume create, rm and prune exclusive (a volume in use is never removed).
-4. ``container_name(name)``: a name between its check and the record that takes it (create, rename):
+3. ``container_name(name)``: a name between its check and the record that takes it (create, rename):
    of two creates of one name, one wins, the other gets Docker's conflict.
-5. ``container(id)``: one state change of a container at a time (start, the handling of its exit,
+4. ``container(id)``: one state change of a container at a time (start, the handling of its exit,
    stop/kill's marks, connect, disconnect, rename, update, rm). The slow part of a stop (waiting for
    the process) holds no lock at all: it is awaited on the event loop.
+5. ``volumes`` (shared/exclusive): a container's create (its mount points) and the removal of its
+   anonymous volumes shared; volume create, rm and prune exclusive (a volume in use is never removed).
+   Held only around the volume work itself, so a kill's wait in an `rm -f` holds up no volume change.
 6. ``network_table``: the set of local networks' names, subnets and bridge names, from a create's check
    until its record is committed (two creates never pick one subnet; docker_gwbridge is made once).
 7. ``network(id)`` (shared/exclusive): joins of endpoints hold their network shared, from the lookup of
