@@ -83,3 +83,19 @@ def test_a_start_repairs_what_changed_while_muslind_was_away(daemon) -> None:
     assert "default via 10.61.0.1" in daemon.docker("exec", "kept", "ip", "route").stdout
     assert "hello world" in _wget(daemon, "http://127.0.0.1:8093/")
     assert daemon.log().count(BROKEN) == 1
+
+
+def test_a_bridge_deleted_while_muslind_was_away_comes_back_with_its_ports(daemon) -> None:
+    """A deleted bridge takes its ports off the veths; the restored bridge gets them back."""
+    daemon.docker("network", "create", "--subnet", "10.62.0.0/24", "rebr")
+    bridge = "br-" + json.loads(daemon.docker("network", "inspect", "rebr").stdout)[0]["Id"][:12]
+    daemon.docker("run", "-d", "--name", "web", "--network", "rebr", "-p", "8095:80", "busybox", "sh", "-c", HTTPD)
+    veth = _host_veth(_inspect(daemon, "web"), "rebr")
+    daemon.stop()
+    daemon.sh("ip", "link", "del", bridge)
+    assert "master" not in daemon.sh("ip", "-o", "link", "show", veth)
+    daemon.start()
+    assert f"master {bridge}" in daemon.sh("ip", "-o", "link", "show", veth)
+    assert "inet 10.62.0.1/24" in daemon.sh("ip", "addr", "show", bridge)
+    assert "hello world" in _wget(daemon, "http://127.0.0.1:8095/")
+    assert daemon.log().count(BROKEN) == 1
