@@ -12,6 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import REFERENCE_NS, add_lan_parent, docker, muslind, reference_dockerd, report, timed
@@ -36,10 +37,13 @@ def attach_detach(rounds: int) -> tuple[list[float], list[float]]:
     root = Path(tempfile.mkdtemp(prefix="muslin-bench-"))
     sandbox = str(root / "sandbox")
     attach, detach = [], []
+    unused_executor = ThreadPoolExecutor(max_workers=1)
     try:
         with netns.entered(host):
             store = Store(root / "data")
-            service = NetworkService(store, DaemonConfig(root / "data", root / "run"), IptablesFirewall())
+            # No cluster store here, so nothing is ever submitted: the executor only fills the slot.
+            service = NetworkService(store, DaemonConfig(root / "data", root / "run"), IptablesFirewall(),
+                                     unused_executor.submit)
             service.start()
             net = service.get("bridge")
             netns.create(sandbox, SANDBOX_SYSCTLS)  # as the engine makes a container's sandbox
@@ -56,8 +60,10 @@ def attach_detach(rounds: int) -> tuple[list[float], list[float]]:
                 # does between a real container's stop and the next start.
                 link.wait_for_reaper()
             link.wait_for_reaper()
+            service.close_thread_handles()
             store.close()
     finally:
+        unused_executor.shutdown()
         netns.remove(sandbox)
         netns.remove(host)
         shutil.rmtree(root, ignore_errors=True)
