@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ def _boolean(value: object) -> bool:
 
 
 def _integer(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value != int(value)):
         raise ValueError(f"expected an integer, got {_json_type(value)}")
     return int(value)
 

@@ -85,6 +85,7 @@ def test_a_key_also_given_as_a_flag_is_refused_whatever_the_values(tmp_path: Pat
 
 @pytest.mark.parametrize("content, reason", [
     ({"mtu": "1400"}, "invalid value for 'mtu': expected an integer, got a string (\"1400\")"),
+    ('{"mtu": Infinity}', "invalid value for 'mtu': expected an integer, got a number"),
     ({"iptables": "false"}, "invalid value for 'iptables': expected true or false, got a string (\"false\")"),
     ({"hosts": "unix:///tmp/a.sock"}, "invalid value for 'hosts': expected a list of strings, got a string"),
     ({"hosts": ["udp://1.2.3.4:1"]}, "invalid value for 'hosts': unsupported -H 'udp://1.2.3.4:1'"),

@@ -65,6 +65,8 @@ def test_options_win_over_the_flags() -> None:
     ("com.docker.network.bridge.host_binding_ipv4", "::1", "not an IPv4 address"),
     ("com.docker.network.bridge.name", "a-name-too-long-for-linux", "1 to 15 characters"),
     ("com.docker.network.bridge.name", "br/0", "1 to 15 characters"),
+    # a quote would end the name in the nft and iptables-restore scripts that carry it
+    ("com.docker.network.bridge.name", 'br"0', "1 to 15 characters"),
     ("com.docker.network.bridge.default_bridge", "true", "reserved for the default bridge"),
     ("com.docker.network.bridge.inhibit_ipv4", "true", "unknown option"),
 ])

@@ -4,6 +4,8 @@ links are the driver's."""
 
 from __future__ import annotations
 
+import re
+
 from ipaddress import IPv4Address
 
 from muslin.errors import InvalidArgument
@@ -30,10 +32,15 @@ def _bool(options: dict[str, str], key: str, default: bool) -> bool:
         raise InvalidArgument(f"invalid value {options[key]!r} for option {key}: expected true or false") from None
 
 
+# Narrower than the kernel's rule (any byte but '/', ':' and spaces): the name is written into
+# iptables-restore and nft scripts, where a quote or a '#' would end or comment out the rule.
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
 def _check_ifname(name: str) -> None:
-    if not name or len(name) > 15 or any(c in name for c in "/ \t\n:") or name in (".", ".."):
-        raise InvalidArgument(f"invalid bridge name {name!r}: "
-                              "an interface name has 1 to 15 characters, no '/', ':' or spaces")
+    if not _IFNAME.fullmatch(name) or name in (".", ".."):
+        raise InvalidArgument(f"invalid bridge name {name!r}: a bridge name has 1 to 15 characters "
+                              "among letters, digits, '_', '.' and '-'")
 
 
 def bridge_settings(net: Network, config: DaemonConfig) -> BridgeSettings:
