@@ -71,11 +71,15 @@ class ClusterKey:
 
     @classmethod
     def from_doc(cls, value: bytes) -> ClusterKey:
+        """The record's key; ValueError (or KeyError, TypeError) when it is not a well-formed one, so that
+        a bad record is no key at all rather than an error later (an SPI of a tag beyond 32 bits)."""
         doc = json.loads(value)
-        key = bytes.fromhex(doc["key"])
+        key, tag = bytes.fromhex(doc["key"]), doc["tag"]
         if len(key) != KEY_BYTES:
             raise ValueError(f"the cluster's encryption key has {len(key)} bytes, not {KEY_BYTES}")
-        return cls(key, int(doc["tag"]))
+        if type(tag) is not int or not 0 <= tag < 1 << 32:
+            raise ValueError(f"the cluster's encryption key's tag {tag!r} is not a 32-bit unsigned integer")
+        return cls(key, tag)
 
 
 def spi(src: IPv4Address, dst: IPv4Address, tag: int) -> int:

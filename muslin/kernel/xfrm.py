@@ -131,14 +131,17 @@ def _mark(mark: Mark) -> bytes:
     return attribute(XFRMA_MARK, struct.pack("=II", mark.value, mark.mask))
 
 
+def _usersa_info(sa: StateId, reqid: int) -> bytes:
+    """An ESP transport-mode SA's ``xfrm_usersa_info`` (an XFRM_MSG_NEWSA body's head)."""
+    info = (_selector(None, None) + _xfrm_id(sa.dst, sa.spi, IPPROTO_ESP) + _address(sa.src) + LIFETIME_CFG
+            + LIFETIME_CUR + STATS + struct.pack("=IIHBBB7x", 0, reqid, socket.AF_INET, XFRM_MODE_TRANSPORT, 0, 0))
+    assert len(info) == USERSA_INFO_SIZE
+    return info
+
+
 def state_body(state: EspState) -> bytes:
     """An XFRM_MSG_NEWSA body: ``xfrm_usersa_info`` and the AEAD."""
-    sa = state.id
-    info = (_selector(None, None) + _xfrm_id(sa.dst, sa.spi, IPPROTO_ESP) + _address(sa.src) + LIFETIME_CFG
-            + LIFETIME_CUR + STATS
-            + struct.pack("=IIHBBB7x", 0, state.reqid, socket.AF_INET, XFRM_MODE_TRANSPORT, 0, 0))
-    assert len(info) == USERSA_INFO_SIZE
-    return info + _aead(state.key)
+    return _usersa_info(state.id, state.reqid) + _aead(state.key)
 
 
 def state_id_body(sa: StateId) -> bytes:
@@ -303,11 +306,9 @@ def probe_esp(reqid: int) -> list[str]:
 def _esp_type_present(sock: XfrmSocket, reqid: int) -> bool:
     """Whether an ESP state with the null cipher (always in the kernel's crypto) can be added."""
     sa = StateId(PROBE_SRC, PROBE_DST, PROBE_SPI)
-    info = (_selector(None, None) + _xfrm_id(sa.dst, sa.spi, IPPROTO_ESP) + _address(sa.src) + LIFETIME_CFG
-            + LIFETIME_CUR + STATS + struct.pack("=IIHBBB7x", 0, reqid, socket.AF_INET, XFRM_MODE_TRANSPORT, 0, 0))
     null_cipher = attribute(XFRMA_ALG_CRYPT, b"ecb(cipher_null)".ljust(ALGO_NAME_SIZE, b"\0") + struct.pack("=I", 0))
     try:
-        sock.execute([Request(XFRM_MSG_NEWSA, NLM_F_CREATE, info + null_cipher, "xfrm state add", sa),
+        sock.execute([Request(XFRM_MSG_NEWSA, NLM_F_CREATE, _usersa_info(sa, reqid) + null_cipher, "xfrm state add", sa),
                       Request(XFRM_MSG_DELSA, 0, state_id_body(sa), "xfrm state delete", sa, MISSING)])
     except RtnlError as exc:
         return exc.errno != errno.EPROTONOSUPPORT

@@ -6,6 +6,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from muslin.engine import overlay_encryption as enc
+from muslin.engine.global_networks import GlobalNetworks
 from muslin.kernel import xfrm
 
 A, B, C = IPv4Address("192.168.255.154"), IPv4Address("192.168.255.155"), IPv4Address("192.168.255.156")
@@ -48,3 +49,25 @@ def test_the_key_record_round_trips_and_a_bad_one_is_refused() -> None:
     assert enc.ClusterKey.from_doc(key.to_doc()) == key and len(key.key) == 16
     with pytest.raises(ValueError):
         enc.ClusterKey.from_doc(b'{"key": "00ff", "tag": 1}')
+
+
+@pytest.mark.parametrize("doc", [
+    b'{"key": "000102030405060708090a0b0c0d0e0f", "tag": -1}',
+    b'{"key": "000102030405060708090a0b0c0d0e0f", "tag": 4294967296}',
+    b'{"key": "000102030405060708090a0b0c0d0e0f", "tag": "7"}',
+    b'{"key": "000102030405060708090a0b0c0d0e0f", "tag": 1.5}',
+    b'{"key": "000102030405060708090a0b0c0d0e0f", "tag": true}',
+    b'{"key": "000102030405060708090a0b0c0d0e0f0f", "tag": 1}',
+])
+def test_a_key_record_whose_tag_or_key_is_out_of_range_is_refused(doc: bytes) -> None:
+    with pytest.raises(ValueError):
+        enc.ClusterKey.from_doc(doc)
+
+
+def test_an_unreadable_key_record_is_no_key_not_an_error() -> None:
+    """What the listing does with the record: a bad one means no key (joins refused), and the listing
+    goes on; the highest tag still gives an SPI."""
+    assert GlobalNetworks._key_from(b'{"key": "000102030405060708090a0b0c0d0e0f", "tag": -1}') is None
+    assert GlobalNetworks._key_from(b'[1, 2]') is None
+    top = GlobalNetworks._key_from(b'{"key": "000102030405060708090a0b0c0d0e0f", "tag": 4294967295}')
+    assert top is not None and enc.spi(A, B, top.tag) > 255
