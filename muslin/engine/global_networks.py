@@ -29,12 +29,15 @@ local record. An engine that died in between finds at its next listing a network
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -160,6 +163,13 @@ class GlobalNetworks:
         self.k_key = root + "encryption/key"
         self._key: ClusterKey | None = None
         self.encryption = OverlayEncryption()
+        # One encryption sync at a time, from its reading of the model to its last kernel change: joins of
+        # different networks run at once, and a sync that read the model before another's join would undo
+        # that join's SAs and marks. Taken inside the network locks, outside the firewall's.
+        self._encryption_lock = threading.Lock()
+        # Encrypted networks with a join under way (from before its sync until its local endpoint record),
+        # counted as joined by every sync meanwhile (under _encryption_lock).
+        self._joining: collections.Counter[str] = collections.Counter()
 
     # -- start and follow --------------------------------------------------------------------------
     def start(self) -> None:
@@ -304,22 +314,62 @@ class GlobalNetworks:
             self.store.delete_network(db, net.id)
         self._remote.pop(net.id, None)
         log.info("global network %s (%s) removed", net.name, net.id[:12])
+        self._resync_encryption_after(net)
 
-    def _sync_encryption(self, joining: str = "", leaving: str = "") -> None:
+    def _sync_encryption(self, leaving: str = "") -> None:
         """IPsec towards every engine that shares an encrypted network with this one, where this one has
-        an endpoint (``joining``: a network it is about to have one on; ``leaving``: an endpoint about to
-        go), as libnetwork programs it; see overlay_encryption."""
-        encrypted = [n for n in self.store.networks() if n.scope == "global" and is_encrypted(n)]
-        if self._key is None or (not encrypted and not self.encryption.active):
-            return  # without a key what the kernel holds stays: taking it away would let VXLAN out in plain
-        remotes: set[IPv4Address] = set()
-        vnis: set[int] = set()
-        for net in encrypted:
-            local = [ep for ep in self.store.endpoints(network_id=net.id) if ep.id != leaving]
-            if local or net.id == joining:
-                vnis.add(self._vni(net))
-                remotes.update(r.vtep for r in self._remote.get(net.id, {}).values())
-        self.encryption.sync(self.driver.underlay.ip, remotes, vnis, self._key)
+        an endpoint or a join under way (``leaving``: an endpoint about to go), as libnetwork programs it;
+        see overlay_encryption."""
+        with self._encryption_lock:
+            encrypted = [n for n in self.store.networks() if n.scope == "global" and is_encrypted(n)]
+            key = self._key
+            if key is None or (not encrypted and not self.encryption.active):
+                return  # without a key what the kernel holds stays: taking it away would let VXLAN out in plain
+            remotes: set[IPv4Address] = set()
+            vnis: set[int] = set()
+            for net in encrypted:
+                local = [ep for ep in self.store.endpoints(network_id=net.id) if ep.id != leaving]
+                if local or self._joining[net.id]:
+                    vnis.add(self._vni(net))
+                    remotes.update(r.vtep for r in self._remote.get(net.id, {}).values())
+            self.encryption.sync(self.driver.underlay.ip, remotes, vnis, key)
+
+    @contextlib.contextmanager
+    def joining(self, net: Network) -> Iterator[None]:
+        """Around a join of a global network, from before ``allocate_endpoint`` until the endpoint's local
+        record is committed: every encryption sync meanwhile counts the network as joined (a sync for
+        another network must not take away the SAs and marks this join has just added). A join that
+        fails leaves the encryption as the remaining endpoints want it."""
+        if not is_encrypted(net):
+            yield
+            return
+        with self._encryption_lock:
+            self._joining[net.id] += 1
+        try:
+            yield
+        except BaseException:
+            self._joined(net.id)
+            self._resync_encryption_after(net)
+            raise
+        self._joined(net.id)
+
+    def _joined(self, network_id: str) -> None:
+        with self._encryption_lock:
+            self._joining[network_id] -= 1
+            if not self._joining[network_id]:
+                del self._joining[network_id]
+
+    def _resync_encryption_after(self, net: Network) -> None:
+        """The encryption without what a network that is gone (or a join that failed) needed; an error is
+        logged, not raised (what it follows is done; the next listing tries again)."""
+        if not is_encrypted(net):
+            return
+        try:
+            self._sync_encryption()
+        except EngineError as exc:
+            log.error("%s (the next listing of the store tries again)", exc.message)
+        except Exception:  # noqa: BLE001 - a join's own error must not be hidden by this one
+            log.exception("syncing the network encryption failed (the next listing of the store tries again)")
 
     def _sync_peers(self, net: Network) -> None:
         peers = [Peer(ip=r.address.ip, mac=r.mac, vtep=r.vtep) for r in self._remote.get(net.id, {}).values()]
@@ -472,6 +522,7 @@ class GlobalNetworks:
         with self.store.transaction() as db:
             self.store.delete_network(db, net.id)
         log.info("removed global network %s (%s)", net.name, net.id[:12])
+        self._resync_encryption_after(net)  # its VNI's marks, and SAs towards engines only it shared, go
 
     # -- endpoints -------------------------------------------------------------------------------------
     def allocate_endpoint(self, net: Network, container_id: str, container_name: str, ifname: str, ip: str,
@@ -479,7 +530,7 @@ class GlobalNetworks:
                           link_local: list[IPv4Interface]) -> Endpoint:
         """An address of the network that no engine holds, taken with the endpoint's record in one
         compare-and-swap transaction (a race lost is retried with the next free address); all of it
-        within ALLOCATE_WAIT, else StoreUnavailable."""
+        within ALLOCATE_WAIT, else StoreUnavailable. Called inside ``joining(net)``."""
         pool = net.pool
         assert pool is not None
         self.driver.check_encryption(net, "join")  # an encrypted network that an engine with ESP created
@@ -510,7 +561,7 @@ class GlobalNetworks:
         ep = self.cluster.run(self._take_address(net, pool, requested, endpoint), timeout=left)
         if is_encrypted(net):
             try:
-                self._sync_encryption(joining=net.id)
+                self._sync_encryption()  # joining(net) counts it in
             except Exception:
                 self.release_endpoint(net, ep)
                 raise

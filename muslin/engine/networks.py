@@ -369,12 +369,13 @@ class NetworkService:
         the local record, as for a local network."""
         if self.global_networks is None:
             raise Forbidden(f"network {net.name} is a global network: start muslind with --cluster-store to use it")
-        ep = self.global_networks.allocate_endpoint(net, container_id, container_name, ifname, ip, mac, aliases,
-                                                    hostname, link_aliases, link_local)
-        assert ep.address is not None
-        with self.store.transaction() as db:
-            self.store.allocate(db, net.id, ep.address.ip, container_id)
-            self.store.put_endpoint(db, ep)
+        with self.global_networks.joining(net):  # until the local record, every encryption sync counts it
+            ep = self.global_networks.allocate_endpoint(net, container_id, container_name, ifname, ip, mac, aliases,
+                                                        hostname, link_aliases, link_local)
+            assert ep.address is not None
+            with self.store.transaction() as db:
+                self.store.allocate(db, net.id, ep.address.ip, container_id)
+                self.store.put_endpoint(db, ep)
         return ep
 
     def route_default_via(self, ep: Endpoint, sandbox: str) -> None:
