@@ -199,6 +199,7 @@ class Firewall(Protocol):
     def remove_rules_naming(self, ifname: str) -> None: ...
     def remove_legacy_rules(self, networks: list[BridgeSpec]) -> None: ...
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int: ...
+    def commit_beside(self, commit: Callable[[], object], commits: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -240,6 +241,11 @@ class IptablesFirewall:
 
     def close(self) -> None:
         self._deleter.close()
+
+    def commit_beside(self, commit: Callable[[], object], commits: int) -> None:
+        """Run another part of the engine's commit (at most ``commits`` nf_tables transactions) to rules
+        of its own, none of ours: our rules stay known complete, so the guard has nothing to check."""
+        self._commit(commit, self._deleter.generation(), commits, self._complete_at)
 
     def setup_network(self, spec: BridgeSpec) -> None:
         self._add(base_rules() + bridge_rules(spec))

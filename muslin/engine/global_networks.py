@@ -49,6 +49,7 @@ from muslin.etcd import CALL_TIMEOUT, Absent, Delete, Present
 from . import ipam
 from .cluster_store import Change, ClusterStore, KeyValue, Put, StoreUnavailable, WatchCompacted
 from .drivers.overlay import OverlayDriver, Peer, is_encrypted, requested_vni
+from .firewall import Firewall
 from .model import Endpoint, IPAMPool, Network, new_id
 from .overlay_encryption import ClusterKey, OverlayEncryption
 from .requests import IPAMPoolRequest
@@ -144,7 +145,7 @@ class GlobalNetworks:
     """The cluster's overlay networks, their addresses and endpoints, seen from this engine."""
 
     def __init__(self, cluster: ClusterStore, store: Store, driver: OverlayDriver, me: str,
-                 submit: Callable[[Callable[[], None]], object]) -> None:
+                 submit: Callable[[Callable[[], None]], object], firewall: Firewall | None = None) -> None:
         self.cluster = cluster
         self.store = store
         self.driver = driver
@@ -162,7 +163,7 @@ class GlobalNetworks:
         self._foreign: set[str] = set()  # keys of records not muslind's, warned about once (worker only)
         self.k_key = root + "encryption/key"
         self._key: ClusterKey | None = None
-        self.encryption = OverlayEncryption()
+        self.encryption = OverlayEncryption(firewall.commit_beside if firewall is not None else None)
         # One encryption sync at a time, from its reading of the model to its last kernel change: joins of
         # different networks run at once, and a sync that read the model before another's join would undo
         # that join's SAs and marks. Taken inside the network locks, outside the firewall's.

@@ -27,6 +27,8 @@ nobody can wait for an id that is not recorded yet):
    until its record is gone. Overlay joins hold it exclusive (the driver's per-network namespace).
 8. ``firewall``: every call into the host's Firewall (``SerialFirewall``): its own-commit tracking
    (generation counting) needs its commits one after the other. Held only around a firewall call.
+   The overlay encryption's sync lock (``GlobalNetworks``'; its iptables commits go through here too)
+   is taken just outside it, inside ``network(id)``.
 The store's own lock (its one writing connection, ``Store``) is taken innermost, by the store itself;
 reads outside a transaction take none (WAL). IPAM allocates inside a store transaction, so two joins of
 one network never get the same address.
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .firewall import BridgeSpec, Firewall, PortSpec
 
@@ -195,6 +197,10 @@ class SerialFirewall:
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int:
         with self._lock:
             return self.backend.ensure(networks, ports)
+
+    def commit_beside(self, commit: Callable[[], object], commits: int) -> None:
+        with self._lock:
+            self.backend.commit_beside(commit, commits)
 
     def close(self) -> None:
         with self._lock:

@@ -82,7 +82,7 @@ class NetworkService:
             overlay = OverlayDriver(self._host, config.cluster.advertise_host, config.exec_root / "overlay")
             self.drivers["overlay"] = overlay
             self.global_networks = GlobalNetworks(ClusterStore(config.cluster), store, overlay,
-                                                  engine_id(config.data_root), submit)
+                                                  engine_id(config.data_root), submit, firewall)
 
     def close_thread_handles(self) -> None:
         """Close the calling worker thread's netlink handle."""

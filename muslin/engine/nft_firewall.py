@@ -54,6 +54,10 @@ class NftablesFirewall:
     def intact(self) -> bool:
         return self._complete_at is not None and self._generation() == self._complete_at
 
+    def commit_beside(self, commit: Callable[[], object], commits: int) -> None:
+        """As ``IptablesFirewall.commit_beside``: another part's commit, none of our table's."""
+        self._commit(commit, self._generation(), self._complete_at, commits)
+
     # -- the interface ------------------------------------------------------------------------------
     def setup_network(self, spec: BridgeSpec) -> None:
         self._change(network_elements(spec), [])
@@ -125,16 +129,17 @@ class NftablesFirewall:
     def _commit_script(self, lines: list[str], read_at: int | None, complete_at: int | None) -> None:
         self._commit(lambda: self._nft.run("\n".join(lines) + "\n"), read_at, complete_at)
 
-    def _commit(self, transaction: Callable[[], object], read_at: int | None, complete_at: int | None) -> None:
-        """Run one transaction. The table stays known complete if it was at ``read_at``
-        (``complete_at``) and nothing but this transaction committed since."""
+    def _commit(self, transaction: Callable[[], object], read_at: int | None, complete_at: int | None,
+                commits: int = 1) -> None:
+        """Run one transaction (or ``commits`` of them). The table stays known complete if it was at
+        ``read_at`` (``complete_at``) and nothing but these transactions committed since."""
         try:
             transaction()
         except BaseException:
             self._complete_at = None if self._generation() != read_at else self._complete_at
             raise
         after = self._generation()
-        nothing_else = read_at is not None and after is not None and complete_at == read_at and after - read_at <= 1
+        nothing_else = read_at is not None and after is not None and complete_at == read_at and after - read_at <= commits
         self._complete_at = after if nothing_else else None
 
     def _read(self) -> TableState | None:

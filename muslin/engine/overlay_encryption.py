@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -126,7 +127,11 @@ class OverlayEncryption:
     """The engine's IPsec state in its own (underlay) namespace: ``sync`` makes it exactly what it is
     given (from the calling thread, which must be in that namespace, as the engine's worker is)."""
 
-    def __init__(self) -> None:
+    def __init__(self, commit: Callable[[Callable[[], object], int], None] | None = None) -> None:
+        """``commit(apply, transactions)`` runs the chains' iptables-restore: the engine's firewall's
+        ``commit_beside`` (under its lock, so its commit tracking knows the rules it guards are untouched
+        and the firewall guard skips its full check); None: at once (no firewall, tests)."""
+        self._commit = commit or (lambda apply, transactions: apply())
         self._vnis: set[int] | None = None  # the VNIs the chains hold (None: not read yet)
         self._active = True  # until a first sync has found out
 
@@ -187,7 +192,7 @@ class OverlayEncryption:
                     batch.add(table, JUMPS[table].replace("-A ", "-D ", 1))
                 batch.add(table, f":{CHAIN} - [0:0]")
                 batch.add(table, f"-X {CHAIN}")
-        batch.apply()
+        self._commit(batch.apply, len(batch.tables()))
         self._vnis = set(vnis)
 
     @staticmethod

@@ -7,6 +7,7 @@ import pytest
 
 from muslin.engine.firewall import BridgeSpec, IptablesFirewall, PortSpec
 from muslin.engine.nft_firewall import NftablesFirewall
+from muslin.engine.overlay_encryption import OverlayEncryption
 from muslin.kernel import iptables, netns
 
 pytestmark = pytest.mark.root
@@ -38,4 +39,22 @@ def test_own_commits_keep_the_rules_known_complete_a_foreign_one_does_not(host_n
             firewall.remove_port_forwards([PORT])
             assert firewall.intact()
         finally:
+            firewall.close()
+
+
+@pytest.mark.parametrize("backend", [IptablesFirewall, NftablesFirewall])
+def test_the_overlay_encryptions_rules_committed_beside_keep_them_known_complete(host_ns, backend) -> None:
+    with netns.entered(host_ns):
+        firewall = backend()
+        try:
+            firewall.ensure([NET], [])
+            beside = OverlayEncryption(firewall.commit_beside)
+            beside.write_marks({4096, 4097})  # mangle and filter: two transactions with iptables-restore
+            beside.write_marks({4097})
+            assert firewall.intact()  # the guard has nothing to check
+            OverlayEncryption().write_marks(set())  # committed past the firewall: unknown again
+            assert not firewall.intact()
+            assert firewall.ensure([NET], []) == 0
+        finally:
+            OverlayEncryption().write_marks(set())
             firewall.close()
