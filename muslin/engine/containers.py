@@ -570,13 +570,16 @@ class ContainerService:
         driver = self.networks.port_publisher(net)
         if driver is None:
             return
-        taken = [(proto, ip, port) for proto, ip, port, owner in self.store.ports() if owner != c.id]
-        assigned = driver.assign_ports(net, ep, portmod.keep_host_ports(c.bindings, moved_from), taken)
-        # Recorded before the rules exist, in one transaction with the port rows: after a crash in
-        # between, release_networking still knows which rules to remove.
-        c.published = assigned
-        c.published_network = net.id
+        requested = portmod.keep_host_ports(c.bindings, moved_from)
+        # The taken ports are read and the chosen ones recorded in one transaction (as IPAM does): two
+        # starts publishing one port never both see it free; the second gets Docker's "already allocated".
+        # Recorded before the rules exist, with the container's record: after a crash in between,
+        # release_networking still knows which rules to remove.
         with self.store.transaction() as db:
+            taken = [(proto, ip, port) for proto, ip, port, owner in self.store.ports() if owner != c.id]
+            assigned = driver.assign_ports(net, ep, requested, taken)
+            c.published = assigned
+            c.published_network = net.id
             for b in assigned:
                 self.store.bind_port(db, b.proto, b.host_ip, b.host_port, c.id)
             self.store.put_container(db, c.id, c.name, c.to_doc())

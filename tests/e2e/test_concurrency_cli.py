@@ -162,3 +162,25 @@ def test_a_firewall_flush_amid_concurrent_changes_is_repaired_to_exactly_what_ex
     rules = daemon.sh("iptables-save")
     assert [line for line in rules.splitlines() if "DNAT" in line] == [wanted]
     assert "br-" not in rules  # no rule of a network that is gone
+
+
+def test_concurrent_runs_publishing_one_host_port_have_one_winner(daemon) -> None:
+    """Six `run -p 18080:80` at once: one runs, the others get Docker's "already allocated" (not a
+    store error), and one DNAT holds the port. 0.0.0.0 and 127.0.0.1 on one port clash as in Docker."""
+    results = _together(daemon, [("run", "-d", "--name", f"p{i}", "-p", "18080:80", "busybox", "sleep", "300")
+                                 for i in range(6)])
+    assert sum(p.returncode == 0 for p in results) == 1, [p.stderr for p in results]
+    for lost in (p for p in results if p.returncode):
+        assert "Bind for 0.0.0.0:18080 failed: port is already allocated" in lost.stderr, lost.stderr
+    running = daemon.docker("ps", "-q", "--filter", "status=running").stdout.split()
+    assert len(running) == 1
+    assert sum("--dport 18080 " in rule for rule in _nat_rules(daemon)) == 1
+
+    ips = ["0.0.0.0", "127.0.0.1", "0.0.0.0", "127.0.0.1"]
+    results = _together(daemon, [("run", "-d", "--name", f"q{i}", "-p", f"{ip}:18081:80", "busybox", "sleep", "300")
+                                 for i, ip in enumerate(ips)])
+    assert sum(p.returncode == 0 for p in results) == 1, [p.stderr for p in results]
+    for ip, lost in ((ip, p) for ip, p in zip(ips, results) if p.returncode):
+        assert f"Bind for {ip}:18081 failed: port is already allocated" in lost.stderr, lost.stderr
+    assert sum("--dport 18081 " in rule for rule in _nat_rules(daemon)) == 1
+
