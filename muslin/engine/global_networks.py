@@ -411,9 +411,11 @@ class GlobalNetworks:
                           ep.id[:12], ep.container_name)
 
     # -- networks --------------------------------------------------------------------------------------
-    def create(self, net: Network, config: IPAMPoolRequest | None) -> Network:
+    def create(self, net: Network, config: IPAMPoolRequest | None, network_table: threading.Lock) -> Network:
         """Store a new global network in the cluster (atomically: name, VNI and subnet are the cluster's
-        to give out once), then record and program it here."""
+        to give out once), then record and program it here. ``network_table``: the engine's lock of the
+        local networks' names and subnets, held from the local check to the local record (a local create
+        meanwhile either sees the record or is seen by the check)."""
         self.driver.prepare(net, [])
         if any(n.name == net.name for n in self.store.networks()):
             raise Conflict(f"network with name {net.name} already exists")
@@ -455,14 +457,27 @@ class GlobalNetworks:
             raise Conflict(f"could not create network {net.name}: other engines kept taking the same name, "
                            "VXLAN id or subnet")
         try:
-            with self.store.transaction() as db:
-                self.store.put_network(db, net)
+            with network_table:
+                self._check_local(net)
+                with self.store.transaction() as db:
+                    self.store.put_network(db, net)
             self.driver.create_network(net)
         except Exception:
             self._undo_create(net)
             raise
         log.info("created global network %s (%s, VNI %d, %s)", net.name, net.id[:12], vni, pool.subnet)
         return net
+
+    def _check_local(self, net: Network) -> None:
+        """What the checks before the cluster's transaction found free here still is (a local network may
+        have been created since): the name, and a subnet chosen for the network (one given by the user
+        may overlap a local network's, as before)."""
+        assert net.pool is not None
+        local = self.store.networks()
+        if any(n.name == net.name for n in local):
+            raise Conflict(f"network with name {net.name} already exists")
+        if not net.subnet_from_user:
+            ipam.check_no_overlap(net.pool.subnet, [(n.name, n.pool.subnet) for n in local if n.pool])
 
     def _ensure_key(self) -> None:
         """The cluster's IPsec key: the one in the store, or a new one put there if there is none yet

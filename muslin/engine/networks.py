@@ -9,7 +9,9 @@ So the kernel never holds something the store does not know, and start-up reconc
 as the first create.
 
 Concurrency (``locks``): a create holds ``network_table`` from its checks (name, subnet, bridge name)
-until its record is committed, and the new network's lock exclusive until the kernel has it; a removal
+until its record is committed, and the new network's lock exclusive until the kernel has it (a global
+network's create: the cluster store's transaction first, without the lock; then, under it, the local
+name and chosen subnet checked again with the local record committed); a removal
 holds the network's lock exclusive; an endpoint joins under its network's lock held shared
 (``joining``), so a network never goes while an endpoint is being wired into it.
 """
@@ -223,7 +225,10 @@ class NetworkService:
                       attachable=req.attachable, ingress=req.ingress, options=dict(req.options),
                       labels=dict(req.labels), ipam_options=dict(req.ipam_options))
         if global_overlay and self.global_networks is not None:
-            return self.global_networks.create(net, configs[0] if configs else None)
+            # Its own lock as a local create's (joins by name wait for the kernel); network_table is
+            # taken inside, around the local check and record only (not around the cluster's calls).
+            with self.locks.network(net.id, exclusive=True):
+                return self.global_networks.create(net, configs[0] if configs else None, self.locks.network_table)
         # The new network's lock before network_table (see ``locks``): nobody can wait for an id that is
         # not recorded yet, and once it is, joins wait until the kernel has the network.
         with self.locks.network(net.id, exclusive=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import docker
 
@@ -57,6 +58,19 @@ def test_info_and_global_network_seen_by_both(make_cluster, etcd_api):
     # names are the cluster's
     dup = two.docker("network", "create", "-d", "overlay", "ov1", check=False)
     assert dup.returncode != 0 and "already exists" in dup.stderr
+
+    # local and global creates of one name at once: one wins, the others get Docker's conflict
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        racing = list(pool.map(lambda args: one.docker("network", "create", *args, "both", check=False),
+                                [("-d", "overlay"), ("-d", "bridge")] * 2))
+    assert sum(p.returncode == 0 for p in racing) == 1, [p.stderr for p in racing]
+    assert all("network with name both already exists" in p.stderr for p in racing if p.returncode)
+    won = json.loads(one.docker("network", "inspect", "both").stdout)[0]
+    assert one.docker("network", "ls", "--format", "{{.Name}}").stdout.split().count("both") == 1
+    # the cluster holds the name only if the overlay won (a loser's records were undone)
+    named = cluster.records("/muslin/network/v1.0/name/")
+    assert ("/muslin/network/v1.0/name/both" in named) == (won["Driver"] == "overlay"), (won["Driver"], named)
+    one.docker("network", "rm", "both")
 
     # rm from the other engine removes it everywhere
     two.docker("network", "rm", "ov1")
