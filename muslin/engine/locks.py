@@ -19,6 +19,9 @@ nobody can wait for an id that is not recorded yet):
 5. ``volumes`` (shared/exclusive): a container's create (its mount points) and the removal of its
    anonymous volumes shared; volume create, rm and prune exclusive (a volume in use is never removed).
    Held only around the volume work itself, so a kill's wait in an `rm -f` holds up no volume change.
+   ``volume(name)``, under ``volumes`` shared: a named volume a container's create mounts, from its
+   lookup to its image content copied in (of two creates mounting one new volume, one makes and fills
+   it, the other finds it filled). One at a time: a create takes its mounts' one after the other.
 6. ``network_table``: the set of local networks' names, subnets and bridge names, from a create's check
    until its record is committed (two creates never pick one subnet; docker_gwbridge is made once).
 7. ``network(id)`` (shared/exclusive): joins of endpoints hold their network shared, from the lookup of
@@ -135,6 +138,7 @@ class EngineLocks:
         self._names = _Keyed(threading.Lock)
         self._containers = _Keyed(threading.Lock)
         self._networks = _Keyed(SharedExclusiveLock)
+        self._volumes = _Keyed(threading.Lock)
 
     @contextlib.contextmanager
     def container_name(self, name: str) -> Iterator[None]:
@@ -147,6 +151,11 @@ class EngineLocks:
             yield
 
     @contextlib.contextmanager
+    def volume(self, name: str) -> Iterator[None]:
+        with self._volumes.holding(name) as lock, lock:  # type: ignore[attr-defined]
+            yield
+
+    @contextlib.contextmanager
     def network(self, network_id: str, exclusive: bool = False) -> Iterator[None]:
         with self._networks.holding(network_id) as lock:
             assert isinstance(lock, SharedExclusiveLock)
@@ -155,7 +164,7 @@ class EngineLocks:
 
     def held(self) -> int:
         """How many keyed locks exist now (held or waited for): 0 when the engine is idle."""
-        return len(self._names) + len(self._containers) + len(self._networks)
+        return len(self._names) + len(self._containers) + len(self._networks) + len(self._volumes)
 
 
 class SerialFirewall:

@@ -216,6 +216,14 @@ class VolumeService:
                 os.makedirs(req.source, 0o755, exist_ok=True)  # as dockerd does for a -v host path
             return MountPoint(type="bind", destination=req.target, source=req.source, mode=req.mode,
                               rw=not req.read_only, propagation=req.propagation or "rprivate")
+        if not req.source:  # an anonymous volume: a name of its own, nobody else's to race for
+            return self._volume_point(req, made, image_dirs)
+        with self.locks.volume(req.source):
+            return self._volume_point(req, made, image_dirs)
+
+    def _volume_point(self, req: MountRequest, made: list[str], image_dirs: list[str]) -> MountPoint:
+        """The mount point of a volume, created if it does not exist, the image's content at the target
+        copied in if it is empty."""
         if req.source and self.store.volume(req.source) is not None:
             volume = self.get(req.source)
         else:

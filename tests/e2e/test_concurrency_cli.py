@@ -184,3 +184,14 @@ def test_concurrent_runs_publishing_one_host_port_have_one_winner(daemon) -> Non
         assert f"Bind for {ip}:18081 failed: port is already allocated" in lost.stderr, lost.stderr
     assert sum("--dport 18081 " in rule for rule in _nat_rules(daemon)) == 1
 
+
+def test_concurrent_runs_mounting_one_new_volume_fill_it_once(daemon) -> None:
+    """Six runs at once mounting one new named volume over the image's /etc: one volume, made and
+    filled with the image's files once (no run's write is undone by a later copy), every run succeeds."""
+    image_group = daemon.docker("run", "--rm", "busybox", "cat", "/etc/group").stdout
+    _ok(_together(daemon, [("run", "--name", f"v{i}", "-v", "filled:/etc", "busybox", "sh", "-c",
+                            f"cat /etc/passwd > /dev/null && echo run{i} >> /etc/group") for i in range(6)]))
+    assert daemon.docker("volume", "ls", "-q").stdout.split() == ["filled"]
+    group = daemon.docker("run", "--rm", "-v", "filled:/etc", "busybox", "cat", "/etc/group").stdout
+    assert group.startswith(image_group)
+    assert sorted(group[len(image_group):].split()) == [f"run{i}" for i in range(6)]
