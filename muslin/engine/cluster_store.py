@@ -352,8 +352,8 @@ class ClusterStore:
                 task.cancel()
             if running:
                 await asyncio.wait(running, timeout=2)
-            if self._etcd is not None:
-                await self._etcd.close()
+            for candidate in self._candidates:  # the one found, and the other that detection tried
+                await candidate.close()
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(3)
         except Exception:  # noqa: BLE001 - best effort at shutdown

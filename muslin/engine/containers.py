@@ -179,7 +179,9 @@ class ContainerService:
     connect/disconnect, recovery after a restart of muslind).
 
     Threads: the state changes (the sections marked "worker") run on the engine's worker threads,
-    through ``engine_call``, each under its container's lock (``locks``: ``_holding_container``), so
+    through ``engine_call``, each under its container's lock (``locks``: ``_holding_container`` for the
+    calls that name the container first; by hand where it is named second or may be gone: connect,
+    disconnect, an exit's handling, prune, an unlink's parent), so
     changes of different containers run together and those of one container one at a time; ``run``,
     ``follow_running``, the exit monitors and waiters, and what clients await (stop, restart, attach,
     wait, followed logs: the "event loop" sections) run on the event loop and reach the workers only

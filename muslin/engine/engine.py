@@ -34,6 +34,7 @@ from .dns_service import DNSService
 from .execs import ExecService
 from .files import FileService
 from .firewall import Firewall, IptablesFirewall
+from .global_networks import ClusterJob
 from .guard import FirewallGuard
 from .locks import EngineLocks, SerialFirewall
 from .networks import NetworkService
@@ -50,6 +51,7 @@ EXEC_ROOT_MODE = 0o700
 # interpreter lock, and reads (`docker ps`, `network ls`) answered on the loop wait longer (50 clients,
 # 2 cores: 8 workers no faster than 6, 4 somewhat slower for 8 CLI clients; reads quicker with fewer).
 WORKERS = 6
+CLOSE_WAIT = 30  # seconds that close waits for every worker to be free to close its netlink handle
 
 
 def open_firewall(config: DaemonConfig) -> Firewall | None:
@@ -168,9 +170,16 @@ class Engine:
         with self.locks.model.exclusive():
             return fn()
 
-    def _submit_in_order(self, fn: Callable[[], None]) -> Future[None]:
-        """For the global networks: their changes one after the other, each with the model still."""
-        return self._cluster_lane.submit(self._exclusively, fn)
+    def _submit_in_order(self, fn: ClusterJob) -> Future[None]:
+        """For the global networks: their changes one after the other, each with the model still; the
+        writes to the cluster store that a change returns run after it on the same lane, without the
+        model lock (they touch no local state, and a slow etcd would hold up every other state change)."""
+        return self._cluster_lane.submit(self._exclusively_then_writes, fn)
+
+    def _exclusively_then_writes(self, fn: ClusterJob) -> None:
+        writes = self._exclusively(fn)
+        if writes is not None:
+            writes()
 
     def close(self) -> None:
         if self._following is not None:
@@ -188,11 +197,22 @@ class Engine:
         everyone = threading.Barrier(WORKERS)
 
         def close_own() -> None:
-            everyone.wait(timeout=30)
+            everyone.wait(timeout=CLOSE_WAIT)
             self.networks.close_thread_handles()
 
+        failed = 0
         for done in [self._workers.submit(close_own) for _ in range(WORKERS)]:
-            done.result()
+            try:
+                done.result()
+            except threading.BrokenBarrierError:
+                failed += 1
+            except Exception:  # noqa: BLE001 - the firewall, runtime and store below close whatever happens
+                failed += 1
+                log.exception("closing a worker's netlink handle failed")
+        if failed:
+            # A worker still busy (or failing): its handle is left to the process's exit, the rest closes.
+            log.warning("%d of %d workers' netlink handles not closed (a worker still busy %d s into close?)",
+                        failed, WORKERS, CLOSE_WAIT)
         self._workers.shutdown(wait=True)
         if self.firewall:
             self.firewall.close()

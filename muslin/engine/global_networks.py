@@ -17,7 +17,11 @@ Every engine mirrors the global networks into its own store (so lists, inspects 
 them as any network, with ``Scope: global``) and programs the overlay driver for them. It follows the
 store by a watch from the revision of a full listing + 1, and lists again every RECONCILE_PERIOD (a
 watch that broke, etcd that was away, a lease that was lost: each full listing brings the engine in
-line). Changes are applied on the engine's worker thread, in order, like every other state change.
+line). Changes are applied on the engine's cluster lane, in order, with the model held still; this
+engine's own records (its VTEP, endpoints and addresses) are written to etcd after that, on the same lane
+without the model lock (the writes touch no local state; a slow etcd must not hold up every API call).
+An endpoint that leaves between the read of the local endpoints and their write has its record written
+back; the next listing removes it as stale (``_sync_own``), as it removes any record a failed write left.
 
 Ordering, as networks.py's rule with the cluster store as the authority: a create writes etcd first,
 then the local record, then the kernel (a failure undoes all three); a remove takes the network out of
@@ -58,6 +62,10 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Writes of this engine's records to the cluster store, run after the change that computed them, without
+# the model lock; and a change of the cluster lane, which returns its writes if it has any.
+StoreWrites = Callable[[], None]
+ClusterJob = Callable[[], StoreWrites | None]
 
 GLOBAL_POOL = IPv4Network("10.0.0.0/8")  # Docker's default global address pool, in /24s
 GLOBAL_SUBNET_PREFIX = 24
@@ -145,7 +153,7 @@ class GlobalNetworks:
     """The cluster's overlay networks, their addresses and endpoints, seen from this engine."""
 
     def __init__(self, cluster: ClusterStore, store: Store, driver: OverlayDriver, me: str,
-                 submit: Callable[[Callable[[], None]], object], firewall: Firewall | None = None) -> None:
+                 submit: Callable[[ClusterJob], object], firewall: Firewall | None = None) -> None:
         self.cluster = cluster
         self.store = store
         self.driver = driver
@@ -183,9 +191,9 @@ class GlobalNetworks:
         except StoreUnavailable as exc:
             log.warning("%s: global networks follow when it answers", exc.message)
         else:
-            self._apply_listing(entries)
+            self._apply_listing(entries)()
             if self.cluster.lease_id:
-                self.republish()
+                self.republish()()
         self.cluster.spawn(self._follow())
 
     def close(self) -> None:
@@ -193,18 +201,28 @@ class GlobalNetworks:
         self._closed = True
         self.cluster.close()
 
-    def _submit(self, fn: Callable[[], None]) -> None:
-        def logged() -> None:
+    def _submit(self, fn: ClusterJob) -> None:
+        def logged() -> StoreWrites | None:
             if self._closed:
-                return
+                return None
             try:
-                fn()
+                writes = fn()
             except Exception:  # noqa: BLE001 - one bad record must not stop the following
                 log.exception("applying the cluster store's state failed")
+                return None
+            return None if writes is None else functools.partial(self._write_logged, writes)
         try:
             self._submit_raw(logged)
         except RuntimeError:  # the worker is shut down: the engine is closing
             pass
+
+    def _write_logged(self, writes: StoreWrites) -> None:
+        if self._closed:
+            return
+        try:
+            writes()
+        except Exception:  # noqa: BLE001 - the next listing writes them again
+            log.exception("writing this engine's records to the cluster store failed (the next listing tries again)")
 
     async def _follow(self) -> None:
         """Runs on the cluster store's loop until the engine closes."""
@@ -231,7 +249,7 @@ class GlobalNetworks:
                 await asyncio.sleep(1)
 
     # -- applying the store's state (worker thread) ----------------------------------------------------
-    def _apply_listing(self, entries: list[KeyValue]) -> None:
+    def _apply_listing(self, entries: list[KeyValue]) -> StoreWrites:
         networks: dict[str, Network] = {}
         endpoints: dict[str, dict[str, RemoteEndpoint]] = {}
         for kv in entries:
@@ -258,7 +276,7 @@ class GlobalNetworks:
         for net in self.store.networks():
             if net.scope == "global":
                 self._sync_peers(net)
-        self._sync_own(endpoints)
+        return self._sync_own(endpoints)
 
     def _apply_change(self, change: Change) -> None:
         if change.key == self.k_key:
@@ -376,27 +394,33 @@ class GlobalNetworks:
         peers = [Peer(ip=r.address.ip, mac=r.mac, vtep=r.vtep) for r in self._remote.get(net.id, {}).values()]
         self.driver.sync_peers(net, peers)
 
-    def _sync_own(self, listed: dict[str, dict[str, RemoteEndpoint]]) -> None:
-        """This engine's records in the store are exactly its endpoints on global networks."""
+    def _sync_own(self, listed: dict[str, dict[str, RemoteEndpoint]]) -> StoreWrites:
+        """The writes that make this engine's records in the store exactly its endpoints on global
+        networks (read now, under the model lock; written by what is returned, without it)."""
         mine = {(ep.network_id, ep.id): ep for net in self.store.networks() if net.scope == "global"
                 for ep in self.store.endpoints(network_id=net.id)}
         published = {(net_id, ep_id): r for net_id, eps in listed.items() for ep_id, r in eps.items()
                      if r.engine == self.me}
-        for (net_id, ep_id), r in published.items():
-            if (net_id, ep_id) not in mine:
+        # endpoint ids are never reused: a record stale now stays stale once the lock is released
+        stale = [(net_id, ep_id, r.address.ip) for (net_id, ep_id), r in published.items()
+                 if (net_id, ep_id) not in mine]
+        missing = [ep for key, ep in mine.items() if key not in published]
+
+        def write() -> None:
+            for net_id, ep_id, address in stale:
                 log.info("removing a stale endpoint record %s of this engine", ep_id[:12])
                 self.cluster.transaction([], [Delete(self._endpoint_key(net_id, ep_id)),
-                                              Delete(self._address_key(net_id, r.address.ip))])
-        missing = [ep for key, ep in mine.items() if key not in published]
-        if missing and self.cluster.lease_id:
-            self._publish(missing)
+                                              Delete(self._address_key(net_id, address))])
+            if missing and self.cluster.lease_id:
+                self._publish(missing)
+        return write
 
-    def republish(self) -> None:
+    def republish(self) -> StoreWrites:
         """Under a new lease (a first one, or one that replaced an expired one): this engine's VTEP,
-        endpoints and addresses written again."""
+        endpoints and addresses, read now and written again by what is returned."""
         mine = [ep for net in self.store.networks() if net.scope == "global"
                 for ep in self.store.endpoints(network_id=net.id)]
-        self._publish(mine)
+        return functools.partial(self._publish, mine)
 
     def _publish(self, endpoints: list[Endpoint]) -> None:
         self.cluster.put(self.k_engine + self.me, str(self.driver.underlay.ip).encode(), leased=True)

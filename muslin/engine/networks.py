@@ -38,7 +38,7 @@ from .drivers.overlay import OverlayDriver
 from .drivers.passthrough import PassthroughDriver
 from .firewall import BridgeSpec, Firewall
 from .gwbridge import GatewayBridge
-from .global_networks import GlobalNetworks, engine_id
+from .global_networks import ClusterJob, GlobalNetworks, engine_id
 from .locks import EngineLocks
 from .model import Endpoint, IPAMPool, Network, new_id, now_rfc3339
 from .requests import IPAMPoolRequest, NetworkCreate
@@ -64,7 +64,7 @@ class NetworkService:
     endpoints) only read the store, from any thread."""
 
     def __init__(self, store: Store, config: DaemonConfig, firewall: Firewall | None,
-                 submit: Callable[[Callable[[], None]], Future[None]], locks: EngineLocks | None = None) -> None:
+                 submit: Callable[[ClusterJob], Future[None]], locks: EngineLocks | None = None) -> None:
         self.store = store
         self.config = config
         self.locks = locks or EngineLocks()
