@@ -66,7 +66,9 @@ async def create(engine: Engine, req: Request) -> Response:
         repo, tag_ = req.arg("repo"), req.arg("tag")
         has_tag = ":" in repo.rsplit("/", 1)[-1]
         ref = (repo if has_tag or not tag_ else f"{repo}:{tag_}") if repo else None
-        image = await engine.call(engine.change_images, engine.images.import_tar, io.BytesIO(req.body), ref, req.query.get("changes", []),
+        # Not under the engine's images lock: it adds an image and removes none; the image store takes
+        # its own lock only to publish it, after the tarball is unpacked.
+        image = await engine.call(engine.images.import_tar, io.BytesIO(req.body), ref, req.query.get("changes", []),
                                   req.arg("message"))
         return Response(body=_progress({"status": image.id}), content_type="application/json")
     if source:
@@ -94,7 +96,7 @@ def _repository(reference: str) -> str:
 
 
 async def load(engine: Engine, req: Request) -> Response:
-    loaded = await engine.call(engine.change_images, engine.images.load, io.BytesIO(req.body))
+    loaded = await engine.call(engine.images.load, io.BytesIO(req.body))  # as import: no images lock
     lines = b"".join(_progress({"stream": f"Loaded image: {ref}\n"}) for ref in loaded)
     return Response(body=lines, content_type="application/json")
 

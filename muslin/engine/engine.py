@@ -137,7 +137,8 @@ class Engine:
             return self.images.remove(ref, force, self.runtime.images_in_use())
 
     def change_images(self, fn: Callable[..., T], *args: object) -> T:
-        """An image store change (tag, import, load): none while a container create reads the images."""
+        """An image store change (a tag): none while a container create reads the images. Imports and
+        loads need no such lock (they remove nothing a create could be reading; ImageStore orders them)."""
         with self.locks.images.exclusive():
             return fn(*args)
 

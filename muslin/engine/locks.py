@@ -9,8 +9,10 @@ nobody can wait for an id that is not recorded yet):
    (reconcile, recovery), the firewall guard's full restore (a network's teardown between its read of
    the model and its write would have it put the torn-down rules back), the cluster store's changes
    to global networks (applied in order, one at a time, as before there was a pool).
-2. ``images`` (shared/exclusive): container creates read images shared; removing, tagging, importing
-   and loading them is exclusive (no container is created from an image being removed).
+2. ``images`` (shared/exclusive): container creates read images shared; removing and tagging them is
+   exclusive (no container is created from an image being removed). Imports and loads take none: they
+   remove nothing, and the image store takes its own lock only to publish what they unpacked (a multi-
+   second load must not keep the workers of six `docker run` waiting).
 3. ``container_name(name)``: a name between its check and the record that takes it (create, rename):
    of two creates of one name, one wins, the other gets Docker's conflict.
 4. ``container(id)``: one state change of a container at a time (start, the handling of its exit,

@@ -10,7 +10,9 @@ Layout under ``root``::
 
 A new layer is unpacked into ``tmp`` and renamed into place, so a layer directory is either complete
 or absent. Every input is checked before anything is written, and a call that fails half-way removes
-what it made: bad input changes nothing.
+what it made: bad input changes nothing. Imports and loads unpack without the store's lock (a slow
+upload holds up no reader: a container's create, a list) and take it only to place their layers and
+write their config and tags.
 """
 
 from __future__ import annotations
@@ -208,20 +210,25 @@ class ImageStore:
         return [str(self._layer_dir(d) / "fs") for d in reversed(image.diff_ids)]
 
     # -- writing ------------------------------------------------------------------------------
-    def _stage_layer(self, source: BinaryIO, made: list[Path]) -> tuple[str, int]:
-        """Unpack a layer; keep it (named by diff id) unless the store already has it."""
+    def _unpack_layer(self, source: BinaryIO) -> tuple[str, Path]:
+        """A layer unpacked into a staging directory of its own, and its diff id; no lock needed (nothing
+        visible changes). The caller places it (``_place``) and removes the staging directory."""
         staging = Path(tempfile.mkdtemp(prefix="layer-", dir=self.root / "tmp"))
         try:
             (staging / "fs").mkdir()
             diff_id, size = layers.unpack(source, str(staging / "fs"))
             (staging / "size").write_text(str(size))
-            final = self._layer_dir(diff_id)
-            if not final.exists():
-                os.rename(staging, final)
-                made.append(final)
-            return diff_id, size
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return diff_id, staging
+
+    def _place(self, diff_id: str, staging: Path, made: list[Path]) -> None:
+        """Under the store's lock: a staged layer kept (named by diff id) unless the store has it already."""
+        final = self._layer_dir(diff_id)
+        if not final.exists():
+            os.rename(staging, final)
+            made.append(final)
 
     def _add(self, config_bytes: bytes, tags: Iterable[str]) -> str:
         image_id = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
@@ -243,7 +250,11 @@ class ImageStore:
                 return self.get(BUSYBOX)
             tar, mtime = busybox.layer_tar()
             made: list[Path] = []
-            diff_id, _ = self._stage_layer(io.BytesIO(tar), made)
+            diff_id, staging = self._unpack_layer(io.BytesIO(tar))
+            try:
+                self._place(diff_id, staging, made)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
             created = _rfc3339(mtime)
             doc = {"architecture": _ARCHES.get(platform.machine(), platform.machine()), "os": "linux",
                    "created": created, "config": _container_config(busybox.CMD, busybox.ENV),
@@ -258,25 +269,29 @@ class ImageStore:
         changes = list(changes)
         tag = references.normalize(repo_tag) if repo_tag else None
         config = apply_changes(_container_config(), changes)
-        with self._lock:
-            made: list[Path] = []
-            try:
-                diff_id, _ = self._stage_layer(source, made)
-                created = _rfc3339(time.time())
-                history = {"created": created, "comment": message or "Imported from -"}
-                doc = {"architecture": _ARCHES.get(platform.machine(), platform.machine()), "os": "linux",
-                       "created": created, "config": config, "comment": message or "Imported from -",
-                       "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "history": [history]}
-                image_id = self._add(_canonical(doc), [tag] if tag else [])
-            except BaseException:
-                for path in made:
-                    shutil.rmtree(path, ignore_errors=True)
-                raise
-            return self._image(image_id, self._tags())
+        diff_id, staging = self._unpack_layer(source)
+        try:
+            with self._lock:
+                made: list[Path] = []
+                try:
+                    self._place(diff_id, staging, made)
+                    created = _rfc3339(time.time())
+                    history = {"created": created, "comment": message or "Imported from -"}
+                    doc = {"architecture": _ARCHES.get(platform.machine(), platform.machine()), "os": "linux",
+                           "created": created, "config": config, "comment": message or "Imported from -",
+                           "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "history": [history]}
+                    image_id = self._add(_canonical(doc), [tag] if tag else [])
+                except BaseException:
+                    for path in made:
+                        shutil.rmtree(path, ignore_errors=True)
+                    raise
+                return self._image(image_id, self._tags())
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def load(self, source: BinaryIO) -> list[str]:
         """``docker load``: a ``docker save`` tarball. Returns the tags loaded (the id if untagged)."""
-        with self._lock, tempfile.TemporaryFile(dir=self.root / "tmp") as spool:
+        with tempfile.TemporaryFile(dir=self.root / "tmp") as spool:
             shutil.copyfileobj(source, spool, 1 << 20)
             spool.seek(0)
             try:
@@ -300,7 +315,7 @@ class ImageStore:
             manifest = json.loads(read("manifest.json"))
         except ValueError as exc:
             raise InvalidArgument(f"invalid image archive: manifest.json: {exc}") from exc
-        plans = []
+        plans: list[tuple[bytes, list[str], list[str], list[str]]] = []
         for entry in manifest if isinstance(manifest, list) else []:
             config_bytes = read(entry["Config"])
             try:
@@ -315,27 +330,47 @@ class ImageStore:
             plans.append((config_bytes, diff_ids, entry["Layers"], tags))
         if not plans:
             raise InvalidArgument("invalid image archive: manifest.json lists no image")
-        made: list[Path] = []
+        staged: dict[str, Path] = {}  # diff id → its staging directory
         loaded: list[str] = []
         try:
+            # One image after the other, as dockerd: an image that fails leaves those before it loaded.
             for config_bytes, diff_ids, layer_names, tags in plans:
+                # Unpacked without the store's lock: the slow part holds up no reader.
                 for expected, name in zip(diff_ids, layer_names):
-                    if self._layer_dir(expected).exists():
+                    if expected in staged or self._layer_dir(expected).exists():
                         continue
                     member = archive.extractfile(name)
                     if member is None:
                         raise InvalidArgument(f"invalid image archive: layer {name} is missing")
-                    got, _ = self._stage_layer(member, made)
+                    got, staging = self._unpack_layer(member)
+                    staged[expected] = staging
                     if got != expected:
                         raise InvalidArgument(f"layer {name} has diff id {got}, the config says {expected}")
-                image_id = self._add(config_bytes, tags)
-                made.clear()  # committed: these layers are the image's now, whatever comes next
+                with self._lock:
+                    image_id = self._publish_loaded(config_bytes, diff_ids, tags, staged)
                 loaded.extend(tags or [image_id])
+        finally:
+            for staging in staged.values():
+                shutil.rmtree(staging, ignore_errors=True)
+        return loaded
+
+    def _publish_loaded(self, config_bytes: bytes, diff_ids: list[str], tags: list[str],
+                        staged: Mapping[str, Path]) -> str:
+        """Under the store's lock: a loaded image's staged layers placed, its config and tags written."""
+        for diff_id in diff_ids:
+            if diff_id not in staged and not self._layer_dir(diff_id).exists():
+                raise Conflict(f"layer {diff_id} was removed (with its image) while this archive was loaded: "
+                               "load it again")
+        made: list[Path] = []
+        try:
+            for diff_id in diff_ids:
+                if diff_id in staged:
+                    self._place(diff_id, staged[diff_id], made)
+            return self._add(config_bytes, tags)
         except BaseException:
             for path in made:
                 shutil.rmtree(path, ignore_errors=True)
             raise
-        return loaded
 
     def tag(self, ref: str, repo_tag: str) -> None:
         name = references.normalize(repo_tag)

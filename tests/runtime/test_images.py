@@ -9,7 +9,9 @@ import io
 import json
 import os
 import tarfile
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,49 @@ def test_remove_untags_then_deletes_and_respects_users(store: ImageStore) -> Non
     assert store.list() == [] and layer_dirs(store) == []
     with pytest.raises(NoSuchImage):
         store.remove("one")
+
+
+class SlowUpload(io.RawIOBase):
+    """An upload that stops half-way until ``go`` is set: an import or load still unpacking."""
+
+    def __init__(self, data: bytes, go: threading.Event) -> None:
+        self._data, self._go, self._pos = data, go, 0
+        self.stalled = threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._pos >= len(self._data) // 2 and not self._go.is_set():
+            self.stalled.set()
+            assert self._go.wait(10)
+        chunk = self._data[self._pos:self._pos + min(len(buffer), 512)]
+        buffer[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+@pytest.mark.parametrize("kind", ["import", "load"])
+def test_an_upload_being_unpacked_holds_up_no_reader_or_other_import(store: ImageStore, kind: str) -> None:
+    layer = tar_of([("data", os.urandom(64 * 1024))])
+    go = threading.Event()
+    if kind == "import":
+        upload = SlowUpload(layer, go)
+        slow = lambda: store.import_tar(io.BufferedReader(upload), "slow:1")  # noqa: E731
+    else:
+        upload = SlowUpload(save_archive([(["slow:1"], [layer], {})]), go)
+        slow = lambda: store.load(io.BufferedReader(upload))  # noqa: E731
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(slow)
+        try:
+            assert upload.stalled.wait(10)
+            # While it is stalled: reads answer and another import publishes (each would wait otherwise).
+            other = store.import_tar(io.BytesIO(tar_of([("other", b"1")])), "other:1")
+            assert store.get("other:1").id == other.id
+            with pytest.raises(NoSuchImage):
+                store.get("slow:1")
+        finally:
+            go.set()
+        done.result(10)
+    assert {t for i in store.list() for t in i.repo_tags} == {"other:1", "slow:1"}
+    assert not list((store.root / "tmp").iterdir())  # no staging left behind
