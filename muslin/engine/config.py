@@ -39,5 +39,10 @@ class DaemonConfig:
     cluster: ClusterConfig | None = None  # --cluster-store and friends: global (overlay) networks
 
     @property
+    def sandbox_root(self) -> Path:
+        """Where containers' network namespaces are pinned, one nsfs mount each."""
+        return self.exec_root / "netns"
+
+    @property
     def default_bip(self) -> IPv4Interface:
         return self.bip or IPv4Interface("172.17.0.1/16")

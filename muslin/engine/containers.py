@@ -205,7 +205,7 @@ class ContainerService:
         self.runtime = runtime
         self.embedded_dns = embedded_dns
         self.engine_call = engine_call  # runs a function on an engine worker thread (state changes)
-        self.sandbox_root = config.exec_root / "netns"
+        self.sandbox_root = config.sandbox_root
         self._exit_waiters: dict[str, list[asyncio.Future[int]]] = {}
         self._removal_waiters: dict[str, list[asyncio.Future[int]]] = {}
         self._monitors: dict[str, asyncio.Task] = {}

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from muslin.errors import EngineError
-from muslin.kernel import libnftables
+from muslin.kernel import libnftables, netns
 from muslin.runtime import ImageStore, Runtime
 
 from .config import DaemonConfig
@@ -84,7 +84,10 @@ class Engine:
         self._cluster_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-cluster")
         self.networks = NetworkService(self.store, config, self.firewall, self._submit_in_order, self.locks)
         self.images = ImageStore(config.data_root / "images")
-        self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images)
+        # The pins' directory is a mount before the shims' mount namespace is copied without it (see Runtime).
+        netns.ensure_pin_directory(str(config.sandbox_root))
+        self.runtime = Runtime(config.data_root / "runtime", config.exec_root / "runtime", self.images,
+                               pin_dirs=(config.sandbox_root,))
         self.dns = DNSService(self.store, self.networks.get, self.networks.remote_endpoints)
         self.volumes = VolumeService(self.store, config.data_root, lambda: self.containers.volume_users(), self.locks)
         self.containers = ContainerService(self.store, config, self.networks, self.images, self.runtime, self.dns,

@@ -75,12 +75,14 @@ def exists(name_or_path: str) -> bool:
     return _is_nsfs(path_for(name_or_path))
 
 
-def _ensure_mount_point(directory: str) -> None:
+def ensure_pin_directory(directory: str) -> None:
     """Make the pin directory a shared mount of its own, as `ip netns add` does before its first pin.
 
     Otherwise a later `ip netns add` binds the directory over itself and hides the pins made before,
     which then can neither be unmounted nor unlinked through the directory (three namespaces of an
-    early test run stayed so until the directory's mount was lifted)."""
+    early test run stayed so until the directory's mount was lifted). Also what lets another mount
+    namespace go without the pins: it unmounts the directory's mount there."""
+    os.makedirs(directory, exist_ok=True)
     real = os.path.realpath(directory)
     with open("/proc/self/mountinfo") as f:
         if any(line.split()[4] == real for line in f):
@@ -112,7 +114,7 @@ def create(name_or_path: str, sysctls: dict[str, str] | None = None) -> str:
     if _is_nsfs(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    _ensure_mount_point(os.path.dirname(path))
+    ensure_pin_directory(os.path.dirname(path))
     if not os.path.exists(path):
         with open(path, "x"):
             pass

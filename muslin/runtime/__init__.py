@@ -15,7 +15,7 @@ lab may use is what this module exports, listed below; everything else in the pa
     ``Image``: id ("sha256:" of the config bytes), repo_tags, created, size, config (Docker's container
     config: Cmd, Env, Entrypoint, WorkingDir, User, ExposedPorts, Labels, …), diff_ids, architecture, os.
 
-``Runtime(root, state, images, runc="runc", python=sys.executable)``   root persists, state is /run-like
+``Runtime(root, state, images, runc="runc", python=sys.executable, pin_dirs=())``   root persists, state is /run-like
     ``create(ContainerSpec) -> ProcessConfig``          files only; the process after image defaults
     ``async attach(id, stdin=False, stdout=True, stderr=True, stdin_once=False) -> Stream``
     ``async exit_waiter(id, next_run=False) -> ExitWaiter``; ``await waiter.wait() -> exit code``

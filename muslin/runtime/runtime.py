@@ -12,6 +12,17 @@ A shim is forked (by a spawner started once per daemon) when something first nee
 next-exit wait, or start; it ends after its run. So ``docker run`` is: create (files only, ~1 ms),
 attach (fork the shim, ~3 ms), wait, start (``runc run -d`` in the shim, ~20-25 ms, runc's own time).
 Blocking methods are short and meant for a worker thread; waits and streams are async.
+
+The shims' mount namespace: runc gives each container a mount namespace cloned from its own, a copy
+whose cost grows with every mount there, and a daemon with a thousand containers has a thousand nsfs
+pins (one per network namespace) that no container needs: +25 ms per start. So the spawner, and with
+it every shim and runc, runs in a mount namespace of its own, a slave copy of the daemon's taken at
+its start, with the ``pin_dirs`` unmounted. A container still joins its pinned network namespace: the
+path runc is given goes through ``/proc/<daemon>/root``, the daemon's view, where the pins are. A
+mount made in the daemon's namespace after the spawner's start reaches the shims only if it
+propagates (a private ``/``, as in many containers, propagates nothing), so before a shim is spawned
+the sources of the container's bind mounts are compared in both views, and a stale spawner is
+replaced by a fresh one.
 """
 
 from __future__ import annotations
@@ -118,6 +129,36 @@ def _write_json(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def _point_namespaces_at(config: dict, daemon_pid: int) -> bool:
+    """Rewrite the OCI config's namespace paths as seen through ``/proc/<daemon_pid>/root`` (the
+    shims' mount namespace lacks the pins; see the module's docstring). Whether anything changed."""
+    changed = False
+    prefix = f"/proc/{daemon_pid}/root"
+    for namespace in config["linux"]["namespaces"]:
+        path = namespace.get("path")
+        if path is None or path.startswith(prefix + "/"):
+            continue
+        if path.startswith("/proc/") and "/root/" in path:  # an earlier daemon's view
+            path = "/" + path.split("/root/", 1)[1]
+        namespace["path"] = prefix + path
+        changed = True
+    return changed
+
+
+def _sees_as_daemon(pid: int, mounts: list[dict]) -> bool:
+    """Whether process ``pid`` sees each bind mount's source as this daemon does (same file)."""
+    for mount in mounts:
+        if mount["type"] != "bind":
+            continue
+        try:
+            ours, theirs = os.stat(mount["source"]), os.stat(f"/proc/{pid}/root{mount['source']}")
+        except OSError:
+            return False
+        if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino):
+            return False
+    return True
+
+
 def _shim_alive(pid: int, state_dir: Path) -> bool:
     """Is ``pid`` a live shim of this state directory? (A shim works in its state directory, so a
     reused pid does not count.)"""
@@ -194,7 +235,7 @@ class ExitWaiter:
 
 class Runtime:
     def __init__(self, root: Path, state: Path, images: ImageStore, runc: str = "runc",
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, pin_dirs: tuple[Path, ...] = ()) -> None:
         (Path(root) / "containers").mkdir(parents=True, exist_ok=True)
         (Path(state) / "runc").mkdir(parents=True, exist_ok=True)
         # Canonical paths: a shim is recognised by its working directory, which the kernel reports resolved.
@@ -209,6 +250,7 @@ class Runtime:
         self._execs: dict[str, dict] = {}
         self._spawner_proc: subprocess.Popen | None = None
         self._spawner_lock = threading.Lock()
+        self.pin_dirs = tuple(Path(d).resolve() for d in pin_dirs)  # mounts the shims' namespace goes without
 
     # -- paths --------------------------------------------------------------------------------
     def _dir(self, cid: str) -> Path:
@@ -253,6 +295,7 @@ class Runtime:
                           spec.console_size, list(spec.capabilities))
         bundle = self._dir(spec.id)
         config = oci_config(spec, oci, lower_dirs, bundle)
+        _point_namespaces_at(config, os.getpid())
         try:
             bundle.mkdir()
         except FileExistsError:
@@ -336,6 +379,13 @@ class Runtime:
             os.kill(pid, signal.SIGKILL)
             _wait_pid_gone(pid, SHIM_EXIT_SECONDS)
 
+    def _namespaces_for_this_daemon(self, cid: str) -> None:
+        """The bundle's namespace paths through this daemon's ``/proc/<pid>/root``: a container
+        created by an earlier muslind names that one's, gone since."""
+        config = _read_json(self._dir(cid) / "config.json")
+        if config is not None and _point_namespaces_at(config, os.getpid()):
+            _write_json(self._dir(cid) / "config.json", config)
+
     def _spawn_shim(self, cid: str, meta: dict) -> None:
         state_dir = self._state_dir(cid)
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -346,6 +396,9 @@ class Runtime:
         })
         with self._spawner_lock:
             spawner = self._spawner()
+            if not _sees_as_daemon(spawner.pid, meta["spec"].get("mounts", [])):
+                self._stop_spawner()  # a mount came after its start and did not propagate to it
+                spawner = self._spawner()
             assert spawner.stdin is not None and spawner.stdout is not None
             try:
                 spawner.stdin.write(str(state_dir).encode() + b"\n")
@@ -365,7 +418,8 @@ class Runtime:
             return self._spawner_proc
         self._stop_spawner()
         # Unbuffered pipes: select() must see every byte the spawner wrote, none may sit in a buffer.
-        proc = subprocess.Popen([self.python, "-I", "-S", SHIM_PATH, str(self.state_root)], bufsize=0,
+        proc = subprocess.Popen([self.python, "-I", "-S", SHIM_PATH, str(self.state_root), *map(str, self.pin_dirs)],
+                                bufsize=0,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         self._spawner_proc = proc
@@ -409,6 +463,8 @@ class Runtime:
         """
         meta = self._meta(cid)
         check_propagation([Mount(**{**m, "options": tuple(m["options"])}) for m in meta["spec"].get("mounts", [])])
+        if meta["spec"].get("netns_path"):
+            self._namespaces_for_this_daemon(cid)
         state_dir = str(self._state_dir(cid))
         try:
             try:

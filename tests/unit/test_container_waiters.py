@@ -28,7 +28,7 @@ def service(tmp_path: Path, engine_call: Any) -> tuple[ContainerService, Store]:
                   host_config={}, network_mode="none")
     with store.transaction() as db:
         store.put_container(db, c.id, c.name, c.to_doc())
-    config = SimpleNamespace(exec_root=tmp_path / "run")
+    config = SimpleNamespace(exec_root=tmp_path / "run", sandbox_root=tmp_path / "run" / "netns")
     return ContainerService(store, config, None, None, None, None, engine_call, None), store  # type: ignore[arg-type]
 
 

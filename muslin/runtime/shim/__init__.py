@@ -1,7 +1,8 @@
 """The per-container shim: owns one container run's stdio, log and exit status, outliving muslind.
 
-Shims are forked by a spawner, ``python3 -I -S <this directory> STATE_ROOT`` (standard library only, so
-it never depends on the daemon's virtualenv), which muslind keeps running and feeds state directories;
+Shims are forked by a spawner, ``python3 -I -S <this directory> STATE_ROOT [PIN_DIR...]`` (standard
+library only, so it never depends on the daemon's virtualenv; in a mount namespace without the pins:
+see the runtime's docstring), which muslind keeps running and feeds state directories;
 ``STATE_DIR/shim.json`` says what to run. The shim
 
 * is forked twice by the spawner so it is reparented away from muslind (its own session, no

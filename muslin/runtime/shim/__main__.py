@@ -1,4 +1,4 @@
-"""``python3 -I -S <the shim package's directory> STATE_ROOT``: the shim spawner (see the package)."""
+"""``python3 -I -S <the shim package's directory> STATE_ROOT [PIN_DIR...]``: the shim spawner (see the package)."""
 
 import os
 import sys
