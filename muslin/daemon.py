@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip-masq", default=None, **flag)
     p.add_argument("--iptables", default=True, **flag)
     p.add_argument("--firewall-backend", default="",
-                   help="iptables (default) or nftables: how the host's rules are written (--iptables still "
-                        "says whether they are)")
+                   help="nftables or iptables: how the host's rules are written (--iptables still says "
+                        "whether they are). Default nftables where the kernel has nf_tables and libnftables "
+                        "loads, else iptables (the start logs which and why). See the rules with "
+                        "'nft list table ip muslin' (nftables) or 'iptables-save' (iptables)")
     p.add_argument("--ip-forward", default=True, **flag)
     p.add_argument("--icc", default=True, **flag)
     p.add_argument("--ip", dest="default_bind_ip", default="0.0.0.0", help="default host IP for published ports")
@@ -121,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         raise SystemExit("muslind: --cluster-advertise and --cluster-store-opt need --cluster-store")
     return DaemonConfig(data_root=Path(args.data_root), exec_root=Path(args.exec_root),
                         bridge_name=args.bridge_name, bip=bip, mtu=mtu or 1500, ip_masq=True if masq is None else masq,
-                        iptables=args.iptables, firewall_backend=args.firewall_backend or "iptables",
+                        iptables=args.iptables, firewall_backend=args.firewall_backend,
                         ip_forward=args.ip_forward, icc=args.icc,
                         default_bind_ip=args.default_bind_ip, cluster=cluster)
 

@@ -32,7 +32,7 @@ class DaemonConfig:
     mtu: int = 1500
     ip_masq: bool = True
     iptables: bool = True
-    firewall_backend: str = "iptables"  # or "nftables" (dockerd 29's --firewall-backend)
+    firewall_backend: str = ""  # dockerd 29's --firewall-backend; "": nftables where it works, else iptables
     ip_forward: bool = True
     icc: bool = True
     default_bind_ip: str = "0.0.0.0"

@@ -28,6 +28,7 @@ from muslin.errors import EngineError
 from muslin.kernel import libnftables, netns
 from muslin.runtime import ImageStore, Runtime
 
+from . import firewall_choice
 from .config import DaemonConfig
 from .containers import ContainerService, Recovery
 from .dns_service import DNSService
@@ -55,14 +56,19 @@ CLOSE_WAIT = 30  # seconds that close waits for every worker to be free to close
 
 
 def open_firewall(config: DaemonConfig) -> Firewall | None:
-    """The host firewall of ``--firewall-backend``, none with ``--iptables=false`` (as dockerd, that
-    flag covers both backends)."""
+    """The host firewall of ``--firewall-backend`` (by default nftables where it can work, see
+    ``firewall_choice``), none with ``--iptables=false`` (as dockerd, that flag covers both backends)."""
     if not config.iptables:
         return None
-    if config.firewall_backend == "nftables":
+    try:
+        choice = firewall_choice.choose(config.firewall_backend)
+    except ValueError as exc:  # refused at start, as dockerd's "Failed to find nft tool"
+        raise EngineError(str(exc)) from None
+    log.info("firewall backend %s (%s)", choice.backend, choice.reason)
+    if choice.backend == firewall_choice.NFTABLES:
         try:
             return NftablesFirewall()
-        except libnftables.Unavailable as exc:  # refused at start, as dockerd's "Failed to find nft tool"
+        except libnftables.Unavailable as exc:
             raise EngineError(f"firewall-backend is set to nftables: {exc}") from None
     return IptablesFirewall()
 

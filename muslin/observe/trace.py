@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import select
 import signal
 import threading
@@ -37,6 +38,8 @@ SETTLE = 0.15  # seconds of quiet after the answer (or its absence) before the e
 FLANNEL_UDP_PORT = 8285
 IPTABLES_TABLES = ("raw", "mangle", "nat", "filter")
 NAT_TARGETS = ("-j DNAT", "-j SNAT", "-j MASQUERADE", "-j REDIRECT")
+# The same statements in nft's text (muslind's nftables backend): a word, not a set's name (@masquerade-subnets).
+NFT_NAT = re.compile(r"(?:^|\s)(?:dnat|snat|masquerade|redirect)(?:\s|$)")
 
 
 class TraceError(RuntimeError):
@@ -441,6 +444,10 @@ def _rule_texts(segs: list[_Segment]) -> dict[tuple[str, str, str, int], str]:
     return out
 
 
+def _is_nat(text: str) -> bool:
+    return any(t in text for t in NAT_TARGETS) or NFT_NAT.search(text) is not None
+
+
 def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
          rules: dict[tuple[str, str, str, int], str], protocol: str, vxlan_ports: tuple[int, ...],
          udp_ports: tuple[int, ...]) -> Hop:
@@ -474,7 +481,7 @@ def _hop(topology: Topology, seg: _Segment, links: dict[int, snapshot.Link],
         if e.kind == "rule":
             text = rules.get((seg.watched.ns, e.table, e.chain, e.handle or 0)) or f"rule handle {e.handle}"
             what = e.verdict + (f" {e.target}" if e.target else "") if e.verdict else ""
-            kind = "drop" if e.verdict == "drop" else "nat" if any(t in text for t in NAT_TARGETS) else "rule"
+            kind = "drop" if e.verdict == "drop" else "nat" if _is_nat(text) else "rule"
             hop.steps.append(Step(kind, f"{e.table} {e.chain}: {text}  → {what}"))
         elif e.kind == "policy":
             kind = "drop" if e.verdict == "drop" else "rule"

@@ -19,6 +19,7 @@ from muslin.kernel import netns
 from muslin.lab.lab import unmount_under
 
 from ..conftest import unique
+from ..firewall_view import FirewallView, of_daemon
 from ..tools import require
 
 MUSLIND = str(Path(sys.executable).with_name("muslind"))
@@ -82,6 +83,11 @@ class Daemon:
     def log(self) -> str:
         return (self.root / "muslind.log").read_text()
 
+    @property
+    def firewall(self) -> FirewallView:
+        """The host firewall muslind wrote, read through the backend it runs (tests/firewall_view.py)."""
+        return of_daemon(self)
+
 
 @pytest.fixture
 def daemon_factory() -> Iterator:
@@ -113,3 +119,19 @@ def daemon_factory() -> Iterator:
 @pytest.fixture
 def daemon(daemon_factory) -> Daemon:
     return daemon_factory()
+
+
+PIN_IPTABLES = ("--firewall-backend", "iptables")
+
+
+@pytest.fixture
+def iptables_daemon(daemon_factory) -> Daemon:
+    """A muslind pinned to the iptables backend, for tests about that backend's own layout."""
+    return daemon_factory(*PIN_IPTABLES)
+
+
+@pytest.fixture(params=["default", "iptables"])
+def each_backend_daemon(request: pytest.FixtureRequest, daemon_factory) -> Daemon:
+    """A muslind on the default firewall backend (nftables where it works), and one pinned to
+    iptables: the firewall's traffic tests, read through ``Daemon.firewall``, hold on both."""
+    return daemon_factory(*(PIN_IPTABLES if request.param == "iptables" else ()))

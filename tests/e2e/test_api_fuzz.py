@@ -58,13 +58,15 @@ def tar_body(ctx: Any, value: Any) -> dict[str, Any]:
     return {"data": value if isinstance(value, bytes) else json.dumps(value).encode()}
 
 
-def kernel_state(daemon) -> tuple[frozenset[str], frozenset[str]]:  # noqa: ANN001
+def kernel_state(daemon) -> tuple[frozenset[str], frozenset[str], object]:  # noqa: ANN001
     links = frozenset(line.split(": ")[1].split("@")[0] for line in daemon.sh("ip", "-o", "link").splitlines()
                       if ": " in line)
     rules = frozenset(line for line in daemon.sh("iptables-save").splitlines()
                       if line.startswith(("-A", ":", "*")) and not line.startswith("#"))
-    # Chain counters ("[0:0]") change with traffic, not with what the daemon programs.
-    return links, frozenset(re.sub(r"\[\d+:\d+\]", "", r) for r in rules)
+    # Chain counters ("[0:0]") change with traffic, not with what the daemon programs. The firewall's
+    # own rules as its backend holds them (with nftables, set elements).
+    return (links, frozenset(re.sub(r"\[\d+:\d+\]", "", r) for r in rules),
+            daemon.firewall.snapshot(ordered=False))
 
 
 def aim(case: Any, rng: random.Random, host_root: Path) -> None:
@@ -108,7 +110,7 @@ def test_spec_fuzz_answers_no_5xx_and_leaves_the_kernel_as_it_was(daemon) -> Non
     operations = [op for op in operations if (op.method.upper(), op.path) not in LONG_POLLS]
     assert len(operations) > 90
 
-    links_before, rules_before = kernel_state(daemon)
+    links_before, rules_before, firewall_before = kernel_state(daemon)
     session = requests.Session()
     # Every http:// request of this session goes to the daemon's unix socket.
     session.mount("http://", UnixHTTPAdapter(f"http+unix://{daemon.sock}", timeout=REQUEST_TIMEOUT))
@@ -163,6 +165,7 @@ def test_spec_fuzz_answers_no_5xx_and_leaves_the_kernel_as_it_was(daemon) -> Non
     total = sum(calls.values())
     assert not failures, f"{len(failures)} of {total} requests failed:\n" + "\n".join(failures[:20])
     assert daemon.docker("image", "inspect", "busybox", check=False).returncode == 0
-    links_after, rules_after = kernel_state(daemon)
+    links_after, rules_after, firewall_after = kernel_state(daemon)
     assert links_after == links_before, (links_after ^ links_before)
     assert rules_after == rules_before, (rules_after ^ rules_before)
+    assert firewall_after == firewall_before

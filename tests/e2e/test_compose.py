@@ -17,6 +17,7 @@ import pytest
 
 from muslin.kernel import netns
 
+from ..firewall_view import Forward
 from ..tools import require
 from .test_containers_cli import _link_outside
 
@@ -116,11 +117,11 @@ def _answers(outside: str, port: int, within: float = 15) -> bool:
     return "hello-from-web" in _from_outside(outside, port)
 
 
-def _kernel_state(daemon) -> tuple[list[str], list[str]]:
-    """The daemon namespace's links and iptables rules (without counters)."""
+def _kernel_state(daemon) -> tuple[list[str], list[str], object]:
+    """The daemon namespace's links, iptables rules (without counters) and the firewall's own rules."""
     links = sorted(line.split(": ")[1].split("@")[0] for line in daemon.sh("ip", "-o", "link").splitlines())
     rules = [line for line in daemon.sh("iptables-save").splitlines() if not line.startswith(("#", ":"))]
-    return links, sorted(rules)
+    return links, sorted(rules), daemon.firewall.snapshot(ordered=False)
 
 
 def _networks(daemon) -> set[str]:
@@ -145,8 +146,7 @@ def test_a_compose_app_on_two_networks_one_internal_end_to_end(daemon, compose, 
 
     # The port is published on web's front endpoint (the internal network never gives the gateway) and
     # answers from another namespace.
-    dnat = [line for line in daemon.sh("iptables", "-t", "nat", "-S", "MUSLIN").splitlines() if "DNAT" in line]
-    assert dnat == [f"-A MUSLIN -p tcp -m tcp --dport 8088 -j DNAT --to-destination {web_at['app_front']}:80"]
+    assert daemon.firewall.forwards() == [Forward("tcp", 8088, f"{web_at['app_front']}:80")]
     assert _answers(outside, 8088)
     assert "default via" not in daemon.docker("exec", "app_worker_1", "ip", "route").stdout  # internal only
 
@@ -186,7 +186,7 @@ def test_a_compose_app_on_two_networks_one_internal_end_to_end(daemon, compose, 
     compose("stop", "web")
     stopped = compose("ps", "web").stdout
     assert "Exit" in stopped and "80/tcp" not in stopped  # a stopped container shows no ports, as dockerd's
-    assert "8088" not in daemon.sh("iptables-save")
+    assert "8088" not in daemon.firewall.listing() and daemon.firewall.forwards() == []
     compose("start", "web")
     assert _answers(outside, 8088)
     compose("restart", "web")

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Interface
 
+from ..firewall_view import Forward
 from ..tools import require
 
 BOUND_SECONDS = 60  # every wait below is bounded
@@ -24,10 +25,6 @@ def _together(daemon, commands: list[tuple[str, ...]]) -> list[subprocess.Comple
 def _ok(results: list[subprocess.CompletedProcess]) -> None:
     failed = [f"{p.args}: {p.stderr}" for p in results if p.returncode]
     assert not failed, failed
-
-
-def _nat_rules(daemon) -> list[str]:
-    return [line for line in daemon.sh("iptables-save", "-t", "nat").splitlines() if line.startswith("-A")]
 
 
 def test_a_slow_stop_holds_up_nothing_else(daemon) -> None:
@@ -83,14 +80,12 @@ def test_concurrent_runs_on_one_network_get_distinct_addresses_and_rules(daemon)
     # Every address is on its container's eth0 in the kernel, and every published port has its DNAT.
     for n, ip in zip(names, addresses):
         assert f"inet {ip}/24" in daemon.docker("exec", n, "ip", "-4", "addr", "show", "eth0").stdout
-    dnat = [r for r in _nat_rules(daemon) if "DNAT" in r]
-    for c in inspected:
-        port = c["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"]
-        ip = c["NetworkSettings"]["Networks"]["shared"]["IPAddress"]
-        assert f"-A MUSLIN -p tcp -m tcp --dport {port} -j DNAT --to-destination {ip}:80" in dnat
+    assert daemon.firewall.forwards() == sorted(
+        Forward("tcp", int(c["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"]),
+                f"{c['NetworkSettings']['Networks']['shared']['IPAddress']}:80") for c in inspected)
     # Removed together: every rule and endpoint goes with them.
     _ok(_together(daemon, [("rm", "-f", n) for n in names]))
-    assert not [r for r in _nat_rules(daemon) if "DNAT" in r]
+    assert daemon.firewall.forwards() == [] and daemon.firewall.hairpins() == set()
     daemon.docker("network", "rm", "shared")
     assert "10.77.0." not in daemon.sh("ip", "-4", "addr")
 
@@ -144,6 +139,7 @@ def test_a_firewall_flush_amid_concurrent_changes_is_repaired_to_exactly_what_ex
     """Rules wiped by someone else while networks and published ports come and go: the guard puts back
     those of what exists, and none of what was removed meanwhile."""
     daemon.docker("run", "-d", "--name", "keeper", "-p", "8080:80", "busybox", "sleep", "300")
+    firewall = daemon.firewall
 
     def networks() -> None:
         for i in range(4):
@@ -157,19 +153,18 @@ def test_a_firewall_flush_amid_concurrent_changes_is_repaired_to_exactly_what_ex
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         churn = [pool.submit(networks), pool.submit(ports)]
-        daemon.sh("iptables", "-t", "nat", "-F", "MUSLIN")
-        daemon.sh("iptables", "-F", "MUSLIN-FORWARD")
+        firewall.remove_forwards()
+        firewall.flush_forwarding()
         for fut in churn:
             fut.result(BOUND_SECONDS)
     keeper = json.loads(daemon.docker("inspect", "keeper").stdout)[0]["NetworkSettings"]["IPAddress"]
-    wanted = f"-A MUSLIN -p tcp -m tcp --dport 8080 -j DNAT --to-destination {keeper}:80"
+    wanted = Forward("tcp", 8080, f"{keeper}:80")
     deadline = time.monotonic() + BOUND_SECONDS
-    while wanted not in _nat_rules(daemon) or "-o muslin0 -j MUSLIN" not in daemon.sh("iptables-save", "-t", "filter"):
+    while wanted not in firewall.forwards() or not firewall.passes_published_ports_to("muslin0"):
         assert time.monotonic() < deadline, "the guard did not put the rules back"
         time.sleep(0.1)
-    rules = daemon.sh("iptables-save")
-    assert [line for line in rules.splitlines() if "DNAT" in line] == [wanted]
-    assert "br-" not in rules  # no rule of a network that is gone
+    assert firewall.forwards() == [wanted]
+    assert "br-" not in firewall.listing()  # no rule of a network that is gone
 
 
 def test_concurrent_runs_publishing_one_host_port_have_one_winner(daemon) -> None:
@@ -182,7 +177,7 @@ def test_concurrent_runs_publishing_one_host_port_have_one_winner(daemon) -> Non
         assert "Bind for 0.0.0.0:18080 failed: port is already allocated" in lost.stderr, lost.stderr
     running = daemon.docker("ps", "-q", "--filter", "status=running").stdout.split()
     assert len(running) == 1
-    assert sum("--dport 18080 " in rule for rule in _nat_rules(daemon)) == 1
+    assert len([f for f in daemon.firewall.forwards() if f.host_port == 18080]) == 1
 
     ips = ["0.0.0.0", "127.0.0.1", "0.0.0.0", "127.0.0.1"]
     results = _together(daemon, [("run", "-d", "--name", f"q{i}", "-p", f"{ip}:18081:80", "busybox", "sleep", "300")
@@ -190,7 +185,7 @@ def test_concurrent_runs_publishing_one_host_port_have_one_winner(daemon) -> Non
     assert sum(p.returncode == 0 for p in results) == 1, [p.stderr for p in results]
     for ip, lost in ((ip, p) for ip, p in zip(ips, results) if p.returncode):
         assert f"Bind for {ip}:18081 failed: port is already allocated" in lost.stderr, lost.stderr
-    assert sum("--dport 18081 " in rule for rule in _nat_rules(daemon)) == 1
+    assert len([f for f in daemon.firewall.forwards() if f.host_port == 18081]) == 1
 
 
 def test_concurrent_runs_mounting_one_new_volume_fill_it_once(daemon) -> None:

@@ -17,6 +17,8 @@ import pytest
 
 from muslin.kernel import netns
 
+from ..firewall_view import Forward
+
 pytestmark = pytest.mark.root
 
 HTTPD = "mkdir -p /www && echo hello world > /www/index.html && exec httpd -f -p 80 -h /www"
@@ -63,12 +65,13 @@ def _wget(daemon, url: str) -> str:
     return daemon.sh("timeout", "5", "busybox", "wget", "-qO-", url, check=False)
 
 
-def test_published_port_dnat_hairpin_localhost_and_egress(daemon, make_netns) -> None:
+def test_published_port_dnat_hairpin_localhost_and_egress(each_backend_daemon, make_netns) -> None:
+    daemon = each_backend_daemon
     outside = _link_outside(daemon, make_netns)
     daemon.docker("run", "-d", "--name", "web1", "-p", "8081:80", "busybox", "sh", "-c", HTTPD)
-    nat = daemon.sh("iptables", "-t", "nat", "-S")
-    assert "-A MUSLIN -p tcp -m tcp --dport 8081 -j DNAT --to-destination 172.17.0.2:80" in nat
-    assert "-A POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE" in nat
+    firewall = daemon.firewall
+    assert firewall.forwards() == [Forward("tcp", 8081, "172.17.0.2:80")]
+    assert firewall.hairpins() == {("172.17.0.2", "tcp", 80)}
     deadline = time.monotonic() + 10
     while "hello world" not in _wget(daemon, "http://127.0.0.1:8081/") and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -91,7 +94,7 @@ def test_published_port_dnat_hairpin_localhost_and_egress(daemon, make_netns) ->
     # A clash is refused with Docker's message, and the refused container holds nothing.
     clash = daemon.docker("run", "-d", "--name", "web1b", "-p", "8081:80", "busybox", "sleep", "30", check=False)
     assert clash.returncode != 0 and "port is already allocated" in clash.stderr
-    assert daemon.sh("iptables-save").count("172.17.0.3") == 0
+    assert "172.17.0.3" not in daemon.firewall.listing()
     daemon.docker("rm", "web1b")
 
     (doc,) = json.loads(daemon.docker("inspect", "web1").stdout)
@@ -99,15 +102,18 @@ def test_published_port_dnat_hairpin_localhost_and_egress(daemon, make_netns) ->
     assert doc["NetworkSettings"]["IPAddress"] == "172.17.0.2"
     assert doc["NetworkSettings"]["MacAddress"] == "02:42:ac:11:00:02"
     daemon.docker("rm", "-f", "web1")
-    assert "172.17.0.2" not in daemon.sh("iptables-save")
-    assert "8081" not in daemon.sh("iptables-save")
+    listing = daemon.firewall.listing()
+    assert "172.17.0.2" not in listing and "8081" not in listing
+    assert daemon.firewall.forwards() == [] and daemon.firewall.hairpins() == set()
     assert "veth" not in daemon.sh("ip", "link")
     assert daemon.docker("ps", "-aq").stdout.strip() == ""
 
 
-def test_a_host_forward_chain_ending_in_reject_does_not_shadow_new_networks(daemon, make_netns) -> None:
+def test_a_host_forward_chain_ending_in_reject_does_not_shadow_new_networks(iptables_daemon, make_netns) -> None:
     """The host's own FORWARD rules (here a catch-all REJECT, added after muslind started) come after
-    the jumps into MUSLIN-USER and MUSLIN-FORWARD, so networks created later still forward."""
+    the jumps into MUSLIN-USER and MUSLIN-FORWARD, so networks created later still forward. (iptables
+    only: with nftables, as with Docker's, a REJECT or DROP in iptables' FORWARD still drops.)"""
+    daemon = iptables_daemon
     outside = _link_outside(daemon, make_netns)
     daemon.sh("iptables", "-A", "FORWARD", "-j", "REJECT")
     daemon.docker("network", "create", "--subnet", "10.78.0.0/24", "late")
@@ -123,19 +129,22 @@ def test_a_host_forward_chain_ending_in_reject_does_not_shadow_new_networks(daem
     assert "10.78.0" not in daemon.sh("iptables-save")
 
 
-def test_rules_wiped_by_a_firewall_reload_come_back(daemon) -> None:
-    """A reload that replaces the whole ruleset (as firewalld or iptables-restore of a saved file do)
-    takes every network's and port's rules away; muslind notices and puts them back."""
+def test_rules_wiped_by_a_firewall_reload_come_back(each_backend_daemon) -> None:
+    """A reload that replaces the whole ruleset (as firewalld or iptables-restore of a saved file do,
+    or ``nft flush ruleset``) takes every network's and port's rules away; muslind notices and puts
+    them back, exactly as they were (in order, for iptables)."""
+    daemon = each_backend_daemon
+    firewall = daemon.firewall
     daemon.docker("network", "create", "--subnet", "10.79.0.0/24", "reloaded")
     daemon.docker("run", "-d", "--name", "web3", "--network", "reloaded", "-p", "8083:80", "busybox", "sh", "-c", HTTPD)
-    wanted = daemon.sh("iptables-save")
-    assert "--dport 8083 -j DNAT --to-destination 10.79.0.2:80" in wanted
-    daemon.sh("iptables-restore", input_="*filter\nCOMMIT\n*nat\nCOMMIT\n")
-    assert "MUSLIN" not in daemon.sh("iptables-save")
+    wanted = firewall.snapshot()
+    assert Forward("tcp", 8083, "10.79.0.2:80") in firewall.forwards()
+    firewall.wipe()
+    assert "MUSLIN" not in daemon.sh("iptables-save") and "muslin" not in daemon.sh("nft", "list", "tables")
     deadline = time.monotonic() + 10
-    while _rules_of(daemon.sh("iptables-save")) != _rules_of(wanted) and time.monotonic() < deadline:
+    while firewall.snapshot() != wanted and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _rules_of(daemon.sh("iptables-save")) == _rules_of(wanted)
+    assert firewall.snapshot() == wanted
     assert "put back" in daemon.log() and "firewall rules" in daemon.log()
     deadline = time.monotonic() + 10
     while "hello world" not in _wget(daemon, "http://127.0.0.1:8083/") and time.monotonic() < deadline:
@@ -143,12 +152,7 @@ def test_rules_wiped_by_a_firewall_reload_come_back(daemon) -> None:
     assert "hello world" in _wget(daemon, "http://127.0.0.1:8083/")
     daemon.docker("rm", "-f", "web3")
     daemon.docker("network", "rm", "reloaded")
-    assert "10.79.0" not in daemon.sh("iptables-save")
-
-
-def _rules_of(saved: str) -> list[str]:
-    """The rules and chains of an iptables-save text in their order, without comments and counters."""
-    return [line for line in saved.splitlines() if line.startswith(("-A", ":MUSLIN"))]
+    assert "10.79.0" not in firewall.listing()
 
 
 def test_network_modes_of_the_article(daemon) -> None:
@@ -187,7 +191,8 @@ def test_network_modes_of_the_article(daemon) -> None:
     assert "veth" not in daemon.sh("ip", "link")
 
 
-def test_isolation_between_networks_internal_and_icc(daemon) -> None:
+def test_isolation_between_networks_internal_and_icc(each_backend_daemon) -> None:
+    daemon = each_backend_daemon
     daemon.docker("network", "create", "--subnet", "10.61.0.0/24", "neta")
     daemon.docker("network", "create", "--subnet", "10.62.0.0/24", "netb")
     daemon.docker("network", "create", "--internal", "--subnet", "10.63.0.0/24", "inner")
@@ -285,7 +290,7 @@ def test_containers_survive_a_muslind_restart(daemon) -> None:
         time.sleep(0.1)
     assert "hello world" in _wget(daemon, "http://127.0.0.1:8090/")
     daemon.docker("rm", "-f", "keeper")
-    assert "8090" not in daemon.sh("iptables-save")
+    assert "8090" not in daemon.firewall.listing()
 
 
 def _sandbox_nat(container: dict) -> list[str]:

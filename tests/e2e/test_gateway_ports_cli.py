@@ -30,8 +30,7 @@ def _answers(outside: str, port: int) -> bool:
 
 
 def _dnat_targets(daemon, port: int) -> list[str]:
-    return [line.rsplit(" ", 1)[1] for line in daemon.sh("iptables", "-t", "nat", "-S", "MUSLIN").splitlines()
-            if f"--dport {port} " in line and "DNAT" in line]
+    return [f.to for f in daemon.firewall.forwards() if f.host_port == port]
 
 
 def _default_route(daemon, container: str) -> str:
@@ -96,11 +95,11 @@ def test_published_ports_follow_the_gateway_endpoint_on_connect_and_disconnect(d
     assert doc["NetworkSettings"]["Networks"]["zzz"]["GwPriority"] == 5
 
     daemon.docker("rm", "-f", "web", "inner", "onbridge")
-    rules = daemon.sh("iptables-save")
-    assert "--to-destination" not in rules and "--dport 808" not in rules
+    assert daemon.firewall.forwards() == [] and daemon.firewall.hairpins() == set()
+    assert "808" not in daemon.firewall.listing()
     assert "veth" not in daemon.sh("ip", "link")
     daemon.docker("network", "rm", "zzz", "aaa", "iii")
-    assert all(f"10.9{n}.0." not in daemon.sh("iptables-save") for n in (1, 2, 3))
+    assert all(f"10.9{n}.0." not in daemon.firewall.listing() for n in (1, 2, 3))
 
 
 def test_a_connect_whose_ports_clash_on_the_new_gateway_is_refused_and_undone(daemon) -> None:

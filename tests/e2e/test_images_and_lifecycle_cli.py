@@ -13,6 +13,8 @@ import time
 import docker as docker_sdk
 import pytest
 
+from ..firewall_view import Forward
+
 pytestmark = pytest.mark.root
 
 
@@ -95,7 +97,7 @@ def test_container_options_ip_mac_alias_random_ports_rename_kill_restart(daemon)
     assert net["Aliases"] == ["db", doc["Id"][:12], "svchost"]  # dockerd 20.10 adds the short id and hostname
     port = doc["NetworkSettings"]["Ports"]["9000/tcp"][0]
     assert 32768 <= int(port["HostPort"]) < 61000
-    assert f"--dport {port['HostPort']} -j DNAT --to-destination 10.70.0.50:9000" in daemon.sh("iptables", "-t", "nat", "-S")
+    assert Forward("tcp", int(port["HostPort"]), "10.70.0.50:9000") in daemon.firewall.forwards()
     assert daemon.docker("exec", "svc", "hostname").stdout.strip() == "svchost"
     taken = daemon.docker("run", "-d", "--network", "opts", "--ip", "10.70.0.50", "busybox", "sleep", "1", check=False)
     assert taken.returncode != 0 and "already in use" in taken.stderr
@@ -109,7 +111,7 @@ def test_container_options_ip_mac_alias_random_ports_rename_kill_restart(daemon)
     (killed,) = json.loads(daemon.docker("inspect", "svc2").stdout)
     assert killed["State"]["ExitCode"] == 137 and not killed["State"]["Running"]
     assert killed["NetworkSettings"]["Networks"]["opts"]["IPAddress"] == ""  # released while stopped
-    assert "10.70.0.50" not in daemon.sh("iptables-save")
+    assert "10.70.0.50" not in daemon.firewall.listing()
     daemon.docker("rm", "svc2")
     daemon.docker("network", "rm", "opts")
 

@@ -39,8 +39,10 @@ def _links(daemon) -> list[str]:
     return sorted(line.split(": ")[1].split("@")[0] for line in daemon.sh("ip", "-o", "link").splitlines())
 
 
-def _rules(daemon) -> list[str]:
-    return [line for line in daemon.sh("iptables-save").splitlines() if line.startswith(("-A", ":"))]
+def _rules(daemon) -> object:
+    """Every iptables rule, and the firewall's own (set elements with nftables)."""
+    saved = [line for line in daemon.sh("iptables-save").splitlines() if line.startswith(("-A", ":"))]
+    return saved, daemon.firewall.snapshot()
 
 
 def _ping(daemon, container: str, target: str) -> bool:

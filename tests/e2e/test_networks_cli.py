@@ -11,13 +11,10 @@ import pytest
 
 from muslin.kernel import netns
 
+from ..firewall_view import NFTABLES
 from .conftest import MUSLIND
 
 pytestmark = pytest.mark.root
-
-
-def _rules(save_output: str) -> list[str]:
-    return [line for line in save_output.splitlines() if not line.startswith("#")]
 
 
 def test_predefined_networks_and_inspect(daemon) -> None:
@@ -35,16 +32,14 @@ def test_predefined_networks_and_inspect(daemon) -> None:
 
 
 def test_article_mybr0_create_and_remove_leaves_nothing(daemon) -> None:
-    before_nat = daemon.sh("iptables-save", "-t", "nat")
-    before_filter = daemon.sh("iptables-save", "-t", "filter")
+    firewall = daemon.firewall
+    before = firewall.snapshot()
     daemon.docker("network", "create", "-d", "bridge", "--subnet", "192.168.100.0/24", "--gateway",
                   "192.168.100.1", "-o", "com.docker.network.bridge.name=docker1", "mybr0")
     addr = daemon.sh("ip", "addr", "show", "docker1")
     assert "inet 192.168.100.1/24" in addr and "UP" in addr
-    nat = daemon.sh("iptables", "-t", "nat", "-S")
-    assert "-A POSTROUTING -s 192.168.100.0/24 ! -o docker1 -j MASQUERADE" in nat
-    filt = daemon.sh("iptables", "-S")
-    assert "-A MUSLIN-ISOLATION-STAGE-2 -o docker1 -j DROP" in filt
+    assert firewall.masqueraded()["192.168.100.0/24"] == "docker1"
+    assert "docker1" in firewall.isolated() and firewall.icc()["docker1"] is True
     assert daemon.sh("cat", "/proc/sys/net/ipv4/ip_forward").strip() == "1"
     assert "mybr0" in daemon.docker("network", "ls").stdout
     (net,) = json.loads(daemon.docker("network", "inspect", "mybr0").stdout)
@@ -52,16 +47,15 @@ def test_article_mybr0_create_and_remove_leaves_nothing(daemon) -> None:
     assert net["Options"] == {"com.docker.network.bridge.name": "docker1"}
     daemon.docker("network", "rm", "mybr0")
     assert "docker1" not in daemon.sh("ip", "link")
-    assert daemon.sh("iptables-save", "-t", "nat") .count("docker1") == 0
+    assert "docker1" not in firewall.listing() and "192.168.100" not in firewall.listing()
     # Exactly the rules we found before are left (the default bridge's).
-    assert _rules(daemon.sh("iptables-save", "-t", "nat")) == _rules(before_nat)
-    assert _rules(daemon.sh("iptables-save", "-t", "filter")) == _rules(before_filter)
+    assert firewall.snapshot() == before
 
 
 def test_bad_input_is_refused_and_changes_nothing(daemon) -> None:
     daemon.docker("network", "create", "--subnet", "10.30.0.0/24", "a")
     links_before = daemon.sh("ip", "-o", "link")
-    rules_before = daemon.sh("iptables-save")
+    rules_before = daemon.firewall.snapshot()
     cases = [
         (["network", "create", "a"], "already exists"),
         (["network", "create", "--subnet", "10.30.0.0/25", "b"], "overlaps"),
@@ -79,7 +73,7 @@ def test_bad_input_is_refused_and_changes_nothing(daemon) -> None:
         assert proc.returncode != 0, args
         assert message in proc.stderr, (args, proc.stderr)
     assert daemon.sh("ip", "-o", "link") == links_before
-    assert _rules(daemon.sh("iptables-save")) == _rules(rules_before)
+    assert daemon.firewall.snapshot() == rules_before
     names = [line.split()[1] for line in daemon.docker("network", "ls").stdout.splitlines()[1:]]
     assert sorted(names) == ["a", "bridge", "host", "none"]
 
@@ -97,11 +91,10 @@ def test_internal_and_icc_options_program_isolation(daemon) -> None:
     daemon.docker("network", "create", "--internal", "--subnet", "10.40.0.0/24",
                   "-o", "com.docker.network.bridge.enable_icc=false",
                   "-o", "com.docker.network.bridge.name=brint", "--label", "env=test", "isolated")
-    rules = daemon.sh("iptables", "-S")
-    assert "-A MUSLIN-ISOLATION-STAGE-1 ! -s 10.40.0.0/24 -o brint -j DROP" in rules
-    assert "-A MUSLIN-ISOLATION-STAGE-1 ! -d 10.40.0.0/24 -i brint -j DROP" in rules
-    assert "-A MUSLIN-FORWARD -i brint -o brint -j DROP" in rules
-    assert "10.40.0.0/24" not in daemon.sh("iptables", "-t", "nat", "-S")
+    firewall = daemon.firewall
+    assert firewall.internal()["brint"] == "10.40.0.0/24"
+    assert firewall.icc()["brint"] is False
+    assert "10.40.0.0/24" not in firewall.masqueraded() and "brint" not in firewall.isolated()
     (net,) = json.loads(daemon.docker("network", "inspect", "isolated").stdout)
     assert net["Internal"] is True and net["Labels"] == {"env": "test"}
     listed = daemon.docker("network", "ls", "--filter", "label=env=test", "-q").stdout.split()
@@ -117,25 +110,34 @@ def test_restart_keeps_ids_and_reconciles_kernel(daemon) -> None:
     daemon.stop()
     # Simulate what a crash can leave: the bridge and one rule gone.
     daemon.sh("ip", "link", "del", "brkeep")
-    daemon.sh("iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "10.50.0.0/24", "!", "-o", "brkeep",
-              "-j", "MASQUERADE")
-    # And what only a crash in the middle of a create can leave: a bridge of ours that no network owns.
+    firewall = daemon.firewall
+    firewall.remove_masquerade("10.50.0.0/24", "brkeep")
+    assert "10.50.0.0/24" not in firewall.masqueraded()
+    # And what only a crash in the middle of a create can leave: a bridge of ours that no network owns,
+    # with a rule of it in the firewall.
     daemon.sh("ip", "link", "add", "br-0123456789ab", "type", "bridge")
-    daemon.sh("iptables", "-A", "FORWARD", "-i", "br-0123456789ab", "-j", "ACCEPT")
+    if firewall.backend == NFTABLES:
+        daemon.sh("nft", "add", "element", "ip", "muslin", "bridges", '{ "br-0123456789ab" }')
+        assert "br-0123456789ab" in firewall.isolated()
+    else:
+        daemon.sh("iptables", "-A", "FORWARD", "-i", "br-0123456789ab", "-j", "ACCEPT")
     daemon.start()
     assert daemon.docker("network", "ls", "-q", "--no-trunc").stdout.split() == ids
-    assert "br-0123456789ab" not in daemon.sh("iptables-save")
+    assert "br-0123456789ab" not in firewall.listing()
     deadline = time.monotonic() + 5
     while "br-0123456789ab" in daemon.sh("ip", "link") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "br-0123456789ab" not in daemon.sh("ip", "link")
     assert "inet 10.50.0.1/24" in daemon.sh("ip", "addr", "show", "brkeep")
-    assert "-A POSTROUTING -s 10.50.0.0/24 ! -o brkeep -j MASQUERADE" in daemon.sh("iptables", "-t", "nat", "-S")
+    assert firewall.masqueraded()["10.50.0.0/24"] == "brkeep"
 
 
-def test_rules_of_the_layout_before_muslin_forward_go_at_start(daemon) -> None:
+def test_rules_of_the_layout_before_muslin_forward_go_at_start(iptables_daemon) -> None:
     """muslind once put its forwarding rules straight into FORWARD; a restart on such a ruleset removes
-    them (they would outlive their networks) and keeps the rest."""
+    them (they would outlive their networks) and keeps the rest. (The iptables backend's own layout;
+    the nftables backend removes them too, with every other rule of that backend:
+    test_nft_firewall.py's test of remove_iptables_backend.)"""
+    daemon = iptables_daemon
     daemon.stop()
     legacy = [["-A", "FORWARD", "-j", "MUSLIN-ISOLATION-STAGE-1"],
               ["-A", "FORWARD", "-o", "muslin0", "-j", "MUSLIN"],
@@ -156,8 +158,8 @@ def test_bip_mtu_and_ip_masq_flags_as_dockerd(daemon_factory) -> None:
     assert net["IPAM"]["Config"] == [{"Subnet": "172.21.31.0/24", "Gateway": "172.21.31.1"}]
     link = d.sh("ip", "addr", "show", "muslin0")
     assert "inet 172.21.31.1/24" in link and "mtu 1472" in link
-    assert "MASQUERADE" not in d.sh("iptables", "-t", "nat", "-S", "POSTROUTING").replace(
-        "-m addrtype --src-type LOCAL -j MASQUERADE", "")
+    assert d.firewall.masqueraded() == {}
+    assert "muslin0" in d.firewall.isolated()  # the firewall is there, without the masquerade
 
 
 def test_sdk_drives_networks(daemon) -> None:

@@ -19,6 +19,7 @@ from .test_containers_cli import HTTPD, _link_outside, _serve_peer_address, _wge
 
 pytestmark = pytest.mark.root
 NFT = ("--firewall-backend", "nftables")
+IPTABLES = ("--firewall-backend", "iptables")
 
 
 def _table(daemon) -> str:
@@ -130,19 +131,23 @@ def test_a_flushed_ruleset_comes_back_and_a_restart_reconciles(daemon_factory) -
     assert "10.79.0" not in _table(daemon)
 
 
-def test_switching_backend_across_a_restart_leaves_nothing_of_the_other(daemon_factory) -> None:
-    daemon = daemon_factory()  # iptables
+@pytest.mark.parametrize("then", [NFT, ()], ids=["explicit", "default"])
+def test_switching_backend_across_a_restart_leaves_nothing_of_the_other(daemon_factory, then) -> None:
+    """Also the default's change: an engine that ran on iptables (the default before) and starts again
+    without a flag moves its rules to nftables."""
+    daemon = daemon_factory(*IPTABLES)
     daemon.docker("network", "create", "--subnet", "10.77.0.0/24", "sw")
     daemon.docker("run", "-d", "--name", "web4", "--network", "sw", "-p", "8084:80", "busybox", "sh", "-c", HTTPD)
     assert any("8084" in line for line in daemon.sh("iptables-save").splitlines())
     daemon.stop()
-    daemon.args = list(NFT)
+    daemon.args = list(then)
     daemon.start()
+    assert "firewall backend nftables (" in daemon.log().rsplit("firewall backend iptables", 1)[1]
     assert _iptables_of_ours(daemon) == []
     assert "tcp . 8084 : 10.77.0.2 . 80" in _table(daemon)
     assert _until(lambda: "hello world" in _wget(daemon, "http://127.0.0.1:8084/"))
     daemon.stop()
-    daemon.args = []
+    daemon.args = list(IPTABLES)
     daemon.start()
     assert "table ip muslin" not in daemon.sh("nft", "list", "tables")
     assert any("8084" in line for line in daemon.sh("iptables-save").splitlines())

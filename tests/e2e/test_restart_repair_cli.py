@@ -10,6 +10,8 @@ import time
 
 from muslin.kernel import netns, nfhandles
 
+from ..firewall_view import Forward
+
 HTTPD = "mkdir -p /www && echo hello world > /www/index.html && exec httpd -f -p 80 -h /www"
 BROKEN = "was broken while muslind was away"
 
@@ -62,7 +64,7 @@ def test_a_start_repairs_what_changed_while_muslind_was_away(daemon) -> None:
     daemon.stop()
     os.kill(dies["State"]["Pid"], signal.SIGKILL)  # what an OOM kill or a reboot's shutdown does
     daemon.sh("ip", "link", "del", kept_veth)  # takes the container's eth0 (the pair's other end) along
-    daemon.sh("iptables", "-t", "nat", "-F", "MUSLIN")  # every port forward
+    daemon.firewall.remove_forwards()  # every port forward
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{dies['State']['Pid']}") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -70,11 +72,11 @@ def test_a_start_repairs_what_changed_while_muslind_was_away(daemon) -> None:
 
     # The dead container is stopped, with no endpoint, veth or forward left.
     assert _inspect(daemon, "dies")["State"]["Status"] == "exited"
-    nat = daemon.sh("iptables", "-t", "nat", "-S")
-    assert "8094" not in nat
+    forwards = daemon.firewall.forwards()
+    assert not [f for f in forwards if f.host_port == 8094] and "8094" not in daemon.firewall.listing()
     assert dies_veth not in daemon.sh("ip", "link")
     # The live one is wired again as it was: same address and MAC, on its bridge, routed, forwarded.
-    assert f"--dport 8093 -j DNAT --to-destination {kept['NetworkSettings']['Networks']['rep']['IPAddress']}:80" in nat
+    assert Forward("tcp", 8093, f"{kept['NetworkSettings']['Networks']['rep']['IPAddress']}:80") in forwards
     assert f"master {bridge}" in daemon.sh("ip", "-o", "link", "show", kept_veth)
     inside = daemon.docker("exec", "kept", "ip", "-o", "addr", "show", "eth0").stdout
     assert "10.61.0.2/24" in inside

@@ -20,6 +20,7 @@ from muslin.kernel import netns, nftrace
 from muslin.lab.lab import unmount_under
 
 from ..conftest import unique
+from ..firewall_view import IPTABLES, NFTABLES
 from .conftest import Daemon
 
 pytestmark = pytest.mark.root
@@ -27,13 +28,35 @@ pytestmark = pytest.mark.root
 MUSLIN = str(Path(sys.executable).with_name("muslin"))
 
 
-@pytest.fixture(scope="module")
-def lab_engine() -> Iterator[Daemon]:
-    """One engine for the module (its containers take a while to start), with every network mode."""
+# The rule a trace names at each decision, as each firewall backend writes it (trace shows iptables'
+# text for iptables-nft's rules and nft's text for the nftables backend's).
+RULES = {
+    IPTABLES: {
+        "icc": "-A MUSLIN-FORWARD -i tbr1 -o tbr1 -j ACCEPT",
+        "dnat": "⇄ nat MUSLIN: -A MUSLIN -p tcp -m tcp --dport 8081 -j DNAT --to-destination",
+        "isolation into muslin0": "-o muslin0 -j DROP",
+        "isolation into tbr1": "✗ filter MUSLIN-ISOLATION-STAGE-2: -A MUSLIN-ISOLATION-STAGE-2 -o tbr1 -j DROP",
+        "internal": "✗ filter MUSLIN-ISOLATION-STAGE-1: -A MUSLIN-ISOLATION-STAGE-1 ! -s 192.168.101.0/24",
+    },
+    NFTABLES: {
+        "icc": 'muslin forward: iifname . oifname vmap @same-bridge comment "icc"  → accept',
+        "dnat": "⇄ muslin published: dnat ip to meta l4proto . th dport map @dnat-any-address",
+        "isolation into muslin0": '✗ muslin forward: iifname @bridges oifname @bridges drop comment "isolation"',
+        "isolation into tbr1": '✗ muslin forward: iifname @bridges oifname @bridges drop comment "isolation"',
+        "internal": "✗ muslin forward: oifname @internal-bridges ip saddr != @internal-subnets drop",
+    },
+}
+
+
+@pytest.fixture(scope="module", params=["default", IPTABLES])
+def lab_engine(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """One engine for the module (its containers take a while to start), with every network mode; on
+    the default firewall backend (nftables where it works) and on iptables."""
     ns = unique("mo-")
     netns.create(ns)
     root = Path(tempfile.mkdtemp(prefix="muslin-topo-"))
-    d = Daemon(ns=ns, root=root, sock=str(root / "docker.sock"))
+    d = Daemon(ns=ns, root=root, sock=str(root / "docker.sock"),
+               args=["--firewall-backend", IPTABLES] if request.param == IPTABLES else [])
     try:
         with netns.iproute(ns) as ipr:  # a parent for the macvlan network
             ipr.link("add", ifname="up0", kind="veth", peer="up1")
@@ -151,7 +174,7 @@ def test_trace_container_to_container_on_one_bridge(lab_engine: Daemon) -> None:
     assert host_hop["iif"] == host_hop["oif"] == "tbr1"
     steps = [s["text"] for s in host_hop["steps"]]
     assert any("bridged by tbr1" in s for s in steps)
-    assert any("-A MUSLIN-FORWARD -i tbr1 -o tbr1 -j ACCEPT" in s for s in steps), steps
+    assert any(RULES[d.firewall.backend]["icc"] in s for s in steps), steps
     host = os.uname().nodename
     assert result["path"] == [f"container/{host}/ca", f"bridge/{host}/tbr1", f"container/{host}/cb"]
     assert trace_tables_everywhere(d) == []
@@ -164,14 +187,14 @@ def test_trace_to_a_published_port_shows_the_dnat(lab_engine: Daemon) -> None:
     out = muslin(d, "trace", "hostc", "192.168.100.1", "--tcp", "8081")
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"DNAT 192.168.100.1:8081 → {web_ip}:80 (container web" in out.stdout, out.stdout
-    assert "-j DNAT --to-destination" in out.stdout
+    assert RULES[d.firewall.backend]["dnat"] in out.stdout, out.stdout
     assert f"ARRIVED: arrived at web ({web_ip})" in out.stdout
     assert "answered the SYN with SYN-ACK" in out.stdout
     # from a container of another network: DNAT'ed, then dropped by the isolation between networks
     out = muslin(d, "trace", "ca", "192.168.100.1", "--tcp", "8081")
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"DNAT 192.168.100.1:8081 → {web_ip}:80" in out.stdout
-    assert "NOT DELIVERED: dropped in" in out.stdout and "-o muslin0 -j DROP" in out.stdout
+    assert "NOT DELIVERED: dropped in" in out.stdout and RULES[d.firewall.backend]["isolation into muslin0"] in out.stdout
 
 
 def test_trace_blocked_between_isolated_networks(lab_engine: Daemon) -> None:
@@ -179,7 +202,7 @@ def test_trace_blocked_between_isolated_networks(lab_engine: Daemon) -> None:
     out = muslin(d, "trace", "web", "ca", "--udp", "9")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "NOT DELIVERED: dropped in" in out.stdout
-    assert "✗ filter MUSLIN-ISOLATION-STAGE-2: -A MUSLIN-ISOLATION-STAGE-2 -o tbr1 -j DROP" in out.stdout, out.stdout
+    assert RULES[d.firewall.backend]["isolation into tbr1"] in out.stdout, out.stdout
     assert trace_tables_everywhere(d) == []
 
 
@@ -188,7 +211,7 @@ def test_trace_blocked_by_an_internal_network(lab_engine: Daemon) -> None:
     inner_ip = inspect(d, "inner")["NetworkSettings"]["Networks"]["isol"]["IPAddress"]
     into = muslin(d, "trace", "ca", "inner")
     assert into.returncode == 1, into.stdout + into.stderr
-    assert "✗ filter" in into.stdout and "DROP" in into.stdout and inner_ip in into.stdout
+    assert RULES[d.firewall.backend]["internal"] in into.stdout and inner_ip in into.stdout, into.stdout
     out_of = muslin(d, "trace", "inner", "10.255.0.1", "--udp", "53")
     assert out_of.returncode == 1
     assert "NOT DELIVERED: not sent: inner (container on" in out_of.stdout
@@ -209,7 +232,7 @@ def test_trace_rejects_bad_input_and_changes_nothing(lab_engine: Daemon) -> None
 
 def test_an_interrupted_trace_leaves_no_rule(lab_engine: Daemon) -> None:
     d = lab_engine
-    before = d.sh("iptables-save").splitlines()
+    before, firewall_before = d.sh("iptables-save").splitlines(), d.firewall.snapshot()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
         # a dropped probe waits for its answer; stop the trace while its tables are in place
         proc = subprocess.Popen([MUSLIN, "trace", "web", "ca", "--udp", "9"], env=d.env, stdout=subprocess.PIPE,
@@ -227,3 +250,4 @@ def test_an_interrupted_trace_leaves_no_rule(lab_engine: Daemon) -> None:
         assert trace_tables_everywhere(d) == [], sig
     assert [r for r in d.sh("iptables-save").splitlines() if not r.startswith("#")] == \
         [r for r in before if not r.startswith("#")]
+    assert d.firewall.snapshot() == firewall_before
