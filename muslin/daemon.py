@@ -15,6 +15,7 @@ from pathlib import Path
 
 from muslin import __version__, daemon_json, listeners
 from muslin.api.app import build_server
+from muslin.engine import firewall_choice
 from muslin.engine.cluster_store import parse_cluster_config
 from muslin.engine.config import DaemonConfig, parse_bool
 from muslin.engine.engine import Engine
@@ -111,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             masq = not parse_bool(env.get("FLANNEL_IPMASQ", "false"))
     if mtu is not None and not 68 <= mtu <= 65535:
         raise SystemExit(f"muslind: invalid --mtu {mtu}: it must be between 68 and 65535")
-    if args.firewall_backend not in ("", "iptables", "nftables"):
+    if args.firewall_backend not in ("", *firewall_choice.BACKENDS):
         raise SystemExit('muslind: invalid firewall-backend: allowed values are "iptables" and "nftables"')
     cluster = None
     if args.cluster_store:

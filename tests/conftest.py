@@ -64,6 +64,8 @@ def _root_snapshot() -> tuple[frozenset[str], frozenset[str], str, int]:
     with open("/proc/sys/net/ipv4/ip_forward") as f:
         forward = f.read().strip()
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    # and nft's tables: muslind's nftables backend (its default) writes table ip muslin
+    rules += subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     ours = sum(1 for line in rules.splitlines() if "MUSLIN" in line.upper() or "FLANNEL" in line.upper())
     return names, spaces, forward, ours
 
@@ -84,4 +86,4 @@ def root_namespace_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
         assert after[1] == before[1], f"network namespaces leaked: {after[1] - before[1]}"
         assert cgroups_after <= cgroups_before, f"container cgroups leaked: {cgroups_after - cgroups_before}"
     assert after[2] == before[2], "ip_forward changed in the root namespace"
-    assert after[3] == before[3], "iptables rules naming muslin/flannel changed in the root namespace"
+    assert after[3] == before[3], "iptables rules or nft tables naming muslin/flannel changed in the root namespace"

@@ -9,7 +9,6 @@ ruleset's generation, which a kernel without nf_tables (or without nfnetlink) re
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass
 
 from muslin.kernel import libnftables, nfhandles, nfnetlink
@@ -32,12 +31,12 @@ def nftables_unavailable() -> str | None:
     try:
         sock = nfnetlink.open_socket()
     except OSError as exc:
-        return f"the kernel has no netfilter netlink ({errno.errorcode.get(exc.errno or 0, exc)})"
+        return f"the kernel has no netfilter netlink ({exc.strerror or exc})"
     try:
         sock.settimeout(PROBE_SECONDS)
         nfhandles.generation(sock, 1)
     except OSError as exc:  # a timeout included
-        return f"the kernel does not answer nf_tables ({errno.errorcode.get(exc.errno or 0, exc)})"
+        return f"the kernel does not answer nf_tables ({exc.strerror or exc})"
     finally:
         sock.close()
     return None

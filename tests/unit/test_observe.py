@@ -244,3 +244,17 @@ def test_overlay_passages_in_path_order() -> None:
     arriving = trace._overlay_steps(topology, n2.overlays[0], probe, probe, "br0", "br0")
     assert arriving[0].text.startswith("came in by vxlan0: VXLAN VNI 4096 from VTEP 192.168.255.154 (node1)")
     assert arriving[-1].text == "br0 → veth1 ⇄ b2:eth0 (02:42:0a:00:09:03)"
+
+
+@pytest.mark.parametrize("text, nat", [
+    ("-A MUSLIN -p tcp -m tcp --dport 8081 -j DNAT --to-destination 172.17.0.2:80", True),
+    ("-A POSTROUTING -s 10.0.0.0/24 ! -o br0 -j MASQUERADE", True),
+    ('dnat ip to meta l4proto . th dport map @dnat-any-address comment "to any host address"', True),
+    ('ip saddr @masquerade-subnets masquerade comment "outgoing"', True),
+    ('iifname . oifname @own-bridge return comment "staying on its bridge"', False),
+    ('oifname @internal-bridges ip saddr != @internal-subnets drop', False),
+    ("-A MUSLIN-FORWARD -i br0 -o br0 -j ACCEPT", False),
+])
+def test_nat_rules_are_told_in_iptables_and_nft_text(text: str, nat: bool) -> None:
+    """A trace marks the rule that rewrote the packet as NAT, written by either firewall backend."""
+    assert trace._is_nat(text) is nat
