@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, name TEXT NOT NULL UNI
 CREATE TABLE IF NOT EXISTS endpoints (
     id TEXT PRIMARY KEY, network_id TEXT NOT NULL, container_id TEXT NOT NULL, doc TEXT NOT NULL,
     UNIQUE (network_id, container_id));
+-- A container's endpoints (each start, exit and removal asks) without reading every endpoint.
+CREATE INDEX IF NOT EXISTS endpoints_by_container ON endpoints (container_id);
 CREATE TABLE IF NOT EXISTS addresses (
     network_id TEXT NOT NULL, address TEXT NOT NULL, owner TEXT NOT NULL, PRIMARY KEY (network_id, address));
 CREATE TABLE IF NOT EXISTS containers (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
@@ -47,6 +49,7 @@ CREATE INDEX IF NOT EXISTS containers_with_links ON containers (id) WHERE json_a
 CREATE TABLE IF NOT EXISTS ports (
     proto TEXT NOT NULL, host_ip TEXT NOT NULL, host_port INTEGER NOT NULL, container_id TEXT NOT NULL,
     PRIMARY KEY (proto, host_ip, host_port));
+CREATE INDEX IF NOT EXISTS ports_by_container ON ports (container_id);
 CREATE TABLE IF NOT EXISTS volumes (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dns_ports (
     container_id TEXT PRIMARY KEY, udp_port INTEGER NOT NULL, tcp_port INTEGER NOT NULL);

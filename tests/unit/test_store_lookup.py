@@ -45,3 +45,18 @@ def test_containers_with_links_come_from_the_partial_index(tmp_path) -> None:
         assert any("containers_with_links" in str(row) for row in plan)  # the index, not a full scan
     finally:
         store.close()
+
+
+def test_what_each_container_operation_asks_is_answered_by_an_index(tmp_path) -> None:
+    """A start, an exit and a removal each look up the container's endpoints and ports: with a
+    thousand containers a full scan per operation made their cost grow with the load (issue #11)."""
+    store = Store(tmp_path)
+    try:
+        for sql in ("SELECT doc FROM endpoints WHERE 1=1 AND container_id = ? ORDER BY rowid",
+                    "DELETE FROM ports WHERE container_id = ?",
+                    "SELECT doc FROM containers WHERE id = ?",
+                    "SELECT id FROM containers WHERE name = ?"):
+            plan = " ".join(str(row) for row in store._rows(f"EXPLAIN QUERY PLAN {sql}", "x"))
+            assert "USING" in plan and "INDEX" in plan and "SCAN" not in plan, (sql, plan)
+    finally:
+        store.close()
