@@ -7,7 +7,7 @@ from typing import Any
 
 from muslin.engine.containers import Container, NetworkAttachment
 from muslin.engine.engine import Engine
-from muslin.engine.model import Endpoint
+from muslin.engine.model import Endpoint, Network
 from muslin.engine.health import STARTING, Health
 from muslin.engine.mounts import MountPoint
 from muslin.engine.ports import valid_port_keys
@@ -114,23 +114,48 @@ def mounts_json(mounts: list[MountPoint]) -> list[dict[str, Any]]:
 
 
 class ContainerViews:
-    """Renders the engine's containers as Docker's JSON."""
+    """Renders the engine's containers as Docker's JSON. One views object renders one answer: it reads
+    each image's config once (a list of thirty busybox containers read it thirty times)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._image_configs: dict[str, dict[str, Any]] = {}
+        # For a list (``for_list``): every endpoint and network, each read once for all the containers.
+        self._endpoints: dict[str, list[Endpoint]] | None = None
+        self._networks: dict[str, Network] = {}
+
+    @classmethod
+    def for_list(cls, engine: Engine) -> ContainerViews:
+        """Views for a list: two store reads in all rather than a few per container (on the event loop,
+        under load, each read can wait for the interpreter lock). A network or endpoint made after these
+        reads is looked up by itself."""
+        views = cls(engine)
+        views._endpoints = {}
+        for ep in engine.store.endpoints():
+            views._endpoints.setdefault(ep.container_id, []).append(ep)
+        views._networks = {net.id: net for net in engine.networks.list()}
+        return views
+
+    def _network(self, ref: str) -> Network:
+        known = self._networks.get(ref)
+        return known if known is not None else self.engine.networks.get(ref)
+
+    def _endpoints_of(self, c: Container) -> list[Endpoint]:
+        if self._endpoints is not None:
+            return self._endpoints.get(c.id, [])
+        return self.engine.store.endpoints(container_id=c.id)
 
     def networks_of(self, c: Container) -> dict[str, dict[str, Any]]:
-        nets = self.engine.networks
-        eps = {ep.network_id: ep for ep in self.engine.store.endpoints(container_id=c.id)}
+        eps = {ep.network_id: ep for ep in self._endpoints_of(c)}
         if c.network_mode in ("host", "none"):
-            net = nets.get(c.network_mode)
+            net = self.engine.networks.get(c.network_mode)  # by name: the list's networks are by id
             return {net.name: _endpoint_settings(None, net.id, None)}
         if c.joined_container:
             return {}
         out = {}
         for att in c.attachments:
             try:
-                net = nets.get(att.network_id)
+                net = self._network(att.network_id)
             except NotFound:
                 continue
             out[net.name] = _endpoint_settings(eps.get(net.id), net.id, att)
@@ -152,10 +177,14 @@ class ContainerViews:
         return ports
 
     def _image_config(self, c: Container) -> dict[str, Any]:
-        try:
-            return self.engine.images.get(c.image_id).config
-        except NotFound:  # removed with --force while the container lives on
-            return {}
+        config = self._image_configs.get(c.image_id)
+        if config is None:
+            try:
+                config = self.engine.images.get(c.image_id).config
+            except NotFound:  # removed with --force while the container lives on
+                config = {}
+            self._image_configs[c.image_id] = config
+        return config
 
     def _exposed(self, c: Container) -> list[str]:
         """The exposed "port/proto" keys of the image and the container. Only well-formed ones: a record

@@ -73,13 +73,13 @@ async def list_containers(engine: Engine, req: Request) -> Response:
         if not value.lstrip("-").isdigit():
             raise HTTPError(400, f"invalid filter 'exited={value}'")
     limit = requests.query_int(req, "limit", 0) or 0
-    views = ContainerViews(engine)
+    views = ContainerViews.for_list(engine)
     out = []
     everyone = engine.containers.all()
     link_names = engine.containers.linking.link_names(everyone)
     for c in everyone:
         try:
-            st = engine.containers.state(c)
+            st = engine.containers.listed_state(c)
         except NotFound:  # removed while the list was made
             continue
         if not show_all and not st.running and not engine.containers.restarting(c) and "status" not in filters:

@@ -35,6 +35,7 @@ from .drivers.base import PortPublisher
 from .firewall import PortSpec
 from .gateway import GatewayCandidate, gateway_endpoint
 from .linking import LegacyLink, LegacyLinks
+from .listed_states import ListedStates
 from .locks import EngineLocks
 from .model import Endpoint, Network, new_id, now_rfc3339
 from .mounts import MountPoint, borrowed
@@ -188,6 +189,7 @@ class ContainerService:
     through ``engine_call``: a stop's wait for the process holds no lock. The workers reach the loop
     only through ``loop.call_soon_threadsafe`` (removal waiters) and the DNS service's ``*_soon`` calls.
     Lookups only read, from any thread (and from the API's reader threads: logs).
+    ``listed_states`` (the states lists show) has a lock of its own: workers and the loop tell it of changes.
     Loop-only state: ``_exit_waiters``, ``_removal_waiters``, ``_monitors``; workers' only, under the
     container's lock: ``_last_exit``. Not locked: a child's start rewriting its running parents'
     /etc/hosts (legacy links; each write is whole, from the store as it then is).
@@ -214,6 +216,7 @@ class ContainerService:
         self.restarts = RestartSupervisor(lambda cid: self.run(cid, by_user=False))
         self.linking = LegacyLinks(self)
         self.health = HealthMonitor(runtime)
+        self.listed_states = ListedStates(lambda cid: self.runtime.state(cid), self._followed)
 
     # -- lookups: they only read the store and the runtime's state, from either thread ------------------
     def all(self) -> list[Container]:
@@ -238,6 +241,15 @@ class ContainerService:
     def state(self, c: Container) -> State:
         return self.runtime.state(c.id)
 
+    def listed_state(self, c: Container) -> State:
+        """The state a list shows: kept in memory between the engine's changes (``listed_states``); event
+        loop only (it asks whether an exit monitor follows the container)."""
+        return self.listed_states.get(c.id)
+
+    def _followed(self, cid: str) -> bool:
+        monitor = self._monitors.get(cid)
+        return monitor is not None and not monitor.done()
+
     def files(self, c: Container) -> ContainerFiles:
         return ContainerFiles(resolv_conf=str(self.runtime.etc_path(c.id, "resolv.conf")),
                               hostname=str(self.runtime.etc_path(c.id, "hostname")),
@@ -249,7 +261,7 @@ class ContainerService:
 
     def counts(self) -> tuple[int, int, int, int]:
         items = self.all()
-        states = [self.state(c) for c in items]
+        states = [self.listed_state(c) for c in items]  # `docker info` counts what `docker ps` lists
         paused = sum(1 for st in states if st.paused)
         # As dockerd's counters: a container waiting to restart counts as running.
         running = sum(1 for c, st in zip(items, states) if st.running or self.restarts.restarting(c.id)) - paused
@@ -515,7 +527,10 @@ class ContainerService:
                 self.runtime.set_start_env(c.id, self.linking.start_env(c))
             self.runtime.write_etc(c.id, *self._etc_files(c, [ep for _, ep in wired]))
             self._bind_dns(c, fresh_sandbox)
-            self.runtime.start(c.id)
+            try:
+                self.runtime.start(c.id)
+            finally:
+                self.listed_states.changed(c.id)  # running now, or exited at once
             if by_user:
                 c.restart_count, c.manually_stopped = 0, False
         except BaseException as exc:
@@ -697,7 +712,10 @@ class ContainerService:
         code = self._last_exit.pop(c.id, None)
         if code is None:
             code = self._safe_exit_code(c.id)  # before the runtime forgets it
-        self.runtime.delete(c.id, force=True)
+        try:
+            self.runtime.delete(c.id, force=True)
+        finally:
+            self.listed_states.changed(c.id)
         # Containers that joined this one's namespace keep it alive through their own processes.
         if c.owns_sandbox and c.sandbox:
             netns.remove(c.sandbox)
@@ -762,7 +780,10 @@ class ContainerService:
             raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
         c.manually_stopped = True
         self._save(c)
-        self.runtime.kill(c.id, sig, thaw=self._final_signal(c, sig))
+        try:
+            self.runtime.kill(c.id, sig, thaw=self._final_signal(c, sig))
+        finally:
+            self.listed_states.changed(c.id)  # thawed, if it was paused
 
     @staticmethod
     def _final_signal(c: Container, sig: int) -> bool:
@@ -811,13 +832,19 @@ class ContainerService:
             raise Conflict(f"Container {c.id} is not running")
         if st.paused:
             raise Conflict(f"Container {c.id} is already paused")
-        self.runtime.pause(c.id)
+        try:
+            self.runtime.pause(c.id)
+        finally:
+            self.listed_states.changed(c.id)
 
     def unpause(self, ref: str) -> None:
         c = self.get(ref)
         if not self.state(c).paused:
             raise Conflict(f"Container {c.id} is not paused")
-        self.runtime.unpause(c.id)
+        try:
+            self.runtime.unpause(c.id)
+        finally:
+            self.listed_states.changed(c.id)
 
     def resize(self, ref: str, height: int, width: int) -> None:
         c = self.get(ref)
@@ -1070,7 +1097,10 @@ class ContainerService:
     async def _monitor(self, cid: str, watch: ExitWaiter) -> None:
         code = 255
         try:
-            code = await watch.wait()
+            try:
+                code = await watch.wait()
+            finally:
+                self.listed_states.changed(cid)  # exited, or its shim is gone: lists read it afresh
             self.health.stop(cid)
             self.embedded_dns.stop(cid)
             await self.engine_call(self._after_exit, cid, code)
@@ -1199,7 +1229,10 @@ class ContainerService:
         await self.engine_call(self._mark_stopped, c.id)
         done = self.exit_future(c.id)  # before the signal: the exit may be handled before stop returns
         try:
-            await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
+            try:
+                await self.runtime.stop(c.id, self._stop_timeout(c, timeout), sig or c.stop_signal)
+            finally:
+                self.listed_states.changed(c.id)  # thawed, if it was paused
             await done
         finally:
             self._drop_exit_future(c.id, done)
