@@ -52,3 +52,19 @@ def test_pins_stay_removable_after_ip_netns_prepares_the_directory(tmp_path) -> 
         if os.path.exists(path):
             subprocess.run(["umount", "-l", path], capture_output=True)
             os.unlink(path)
+
+
+def test_the_pin_directory_is_made_a_mount_once_and_recognised_after(tmp_path) -> None:
+    """Whether the directory is a mount yet is asked at every pin: answered without the mount table (a
+    line per pin), and a second ensure adds no second mount over the first."""
+    pins = tmp_path / "pins"
+    try:
+        assert not netns._is_mount_root(str(tmp_path))
+        netns.ensure_pin_directory(str(pins))
+        assert netns._is_mount_root(str(pins))
+        netns.ensure_pin_directory(str(pins))
+        with open("/proc/self/mountinfo") as f:
+            assert sum(1 for line in f if line.split()[4] == str(pins)) == 1
+    finally:
+        while subprocess.run(["umount", "-l", str(pins)], capture_output=True).returncode == 0:
+            pass
