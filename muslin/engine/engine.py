@@ -65,6 +65,8 @@ def open_firewall(config: DaemonConfig) -> Firewall | None:
     except ValueError as exc:  # refused at start, as dockerd's "Failed to find nft tool"
         raise EngineError(str(exc)) from None
     log.info("firewall backend %s (%s)", choice.backend, choice.reason)
+    if choice.warning:
+        log.warning("%s", choice.warning)
     if choice.backend == firewall_choice.NFTABLES:
         try:
             return NftablesFirewall()

@@ -56,6 +56,17 @@ def chain_rules(table: str, chain: str) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.startswith("-A ")]
 
 
+def builtin_chain(table: str, chain: str) -> tuple[str, list[str]]:
+    """A built-in chain's policy (``ACCEPT``, ``DROP``) and rules (``-A`` lines), one chain read. Listing
+    creates nothing: where the table does not exist, the policy is ACCEPT and there are no rules."""
+    proc = subprocess.run([_binary("iptables"), "-w", "-t", table, "-S", chain], text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise IptablesError(f"iptables -t {table} -S {chain} failed: {proc.stderr.strip()}")
+    lines = proc.stdout.splitlines()
+    policy = next((line.split()[2] for line in lines if line.startswith(f"-P {chain} ")), "ACCEPT")
+    return policy, [line for line in lines if line.startswith("-A ")]
+
+
 @dataclass
 class Ruleset:
     """What one table holds: chain names and rule specs (``-A CHAIN ...`` lines, as iptables-save prints)."""

@@ -15,6 +15,7 @@ import pytest
 from muslin.engine.nft_ruleset import TableState, parse_table
 from muslin.kernel import netns
 
+from ..firewall_view import backend_in_log
 from .test_containers_cli import HTTPD, _link_outside, _serve_peer_address, _wget
 
 pytestmark = pytest.mark.root
@@ -154,6 +155,24 @@ def test_switching_backend_across_a_restart_leaves_nothing_of_the_other(daemon_f
     assert _until(lambda: "hello world" in _wget(daemon, "http://127.0.0.1:8084/"))
     daemon.docker("rm", "-f", "web4")
     daemon.docker("network", "rm", "sw")
+
+
+def test_the_default_stays_iptables_where_iptables_forward_drops(daemon_factory, make_netns) -> None:
+    """An accept in table ip muslin does not outvote a DROP policy in iptables' FORWARD (dockerd leaves
+    one): there the default is iptables, whose jumps go before it, and containers still get out."""
+    daemon = daemon_factory()
+    assert backend_in_log(daemon.log()) == "nftables"
+    daemon.stop()
+    daemon.sh("iptables", "-P", "FORWARD", "DROP")
+    daemon.start()
+    assert backend_in_log(daemon.log()) == "iptables"
+    assert "would not forward: iptables' FORWARD policy is DROP" in daemon.log()
+    assert "table ip muslin" not in daemon.sh("nft", "list", "tables")
+    outside = _link_outside(daemon, make_netns)
+    server, seen = _serve_peer_address(outside, 9002)
+    out = daemon.docker("run", "--rm", "busybox", "timeout", "5", "wget", "-qO-", "http://10.99.0.2:9002/")
+    server.join(10)
+    assert seen == ["10.99.0.1"] and "10.99.0.1" in out.stdout
 
 
 def test_an_unknown_backend_is_refused_as_dockerd_does(daemon_factory) -> None:
