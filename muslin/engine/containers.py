@@ -1035,7 +1035,10 @@ class ContainerService:
         watch opened afterwards would reach the shim.
         """
         c = self.get(ref)
-        st = self.runtime.state(c.id)
+        # Read on a thread: its forty-odd system calls on the event loop would each wait for the
+        # interpreter lock under load, and every other request with them. The start rechecks under the
+        # container's lock.
+        st = await asyncio.to_thread(self.runtime.state, c.id)
         if st.paused:
             raise Conflict("cannot start a paused container, try unpause instead")
         if st.running or (by_user and self.restarts.restarting(c.id)):  # before settled(), which would
@@ -1069,9 +1072,9 @@ class ContainerService:
 
     def _start_health(self, c: Container) -> None:
         """Probe its healthcheck, if it has one, from this start on (event loop)."""
-        st = self.state(c)
-        self.health.start(c.id, Healthcheck.of(c.config.get("Healthcheck")), st.started_at,
-                          lambda: self._paused(c.id))
+        hc = Healthcheck.of(c.config.get("Healthcheck"))
+        started_at = self.state(c).started_at if hc is not None else 0  # the run files only when needed
+        self.health.start(c.id, hc, started_at, lambda: self._paused(c.id))
 
     def _paused(self, cid: str) -> bool:
         try:
@@ -1284,11 +1287,23 @@ class ContainerService:
         c = self.get(ref)
         if condition == "removed":
             return self.removal_future(c.id)
-        if condition == "next-exit" or self.state(c).running:
-            return self.exit_future(c.id)
+        exited = self.exit_future(c.id)
+        if condition == "next-exit":
+            return exited
+        # not-running: the state is read on a thread (its system calls on the event loop would hold up
+        # every other request under load), the exit's future registered first so that no exit in
+        # between is missed.
+        try:
+            st = await asyncio.to_thread(self.runtime.state, c.id)
+        except BaseException:
+            self._drop_exit_future(c.id, exited)
+            raise
+        if st.running:
+            return exited
+        self._drop_exit_future(c.id, exited)
         await self.settled(c.id)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        fut.set_result(self.state(c).exit_code)
+        fut.set_result(st.exit_code)
         return fut
 
     def follow_logs(self, c: Container, flt: LogFilter) -> AsyncIterator[LogEntry]:

@@ -80,3 +80,38 @@ def test_an_answered_sigkill_leaves_no_waiter_and_keeps_the_others(tmp_path: Pat
         assert asyncio.run(scenario(containers)) == (137, False)
     finally:
         store.close()
+
+
+def _runtime(running: bool, exit_code: int) -> SimpleNamespace:
+    """A runtime whose run files say the container runs, or exited with ``exit_code``."""
+    return SimpleNamespace(state=lambda cid: SimpleNamespace(running=running, exit_code=exit_code))
+
+
+def test_a_wait_for_a_stopped_container_answers_its_exit_code_and_leaves_no_waiter(tmp_path: Path) -> None:
+    containers, store = service(tmp_path, None)
+    containers.runtime = _runtime(running=False, exit_code=3)  # type: ignore[assignment]
+
+    async def scenario() -> int:
+        return await (await containers.wait("web", "not-running"))
+
+    try:
+        assert asyncio.run(scenario()) == 3
+        assert containers._exit_waiters == {}
+    finally:
+        store.close()
+
+
+def test_a_wait_for_a_running_container_is_answered_by_its_exit(tmp_path: Path) -> None:
+    containers, store = service(tmp_path, None)
+    containers.runtime = _runtime(running=True, exit_code=0)  # type: ignore[assignment]
+
+    async def scenario() -> int:
+        waiting = await containers.wait("web", "not-running")
+        for fut in containers._exit_waiters.pop(CID, []):  # what _monitor does when the exit comes
+            fut.set_result(143)
+        return await waiting
+
+    try:
+        assert asyncio.run(scenario()) == 143
+    finally:
+        store.close()
