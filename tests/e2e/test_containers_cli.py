@@ -140,7 +140,8 @@ def test_rules_wiped_by_a_firewall_reload_come_back(each_backend_daemon) -> None
     wanted = firewall.snapshot()
     assert Forward("tcp", 8083, "10.79.0.2:80") in firewall.forwards()
     firewall.wipe()
-    assert "MUSLIN" not in daemon.sh("iptables-save") and "muslin" not in daemon.sh("nft", "list", "tables")
+    # No look at the wiped state here: the guard may have put everything back before a look could run.
+    # Its log line below says it found the rules gone.
     deadline = time.monotonic() + 10
     while firewall.snapshot() != wanted and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -1,5 +1,8 @@
 """Whether the kernel's OOM killer struck in a container's memory cgroup during its run (Docker's
-State.OOMKilled): the cgroup's oom_kill counter, read at start and at exit (before `runc delete`)."""
+State.OOMKilled): the cgroup's oom_kill counter, read at exit (before `runc delete`). runc makes the
+cgroup for each run and `runc delete` removes it, so the count starts at 0 with the run. The cgroup is
+found from the bundle's cgroupsPath, not from the process: one killed before `runc run` returns is in
+no cgroup any more by the time the shim could look."""
 
 from __future__ import annotations
 
@@ -8,22 +11,14 @@ import os
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def oom_counter_path(pid: int) -> str | None:
-    """The file holding the oom_kill count of the process's memory cgroup (v1 memory.oom_control, or v2
-    memory.events), or None."""
-    unified = None
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            for line in f:
-                _, names, path = line.rstrip("\n").split(":", 2)
-                if "memory" in names.split(","):
-                    candidate = f"{CGROUP_ROOT}/memory{path}/memory.oom_control"
-                    return candidate if os.path.exists(candidate) else None
-                if names == "":
-                    unified = f"{CGROUP_ROOT}{path}/memory.events"
-    except (OSError, ValueError):
-        return None
-    return unified if unified and os.path.exists(unified) else None
+def oom_counter_path(cgroups_path: str) -> str | None:
+    """The file holding the oom_kill count of the memory cgroup at ``cgroups_path`` (the OCI config's
+    linux.cgroupsPath): v1 memory.oom_control, or v2 memory.events; None if there is neither."""
+    for candidate in (f"{CGROUP_ROOT}/memory{cgroups_path}/memory.oom_control",
+                      f"{CGROUP_ROOT}{cgroups_path}/memory.events"):
+        if os.path.exists(candidate):
+            return candidate
+    return None
 
 
 def oom_kills(path: str | None) -> int:

@@ -68,8 +68,7 @@ class Shim:
         self.runc = Runc(config["runc"], config["runc_root"])
         self.run_dir = config["run_dir"]
         self.phase = "ready"  # ready -> starting -> running -> exited
-        self.oom_counter: str | None = None  # the container's oom_kill count, read at start and at exit
-        self.oom_kills_at_start = 0
+        self.oom_counter: str | None = None  # the file of the container's oom_kill count, read at exit
         self.attached: set[Client] = set()
         self.waiters: set[Client] = set()
         self.init = Init(self.reactor, config["tty"], config["open_stdin"], self.log, self.attached)
@@ -86,6 +85,11 @@ class Shim:
 
     def run(self) -> None:
         self.reactor.run()
+
+    def cgroups_path(self) -> str:
+        """The container's cgroup, as the bundle told runc."""
+        with open(os.path.join(self.config["bundle"], "config.json")) as f:
+            return json.load(f)["linux"].get("cgroupsPath", "")
 
     # -- the container ------------------------------------------------------------------------
     def start(self, client: Client) -> None:
@@ -111,8 +115,7 @@ class Shim:
             os.unlink(log_path)
             with open("init.pid") as f:
                 self.init.pid = int(f.read())
-            self.oom_counter = oom_counter_path(self.init.pid)
-            self.oom_kills_at_start = oom_kills(self.oom_counter)
+            self.oom_counter = oom_counter_path(self.cgroups_path())
             self.phase = "running"
             try:
                 self.init.runc_started()
@@ -150,7 +153,7 @@ class Shim:
         for exe in [e for e in self.execs.values() if e.pid]:
             self.exec_exited(exe, self.runc.collect(exe.pid))
         self.stop_listening()
-        oom_killed = oom_kills(self.oom_counter) > self.oom_kills_at_start
+        oom_killed = oom_kills(self.oom_counter) > 0
         write_json_atomic(os.path.join(self.run_dir, "exit.json"),
                           {"exit_code": code, "error": "", "finished_at": time.time_ns(), "oom_killed": oom_killed})
         notice = encode_json_frame(EXIT, {"exit_code": code})
