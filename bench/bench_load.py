@@ -392,11 +392,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds of loading per daemon, at most")
     parser.add_argument("--only", choices=("muslind", "docker"), help="one daemon (the other's column stays empty)")
     parser.add_argument("--no-restart", action="store_true", help="skip timing muslind's restart")
-    parser.add_argument("--firewall-backend", choices=("iptables", "nftables", "both"), default="iptables",
-                        help="muslind's --firewall-backend; both: one load, timed with each")
+    parser.add_argument("--firewall-backend", choices=("iptables", "nftables", "both"), default="nftables",
+                        help="muslind's --firewall-backend (nftables: its default where nf_tables works); both: "
+                             "one load, timed with each, the restart on nftables")
     args = parser.parse_args()
     want = Load(args.networks, args.containers, min(args.ports, args.containers))
-    backends = ["iptables", "nftables"] if args.firewall_backend == "both" else [args.firewall_backend]
+    backends = ["nftables", "iptables"] if args.firewall_backend == "both" else [args.firewall_backend]
     ours = {} if args.only == "docker" else bench_muslind(want, args.rounds, args.budget, not args.no_restart, backends)
     ref = None if args.only == "muslind" else bench_docker(want, args.rounds, args.budget)
     if not ours:
