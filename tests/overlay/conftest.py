@@ -1,7 +1,9 @@
 """Engines sharing overlay networks: hosts on an underlay (muslin.lab.topology), an etcd cluster on them
 (muslin.lab.etcd) and a muslind per host started with --cluster-store on it; all removed at the end,
 also when a test fails. The etcd serves v3 (its JSON gateway on) or, for the scenarios where the store's
-API makes a difference (the ``etcd_api`` fixture), only v2 over HTTP (its gateway off)."""
+API makes a difference (the ``etcd_api`` fixture), only v2 over HTTP (its gateway off). Tests that leave the
+engines as they found them borrow a two-engine cluster shared across the package (``shared_cluster``,
+``shared_cluster_on``); those that stop etcd or an engine, or need three, make their own (``make_cluster``)."""
 
 from __future__ import annotations
 
@@ -147,27 +149,103 @@ def etcd_api(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def make_cluster() -> Iterator[Callable[..., Cluster]]:
-    made: list[Made] = []
+def build(made: list[Made], engines: int, api: str) -> Cluster:
+    """An underlay of `engines` hosts, etcd on them (v3, or v2 only) and a muslind per host; recorded in made
+    before anything is built, so that remove() also finds what a failed build left."""
+    record = Made(prefix=f"ov{uuid.uuid4().hex[:5]}")
+    made.append(record)
+    underlay = topology.create(record.prefix, engines)
+    record.workdir = Path(tempfile.mkdtemp(prefix=f"muslin-{record.prefix}-"))
+    cluster = Cluster(underlay, record.workdir, EtcdCluster(underlay.hosts, str(record.workdir / "etcd"),
+                                                            v3_gateway=api == "v3"))
+    record.cluster = cluster
+    cluster.etcd.start()
+    for i in range(engines):
+        cluster.start_engine(i)
+    return cluster
 
-    def make(engines: int = 2, api: str = "v3") -> Cluster:
-        record = Made(prefix=f"ov{uuid.uuid4().hex[:5]}")
-        made.append(record)
-        underlay = topology.create(record.prefix, engines)
-        record.workdir = Path(tempfile.mkdtemp(prefix=f"muslin-{record.prefix}-"))
-        cluster = Cluster(underlay, record.workdir, EtcdCluster(underlay.hosts, str(record.workdir / "etcd"),
-                                                                v3_gateway=api == "v3"))
-        record.cluster = cluster
-        cluster.etcd.start()
-        for i in range(engines):
-            cluster.start_engine(i)
-        return cluster
 
-    yield make
+def remove_all(made: list[Made]) -> None:
     failures: list[str] = []
     tracebacks: list[str] = []
     for record in made:
         remove(record, failures, tracebacks)
     assert not failures, "cleanup failed:\n" + "\n".join(failures)
     assert not tracebacks, "an engine logged a traceback:\n" + "\n".join(tracebacks)
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., Cluster]]:
+    """A cluster of its own, for a test that stops etcd or an engine, or needs other than two engines."""
+    made: list[Made] = []
+
+    def make(engines: int = 2, api: str = "v3") -> Cluster:
+        return build(made, engines, api)
+
+    yield make
+    remove_all(made)
+
+
+DEFAULT_NETWORKS = {"bridge", "host", "none", "docker_gwbridge"}
+
+
+def restore(cluster: Cluster) -> list[str]:
+    """Put a lent cluster back as it was made (containers and networks removed, nothing in the store);
+    what could not be, as text."""
+    problems: list[str] = []
+    for d in cluster.engines:
+        if d.proc is None or d.proc.poll() is not None:
+            return [f"engine {d.root} is not running"]
+        attempt(problems, f"containers of {d.root}", lambda d=d: remove_containers(d))
+    for d in cluster.engines:
+        names = d.docker("network", "ls", "--format", "{{.Name}}", check=False).stdout.split()
+        for name in set(names) - DEFAULT_NETWORKS:
+            d.docker("network", "rm", name, check=False)
+    attempt(problems, "the store's records", lambda: wait_for(lambda: not left_in_store(cluster), 10,
+                                                              "no network, endpoint or address records left"))
+    return problems
+
+
+def left_in_store(cluster: Cluster) -> list[str]:
+    """Records of networks and endpoints (those of the engines themselves and the cluster key stay)."""
+    return [key for key in cluster.records("/muslin/network/v1.0/")
+            if key.split("/")[4] not in ("engine", "encryption")]
+
+
+class ClusterPool:
+    """Two-engine clusters, one per etcd API, lent to tests that leave the engines and the store as they
+    found them: each is made once (about 6 s: underlay, etcd, two engines) instead of once per test. After
+    each test its leftovers are removed; a cluster that cannot be put back is replaced for the next test."""
+
+    def __init__(self) -> None:
+        self.made: list[Made] = []
+        self.clusters: dict[str, Cluster] = {}
+
+    def lend(self, api: str) -> Iterator[Cluster]:
+        cluster = self.clusters.get(api)
+        if cluster is None:
+            cluster = self.clusters[api] = build(self.made, 2, api)
+        yield cluster
+        problems = restore(cluster)
+        if problems:
+            del self.clusters[api]  # the next test gets a fresh one; this one is removed at the end
+        assert not problems, "the shared cluster could not be put back:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="package")
+def cluster_pool() -> Iterator[ClusterPool]:
+    pool = ClusterPool()
+    yield pool
+    remove_all(pool.made)
+
+
+@pytest.fixture
+def shared_cluster(cluster_pool: ClusterPool) -> Iterator[Cluster]:
+    """Two engines on a v3 etcd, shared with the package's other tests (see ClusterPool)."""
+    yield from cluster_pool.lend("v3")
+
+
+@pytest.fixture
+def shared_cluster_on(cluster_pool: ClusterPool, etcd_api: str) -> Iterator[Cluster]:
+    """Two engines on etcd_api's etcd (v3, then v2 only), shared as shared_cluster is."""
+    yield from cluster_pool.lend(etcd_api)

@@ -33,8 +33,8 @@ def v3_gateway_answers(cluster) -> bool:
         return False
 
 
-def test_info_and_global_network_seen_by_both(make_cluster, etcd_api):
-    cluster = make_cluster(2, etcd_api)
+def test_info_and_global_network_seen_by_both(shared_cluster_on, etcd_api):
+    cluster = shared_cluster_on
     one, two = cluster.engines
     assert v3_gateway_answers(cluster) == (etcd_api == "v3")
     # the engine found the API etcd serves, and says which
@@ -79,8 +79,8 @@ def test_info_and_global_network_seen_by_both(make_cluster, etcd_api):
     assert cluster.records("/muslin/network/v1.0/name/") == {}
 
 
-def test_containers_across_engines(make_cluster, etcd_api):
-    cluster = make_cluster(2, etcd_api)
+def test_containers_across_engines(shared_cluster_on, etcd_api):
+    cluster = shared_cluster_on
     one, two = cluster.engines
     one.docker("network", "create", "-d", "overlay", "ov1")
     wait_for(lambda: listed(two, "ov1"), SHOWS_UP, "ov1 on the second engine")
@@ -105,8 +105,8 @@ def test_containers_across_engines(make_cluster, etcd_api):
     two.docker("network", "rm", "ov1")
 
 
-def test_names_egress_and_published_ports(make_cluster):
-    cluster = make_cluster(2)
+def test_names_egress_and_published_ports(shared_cluster):
+    cluster = shared_cluster
     one, two = cluster.engines
     node1 = cluster.underlay.hosts[0].address
     one.docker("network", "create", "-d", "overlay", "ov1")
@@ -144,9 +144,8 @@ def gateway_bridge_containers(d) -> set[str]:
     return set(json.loads(d.docker("network", "inspect", "docker_gwbridge").stdout)[0]["Containers"])
 
 
-def test_links_link_local_and_the_gateway_endpoint_released(make_cluster):
-    cluster = make_cluster(1)
-    (one,) = cluster.engines
+def test_links_link_local_and_the_gateway_endpoint_released(shared_cluster):
+    one = shared_cluster.engines[0]
     one.docker("network", "create", "-d", "overlay", "ov1")
     one.docker("run", "-d", "--name", "web1", "--network", "ov1", "--link-local-ip", "169.254.10.10",
                "busybox", "sleep", "600")

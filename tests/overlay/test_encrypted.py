@@ -42,8 +42,8 @@ def ipsec_of(ns: str) -> tuple[str, str, bool]:
 NOTHING = ("", "", False)
 
 
-def test_plain_overlay_stays_plain_vxlan_on_the_underlay(make_cluster):
-    cluster = make_cluster(2)
+def test_plain_overlay_stays_plain_vxlan_on_the_underlay(shared_cluster):
+    cluster = shared_cluster
     one, two = cluster.engines
     host1 = cluster.underlay.hosts[0]
     one.docker("network", "create", "-d", "overlay", "-o", f"{VNI_OPT}={PLAIN_VNI}", "plain")
@@ -61,11 +61,11 @@ def test_plain_overlay_stays_plain_vxlan_on_the_underlay(make_cluster):
     one.docker("network", "rm", "plain")
 
 
-def test_encrypted_overlay_refused_on_a_kernel_without_esp(make_cluster, make_netns):
+def test_encrypted_overlay_refused_on_a_kernel_without_esp(shared_cluster, make_netns):
     kernel_says = esp_refused_by_kernel(make_netns())
     if not kernel_says:
         pytest.skip("this kernel has ESP: test_encrypted_overlay_in_esp_beside_a_plain_one covers it")
-    cluster = make_cluster(2)
+    cluster = shared_cluster
     one, two = cluster.engines
     hosts = [h.name for h in cluster.underlay.hosts]
 

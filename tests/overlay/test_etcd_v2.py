@@ -116,6 +116,44 @@ def test_claims_are_all_or_nothing_and_guards_undo_their_writes(v2_etcd: V2Etcd)
     v2_etcd.run(main())
 
 
+def test_racing_claims_have_one_winner_and_the_losers_leave_nothing(v2_etcd: V2Etcd):
+    """What engines allocating at once do on v2 (test_faults.py runs that scenario on v3 only): several
+    clients, each with its own store as an engine has, claim at the same moment one network name (each with
+    a VNI of its own) and then one address of a network; each time exactly one wins, and no loser's write
+    stays behind, not even the provisional ones of claims it had won before losing another."""
+    racers = 6
+
+    async def main() -> None:
+        stores = [v2_etcd.stores()[1] for _ in range(racers)]
+        created = await asyncio.gather(*(
+            # each claims its own VNI first (and wins it), then the name: a loser has a claim to undo
+            store.transaction([Absent(f"{ROOT}vni/{4096 + i}"), Absent(ROOT + "name/ov1")],
+                              [Put(f"{ROOT}network/n{i}", b"doc"), Put(f"{ROOT}vni/{4096 + i}", f"n{i}".encode()),
+                               Put(ROOT + "name/ov1", f"n{i}".encode())])
+            for i, store in enumerate(stores)))
+        assert created.count(True) == 1, created
+        winner = created.index(True)
+        keys = {e.key: e.value for e in (await stores[0].list(ROOT))[0]}
+        assert keys == {f"{ROOT}network/n{winner}": b"doc", ROOT + "name/ov1": f"n{winner}".encode(),
+                        f"{ROOT}vni/{4096 + winner}": f"n{winner}".encode()}, keys
+        assert not any(e.expires for e in (await stores[0].list(ROOT))[0])  # kept for good, not provisional
+
+        net, address = f"{ROOT}network/n{winner}", f"{ROOT}address/n{winner}/10.0.0.2"
+        leases = [await store.grant(30) for store in stores]
+        taken = await asyncio.gather(*(
+            store.transaction([Present(net), Absent(address)],
+                              [Put(address, f"e{i}".encode(), lease),
+                               Put(f"{ROOT}endpoint/n{winner}/e{i}", b"{}", lease)])
+            for i, (store, lease) in enumerate(zip(stores, leases))))
+        assert taken.count(True) == 1, taken
+        holder = taken.index(True)
+        assert (await stores[0].get(address)).value == f"e{holder}".encode()
+        endpoints = [e.key for e in (await stores[0].list(f"{ROOT}endpoint/n{winner}/"))[0]]
+        assert endpoints == [f"{ROOT}endpoint/n{winner}/e{holder}"]
+
+    v2_etcd.run(main())
+
+
 def test_shapes_v2_cannot_do_are_refused_before_anything_is_written(v2_etcd: V2Etcd):
     async def main() -> None:
         _, store = v2_etcd.stores()

@@ -20,10 +20,10 @@ def muslin(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([MUSLIN, *args], capture_output=True, text=True, timeout=60)
 
 
-def test_topology_and_trace_across_an_overlay(make_cluster, tmp_path):
+def test_topology_and_trace_across_an_overlay(shared_cluster, tmp_path):
     from muslin.lab.rig import wait_for
 
-    cluster = make_cluster(2)
+    cluster = shared_cluster
     one, two = cluster.engines
     node1, node2 = (str(h.address) for h in cluster.underlay.hosts)
     one.docker("network", "create", "-d", "overlay", "--subnet", "10.0.9.0/24", "ov1")
