@@ -70,8 +70,8 @@ def test_host_gw_across_a_router_fails_and_says_why(lab: Lab) -> None:
 
 
 @pytest.mark.parametrize("backend", [None, "vxlan", "host-gw"])
-def test_up_shows_the_article_and_pings_across_hosts(lab: Lab, backend: str | None) -> None:
-    lab.up(2, backend)
+def test_up_shows_the_article_and_pings_across_hosts(shared_lab, backend: str | None) -> None:
+    lab = shared_lab(backend)  # what its `up` printed, kept with it (tests/lab/conftest.py)
     text = "\n".join(lab.lines)
     for expected in ("etcdctl", "member list", "FLANNEL_NETWORK=172.21.0.0/16", "FLANNEL_SUBNET=172.21.",
                      "--bip=172.21.", "inet addr:172.21.", " 0% packet loss", "lab is up: 2 nodes",
@@ -145,8 +145,8 @@ def test_down_is_idempotent_and_finishes_a_half_done_up(tmp_path: Path) -> None:
     assert_nothing_left(lab)
 
 
-def test_overlay_network_across_the_engines(lab: Lab) -> None:
-    lab.up(2, "vxlan", overlay=True)
+def test_overlay_network_across_the_engines(shared_lab) -> None:
+    lab = shared_lab("vxlan", overlay=True)
     text = "\n".join(lab.lines)
     node1, node2 = lab.nodes()
     assert f"--cluster-store etcd://{node1.address}:2379,{node2.address}:2379 --cluster-advertise eth0:2376" in text

@@ -1,5 +1,5 @@
-"""`muslin lab topo` and `muslin lab trace` on a two-node lab of each backend (its own prefix and root,
-so it runs beside other labs): the topology of hosts, tunnels and the underlay, probes traced across
+"""`muslin lab topo` and `muslin lab trace` on a two-node lab of each backend (the package's shared lab of
+that backend, tests/lab/conftest.py, so it runs beside other labs): the topology of hosts, tunnels and the underlay, probes traced across
 hosts and to a port published on the other host, and no trace table left in any namespace."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import ipaddress
 import json
-from pathlib import Path
 
 import pytest
 
@@ -17,23 +16,15 @@ from muslin.lab import commands
 from muslin.lab import topology as underlay
 from muslin.lab.lab import Lab
 
-from .test_lab_cli import assert_nothing_left
-from ..conftest import unique
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(params=["vxlan", "udp", "host-gw"])
-def lab(request, tmp_path: Path):
-    lines: list[str] = []
-    lab = Lab(tmp_path / "lab", out=lines.append, prefix=unique("lo") + "-")
-    lab.lines = lines  # type: ignore[attr-defined]
-    try:
-        lab.up(2, request.param)
-        yield lab
-    finally:
-        lab.down()
-        assert_nothing_left(lab)
+@pytest.fixture(params=["vxlan", None, "host-gw"])
+def lab(request, shared_lab) -> Lab:
+    """The package's lab of each backend (None: the article's config, which names none, so udp), shared with
+    test_lab_cli.py's test_up_shows_the_article_and_pings_across_hosts."""
+    return shared_lab(request.param)
 
 
 def lab_command(lab: Lab, capsys, *argv: str) -> tuple[int, str]:

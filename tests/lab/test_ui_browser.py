@@ -18,21 +18,13 @@ from muslin.lab import ui
 from muslin.lab.lab import Lab
 
 from ..browser import Browser
-from ..conftest import unique
-from .test_lab_cli import assert_nothing_left
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture
-def lab(tmp_path: Path):
-    lab = Lab(tmp_path / "lab", out=lambda line: None, prefix=unique("lu") + "-")
-    try:
-        lab.up(2, "vxlan")
-        yield lab
-    finally:
-        lab.down()
-        assert_nothing_left(lab)
+def lab(shared_lab) -> Lab:
+    return shared_lab("vxlan")
 
 
 @contextlib.contextmanager
@@ -108,33 +100,28 @@ def test_live_drawing_and_a_trace_by_clicking(lab: Lab, page, tmp_path: Path) ->
     assert nftrace.trace_tables(netns.path_for(underlay.switch_name(lab.prefix))) == []
 
 
-def test_overlay_namespaces_drawn_and_a_trace_across_them(tmp_path: Path) -> None:
+def test_overlay_namespaces_drawn_and_a_trace_across_them(shared_lab) -> None:
     """--overlay: each node's ov1 namespace is on the page, and a click trace from node2's container to
     web1 paints both namespaces' br0 and vxlan0 and the underlay between them."""
-    lab = Lab(tmp_path / "lab", out=lambda line: None, prefix=unique("lv") + "-")
-    try:
-        lab.up(2, "vxlan", overlay=True)
-        node1, node2 = lab.nodes()
-        lab.run(node2, "docker", "run", "-d", "--name", "c2", "--network", "ov1", "busybox", "sleep", "600")
-        with served(lab) as (browser, _):
-            browser.wait_for(node_present("container/node2/c2"), what="c2 on the page")
-            for node_id in ("bridge/node1/ov1/br0", "tunnel/node1/ov1/vxlan0", "bridge/node2/ov1/br0",
-                            "tunnel/node2/ov1/vxlan0"):
-                assert browser.evaluate(node_present(node_id)), node_id
-            browser.click("document.getElementById('container/node2/c2')")
-            browser.click("document.getElementById('container/node1/web1')")
-            verdict = browser.wait_for("window.muslin.traces > 0 && document.getElementById('verdict').textContent",
-                                       what="the trace's verdict")
-            web1_ip = lab.run(node1, "docker", "inspect", "-f", "{{.NetworkSettings.Networks.ov1.IPAddress}}",
-                              "web1").stdout.strip()
-            assert verdict == f"ARRIVED: arrived at web1 ({web1_ip})"
-            on_path = browser.evaluate("[...document.querySelectorAll('g.node.onpath')].map(e => e.id)")
-            for node_id in ("container/node2/c2", "bridge/node2/ov1/br0", "tunnel/node2/ov1/vxlan0",
-                            "iface/node2/eth0", "switch/br0", "iface/node1/eth0", "tunnel/node1/ov1/vxlan0",
-                            "bridge/node1/ov1/br0", "container/node1/web1"):
-                assert node_id in on_path, (node_id, on_path)
-            assert "bridge/node2/muslin0" not in on_path  # the overlay never touches the flannel bridge
-            assert "br0 → vxlan0: " in browser.evaluate("document.getElementById('hops').textContent")
-    finally:
-        lab.down()
-        assert_nothing_left(lab)
+    lab = shared_lab("vxlan", overlay=True)
+    node1, node2 = lab.nodes()
+    lab.run(node2, "docker", "run", "-d", "--name", "c2", "--network", "ov1", "busybox", "sleep", "600")
+    with served(lab) as (browser, _):
+        browser.wait_for(node_present("container/node2/c2"), what="c2 on the page")
+        for node_id in ("bridge/node1/ov1/br0", "tunnel/node1/ov1/vxlan0", "bridge/node2/ov1/br0",
+                        "tunnel/node2/ov1/vxlan0"):
+            assert browser.evaluate(node_present(node_id)), node_id
+        browser.click("document.getElementById('container/node2/c2')")
+        browser.click("document.getElementById('container/node1/web1')")
+        verdict = browser.wait_for("window.muslin.traces > 0 && document.getElementById('verdict').textContent",
+                                   what="the trace's verdict")
+        web1_ip = lab.run(node1, "docker", "inspect", "-f", "{{.NetworkSettings.Networks.ov1.IPAddress}}",
+                          "web1").stdout.strip()
+        assert verdict == f"ARRIVED: arrived at web1 ({web1_ip})"
+        on_path = browser.evaluate("[...document.querySelectorAll('g.node.onpath')].map(e => e.id)")
+        for node_id in ("container/node2/c2", "bridge/node2/ov1/br0", "tunnel/node2/ov1/vxlan0",
+                        "iface/node2/eth0", "switch/br0", "iface/node1/eth0", "tunnel/node1/ov1/vxlan0",
+                        "bridge/node1/ov1/br0", "container/node1/web1"):
+            assert node_id in on_path, (node_id, on_path)
+        assert "bridge/node2/muslin0" not in on_path  # the overlay never touches the flannel bridge
+        assert "br0 → vxlan0: " in browser.evaluate("document.getElementById('hops').textContent")
