@@ -18,6 +18,12 @@ from ..firewall_view import Forward
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def _rootfs_tar(tmp_path) -> str:
     """A tiny root filesystem: busybox and one file of our own."""
     path = tmp_path / "rootfs.tar"

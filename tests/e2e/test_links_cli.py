@@ -10,6 +10,12 @@ import pytest
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def _env(daemon, *args: str) -> dict[str, str]:
     out = daemon.docker("run", "--rm", *args, "busybox", "env").stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)

@@ -17,6 +17,12 @@ from muslin.kernel import netns
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def _in(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net={netns.path_for(ns)}", *cmd], capture_output=True, text=True, check=check)
 

@@ -13,6 +13,12 @@ import pytest
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def test_ipam_config_with_range_gateway_and_aux_addresses_in_inspect_and_allocation(daemon) -> None:
     daemon.docker("network", "create", "--subnet", "172.29.0.0/16", "--ip-range", "172.29.5.0/24",
                   "--gateway", "172.29.5.254", "--aux-address", "a=172.29.5.1", "--aux-address", "b=172.29.1.6",

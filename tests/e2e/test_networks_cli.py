@@ -17,6 +17,12 @@ from .conftest import MUSLIND
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def test_predefined_networks_and_inspect(daemon) -> None:
     out = daemon.docker("network", "ls").stdout.splitlines()
     assert out[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE"]

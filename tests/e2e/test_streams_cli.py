@@ -19,6 +19,12 @@ from ..tools import require
 
 pytestmark = pytest.mark.root
 
+
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
 CTRL_P, CTRL_Q = b"\x10", b"\x11"
 WAIT_S = 15.0
 

@@ -14,6 +14,12 @@ from .conftest import Daemon
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def host_mounts_under(*paths: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line for line in f if any(str(p) in line.split()[4] for p in paths)]
