@@ -9,6 +9,12 @@ from docker.transport import UnixHTTPAdapter
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def session_for(daemon) -> tuple[requests.Session, str]:  # noqa: ANN001
     session = requests.Session()
     session.mount("http://", UnixHTTPAdapter(f"http+unix://{daemon.sock}", timeout=30))

@@ -18,6 +18,12 @@ from .conftest import Daemon
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def overlay_mounts_of(daemon: Daemon) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line for line in f if str(daemon.root) in line and " - overlay " in line]

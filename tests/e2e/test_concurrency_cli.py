@@ -10,8 +10,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Interface
 
+import pytest
+
 from ..firewall_view import Forward
 from ..tools import require
+
+
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
 
 BOUND_SECONDS = 60  # every wait below is bounded
 

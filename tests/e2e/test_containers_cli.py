@@ -27,6 +27,7 @@ def daemon(shared_daemon):
     """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
     return shared_daemon
 
+
 HTTPD = "mkdir -p /www && echo hello world > /www/index.html && exec httpd -f -p 80 -h /www"
 
 

@@ -12,6 +12,12 @@ from .conftest import Daemon
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def test_group_add_by_number_and_by_name(daemon: Daemon) -> None:
     out = daemon.docker("run", "--rm", "--group-add", "1000", "--group-add", "daemon", "busybox", "id", "-G").stdout
     assert sorted(out.split(), key=int) == ["0", "1", "1000"]

@@ -17,6 +17,12 @@ from .test_containers_cli import HTTPD, _link_outside
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
+    return shared_daemon
+
+
 def _from_outside(outside: str, port: int) -> str:
     return subprocess.run(["nsenter", f"--net={netns.path_for(outside)}", "timeout", "5", "busybox", "wget",
                            "-qO-", f"http://10.99.0.1:{port}/"], capture_output=True, text=True).stdout

@@ -25,6 +25,7 @@ def daemon(shared_daemon):
     """One muslind for the module, put back as it started after each test (tests/e2e/conftest.py's DaemonPool)."""
     return shared_daemon
 
+
 CTRL_P, CTRL_Q = b"\x10", b"\x11"
 WAIT_S = 15.0
 
