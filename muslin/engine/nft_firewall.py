@@ -80,8 +80,10 @@ class NftablesFirewall:
 
     def remove_legacy_rules(self, networks: list[BridgeSpec]) -> None:
         """The iptables backend's chains and rules (muslind ran with it before this start): left in
-        place they would keep DNATing ports and dropping traffic by the old networks' rules."""
-        remove_iptables_backend(networks)
+        place they would keep DNATing ports and dropping traffic by the old networks' rules. Without
+        the iptables tools that backend never ran here, and there is nothing to remove."""
+        if iptables.available():
+            remove_iptables_backend(networks)
 
     def ensure(self, networks: list[BridgeSpec], ports: list[PortSpec]) -> int:
         """Make the table exactly these networks and ports (missing elements added, stale ones

@@ -18,6 +18,11 @@ class IptablesError(RuntimeError):
     pass
 
 
+def available() -> bool:
+    """Whether the iptables tools are installed (the nftables backend runs without them)."""
+    return bool(shutil.which("iptables-save") or shutil.which("iptables-save", path="/usr/sbin:/sbin"))
+
+
 def _binary(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if not found:

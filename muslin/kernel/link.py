@@ -110,8 +110,8 @@ def ensure_mtu(ipr: IPRoute, index: int, mtu: int) -> None:
 
 def _ensure_link(ipr: IPRoute, name: str, kind: str, up_with: dict[str, object] | None = None,
                  ipv6: bool = True, **attrs: object) -> int:
-    """A link of this kind and name, created (with ``attrs``) if missing, and set up (with ``up_with``;
-    ``ipv6=False``: IPv6 disabled first). EOPNOTSUPP when the kernel lacks the kind."""
+    """A link of this kind and name, created (with ``attrs``; ``ipv6=False``: IPv6 disabled before it is
+    up) if missing, and set up (with ``up_with``). EOPNOTSUPP when the kernel lacks the kind."""
     index = index_of(ipr, name)
     if index is None:
         try:
@@ -122,10 +122,10 @@ def _ensure_link(ipr: IPRoute, name: str, kind: str, up_with: dict[str, object] 
         index = index_of(ipr, name)
         if index is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
             raise FileExistsError(f"a {kind} link like {name} exists already under another name")
+        if not ipv6:  # only a link made here: one that was there (a user's bridge) keeps its IPv6
+            without_ipv6(ipr, name)
     elif link_by_index(ipr, index).kind != kind:
         raise FileExistsError(f"{name} exists and is not a {kind} link")
-    if not ipv6:
-        without_ipv6(ipr, name)
     ipr.link("set", index=index, state="up", **(up_with or {}))
     return index
 

@@ -16,13 +16,15 @@ Blocking methods are short and meant for a worker thread; waits and streams are 
 The shims' mount namespace: runc gives each container a mount namespace cloned from its own, a copy
 whose cost grows with every mount there, and a daemon with a thousand containers has a thousand nsfs
 pins (one per network namespace) that no container needs: +25 ms per start. So the spawner, and with
-it every shim and runc, runs in a mount namespace of its own, a slave copy of the daemon's taken at
-its start, with the ``pin_dirs`` unmounted. A container still joins its pinned network namespace: the
-path runc is given goes through ``/proc/<daemon>/root``, the daemon's view, where the pins are. A
-mount made in the daemon's namespace after the spawner's start reaches the shims only if it
-propagates (a private ``/``, as in many containers, propagates nothing), so before a shim is spawned
-the sources of the container's bind mounts are compared in both views, and a stale spawner is
-replaced by a fresh one.
+it every shim and runc, runs in a mount namespace of its own, a copy of the daemon's taken at its
+start whose ``pin_dirs`` are private and empty (every other mount keeps its propagation, so an
+``rshared`` bind still reaches the daemon's namespace). A container still joins its pinned network
+namespace: the path runc is given goes through ``/proc/<daemon>/root``, the daemon's view, where the
+pins are. A mount made in the daemon's namespace after the spawner's start reaches the shims only if
+it propagates (a private ``/``, as in many containers, propagates nothing), so before a shim is
+spawned the sources of the container's bind mounts are compared in both views, and a stale spawner is
+replaced by a fresh one. What a container cannot see is the pins themselves: a bind of a pin
+directory, or of a directory above one, shows it without its pins.
 """
 
 from __future__ import annotations
@@ -145,10 +147,11 @@ def _point_namespaces_at(config: dict, daemon_pid: int) -> bool:
     return changed
 
 
-def _sees_as_daemon(pid: int, mounts: list[dict]) -> bool:
-    """Whether process ``pid`` sees each bind mount's source as this daemon does (same file)."""
+def _sees_as_daemon(pid: int, mounts: list[dict], pin_dirs: tuple[Path, ...]) -> bool:
+    """Whether process ``pid`` sees each bind mount's source as this daemon does (same file); a source
+    in a pin directory differs by design, which no new spawner would change."""
     for mount in mounts:
-        if mount["type"] != "bind":
+        if mount["type"] != "bind" or any(Path(mount["source"]).is_relative_to(d) for d in pin_dirs):
             continue
         try:
             ours, theirs = os.stat(mount["source"]), os.stat(f"/proc/{pid}/root{mount['source']}")
@@ -396,7 +399,7 @@ class Runtime:
         })
         with self._spawner_lock:
             spawner = self._spawner()
-            if not _sees_as_daemon(spawner.pid, meta["spec"].get("mounts", [])):
+            if not _sees_as_daemon(spawner.pid, meta["spec"].get("mounts", []), self.pin_dirs):
                 self._stop_spawner()  # a mount came after its start and did not propagate to it
                 spawner = self._spawner()
             assert spawner.stdin is not None and spawner.stdout is not None

@@ -33,7 +33,7 @@ def test_containers_join_their_pinned_namespaces_from_a_mount_namespace_without_
     assert len(ours) == 2, ours  # the daemon's view: one pin per container
     for name in ("one", "two"):
         theirs = _mount_points(_shim_pid(daemon, name))
-        assert not [m for m in theirs if m == pins or m.startswith(pins + "/")], theirs
+        assert not [m for m in theirs if m.startswith(pins + "/")], theirs  # the directory, without pins
     # Each container is in its own pinned namespace, wired to the bridge: they reach each other.
     out = daemon.docker("exec", "one", "ping", "-c", "1", "-W", "2", _ip(daemon, "two")).stdout
     assert "1 packets received" in out
@@ -66,3 +66,20 @@ def test_a_container_created_before_a_daemon_restart_starts_in_its_namespace(dae
     assert daemon.docker("exec", "later", "cat", "/sys/class/net/eth0/address").stdout.strip() == mac
     out = daemon.docker("exec", "later", "ping", "-c", "1", "-W", "2", _ip(daemon, "peer")).stdout
     assert "1 packets received" in out
+
+
+def test_an_rshared_bind_still_propagates_back_to_the_host(daemon: Daemon) -> None:
+    """Only the pin directories differ in the shims' namespace: a mount a container makes under an
+    ``rshared`` bind reaches the host, as with Docker."""
+    shared = daemon.root / "shared"
+    shared.mkdir()
+    subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        (shared / "sub").mkdir()
+        daemon.docker("run", "--rm", "--privileged", "-v", f"{shared}:/mnt:rshared", "busybox",
+                      "mount", "-t", "tmpfs", "-o", "size=1m", "from-the-container", "/mnt/sub")
+        mounted = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        assert any(m[4] == str(shared / "sub") and "from-the-container" in m for m in mounted)
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(shared)], check=False)

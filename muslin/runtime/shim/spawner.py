@@ -16,9 +16,8 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NAME = 15
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
-MS_SLAVE = 1 << 19
+MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
-EINVAL = 22
 
 
 def run_shim(state_dir: str) -> None:
@@ -50,22 +49,25 @@ def run_shim(state_dir: str) -> None:
 
 
 def leave_pins_behind(pin_dirs: list[str]) -> None:
-    """Move to a mount namespace of our own without the mounts under ``pin_dirs``, so the copy runc
-    makes of it for each container stays small (see the runtime's docstring).
+    """Move to a mount namespace of our own without the pins under ``pin_dirs``, so the copy runc makes
+    of it for each container stays small (see the runtime's docstring).
 
-    A slave copy first: unmounting in a copy that still shares the daemon's peer groups would unmount
-    the daemon's pins too. Where this cannot be done (no CAP_SYS_ADMIN), the spawner stays in the
-    daemon's namespace, which only costs time: the paths runc is given resolve the same in both."""
+    Only the pin directories change: each is made private here (new pins no longer propagate in) and
+    the pins it holds are unmounted, which being children of a private mount propagates nowhere. Every
+    other mount keeps its propagation, so a container's ``rshared`` bind still reaches the daemon's
+    namespace. Whatever cannot be done only costs time: the paths runc is given resolve the same in
+    both namespaces."""
     if not pin_dirs:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNS) != 0:
         return
-    if libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None) != 0:
-        raise OSError(ctypes.get_errno(), "making the shims' mount namespace a slave")
-    for directory in pin_dirs:
-        if libc.umount2(directory.encode(), MNT_DETACH) != 0 and ctypes.get_errno() != EINVAL:  # EINVAL: no mount
-            raise OSError(ctypes.get_errno(), f"unmounting {directory} in the shims' mount namespace")
+    private = [d for d in pin_dirs if libc.mount(None, d.encode(), None, MS_REC | MS_PRIVATE, None) == 0]
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in reversed(points):  # children before parents
+        if any(point.startswith(d.rstrip("/") + "/") for d in private):
+            libc.umount2(point.encode(), MNT_DETACH)
 
 
 def serve_spawner() -> None:

@@ -68,7 +68,8 @@ class Shim:
         self.runc = Runc(config["runc"], config["runc_root"])
         self.run_dir = config["run_dir"]
         self.phase = "ready"  # ready -> starting -> running -> exited
-        self.oom_counter: str | None = None  # the file of the container's oom_kill count, read at exit
+        self.oom_counter: str | None = None  # the file of the container's oom_kill count
+        self.oom_kills_at_start = 0  # before runc run: a cgroup left by a killed shim may hold a count
         self.attached: set[Client] = set()
         self.waiters: set[Client] = set()
         self.init = Init(self.reactor, config["tty"], config["open_stdin"], self.log, self.attached)
@@ -86,10 +87,10 @@ class Shim:
     def run(self) -> None:
         self.reactor.run()
 
-    def cgroups_path(self) -> str:
+    def cgroups_path(self) -> str | None:
         """The container's cgroup, as the bundle told runc."""
         with open(os.path.join(self.config["bundle"], "config.json")) as f:
-            return json.load(f)["linux"].get("cgroupsPath", "")
+            return json.load(f)["linux"].get("cgroupsPath") or None
 
     # -- the container ------------------------------------------------------------------------
     def start(self, client: Client) -> None:
@@ -102,6 +103,8 @@ class Shim:
             path = os.path.join(self.run_dir, name)
             if os.path.exists(path):
                 os.unlink(path)
+        cgroups = self.cgroups_path()
+        self.oom_kills_at_start = oom_kills(oom_counter_path(cgroups))  # 0 when runc has yet to make it
         args = ["run", "-d", "--bundle", self.config["bundle"], "--pid-file", "init.pid"]
         if self.init.tty:
             args += ["--console-socket", f"/proc/self/fd/3/{self.init.console_path}"]
@@ -115,7 +118,7 @@ class Shim:
             os.unlink(log_path)
             with open("init.pid") as f:
                 self.init.pid = int(f.read())
-            self.oom_counter = oom_counter_path(self.cgroups_path())
+            self.oom_counter = oom_counter_path(cgroups)
             self.phase = "running"
             try:
                 self.init.runc_started()
@@ -153,7 +156,7 @@ class Shim:
         for exe in [e for e in self.execs.values() if e.pid]:
             self.exec_exited(exe, self.runc.collect(exe.pid))
         self.stop_listening()
-        oom_killed = oom_kills(self.oom_counter) > 0
+        oom_killed = oom_kills(self.oom_counter) > self.oom_kills_at_start
         write_json_atomic(os.path.join(self.run_dir, "exit.json"),
                           {"exit_code": code, "error": "", "finished_at": time.time_ns(), "oom_killed": oom_killed})
         notice = encode_json_frame(EXIT, {"exit_code": code})
