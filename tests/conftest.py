@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import subprocess
@@ -57,10 +58,40 @@ def _container_cgroups() -> frozenset[str]:
     return frozenset(out)
 
 
+# What fixtures shared by several tests made (a module's daemon, a package's lab or cluster): it
+# outlives the test during which it was made, so the per-test check leaves it out, and
+# shared_fixtures_leave_nothing checks at the end of the run that it is gone.
+SHARED_NAMESPACES: set[str] = set()
+SHARED_CGROUPS: set[str] = set()
+
+
+def _namespaces() -> frozenset[str]:
+    return frozenset(os.listdir(netns.NETNS_RUN_DIR)) if os.path.isdir(netns.NETNS_RUN_DIR) else frozenset()
+
+
+@contextlib.contextmanager
+def kept_across_tests() -> Iterator[None]:
+    """Around the making of a shared fixture: what it makes is the fixture's to remove, not the test's."""
+    spaces, cgroups = _namespaces(), _container_cgroups()
+    try:
+        yield
+    finally:
+        SHARED_NAMESPACES.update(_namespaces() - spaces)
+        SHARED_CGROUPS.update(_container_cgroups() - cgroups)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_fixtures_leave_nothing() -> Iterator[None]:
+    yield
+    if IS_ROOT and not os.environ.get("MUSLIN_SHARED_DEV_MACHINE"):
+        assert not SHARED_NAMESPACES & _namespaces(), "shared fixtures left namespaces"
+        assert not SHARED_CGROUPS & _container_cgroups(), "shared fixtures left container cgroups"
+
+
 def _root_snapshot() -> tuple[frozenset[str], frozenset[str], str, int]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     names = frozenset(line.split(": ")[1].split("@")[0] for line in links.splitlines() if ": " in line)
-    spaces = frozenset(os.listdir(netns.NETNS_RUN_DIR)) if os.path.isdir(netns.NETNS_RUN_DIR) else frozenset()
+    spaces = _namespaces()
     with open("/proc/sys/net/ipv4/ip_forward") as f:
         forward = f.read().strip()
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
@@ -83,7 +114,9 @@ def root_namespace_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
     # MUSLIN_SHARED_DEV_MACHINE=1: other engineers' test runs come and go on this machine; their
     # namespaces are not this run's leaks. CI never sets it.
     if not os.environ.get("MUSLIN_SHARED_DEV_MACHINE"):
-        assert after[1] == before[1], f"network namespaces leaked: {after[1] - before[1]}"
-        assert cgroups_after <= cgroups_before, f"container cgroups leaked: {cgroups_after - cgroups_before}"
+        ours_after, ours_before = after[1] - SHARED_NAMESPACES, before[1] - SHARED_NAMESPACES
+        assert ours_after == ours_before, f"network namespaces leaked: {ours_after - ours_before}"
+        leaked = cgroups_after - cgroups_before - SHARED_CGROUPS
+        assert not leaked, f"container cgroups leaked: {leaked}"
     assert after[2] == before[2], "ip_forward changed in the root namespace"
     assert after[3] == before[3], "iptables rules or nft tables naming muslin/flannel changed in the root namespace"

@@ -19,7 +19,7 @@ import pytest
 from muslin.kernel import netns
 from muslin.lab.lab import unmount_under
 
-from ..conftest import unique
+from ..conftest import kept_across_tests, unique
 from ..firewall_view import FirewallView, of_daemon
 from ..tools import require
 
@@ -196,7 +196,8 @@ class DaemonPool:
 
     def lend(self) -> Iterator[Daemon]:
         if self.current is None:
-            d = make_daemon(self.made, ())
+            with kept_across_tests():
+                d = make_daemon(self.made, ())
             api = docker.APIClient(base_url=f"unix://{d.sock}", timeout=30)
             self.current = (d, api, state_of(d, api))
         d, api, fresh = self.current

@@ -15,7 +15,7 @@ import pytest
 
 from muslin.lab.lab import Lab
 
-from ..conftest import unique
+from ..conftest import kept_across_tests, unique
 from .test_lab_cli import assert_nothing_left
 
 LabKey = tuple[str | None, bool]
@@ -37,7 +37,8 @@ class LabPool:
         lab = Lab(self.workdir / f"lab{len(self.made)}", out=lines.append, prefix=unique("lp") + "-")
         lab.lines = lines  # type: ignore[attr-defined]
         self.made.append(lab)
-        lab.up(2, backend, overlay=overlay)
+        with kept_across_tests():
+            lab.up(2, backend, overlay=overlay)
         self.labs[key] = lab
         self.containers[key] = {n.name: self._names(lab, n) for n in lab.nodes()}
         return lab

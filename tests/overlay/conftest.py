@@ -27,6 +27,7 @@ from muslin.lab.lab import unmount_under
 from muslin.lab.rig import in_ns, wait_for
 from muslin.lab.topology import Underlay
 
+from ..conftest import kept_across_tests
 from ..e2e.conftest import Daemon, daemon, daemon_factory  # noqa: F401 - fixtures for a muslind without a store
 from ..fabric.conftest import processes_naming
 
@@ -224,7 +225,8 @@ class ClusterPool:
     def lend(self, api: str) -> Iterator[Cluster]:
         cluster = self.clusters.get(api)
         if cluster is None:
-            cluster = self.clusters[api] = build(self.made, 2, api)
+            with kept_across_tests():
+                cluster = self.clusters[api] = build(self.made, 2, api)
         yield cluster
         problems = restore(cluster)
         if problems:
