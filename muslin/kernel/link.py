@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -177,7 +176,7 @@ def without_ipv6(ipr: IPRoute, name: str) -> None:
     routes. The engine is IPv4-only, and every IPv6 route in its namespace makes each later link change
     slower: the kernel walks the whole IPv6 table at every link down, and a thousand veths with their
     link-local routes added ~10 ms to each container's start and exit."""
-    namespace = fcntl.ioctl(ipr.fileno(), rtnl.SIOCGSKNS)  # the handle's, which need not be this thread's
+    namespace = rtnl.namespace_of(ipr)
     try:
         here = os.fstat(namespace).st_ino == netns.current_inode()
         with contextlib.nullcontext() if here else netns.entered(f"/proc/self/fd/{namespace}"):
@@ -280,7 +279,7 @@ def retire_veth(ipr: IPRoute, host_name: str, peer_ipr: IPRoute, peer_name: str)
 def _retire(ipr: IPRoute, index: int) -> None:
     """Hand the delete to the reaper, with the namespace the index means something in (the handle's,
     which need not be the reaper thread's)."""
-    namespace = fcntl.ioctl(ipr.fileno(), rtnl.SIOCGSKNS)
+    namespace = rtnl.namespace_of(ipr)
     _reaper.submit(_delete_in, namespace, index)
 
 

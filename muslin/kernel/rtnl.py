@@ -26,6 +26,12 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error acks without a copy of the request
 SO_RCVBUFFORCE = 33
 SIOCGSKNS = 0x894C  # a socket's network namespace, as a new fd
+
+
+def namespace_of(handle: object) -> int:
+    """A new fd of the network namespace a socket (an IPRoute: anything with fileno()) lives in, which
+    need not be the calling thread's; the caller closes it."""
+    return fcntl.ioctl(handle.fileno(), SIOCGSKNS)  # type: ignore[attr-defined]
 RECEIVE_BUFFER = 4 << 20
 READ_SIZE = 1 << 18
 # Messages per datagram: the kernel queues one ack per message before we read any, so a bounded batch
@@ -79,7 +85,7 @@ class RtnlSocket:
     @classmethod
     def beside(cls, handle: object) -> RtnlSocket:
         """A socket in the namespace of another netlink socket (an IPRoute, say: anything with fileno())."""
-        namespace = fcntl.ioctl(handle.fileno(), SIOCGSKNS)  # type: ignore[attr-defined]
+        namespace = namespace_of(handle)
         try:
             return cls(f"/proc/self/fd/{namespace}")
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -114,6 +115,24 @@ def remove_daemon(d: Daemon) -> None:
         unmount_under(d.root)
         netns.remove(d.ns)
         shutil.rmtree(d.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pending_stop(daemon: Daemon, name: str, bound: float = 60) -> Iterator[subprocess.Popen]:
+    """A `docker stop -t 30` of a container that traps SIGTERM and logs got-term, yielded once the stop
+    has signalled and waits (within ``bound`` seconds); killed at the end if it is still pending."""
+    stop = subprocess.Popen([require("docker"), "stop", "-t", "30", name], env=daemon.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + bound
+        while "got-term" not in daemon.docker("logs", name).stdout:
+            assert time.monotonic() < deadline and stop.poll() is None, "the stop never signalled"
+            time.sleep(0.1)
+        yield stop
+    finally:
+        if stop.poll() is None:
+            stop.kill()
+            stop.wait()
 
 
 @pytest.fixture

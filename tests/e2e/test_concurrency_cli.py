@@ -13,7 +13,7 @@ from ipaddress import IPv4Interface
 import pytest
 
 from ..firewall_view import Forward
-from ..tools import require
+from .conftest import pending_stop
 
 
 @pytest.fixture
@@ -41,13 +41,7 @@ def test_a_slow_stop_holds_up_nothing_else(daemon) -> None:
     and rm, and another container's run --rm all complete; the stop then ends with the container."""
     daemon.docker("run", "-d", "--name", "stubborn", "busybox", "sh", "-c",
                   "trap 'echo got-term' TERM; echo ready; while true; do sleep 1; done")
-    stop = subprocess.Popen([require("docker"), "stop", "-t", "30", "stubborn"], env=daemon.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + BOUND_SECONDS
-        while "got-term" not in daemon.docker("logs", "stubborn").stdout:  # the stop is now waiting
-            assert time.monotonic() < deadline and stop.poll() is None, "the stop never signalled"
-            time.sleep(0.1)
+    with pending_stop(daemon, "stubborn", BOUND_SECONDS) as stop:  # the stop is now waiting
         daemon.docker("network", "ls")
         daemon.docker("network", "create", "meanwhile")
         daemon.docker("network", "rm", "meanwhile")
@@ -56,10 +50,6 @@ def test_a_slow_stop_holds_up_nothing_else(daemon) -> None:
         assert stop.poll() is None  # everything above returned while the stop was still waiting
         daemon.docker("kill", "stubborn")
         assert stop.wait(BOUND_SECONDS) == 0
-    finally:
-        if stop.poll() is None:
-            stop.kill()
-            stop.wait()
 
 
 def test_concurrent_creates_of_one_name_have_one_winner(daemon) -> None:

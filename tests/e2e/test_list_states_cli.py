@@ -5,10 +5,8 @@ while a slow stop is pending. No timing is asserted: only what a list shows afte
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 
-from ..tools import require
+from .conftest import pending_stop
 
 BOUND_SECONDS = 60  # every wait below is bounded
 STUBBORN = "trap 'echo got-term' TERM; echo ready; while true; do sleep 1; done"
@@ -34,22 +32,12 @@ def test_a_list_answers_during_a_slow_stop_and_agrees_with_inspect(daemon) -> No
     ip = inspected["NetworkSettings"]["Networks"]["listed"]["IPAddress"]
     assert ip.startswith("10.78.0.")
 
-    stop = subprocess.Popen([require("docker"), "stop", "-t", "30", "stubborn"], env=daemon.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + BOUND_SECONDS
-        while "got-term" not in daemon.docker("logs", "stubborn").stdout:  # the stop is now waiting
-            assert time.monotonic() < deadline and stop.poll() is None, "the stop never signalled"
-            time.sleep(0.1)
+    with pending_stop(daemon, "stubborn", BOUND_SECONDS) as stop:  # the stop is now waiting
         assert _listed(daemon, "stubborn")["State"] == "running"
         assert "listed" in daemon.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
         assert stop.poll() is None  # both lists answered while the stop was still waiting
         daemon.docker("kill", "stubborn")
         assert stop.wait(BOUND_SECONDS) == 0
-    finally:
-        if stop.poll() is None:
-            stop.kill()
-            stop.wait()
     shown = _listed(daemon, "stubborn")
     assert shown["State"] == "exited" and shown["Status"].startswith("Exited (137)") and shown["Ports"] == ""
 
