@@ -127,8 +127,8 @@ class ContainerViews:
     @classmethod
     def for_list(cls, engine: Engine) -> ContainerViews:
         """Views for a list: two store reads in all rather than a few per container (on the event loop,
-        under load, each read can wait for the interpreter lock). A network or endpoint made after these
-        reads is looked up by itself."""
+        under load, each read can wait for the interpreter lock). A network made after these reads is
+        looked up by itself; an endpoint made after them shows in the next list."""
         views = cls(engine)
         views._endpoints = {}
         for ep in engine.store.endpoints():

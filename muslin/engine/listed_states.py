@@ -15,7 +15,8 @@ read afresh each time, as before. As in dockerd, a list shows an exit once the e
 relies on the shim writing a run's exit record before it tells its waiters (runtime/shim/state.py):
 a state read once the monitor woke is the exited one.
 
-Threads: ``get`` runs on the event loop (or any reader), ``changed`` on workers and the loop. A read
+Threads: ``get`` runs on the event loop (``followed`` reads the loop's exit monitors), ``changed``
+on workers and the loop. A read
 that overlaps a change is not kept (the change's token replaced the one the read started with), so a
 state older than a change can never be stored after it.
 """
