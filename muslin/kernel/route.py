@@ -7,6 +7,7 @@ batched by the caller, and ``route_sources`` for many destinations at once.
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .netlink import NLM_F_CREATE, NLM_F_REPLACE, attribute
 
 AF_INET = 2
 RT_TABLE_MAIN = 254
+RT_TABLE_COMPAT = 252  # in the header when the table's id is past 255: RTA_TABLE has it
 RTPROT_BOOT = 3
 RTNH_F_ONLINK = 4
 RTM_NEWROUTE = 24
@@ -44,16 +46,10 @@ class RouteEntry:
 
 
 def ipv4_routes(ipr: IPRoute) -> list[RouteEntry]:
-    """Every IPv4 route of the main table that has a destination (the default route has none)."""
-    found = []
-    for r in ipr.get_routes(family=AF_INET, table=RT_TABLE_MAIN):
-        dst = r.get_attr("RTA_DST")
-        if dst is None:
-            continue
-        gw = r.get_attr("RTA_GATEWAY")
-        found.append(RouteEntry(IPv4Network(f"{dst}/{r['dst_len']}", strict=False),
-                                IPv4Address(gw) if gw else None, r.get_attr("RTA_OIF") or 0))
-    return found
+    """Every IPv4 route of the main table that has a destination (the default route has none): one
+    ``dump_routes`` in the handle's namespace."""
+    with rtnl.RtnlSocket.beside(ipr) as sock:
+        return dump_routes(sock)
 
 
 def route_source(ipr: IPRoute, dst: IPv4Address) -> tuple[IPv4Address | None, int | None]:
@@ -113,6 +109,8 @@ def dump_routes(sock: rtnl.RtnlSocket, within: IPv4Network | None = None) -> lis
     min_len = within.prefixlen if within else 0
     for _, body in sock.dump(RTM_GETROUTE, RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
         dst_len, table = body[1], body[4]
+        if table not in (RT_TABLE_MAIN, RT_TABLE_COMPAT):
+            continue  # the local table's, above all: as many again as there are addresses, never read
         fields = rtnl.attrs(body, RTMSG.size)
         if RTA_TABLE in fields:
             table = U32.unpack(fields[RTA_TABLE])[0]
@@ -124,9 +122,15 @@ def dump_routes(sock: rtnl.RtnlSocket, within: IPv4Network | None = None) -> lis
             continue
         gateway = fields.get(RTA_GATEWAY)
         oif = fields.get(RTA_OIF)
-        found.append(RouteEntry(IPv4Network((start, dst_len), strict=False),
+        found.append(RouteEntry(_network(start, dst_len),
                                 IPv4Address(gateway) if gateway else None, U32.unpack(oif)[0] if oif else 0))
     return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(start: int, prefixlen: int) -> IPv4Network:
+    """Made once per destination seen: ipaddress builds a network through its text form."""
+    return IPv4Network((start, prefixlen), strict=False)
 
 
 def replace_request(dst: IPv4Network, oif: int, gateway: IPv4Address | None = None,

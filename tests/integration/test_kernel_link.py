@@ -77,6 +77,29 @@ def test_address_and_routes_are_ensured_once(host_ns: str) -> None:
         assert route.route_source(ipr, IPv4Address("192.0.2.9")) == (IPv4Address("10.77.0.254"), index)
 
 
+def test_address_and_route_lists_read_by_hand_agree_with_ip(host_ns: str) -> None:
+    """The lists come from dumps read with struct (pyroute2 decodes too slowly at hundreds of networks):
+    every IPv4 address of every link, one link's alone, and only the main table's routes, whatever
+    other tables (the local one, a numbered one past 255, which the header cannot name) hold."""
+    with netns.iproute(host_ns) as ipr:
+        first = link.ensure_veth_pair(ipr, "dm-l", "dmp-l")
+        second = link.index_of(ipr, "dmp-l")
+        assert second is not None
+        for index, text in ((first, "10.81.0.1/24"), (first, "10.81.1.1/16"), (second, "10.82.0.7/32")):
+            address.ensure_address(ipr, index, IPv4Interface(text))
+        ip(host_ns, "route", "add", "10.83.0.0/24", "dev", "dm-l", "table", "1000")
+        ip(host_ns, "route", "add", "10.84.0.0/24", "via", "10.81.0.9", "dev", "dm-l")
+        shown = {(int(line.split()[0].rstrip(":")), IPv4Interface(line.split()[3]))
+                 for line in ip(host_ns, "-o", "-4", "addr", "show").splitlines()}
+        assert {(a.index, a.address) for a in address.ipv4_addresses(ipr)} == shown
+        assert sorted(a.address for a in address.ipv4_addresses(ipr, second)) == [IPv4Interface("10.82.0.7/32")]
+        main = {IPv4Network(line.split()[0]) for line in ip(host_ns, "-4", "route", "show", "table", "main").splitlines()
+                if not line.startswith("default")}
+        listed = route.ipv4_routes(ipr)
+        assert {r.dst for r in listed} == main and IPv4Network("10.83.0.0/24") not in main
+        assert route.RouteEntry(IPv4Network("10.84.0.0/24"), IPv4Address("10.81.0.9"), first) in listed
+
+
 def test_veth_into_a_sandbox_echoes_the_peer_index_and_retires_in_its_own_namespace(make_netns) -> None:
     host, sandbox = make_netns(), make_netns()
     with netns.iproute(host, echo=True) as ipr, netns.iproute(sandbox) as peer_ipr:
