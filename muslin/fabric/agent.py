@@ -2,8 +2,8 @@
 
 One task watches the lease table from the last seen revision + 1; one renews our lease; one reconciles
 kernel state and firewall rules against the table periodically (and right after any watch error), so a
-lost event or a hand-deleted route heals. Kernel calls run on one worker thread, because pyroute2's
-synchronous handle runs an event loop of its own and must not share ours.
+lost event or a hand-deleted route heals. Kernel calls run on one worker thread (``worker.KernelThread``),
+because pyroute2's synchronous handle runs an event loop of its own and must not share ours.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -27,6 +26,7 @@ from muslin.fabric.config import ConfigError, NetworkConfig, parse_config
 from muslin.etcd import (Credentials, Endpoint, KeyValueStore, StoreError, TlsFiles, WatchResync,
                                 find_config_store)
 from muslin.fabric.subnets import DEFAULT_LEASE_TTL, Lease, LeaseAttrs, LeaseEvent, NetworkExhausted, SubnetManager
+from muslin.fabric.worker import KernelThread
 from muslin.kernel import address, link, route
 
 if TYPE_CHECKING:  # loaded by make_backend only for backend bgp (BIRD's modules are no cost to the others)
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_SECONDS = 1.0
 FULL_RESYNC_EVERY = 12  # reconcile rounds between full re-lists of the lease table
+# From stop to exit, at most: what supervisors give before SIGKILL is 10 s or more (docker stop, kubelet's
+# 30 s, systemd's 90 s), and the tests wait 15 s. The steps' own bounds are in shutdown().
+SHUTDOWN_SECONDS = 9.0
 
 
 class AgentError(RuntimeError):
@@ -155,7 +158,7 @@ def previous_subnet(subnet_file: str, network: IPv4Network) -> IPv4Network | Non
 class Agent:
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self._kernel_thread = KernelThread()
         self.ipr: IPRoute | None = None
         self.store: KeyValueStore | None = None
         self.manager: SubnetManager | None = None
@@ -171,7 +174,7 @@ class Agent:
         self._lease_lock = asyncio.Lock()
 
     async def _kernel(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._kernel_thread, fn, *args)
 
     # ------------------------------------------------------------------------------------------ startup
 
@@ -466,7 +469,8 @@ class Agent:
         server = None
         try:
             try:
-                await self.start(stop)
+                # Stop also cuts a start short: it may wait on etcd (a call per member, 6 s each) or on BIRD.
+                await _unless_stopped(stop, self.start(stop))
             except _StopRequested:
                 return
             server = await self._serve_healthz()
@@ -482,6 +486,7 @@ class Agent:
                 if task is not stopper and task.exception():
                     raise task.exception()  # type: ignore[misc]
         finally:
+            # Cancelling the loops also cancels their kernel calls still queued; the one running goes on.
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -490,25 +495,73 @@ class Agent:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Undo what dies with the agent; every step runs even when an earlier one failed."""
-        if self.lease is not None:
-            await _step("removing firewall rules", self._kernel(firewall.remove))
+        """Undo what dies with the agent, within SHUTDOWN_SECONDS whatever BIRD, etcd or the kernel do; every
+        step runs even when an earlier one failed or ran out of time.
+
+        In this order: the backend is interrupted first, from a thread of its own, because the kernel thread may
+        be waiting on BIRD (5 s for a control command, 10 s for a start) and every later step queues behind
+        that wait; then the kernel thread gets a moment to finish its call; then the firewall, the backend
+        (a BIRD that does not answer is stopped and its leftovers removed) and the netlink socket, on the kernel
+        thread; etcd last (nothing to send: the lease stays). Bounds: interrupt 5 s (BIRD's probe 2 s, its
+        stop 1.5 s, a SIGKILL 1 s), drain 2 s, each later step what is left of SHUTDOWN_SECONDS, at most 3 s.
+        A call still stuck on the kernel thread is abandoned: the thread is a daemon, and exit does not wait.
+        """
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_SECONDS
         if self.backend is not None:
-            await _step("closing the backend", self._kernel(self.backend.close))
+            interrupter = KernelThread("interrupt")
+            await _step("interrupting the backend", _run_on(interrupter, self.backend.interrupt), deadline, 5.0)
+            interrupter.shutdown(wait=False)
+        await _step("waiting for the running kernel call", self._kernel(_nothing), deadline, 2.0)
+        if self.lease is not None:
+            await _step("removing firewall rules", self._kernel(firewall.remove), deadline)
+        if self.backend is not None:
+            await _step("closing the backend", self._kernel(self.backend.close), deadline)
         if self.ipr is not None:
-            await _step("closing the netlink socket", self._kernel(self.ipr.close))
+            await _step("closing the netlink socket", self._kernel(self.ipr.close), deadline)
         if self.store is not None:  # closing a channel to a dead member may fail; we are leaving anyway
-            await _step("closing the etcd client", self.store.close())
-        self._pool.shutdown(wait=True)
+            await _step("closing the etcd client", self.store.close(), deadline)
+        self._kernel_thread.shutdown(wait=False, cancel_futures=True)
         log.info("stopped; lease %s kept for the next start", self.lease.subnet if self.lease else None)
 
 
-async def _step(what: str, action: Awaitable[object]) -> None:
-    """One shutdown step: a failure is logged, and the next step runs."""
+async def _run_on(thread: KernelThread, fn: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(thread, fn)
+
+
+def _nothing() -> None:
+    """Queued on the kernel thread: it runs once the call before it has ended."""
+
+
+async def _step(what: str, action: Awaitable[object], deadline: float, longest: float = 3.0) -> None:
+    """One shutdown step, given at most longest seconds and never past deadline: a failure or a timeout is
+    logged, and the next step runs."""
+    seconds = min(longest, deadline - asyncio.get_running_loop().time())
+    if seconds <= 0:
+        log.error("%s: skipped, no time left", what)
+        if asyncio.iscoroutine(action):
+            action.close()  # never awaited: closed so that it does not warn
+        return
     try:
-        await action
+        await asyncio.wait_for(action, seconds)
+    except asyncio.TimeoutError:
+        log.error("%s: not done within %.1f s; going on without it", what, seconds)
     except Exception as exc:
         log.error("%s failed: %s", what, exc)
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T:
+    """work's result; _StopRequested (and work cancelled) as soon as stop is set."""
+    working = asyncio.ensure_future(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([working, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not working.done():
+        working.cancel()
+        await asyncio.gather(working, return_exceptions=True)
+        raise _StopRequested
+    return working.result()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 BIRD = "bird"
 CONTROL_TIMEOUT = 5.0
 START_TIMEOUT = 10.0
+ANSWER_TIMEOUT = 2.0  # "show status" is answered at once by a BIRD that runs: longer means hung or stopped
 # Protocol times as "2026-12-01 14:20:33" (two words): show protocols is parsed by whitespace.
 TIMEFORMAT = "iso long"
 OWN_SUBNET_PROTOCOL = "own_subnet"
@@ -219,31 +221,36 @@ def parse_protocols(text: str) -> list[ProtocolStatus]:
 def command(socket_path: str, line: str, timeout: float = CONTROL_TIMEOUT) -> str:
     """Send one command on BIRD's control socket; its reply as birdc would print it.
 
-    Raises BirdError for BIRD's error replies (codes 8xxx and 9xxx) and OSError when nobody listens.
+    timeout bounds the whole exchange (connect, greeting, reply), so a BIRD that accepts and never answers
+    (stopped, or hung) costs its callers timeout seconds, no more. Raises BirdError for BIRD's error replies
+    (codes 8xxx and 9xxx) and a reply not finished in time, OSError when nobody listens or answers.
     """
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(socket_path)
-        _read_reply(s)  # the greeting: 0001 BIRD 2.0.12 ready.
+        _read_reply(s, deadline)  # the greeting: 0001 BIRD 2.0.12 ready.
         s.sendall(line.encode() + b"\n")
-        code, text = _read_reply(s)
+        code, text = _read_reply(s, deadline)
     if code >= 8000:
         raise BirdError(text.strip())
     return text
 
 
-def _read_reply(s: socket.socket) -> tuple[int, str]:
+def _read_reply(s: socket.socket, deadline: float) -> tuple[int, str]:
     data = b""
-    deadline = time.monotonic() + CONTROL_TIMEOUT
-    while time.monotonic() < deadline:
+    while True:
         last = data.rsplit(b"\n", 2)
         if data.endswith(b"\n") and len(last) >= 2 and _REPLY_END.match(last[-2]):
             return int(last[-2][:4]), data.decode(errors="replace")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BirdError("BIRD did not finish its reply in time")
+        s.settimeout(left)
         chunk = s.recv(65536)
         if not chunk:
             raise BirdError("BIRD closed its control socket mid-reply")
         data += chunk
-    raise BirdError("BIRD did not finish its reply in time")
 
 
 @dataclass
@@ -270,21 +277,30 @@ class Bird:
     def log_path(self) -> Path:
         return self.state_dir / f"{self.name}.log"
 
+    def _named_pid(self) -> int | None:
+        """The pid the pid file names; None while there is none, or while a starting BIRD has not written it yet."""
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     def pid(self) -> int | None:
         """The daemon's pid if it runs (a pid file naming a dead or foreign process does not count)."""
+        pid = self._named_pid()
+        if pid is None:
+            return None
         try:
-            pid = int(self.pid_path.read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             stat = Path(f"/proc/{pid}/stat").read_text()
-        except (OSError, ValueError):
+        except OSError:
             return None
         if stat.rsplit(")", 1)[-1].split()[0] == "Z" or os.path.basename(cmdline[0]) != BIRD.encode():
             return None
         return pid if str(self.socket_path).encode() in cmdline else None
 
-    def answering(self) -> bool:
+    def answering(self, timeout: float = ANSWER_TIMEOUT) -> bool:
         try:
-            command(str(self.socket_path), "show status", timeout=2)
+            command(str(self.socket_path), "show status", timeout=timeout)
             return True
         except (OSError, BirdError):
             return False
@@ -333,6 +349,8 @@ class Bird:
             pid = self.pid()
             if pid is not None and self.answering():
                 return pid
+            if pid is None and self._named_pid() is not None:  # it wrote its pid, then died (or was killed)
+                raise BirdError(f"bird exited right after it started (its log: {self.log_path})")
             time.sleep(0.02)
         raise BirdError(f"bird started but its control socket {self.socket_path} does not answer")
 
@@ -344,16 +362,43 @@ class Bird:
         return parse_protocols(command(str(self.socket_path), "show protocols"))
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the daemon and wait for it (tests and the lab's teardown; the agent leaves it running)."""
+        """Stop the daemon (``end``), then remove its socket and pid file if it left them (a killed one does)."""
         pid = self.pid()
-        if pid is None:
-            return
+        if pid is not None:
+            self.end(pid, timeout)
+        self.socket_path.unlink(missing_ok=True)
+        self.pid_path.unlink(missing_ok=True)
+
+    def end(self, pid: int, timeout: float) -> None:
+        """End the daemon with this pid: SIGTERM, and SIGCONT so that a stopped (SIGSTOP) BIRD acts on it too;
+        SIGKILL if it is still there after timeout. A clean stop withdraws the routes it put in the kernel and
+        removes its files; a killed BIRD leaves both (whoever called decides). The files are not touched here:
+        they may already be those of the next BIRD."""
         try:
-            os.kill(pid, 15)
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() == pid:
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.02)
-        if self.pid() == pid:
-            os.kill(pid, 9)
+        self.kill(pid)
+
+    def kill(self, pid: int, timeout: float = 1.0) -> None:
+        """SIGKILL the daemon with this pid and wait until it is gone; its files and routes stay."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie, dead and waiting for its parent to reap it, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -4,8 +4,10 @@ firewall, no etcd)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
@@ -26,6 +28,7 @@ class RecordingBackend:
         self.registered: list[Lease] = []
         self.reconciled: list[list[Lease]] = []
         self.closed = False
+        self.interrupted = False
 
     def lease_attrs(self) -> LeaseAttrs:
         return OURS
@@ -36,6 +39,9 @@ class RecordingBackend:
 
     def reconcile(self, peers: Iterable[Lease]) -> None:
         self.reconciled.append(list(peers))
+
+    def interrupt(self) -> None:
+        self.interrupted = True
 
     def close(self) -> None:
         raise OSError("device busy")
@@ -48,7 +54,7 @@ def agent(tmp_path, monkeypatch):
     a.store = MemoryStore()
     a.config, a.manager, a.backend = CONFIG, SubnetManager(a.store, PREFIX, lease_ttl=60), RecordingBackend()
     yield a
-    a._pool.shutdown(wait=True)
+    a._kernel_thread.shutdown(wait=True)
 
 
 def test_concurrent_retakes_of_one_lost_lease_take_it_once(agent) -> None:
@@ -93,5 +99,22 @@ def test_shutdown_runs_every_step_when_one_fails(agent, caplog) -> None:
     agent.ipr = Handle()
     agent.store.close = close_store
     asyncio.run(agent.shutdown())
-    assert closed == ["netlink", "etcd"]
+    assert closed == ["netlink", "etcd"] and agent.backend.interrupted
     assert "closing the backend failed: device busy" in caplog.text
+
+
+def test_shutdown_does_not_wait_past_its_bound_for_a_stuck_kernel_call(agent, caplog, monkeypatch) -> None:
+    monkeypatch.setattr(agent_module, "SHUTDOWN_SECONDS", 1.0)
+    stuck = threading.Event()
+    agent._kernel_thread.submit(stuck.wait, 30)  # a kernel call that never returns (until the test ends)
+    agent.lease = Lease(IPv4Network("10.5.1.0/24"), OURS)
+    started = time.monotonic()
+    try:
+        asyncio.run(agent.shutdown())
+        took = time.monotonic() - started
+    finally:
+        stuck.set()
+    assert took < 1.5
+    assert "waiting for the running kernel call: not done within 1.0 s" in caplog.text
+    assert "removing firewall rules: skipped, no time left" in caplog.text
+    assert agent.backend.interrupted

@@ -1,9 +1,10 @@
 """The contract every datapath keeps (flannel's Backend seam).
 
-The agent calls these from one worker thread, in this order: ``lease_attrs`` (what to publish; may
-create the device whose MAC goes into the lease), ``register_network`` with the lease it got, then
-``add_peer``/``remove_peer`` as leases come and go, and ``reconcile`` with the whole peer table
-periodically and after any error. All of them are idempotent.
+The agent calls these from one worker thread (its kernel thread), in this order: ``lease_attrs`` (what to
+publish; may create the device whose MAC goes into the lease), ``register_network`` with the lease it got,
+then ``add_peer``/``remove_peer`` as leases come and go, and ``reconcile`` with the whole peer table
+periodically and after any error. All of them are idempotent. At the stop: ``interrupt`` (from another
+thread), then ``close``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ class Backend(ABC):
     @abstractmethod
     def reconcile(self, peers: Iterable[Lease]) -> None:
         """Make the kernel hold exactly the state for these peers (add missing, remove stale)."""
+
+    def interrupt(self) -> None:
+        """The agent is stopping. Called from a thread of its own while a call above may still run on the kernel
+        thread: make that call stop waiting on anything outside the agent, and start nothing new. Only this runs
+        outside the kernel thread. Nothing to do by default (the other backends wait on the kernel alone)."""
 
     def close(self) -> None:
         """Release what dies with the agent (sockets, forwarders); devices and routes stay for a restart."""

@@ -4,7 +4,9 @@ Each node runs its own BIRD (``bird.py``) and exports only its own subnet (a bla
 the bridge's connected route overrides); what BIRD learns goes into the kernel as plain routes. Sessions:
 the nodes of the lease table with each other (iBGP full mesh, or through route reflectors) and the
 BGPPeers from etcd (``bgppeers.py``). Every change re-renders bird.conf and reloads it, never restarting
-BIRD; the agent's restarts leave BIRD running, and a BIRD that died is started again by the next reconcile.
+BIRD; the agent's restarts leave a BIRD that answers running, and a BIRD that died is started again by the next
+reconcile. A BIRD that runs but does not answer (hung, or stopped) is killed before another is started, and
+at the agent's stop it is stopped and what it left removed: nobody would run it or its routes any more.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from muslin.fabric.subnets import Lease, LeaseAttrs
 from muslin.kernel import route
 
 log = logging.getLogger(__name__)
+AF_INET = 2
+RTPROT_BIRD = 12  # the protocol number the kernel shows BIRD's routes with (rtnetlink.h)
+# A BIRD asked to stop gets this long to withdraw its routes and remove its files itself before SIGKILL.
+STOP_GRACE = 1.5
 
 
 def plan_neighbors(me: IPv4Address, settings: BgpSettings, nodes: Iterable[IPv4Address], resources: BgpResources,
@@ -67,6 +73,9 @@ class BgpBackend(Backend):
         self._leases_known = False
         self._resources_known = False
         self._sessions: dict[str, str] = {}
+        # Set by interrupt() on another thread (a plain flag: one store, read by the kernel thread) so that a call
+        # still running there starts no BIRD once the agent stops.
+        self._closing = False
 
     @property
     def mtu(self) -> int:
@@ -127,9 +136,10 @@ class BgpBackend(Backend):
 
     def _sync(self, supervise: bool = False) -> None:
         """Bring BIRD's config up to date; with supervise, also start a BIRD that is not running."""
-        if self._own is None:
+        if self._own is None or self._closing:
             return
-        running = self.bird.pid() is not None and (not supervise or self.bird.answering())
+        pid = self.bird.pid()
+        running = pid is not None and (not supervise or self.bird.answering())
         if running and not (self._leases_known and self._resources_known):
             return
         config = self.bird_config()
@@ -146,6 +156,12 @@ class BgpBackend(Backend):
             return
         # A pid file left behind means BIRD died (it removes the file when it stops): recover gracefully.
         crashed = self.bird.pid_path.exists() and self.settings.graceful_restart
+        if pid is not None:
+            # Alive but silent (hung, or stopped): a second BIRD beside it would fight it for the BGP port and
+            # outlive it untracked. Killed rather than stopped, so that its routes stay until the new one has
+            # the peers' routes again (graceful restart), as after a crash.
+            log.warning("BIRD (pid %d) does not answer on %s: killing it to start another", pid, self.bird.socket_path)
+            self.bird.kill(pid)
         self.bird.check(text)
         self.bird.write_config(text)
         pid = self.bird.start(recover=crashed)
@@ -153,6 +169,35 @@ class BgpBackend(Backend):
                  ", graceful restart recovery after a crash" if crashed else "", self.bird.config_path,
                  self.bird.socket_path)
         self._sessions = {}
+
+    def interrupt(self) -> None:
+        """The agent stops: a BIRD that does not answer is ended now, which also ends at once any wait of the
+        kernel thread on it (a control command, up to CONTROL_TIMEOUT; a start, up to START_TIMEOUT). Its files
+        are left to close(), on the kernel thread: a start running there may be writing new ones."""
+        self._closing = True
+        pid = self.bird.pid()
+        if pid is not None and not self.bird.answering():
+            log.warning("BIRD (pid %d) does not answer on %s: stopping it", pid, self.bird.socket_path)
+            self.bird.end(pid, STOP_GRACE)
+
+    def close(self) -> None:
+        """A BIRD that answers keeps running, sessions up, for the next agent (see the module's docstring). Any
+        other is stopped, and what it left removed: its socket and pid file, and its routes when it was killed
+        or had died (a clean stop withdraws them itself)."""
+        self._closing = True
+        pid = self.bird.pid()
+        if pid is not None and self.bird.answering():
+            return
+        if pid is not None:
+            log.warning("BIRD (pid %d) does not answer on %s: stopping it", pid, self.bird.socket_path)
+        self.bird.stop(STOP_GRACE)
+        for found in self.ipr.get_routes(family=AF_INET, table=route.RT_TABLE_MAIN, proto=RTPROT_BIRD):
+            if found.get_attr("RTA_DST") is None:
+                continue  # a default route: never one of ours
+            dst = IPv4Network(f"{found.get_attr('RTA_DST')}/{found['dst_len']}")
+            if dst.subnet_of(self.config.network):  # what our BIRD imports, and our own subnet's blackhole
+                self.ipr.route("del", dst=str(dst), table=route.RT_TABLE_MAIN, type=found["type"], proto=RTPROT_BIRD)
+                log.info("removed route %s left by BIRD", dst)
 
     def sessions(self) -> list[ProtocolStatus]:
         """The BGP sessions as BIRD reports them (``birdc show protocols``)."""
