@@ -12,12 +12,13 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import rtnl
+from .netlink import NLM_F_CREATE, NLM_F_EXCL, attribute
 
 AF_INET = 2
 RTM_NEWADDR = 20
 RTM_GETADDR = 22
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-IFA_ADDRESS = 1
+IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
 
 
 @dataclass(frozen=True, order=True)
@@ -60,6 +61,16 @@ def ensure_address(ipr: IPRoute, index: int, address: IPv4Interface) -> None:
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
+
+
+def add_request(index: int, address: IPv4Interface) -> rtnl.Request:
+    """``ensure_address`` as one request of a batch: already there (EEXIST) is no failure."""
+    packed = address.ip.packed
+    body = (IFADDRMSG.pack(AF_INET, address.network.prefixlen, 0, 0, index)
+            + attribute(IFA_LOCAL, packed) + attribute(IFA_ADDRESS, packed))
+    if address.network.prefixlen <= 30:  # as ensure_address: no broadcast address on a /31 or /32
+        body += attribute(IFA_BROADCAST, address.network.broadcast_address.packed)
+    return rtnl.Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "address add", address, frozenset({errno.EEXIST}))
 
 
 def ensure_only_address(ipr: IPRoute, index: int, address: IPv4Interface) -> None:

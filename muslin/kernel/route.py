@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import rtnl
-from .netlink import NLM_F_CREATE, NLM_F_REPLACE, attribute
+from .netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, attribute
 
 AF_INET = 2
 RT_TABLE_MAIN = 254
@@ -144,6 +144,15 @@ def replace_request(dst: IPv4Network, oif: int, gateway: IPv4Address | None = No
     if gateway is not None:
         body += attribute(RTA_GATEWAY, gateway.packed)
     return rtnl.Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, "route replace", dst)
+
+
+def default_route_request(oif: int, gateway: IPv4Address) -> rtnl.Request:
+    """``ensure_default_route`` as one request of a batch: a default route there already, on whatever
+    link, stays (EEXIST is no failure). Proto boot, as Docker's containers have it."""
+    body = (RTMSG.pack(AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+            + attribute(RTA_GATEWAY, gateway.packed) + attribute(RTA_OIF, U32.pack(oif)))
+    return rtnl.Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, "default route via", gateway,
+                        frozenset({errno.EEXIST}))
 
 
 def delete_request(dst: IPv4Network) -> rtnl.Request:

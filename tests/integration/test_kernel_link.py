@@ -11,6 +11,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
+from muslin.engine.drivers.base import configure_endpoint_link
+from muslin.engine.model import Endpoint
 from muslin.kernel import address, link, netns, route
 
 pytestmark = pytest.mark.root
@@ -116,12 +118,12 @@ def test_veth_into_a_sandbox_echoes_the_peer_index_and_retires_in_its_own_namesp
         link.ensure_hairpin(ipr, index)
         assert "hairpin on" in ip(host, "-d", "link", "show", "vetht")
         # Retired: the names are free at once, in both namespaces; the reaper deletes in the host's.
-        assert link.retire_veth(ipr, "vetht", peer_ipr, "eth0")
+        assert link.retire_veth(ipr, "vetht", netns.path_for(sandbox), "eth0")
         assert link.index_of(ipr, "vetht") is None and link.index_of(peer_ipr, "eth0") is None
         link.wait_for_reaper()
         assert [found.name for found in link.all_links(peer_ipr)] == ["lo"]
         assert not any(found.name.startswith(link.RETIRED_PREFIX) for found in link.all_links(ipr))
-        assert not link.retire_veth(ipr, "vetht", peer_ipr, "eth0")
+        assert not link.retire_veth(ipr, "vetht", netns.path_for(sandbox), "eth0")
 
 
 def test_retired_link_frees_its_subnet_and_name_and_leftovers_are_reaped(host_ns: str) -> None:
@@ -137,6 +139,36 @@ def test_retired_link_frees_its_subnet_and_name_and_leftovers_are_reaped(host_ns
         link.ensure_veth_pair(ipr, link.RETIRED_PREFIX + "0badc0de", link.RETIRED_PREFIX + "0badc0df")
         link.reap_retired(ipr, link.all_links(ipr))
         assert not any(found.name.startswith(link.RETIRED_PREFIX) for found in link.all_links(ipr))
+
+
+def test_endpoint_link_is_configured_in_one_batch_and_again_without_error(make_netns) -> None:
+    """An endpoint's end inside its sandbox, as the drivers configure it: addresses (a LinkLocalIP too),
+    up, the default route via the gateway (proto boot, as Docker's); a second run changes nothing and
+    fails nothing, and a second network's gateway does not take the default route."""
+    sandbox = make_netns()
+    path = netns.path_for(sandbox)
+    with netns.iproute(sandbox) as ipr:
+        link.ensure_veth_pair(ipr, "eth0", "eth1")
+        ep = Endpoint(id="e" * 64, network_id="n" * 64, container_id="c" * 64, container_name="web",
+                      address=IPv4Interface("10.85.0.2/24"), mac="02:42:0a:55:00:02", ifname="eth0",
+                      gateway=IPv4Address("10.85.0.1"), link_local=[IPv4Interface("169.254.7.7/16")])
+        for _ in range(2):
+            configure_endpoint_link(path, ep)
+        second = Endpoint(id="f" * 64, network_id="m" * 64, container_id="c" * 64, container_name="web",
+                          address=IPv4Interface("10.86.0.2/31"), mac="02:42:0a:56:00:02", ifname="eth1",
+                          gateway=IPv4Address("10.86.0.3"))
+        configure_endpoint_link(path, second, link.index_of(ipr, "eth1"))
+    shown = ip(sandbox, "-o", "-4", "addr", "show")
+    assert "10.85.0.2/24 brd 10.85.0.255" in shown and "169.254.7.7/16 brd 169.254.255.255" in shown
+    assert "10.86.0.2/31 scope" in shown  # no broadcast on a /31
+    assert ip(sandbox, "-d", "route", "show", "default").split()[:7] == [
+        "unicast", "default", "via", "10.85.0.1", "dev", "eth0", "proto"]
+    assert "proto boot" in ip(sandbox, "-d", "route", "show", "default")
+    assert ",UP" in ip(sandbox, "-o", "link", "show", "eth0") and ",UP" in ip(sandbox, "-o", "link", "show", "eth1")
+    with pytest.raises(FileNotFoundError):
+        configure_endpoint_link(path, Endpoint(id="g" * 64, network_id="n" * 64, container_id="c" * 64,
+                                               container_name="web", address=IPv4Interface("10.87.0.2/24"),
+                                               mac="02:42:0a:57:00:02", ifname="eth9"))
 
 
 def test_macvlan_is_born_in_the_sandbox(make_netns) -> None:

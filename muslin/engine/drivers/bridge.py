@@ -147,8 +147,7 @@ class BridgeDriver(OnHostLinks):
         finally:
             os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
-        with netns.iproute(sandbox) as ipr:
-            configure_endpoint_link(ipr, ep, peer)
+        configure_endpoint_link(sandbox, ep, peer)
 
     def endpoint_in_place(self, net: Network, endpoint_id: str, links: dict[str, link.LinkInfo]) -> bool:
         """Whether a dump of the host's links (by name) shows the endpoint's veth up on its network's
@@ -159,8 +158,7 @@ class BridgeDriver(OnHostLinks):
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         if sandbox and netns.exists(sandbox):
-            with netns.iproute(sandbox) as peer_ipr:
-                link.retire_veth(self.host, host_ifname(ep), peer_ipr, ep.ifname)
+            link.retire_veth(self.host, host_ifname(ep), sandbox, ep.ifname)
         else:
             link.delete_link(self.host, host_ifname(ep))
 

@@ -174,8 +174,7 @@ class MacvlanDriver(OnHostLinks):
         finally:
             os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
-        with netns.iproute(sandbox) as ipr:
-            configure_endpoint_link(ipr, ep)
+        configure_endpoint_link(sandbox, ep)
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         # The macvlan lives in the sandbox only: a sandbox that is gone took it along.

@@ -252,8 +252,7 @@ class OverlayDriver(OnHostLinks):
             finally:
                 os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
-        with netns.iproute(sandbox) as ipr:
-            configure_endpoint_link(ipr, ep, peer)
+        configure_endpoint_link(sandbox, ep, peer)
 
     def leave(self, net: Network, ep: Endpoint, sandbox: str | None = None) -> None:
         overlay = self.sandbox(net)
@@ -261,7 +260,6 @@ class OverlayDriver(OnHostLinks):
             return  # gone with its namespace
         with netns.iproute(overlay) as ipr:
             if sandbox and netns.exists(sandbox):
-                with netns.iproute(sandbox) as peer_ipr:
-                    link.retire_veth(ipr, host_ifname(ep), peer_ipr, ep.ifname)
+                link.retire_veth(ipr, host_ifname(ep), sandbox, ep.ifname)
             else:
                 link.delete_link(ipr, host_ifname(ep))
