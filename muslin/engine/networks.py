@@ -246,7 +246,7 @@ class NetworkService:
     def _record(self, net: Network, configs: list[IPAMPoolRequest]) -> None:
         """Choose the new network's pool and settings against the others, and commit its record."""
         name, driver = net.name, net.driver
-        others = self.store.networks()
+        others = self.store.network_views()  # read only
         if any(n.name == name for n in others):
             raise Conflict(f"network with name {name} already exists")
         taken = [(n.name, n.pool.subnet) for n in others if n.pool]

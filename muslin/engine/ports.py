@@ -87,22 +87,30 @@ def clashes(a_ip: str, b_ip: str) -> bool:
 # same port is shadowed for outside traffic (as with dockerd --userland-proxy=false). Clashes are only
 # checked against other containers' bindings.
 def assign(bindings: list[PortBinding], taken: list[HostPort]) -> list[PortBinding]:
-    """Fill in host ports for 0s and refuse a binding that clashes with ``taken`` (proto, ip, port)."""
-    used = list(taken)
+    """Fill in host ports for 0s and refuse a binding that clashes with ``taken`` (proto, ip, port).
+    The taken ones are indexed by (proto, port) first: a free port is then found in one lookup per
+    candidate, not in a scan of every published port."""
+    used: dict[tuple[str, int], list[str]] = {}
+    for proto, ip, port in taken:
+        used.setdefault((proto, port), []).append(ip)
+
+    def free(proto: str, ip: str, port: int) -> bool:
+        return not any(clashes(other, ip) for other in used.get((proto, port), ()))
+
     out = []
     for b in bindings:
         port = b.host_port
         if port == 0:
-            candidates = list(EPHEMERAL)
-            start = random.randrange(len(candidates))
-            for port in candidates[start:] + candidates[:start]:
-                if not any(p == b.proto and n == port and clashes(ip, b.host_ip) for p, ip, n in used):
+            start = random.randrange(len(EPHEMERAL))
+            for offset in range(len(EPHEMERAL)):
+                port = EPHEMERAL[(start + offset) % len(EPHEMERAL)]
+                if free(b.proto, b.host_ip, port):
                     break
             else:
                 raise Conflict("no free host port left for publishing")
-        elif any(p == b.proto and n == port and clashes(ip, b.host_ip) for p, ip, n in used):
+        elif not free(b.proto, b.host_ip, port):
             shown = b.host_ip or "0.0.0.0"
             raise Conflict(f"Bind for {shown}:{port} failed: port is already allocated")
-        used.append((b.proto, b.host_ip, port))
+        used.setdefault((b.proto, port), []).append(b.host_ip)
         out.append(PortBinding(b.container_port, b.proto, b.host_ip, port))
     return out

@@ -234,15 +234,24 @@ class Store:
         return [self._network(d) for d in self._find("networks", ref)]
 
     def networks(self) -> list[Network]:
-        return [self._network(d) for (d,) in self._rows("SELECT doc FROM networks ORDER BY name")]
+        return [_copy_network(n) for n in self.network_views()]
+
+    def network_views(self) -> list[Network]:
+        """Every network as the store's cache holds it, not copied: to be read, never changed (a change
+        would show in later reads). For the checks a create makes against all networks: copying two
+        hundred of them costs more than the checks."""
+        return [self._decoded(d) for (d,) in self._rows("SELECT doc FROM networks ORDER BY name")]
 
     def _network(self, doc: str) -> Network:
+        return _copy_network(self._decoded(doc))
+
+    def _decoded(self, doc: str) -> Network:
         decoded = self._decoded_networks.get(doc)
         if decoded is None:
             if len(self._decoded_networks) >= DECODED_NETWORKS:
                 self._decoded_networks.clear()  # old versions of networks: start afresh
             decoded = self._decoded_networks[doc] = _network_from_doc(doc)
-        return _copy_network(decoded)
+        return decoded
 
     def put_network(self, db: sqlite3.Connection, net: Network) -> None:
         db.execute(
