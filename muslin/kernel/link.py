@@ -23,13 +23,16 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns
 from . import rtnl
-from .netlink import attribute, attributes
+from .netlink import NLM_F_CREATE, NLM_F_EXCL, attribute, attributes
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_EXT_MASK = 1, 3, 4, 10, 18, 29
-IFLA_INFO_KIND = 1
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_LINK, IFLA_NET_NS_FD = 5, 28
+VETH_INFO_PEER = 1
+NLM_F_ECHO = 0x8
 IFLA_PROTINFO, IFLA_BRPORT_MODE = 12, 4
 AF_BRIDGE = 7
 NLA_F_NESTED = 0x8000
@@ -71,8 +74,7 @@ def index_of(ipr: IPRoute, name: str) -> int | None:
 def index_in(sock: rtnl.RtnlSocket, name: str) -> int | None:
     """The index of the link named so in the socket's namespace, or None (no such link, or a name the
     kernel refuses): asked by name, without statistics, and read from the answer's header."""
-    body = (IFINFOMSG.pack(0, 0, 0, 0, 0) + attribute(IFLA_IFNAME, name.encode() + b"\0")
-            + attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS)))
+    body = IFINFOMSG.pack(0, 0, 0, 0, 0) + _name(name) + attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
     try:
         replies = sock.execute([rtnl.Request(RTM_GETLINK, 0, body, "link lookup", name)])
     except rtnl.RtnlError:
@@ -87,7 +89,7 @@ def set_request(index: int, up: bool | None = None, name: str | None = None) -> 
     flags, change = (IFF_UP if up else 0), (IFF_UP if up is not None else 0)
     body = IFINFOMSG.pack(0, 0, index, flags, change)
     if name is not None:
-        body += attribute(IFLA_IFNAME, name.encode() + b"\0")
+        body += _name(name)
     return rtnl.Request(RTM_SETLINK, 0, body, "link set", index, frozenset({errno.ENODEV}))
 
 
@@ -198,21 +200,33 @@ def ensure_veth_pair(ipr: IPRoute, name: str, peer: str) -> int:
 def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: int, mtu: int,
                   peer_mac: str, master_index: int) -> tuple[int, int | None]:
     """Create a veth pair whose peer is born inside the target namespace (no link move), host end on
-    the bridge and up. Returns the host end's index and, when the handle echoes, the peer's index in
-    its namespace (the host end's IFLA_LINK), which spares a lookup there."""
-    reply = ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, master=master_index,
-                     peer={"ifname": peer_ifname, "net_ns_fd": netns_fd, "address": peer_mac, "mtu": mtu})
-    echoed = [m for m in reply or [] if m.get("event") == "RTM_NEWLINK" and m.get("index")]
-    if echoed:
-        index, peer = echoed[0]["index"], echoed[0].get_attr("IFLA_LINK")
-    else:
-        found = index_of(ipr, host_ifname)
-        assert found is not None
-        index, peer = found, None
-    without_ipv6(ipr, host_ifname)
+    the bridge and up. Returns the host end's index and, when the kernel echoes the new link (older
+    kernels ignore NLM_F_ECHO here), the peer's index in its namespace (the host end's IFLA_LINK),
+    which spares a lookup there."""
+    peer = (IFINFOMSG.pack(0, 0, 0, 0, 0) + _name(peer_ifname) + attribute(IFLA_NET_NS_FD, U32.pack(netns_fd))
+            + attribute(IFLA_ADDRESS, bytes.fromhex(peer_mac.replace(":", ""))) + attribute(IFLA_MTU, U32.pack(mtu)))
+    info = attribute(IFLA_INFO_KIND, b"veth") + attribute(IFLA_INFO_DATA, attribute(VETH_INFO_PEER, peer))
+    body = (IFINFOMSG.pack(0, 0, 0, 0, 0) + _name(host_ifname) + attribute(IFLA_MTU, U32.pack(mtu))
+            + attribute(IFLA_MASTER, U32.pack(master_index)) + attribute(IFLA_LINKINFO, info))
     with rtnl.RtnlSocket.beside(ipr) as sock:
+        replies = sock.execute([rtnl.Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body,
+                                             "veth add", host_ifname)])
+        echoed = [reply for _, kind, reply in replies if kind == RTM_NEWLINK]
+        if echoed:
+            index = IFINFOMSG.unpack_from(echoed[0])[2]
+            link = rtnl.attrs(echoed[0], IFINFOMSG.size).get(IFLA_LINK)
+            peer_index = U32.unpack(link)[0] if link else None
+        else:
+            found = index_in(sock, host_ifname)
+            assert found is not None
+            index, peer_index = found, None
+        without_ipv6(ipr, host_ifname)
         sock.execute([set_request(index, up=True)])
-    return index, peer
+    return index, peer_index
+
+
+def _name(name: str) -> bytes:
+    return attribute(IFLA_IFNAME, name.encode() + b"\0")
 
 
 def without_ipv6(ipr: IPRoute, name: str) -> None:

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import socket
+import struct
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,9 @@ MS_SHARED = 1 << 20
 MS_REC = 0x4000
 MNT_DETACH = 0x2
 NETLINK_ROUTE = 0
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFREQ = struct.Struct("=16sH22x")  # struct ifreq: the name, then ifr_flags in the union
+IFF_UP = 0x1
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3)
 NETNS_RUN_DIR = "/run/netns"
 AT_FDCWD = -100
@@ -144,23 +148,33 @@ def create(name_or_path: str, sysctls: dict[str, str] | None = None) -> str:
             for key, value in (sysctls or {}).items():
                 set_sysctl(key, value)
             _mount_bind(f"/proc/self/task/{threading.get_native_id()}/ns/net", path)
+            pinned.append(True)
+            _loopback_up()
         except BaseException as exc:  # reported to the caller below
             error.append(exc)
 
+    pinned: list[bool] = []
     worker = threading.Thread(target=pin, name="netns-create")
     worker.start()
     worker.join()
     if error:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        if pinned:
+            remove(path)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         raise error[0]
-    try:
-        with IPRoute(fileno=socket_in(path).detach()) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-    except BaseException:
-        remove(path)
-        raise
     return path
+
+
+def _loopback_up() -> None:
+    """``lo`` of the calling thread's namespace up, by the interface ioctls ifconfig uses: from the
+    thread already inside the new namespace, without opening a netlink handle into it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        request = bytearray(IFREQ.pack(b"lo", 0))
+        fcntl.ioctl(sock, SIOCGIFFLAGS, request)
+        flags = IFREQ.unpack(request)[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, IFREQ.pack(b"lo", flags | IFF_UP))
 
 
 def remove(name_or_path: str) -> None:
@@ -217,12 +231,11 @@ def inet_sockets_in(name_or_path: str, kinds: Sequence[int]) -> list[socket.sock
     return made
 
 
-def iproute(name_or_path: str | None = None, echo: bool = False) -> IPRoute:
-    """An IPRoute handle into the namespace, without a helper process. ``echo``: the kernel answers
-    each change with the object it made (a new link's index, without a second lookup)."""
+def iproute(name_or_path: str | None = None) -> IPRoute:
+    """An IPRoute handle into the namespace, without a helper process."""
     if name_or_path is None:
-        return IPRoute(nlm_echo=echo)
-    return IPRoute(fileno=socket_in(name_or_path).detach(), nlm_echo=echo)
+        return IPRoute()
+    return IPRoute(fileno=socket_in(name_or_path).detach())
 
 
 def current_inode() -> int:

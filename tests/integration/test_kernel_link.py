@@ -104,7 +104,7 @@ def test_address_and_route_lists_read_by_hand_agree_with_ip(host_ns: str) -> Non
 
 def test_veth_into_a_sandbox_echoes_the_peer_index_and_retires_in_its_own_namespace(make_netns) -> None:
     host, sandbox = make_netns(), make_netns()
-    with netns.iproute(host, echo=True) as ipr, netns.iproute(sandbox) as peer_ipr:
+    with netns.iproute(host) as ipr, netns.iproute(sandbox) as peer_ipr:
         bridge = link.ensure_bridge(ipr, "br-v", 1450)
         fd = os.open(netns.path_for(sandbox), os.O_RDONLY | os.O_CLOEXEC)
         try:

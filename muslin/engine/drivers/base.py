@@ -27,7 +27,7 @@ class HostNetlink:
     def get(self) -> IPRoute:
         ipr: IPRoute | None = getattr(self._own, "ipr", None)
         if ipr is None:
-            ipr = self._own.ipr = netns.iproute(echo=True)
+            ipr = self._own.ipr = netns.iproute()
         return ipr
 
     def close(self) -> None:
