@@ -1,9 +1,10 @@
 """Links: find them, ensure bridges, veths, vlans, dummies and macvlans exist and are up, retire them.
 
-Every function takes an open IPRoute (see ``netns.iproute``) so one caller can batch several steps on one
+Most functions take an open IPRoute (see ``netns.iproute``) so one caller can batch several steps on one
 socket, and every ``ensure_*`` is idempotent: re-running it after a crash converges instead of failing.
 What each container's start and exit does (lookups by name, set up/down, rename, hairpin, the reaper's
-delete) goes over a raw ``rtnl.RtnlSocket`` instead, as requests a caller may batch (``*_request``).
+delete) goes over a raw ``rtnl.RtnlSocket`` instead: ``index_in`` and the ``*_request`` builders take or
+make one, and a caller may batch the requests.
 The engine's drivers and the fabric's backends both use this module; neither talks to pyroute2 about
 links on its own.
 """
@@ -23,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns
 from . import rtnl
-from .netlink import NLM_F_CREATE, NLM_F_EXCL, attribute, attributes
+from .netlink import NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, U32, attribute, attributes
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
@@ -32,13 +33,11 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_EXT_MASK =
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_LINK, IFLA_NET_NS_FD = 5, 28
 VETH_INFO_PEER = 1
-NLM_F_ECHO = 0x8
 IFLA_PROTINFO, IFLA_BRPORT_MODE = 12, 4
 AF_BRIDGE = 7
 NLA_F_NESTED = 0x8000
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-U32 = struct.Struct("=I")
 RETIRED_PREFIX = "mz-"
 
 
@@ -77,20 +76,22 @@ def index_in(sock: rtnl.RtnlSocket, name: str) -> int | None:
     body = IFINFOMSG.pack(0, 0, 0, 0, 0) + _name(name) + attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
     try:
         replies = sock.execute([rtnl.Request(RTM_GETLINK, 0, body, "link lookup", name)])
-    except rtnl.RtnlError:
-        return None
+    except rtnl.RtnlError as exc:
+        if exc.errno in (errno.ENODEV, errno.EINVAL, errno.ERANGE):  # none such; a name too long
+            return None
+        raise
     return IFINFOMSG.unpack_from(replies[0][2])[2] if replies else None
 
 
-def set_request(index: int, up: bool | None = None, name: str | None = None) -> rtnl.Request:
+def set_request(index: int, up: bool | None = None, name: str | None = None, gone_ok: bool = True) -> rtnl.Request:
     """One change of a link, for a batch: set up or down, or renamed (a link must be down to be
     renamed, and the kernel renames before it applies the flags of the same message: two requests).
-    A link gone meanwhile (ENODEV) is no failure."""
+    ``gone_ok``: a link gone meanwhile (ENODEV) is no failure."""
     flags, change = (IFF_UP if up else 0), (IFF_UP if up is not None else 0)
     body = IFINFOMSG.pack(0, 0, index, flags, change)
     if name is not None:
         body += _name(name)
-    return rtnl.Request(RTM_SETLINK, 0, body, "link set", index, frozenset({errno.ENODEV}))
+    return rtnl.Request(RTM_SETLINK, 0, body, "link set", index, frozenset({errno.ENODEV} if gone_ok else ()))
 
 
 def delete_request(index: int) -> rtnl.Request:
@@ -198,9 +199,9 @@ def ensure_veth_pair(ipr: IPRoute, name: str, peer: str) -> int:
 
 
 def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: int, mtu: int,
-                  peer_mac: str, master_index: int) -> tuple[int, int | None]:
+                  peer_mac: str, master_index: int, hairpin: bool = False) -> tuple[int, int | None]:
     """Create a veth pair whose peer is born inside the target namespace (no link move), host end on
-    the bridge and up. Returns the host end's index and, when the kernel echoes the new link (older
+    the bridge and up (``hairpin``: in hairpin mode, see ``hairpin_request``). Returns the host end's index and, when the kernel echoes the new link (older
     kernels ignore NLM_F_ECHO here), the peer's index in its namespace (the host end's IFLA_LINK),
     which spares a lookup there."""
     peer = (IFINFOMSG.pack(0, 0, 0, 0, 0) + _name(peer_ifname) + attribute(IFLA_NET_NS_FD, U32.pack(netns_fd))
@@ -214,14 +215,14 @@ def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: in
         echoed = [reply for _, kind, reply in replies if kind == RTM_NEWLINK]
         if echoed:
             index = IFINFOMSG.unpack_from(echoed[0])[2]
-            link = rtnl.attrs(echoed[0], IFINFOMSG.size).get(IFLA_LINK)
-            peer_index = U32.unpack(link)[0] if link else None
+            peer_attribute = rtnl.attrs(echoed[0], IFINFOMSG.size).get(IFLA_LINK)
+            peer_index = U32.unpack(peer_attribute)[0] if peer_attribute else None
         else:
             found = index_in(sock, host_ifname)
             assert found is not None
             index, peer_index = found, None
         without_ipv6(ipr, host_ifname)
-        sock.execute([set_request(index, up=True)])
+        sock.execute([set_request(index, up=True), *([hairpin_request(index)] if hairpin else [])])
     return index, peer_index
 
 
@@ -250,13 +251,12 @@ def ensure_master(ipr: IPRoute, index: int, master_index: int) -> None:
         ipr.link("set", index=index, master=master_index)
 
 
-def ensure_hairpin(ipr: IPRoute, port_index: int) -> None:
+def hairpin_request(port_index: int) -> rtnl.Request:
     """The bridge sends a port's frames back out of that port (a container reaching itself through
     its own published port): the port's IFLA_BRPORT_MODE, set through the bridge family."""
     body = (IFINFOMSG.pack(AF_BRIDGE, 0, port_index, 0, 0)
             + attribute(IFLA_PROTINFO | NLA_F_NESTED, attribute(IFLA_BRPORT_MODE, b"\1")))
-    with rtnl.RtnlSocket.beside(ipr) as sock:
-        sock.execute([rtnl.Request(RTM_SETLINK, 0, body, "hairpin on port", port_index)])
+    return rtnl.Request(RTM_SETLINK, 0, body, "hairpin on port", port_index)
 
 
 def add_macvlan_into(ipr: IPRoute, ifname: str, parent_index: int, netns_fd: int, mode: str, mac: str) -> None:
@@ -332,7 +332,13 @@ def retire_veth(ipr: IPRoute, host_name: str, peer_namespace: str, peer_name: st
         if index is None:
             return False
         # Renamed too, so a crash before the reaper runs leaves a link reap_retired knows to remove.
-        sock.execute([set_request(index, up=False), set_request(index, name=retired_name())])
+        try:
+            sock.execute([set_request(index, up=False, gone_ok=False),
+                          set_request(index, name=retired_name(), gone_ok=False)])
+        except rtnl.RtnlError as exc:
+            if exc.errno == errno.ENODEV:  # gone meanwhile, as retire_link answers it
+                return False
+            raise
     _retire(ipr, index)
     return True
 

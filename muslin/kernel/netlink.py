@@ -17,11 +17,13 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
+NLM_F_ECHO = 0x8
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_DUMP = 0x300
 NLM_F_CREATE = 0x400
 NLA_TYPE_MASK = 0x3FFF  # without the nested and byte-order flags
+U32 = struct.Struct("=I")  # a u32 attribute's payload, in host order
 
 
 def header(length: int, kind: int, flags: int, sequence: int) -> bytes:

@@ -147,22 +147,17 @@ def create(name_or_path: str, sysctls: dict[str, str] | None = None) -> str:
             _check(_libc.unshare(CLONE_NEWNET), "unshare")
             for key, value in (sysctls or {}).items():
                 set_sysctl(key, value)
-            _mount_bind(f"/proc/self/task/{threading.get_native_id()}/ns/net", path)
-            pinned.append(True)
             _loopback_up()
+            _mount_bind(f"/proc/self/task/{threading.get_native_id()}/ns/net", path)
         except BaseException as exc:  # reported to the caller below
             error.append(exc)
 
-    pinned: list[bool] = []
     worker = threading.Thread(target=pin, name="netns-create")
     worker.start()
     worker.join()
     if error:
-        if pinned:
-            remove(path)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
         raise error[0]
     return path
 

@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import rtnl
-from .netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, attribute
+from .netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, U32, attribute
 
 AF_INET = 2
 RT_TABLE_MAIN = 254
@@ -35,7 +35,6 @@ RTA_TABLE = 15
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RTN_UNICAST = 1
-U32 = struct.Struct("=I")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ thousands (an overlay agent with 2,000 peers programs 6,000 routes, neighbours a
 batch of requests goes to the kernel in a few datagrams, each carrying many messages that the kernel
 handles one after the other, and the acknowledgements are matched back by sequence number; a dump is
 parsed only as far as the caller needs. The message layouts are the kernel's (``rtnetlink.h``,
-``neighbour.h``); ``route`` and ``neighbour`` build their requests and read their dumps with these.
+``neighbour.h``, ``if_link.h``, ``if_addr.h``); ``route``, ``neighbour``, ``link`` and ``address`` build
+their requests and read their dumps with these.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ class NetworkDriver(Protocol):
     name: str
 
     def prepare(self, net: Network, others: list[Network]) -> None:
-        """Validate the user's options and set ``net.settings``; raise EngineError on bad input."""
+        """Validate the user's options and set ``net.settings``; raise EngineError on bad input.
+        ``others``: every other network as the store's cache holds it, to be read only."""
 
     def create_network(self, net: Network) -> None:
         """Program the kernel for the network; idempotent, undoes its own partial work on failure."""

@@ -142,8 +142,8 @@ class BridgeDriver(OnHostLinks):
             master = link.index_of(ipr, settings.bridge_name)
             if master is None:
                 raise RuntimeError(f"bridge {settings.bridge_name} of network {net.name} is missing")
-            index, peer = link.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, settings.mtu, ep.mac, master)
-            link.ensure_hairpin(ipr, index)
+            _, peer = link.add_veth_into(ipr, host_ifname(ep), ep.ifname, fd, settings.mtu, ep.mac, master,
+                                         hairpin=True)
         finally:
             os.close(fd)
         # On failure the caller (NetworkService.wire_endpoint) unwires through leave().
