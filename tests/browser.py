@@ -22,6 +22,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--remote-debugging-pipe", "--window-size=1400,900"]
 REPLY_TIMEOUT = 30.0
+START_TIMEOUT = 20.0  # a browser that has started answers Browser.getVersion in well under a second
+START_ATTEMPTS = 2
 
 
 class BrowserError(RuntimeError):
@@ -33,6 +35,21 @@ class Browser:
         binary = shutil.which("chromium")
         if binary is None:
             raise BrowserError("chromium is not installed (setup.sh installs it)")
+        # A browser that never answers its first command (seen once in a CI run: 30 s without a reply,
+        # while the same test passed in every run before and after) is a harness failure, not the page's:
+        # it is started once more. Its stderr is kept, and shown if the second start fails too.
+        for attempt in range(START_ATTEMPTS):
+            self._launch(binary)
+            try:
+                self.send("Browser.getVersion", session=False, timeout=START_TIMEOUT)
+                return
+            except BrowserError as exc:
+                log = self._stderr_tail()
+                self.close(graceful=False)
+                if attempt == START_ATTEMPTS - 1:
+                    raise BrowserError(f"chromium did not start ({exc}); its stderr ended with:\n{log}") from None
+
+    def _launch(self, binary: str) -> None:
         self.profile = tempfile.mkdtemp(prefix="muslin-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
@@ -45,23 +62,32 @@ class Browser:
             os.dup2(high_w, 4)
 
         # 3 and 4 are kept open in the child (the fds closed after plumbing() are the others)
-        self.proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                     pass_fds=(3, 4), preexec_fn=plumbing,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(self.profile, "stderr.log"), "wb") as stderr:
+            self.proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+                                         pass_fds=(3, 4), preexec_fn=plumbing,
+                                         stdout=subprocess.DEVNULL, stderr=stderr)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""
         self._next_id = 0
         self.session: str | None = None
 
+    def _stderr_tail(self) -> str:
+        try:
+            with open(os.path.join(self.profile, "stderr.log"), "rb") as f:
+                return b"\n".join(f.read().splitlines()[-15:]).decode(errors="replace")
+        except OSError:
+            return ""
+
     # -- the protocol ----------------------------------------------------------------------------
-    def send(self, method: str, params: dict | None = None, session: bool = True) -> dict:
+    def send(self, method: str, params: dict | None = None, session: bool = True,
+             timeout: float = REPLY_TIMEOUT) -> dict:
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session and self.session:
             message["sessionId"] = self.session
         os.write(self._to_browser, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + REPLY_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             for reply in self._read(deadline):
                 if reply.get("id") == self._next_id:
@@ -128,8 +154,11 @@ class Browser:
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
 
-    def close(self) -> None:
+    def close(self, graceful: bool = True) -> None:
+        """Browser.close, then a kill if that goes unanswered (``graceful=False``: the kill at once)."""
         try:
+            if not graceful:
+                raise BrowserError("not asked to close")
             self.send("Browser.close", session=False)
             self.proc.wait(10)
         except (BrowserError, OSError, subprocess.TimeoutExpired):
