@@ -9,14 +9,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from . import rtnl
 from .netlink import NLM_F_CREATE, NLM_F_EXCL, attribute
 
 AF_INET = 2
-RTM_NEWADDR = 20
-RTM_GETADDR = 22
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
 
@@ -53,14 +51,8 @@ def _interface(packed: bytes, prefixlen: int) -> IPv4Interface:
 def ensure_address(ipr: IPRoute, index: int, address: IPv4Interface) -> None:
     """This address on the link (besides any others), in one round trip: the kernel refuses the same
     address and prefix twice with EEXIST, which means it is there already."""
-    kwargs: dict[str, object] = {}
-    if address.network.prefixlen <= 30:  # a /31 or /32 has no broadcast address (RFC 3021)
-        kwargs["broadcast"] = str(address.network.broadcast_address)
-    try:
-        ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **kwargs)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise
+    with rtnl.RtnlSocket.beside(ipr) as sock:
+        sock.execute([add_request(index, address)])
 
 
 def add_request(index: int, address: IPv4Interface) -> rtnl.Request:
@@ -71,6 +63,14 @@ def add_request(index: int, address: IPv4Interface) -> rtnl.Request:
     if address.network.prefixlen <= 30:  # as ensure_address: no broadcast address on a /31 or /32
         body += attribute(IFA_BROADCAST, address.network.broadcast_address.packed)
     return rtnl.Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "address add", address, frozenset({errno.EEXIST}))
+
+
+def delete_request(index: int, address: IPv4Interface) -> rtnl.Request:
+    """This address off the link, as one request of a batch: not there (any more) is no failure."""
+    packed = address.ip.packed
+    body = (IFADDRMSG.pack(AF_INET, address.network.prefixlen, 0, 0, index)
+            + attribute(IFA_LOCAL, packed) + attribute(IFA_ADDRESS, packed))
+    return rtnl.Request(RTM_DELADDR, 0, body, "address delete", address, frozenset({errno.EADDRNOTAVAIL}))
 
 
 def ensure_only_address(ipr: IPRoute, index: int, address: IPv4Interface) -> None:

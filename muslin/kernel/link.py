@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
@@ -22,8 +23,7 @@ from ipaddress import IPv4Interface
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import netns
-from . import rtnl
+from . import address, netns, rtnl
 from .netlink import NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, U32, attribute, attributes
 
 IFF_UP = 0x1
@@ -83,14 +83,17 @@ def index_in(sock: rtnl.RtnlSocket, name: str) -> int | None:
     return IFINFOMSG.unpack_from(replies[0][2])[2] if replies else None
 
 
-def set_request(index: int, up: bool | None = None, name: str | None = None, gone_ok: bool = True) -> rtnl.Request:
-    """One change of a link, for a batch: set up or down, or renamed (a link must be down to be
-    renamed, and the kernel renames before it applies the flags of the same message: two requests).
-    ``gone_ok``: a link gone meanwhile (ENODEV) is no failure."""
+def set_request(index: int, up: bool | None = None, name: str | None = None, mtu: int | None = None,
+                gone_ok: bool = True) -> rtnl.Request:
+    """One change of a link, for a batch: set up or down (with an MTU), or renamed (a link must be down
+    to be renamed, and the kernel renames before it applies the flags of the same message: two
+    requests). ``gone_ok``: a link gone meanwhile (ENODEV) is no failure."""
     flags, change = (IFF_UP if up else 0), (IFF_UP if up is not None else 0)
     body = IFINFOMSG.pack(0, 0, index, flags, change)
     if name is not None:
         body += _name(name)
+    if mtu is not None:
+        body += attribute(IFLA_MTU, U32.pack(mtu))
     return rtnl.Request(RTM_SETLINK, 0, body, "link set", index, frozenset({errno.ENODEV} if gone_ok else ()))
 
 
@@ -153,45 +156,59 @@ def ensure_mtu(ipr: IPRoute, index: int, mtu: int) -> None:
         ipr.link("set", index=index, mtu=mtu)
 
 
-def _ensure_link(ipr: IPRoute, name: str, kind: str, up_with: dict[str, object] | None = None,
-                 ipv6: bool = True, **attrs: object) -> int:
-    """A link of this kind and name, created (with ``attrs``; ``ipv6=False``: IPv6 disabled before it is
-    up) if missing, and set up (with ``up_with``). EOPNOTSUPP when the kernel lacks the kind."""
-    index = index_of(ipr, name)
-    if index is None:
+def _ensure_link(ipr: IPRoute, name: str, kind: str, add: Callable[[rtnl.RtnlSocket], object],
+                 ipv6: bool = True, mtu: int | None = None) -> int:
+    """A link of this kind and name, made by ``add`` (which takes EEXIST as done; ``ipv6=False``: IPv6
+    disabled before it is up) if missing, and set up (with ``mtu``). EOPNOTSUPP when the kernel lacks
+    the kind."""
+    with rtnl.RtnlSocket.beside(ipr) as sock:
+        index = index_in(sock, name)
+        if index is None:
+            add(sock)
+            index = index_in(sock, name)
+            if index is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
+                raise FileExistsError(f"a {kind} link like {name} exists already under another name")
+            if not ipv6:  # only a link made here: one that was there (a user's bridge) keeps its IPv6
+                without_ipv6(ipr, name)
+        elif link_by_index(ipr, index).kind != kind:
+            raise FileExistsError(f"{name} exists and is not a {kind} link")
+        sock.execute([set_request(index, up=True, mtu=mtu, gone_ok=False)])
+    return index
+
+
+def _added_by_pyroute2(ipr: IPRoute, name: str, kind: str, **attrs: object) -> Callable[[rtnl.RtnlSocket], None]:
+    """``_ensure_link``'s ``add`` for the kinds whose attributes pyroute2 encodes (vlan, veth pair, dummy)."""
+    def add(_: rtnl.RtnlSocket) -> None:
         try:
             ipr.link("add", ifname=name, kind=kind, **attrs)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
-        index = index_of(ipr, name)
-        if index is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
-            raise FileExistsError(f"a {kind} link like {name} exists already under another name")
-        if not ipv6:  # only a link made here: one that was there (a user's bridge) keeps its IPv6
-            without_ipv6(ipr, name)
-    elif link_by_index(ipr, index).kind != kind:
-        raise FileExistsError(f"{name} exists and is not a {kind} link")
-    ipr.link("set", index=index, state="up", **(up_with or {}))
-    return index
+    return add
 
 
 def ensure_bridge(ipr: IPRoute, name: str, mtu: int) -> int:
     """An IPv4-only bridge (see ``without_ipv6``), up. An existing bridge takes the wanted MTU too, in the
-    same call that sets it up."""
-    return _ensure_link(ipr, name, "bridge", up_with={"mtu": mtu}, ipv6=False, address=random_mac(), mtu=mtu)
+    same request that sets it up. Made by a raw request, as a container's veth: every network create
+    makes one."""
+    mac = bytes.fromhex(random_mac().replace(":", ""))
+    body = (IFINFOMSG.pack(0, 0, 0, 0, 0) + _name(name) + attribute(IFLA_MTU, U32.pack(mtu))
+            + attribute(IFLA_ADDRESS, mac) + attribute(IFLA_LINKINFO, attribute(IFLA_INFO_KIND, b"bridge")))
+    request = rtnl.Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "bridge add", name, frozenset({errno.EEXIST}))
+    return _ensure_link(ipr, name, "bridge", lambda sock: sock.execute([request]), ipv6=False, mtu=mtu)
 
 
 def ensure_vlan(ipr: IPRoute, name: str, base_index: int, vlan_id: int) -> int:
-    return _ensure_link(ipr, name, "vlan", link=base_index, vlan_id=vlan_id)
+    return _ensure_link(ipr, name, "vlan", _added_by_pyroute2(ipr, name, "vlan", link=base_index, vlan_id=vlan_id))
 
 
 def ensure_dummy(ipr: IPRoute, name: str) -> int:
-    return _ensure_link(ipr, name, "dummy")
+    return _ensure_link(ipr, name, "dummy", _added_by_pyroute2(ipr, name, "dummy"))
 
 
 def ensure_veth_pair(ipr: IPRoute, name: str, peer: str) -> int:
     """Both ends in this namespace and up; returns ``name``'s index."""
-    index = _ensure_link(ipr, name, "veth", peer=peer)
+    index = _ensure_link(ipr, name, "veth", _added_by_pyroute2(ipr, name, "veth", peer=peer))
     peer_index = index_of(ipr, peer)
     if peer_index is not None:
         ensure_up(ipr, peer_index)
@@ -291,30 +308,22 @@ def retire_link(ipr: IPRoute, name: str, addresses: list[IPv4Interface] | None =
     ones the caller put on the link, removed one by one; flushing instead dumps every address of the
     namespace to find the link's (pyroute2 filters them itself), a cost that grows with the networks.
     """
-    index = index_of(ipr, name)
-    if index is None:
-        return False
-    try:
-        ipr.link("set", index=index, state="down")
-        if addresses is None:
-            ipr.flush_addr(index=index)
-        for gone in addresses or []:
-            _delete_address(ipr, index, gone)
-        ipr.link("set", index=index, ifname=retired_name())
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:  # gone meanwhile (a veth whose peer was just deleted)
+    with rtnl.RtnlSocket.beside(ipr) as sock:
+        index = index_in(sock, name)
+        if index is None:
             return False
-        raise
+        try:
+            sock.execute([set_request(index, up=False, gone_ok=False)])
+            if addresses is None:
+                ipr.flush_addr(index=index)
+            sock.execute([*(address.delete_request(index, gone) for gone in addresses or []),
+                          set_request(index, name=retired_name(), gone_ok=False)])
+        except (NetlinkError, rtnl.RtnlError) as exc:
+            if (exc.code if isinstance(exc, NetlinkError) else exc.errno) == errno.ENODEV:
+                return False  # gone meanwhile (a veth whose peer was just deleted)
+            raise
     _retire(ipr, index)
     return True
-
-
-def _delete_address(ipr: IPRoute, index: int, gone: IPv4Interface) -> None:
-    try:
-        ipr.addr("del", index=index, address=str(gone.ip), prefixlen=gone.network.prefixlen)
-    except NetlinkError as exc:
-        if exc.code != errno.EADDRNOTAVAIL:  # not there (any more)
-            raise
 
 
 def retire_veth(ipr: IPRoute, host_name: str, peer_namespace: str, peer_name: str) -> bool:
