@@ -142,6 +142,31 @@ def test_retired_link_frees_its_subnet_and_name_and_leftovers_are_reaped(host_ns
         assert not any(found.name.startswith(link.RETIRED_PREFIX) for found in link.all_links(ipr))
 
 
+def test_links_retired_at_once_are_deleted_together_and_no_other_link(make_netns) -> None:
+    """The reaper deletes every retired link of a namespace by its group: the veths of containers
+    stopping together and their bridge all go (the peers with their veths), a link never retired stays,
+    and so does one in a group of the user's."""
+    host, sandboxes = make_netns(), [make_netns() for _ in range(4)]
+    with netns.iproute(host) as ipr:
+        bridge = link.ensure_bridge(ipr, "br-g", 1500)
+        link.ensure_veth_pair(ipr, "keep0", "keep1")
+        ip(host, "link", "set", "keep1", "group", "7")
+        for i, sandbox in enumerate(sandboxes):
+            fd = os.open(netns.path_for(sandbox), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                link.add_veth_into(ipr, f"vg{i}", "eth0", fd, 1500, f"02:42:0a:58:00:0{i}", bridge)
+            finally:
+                os.close(fd)
+        for i, sandbox in enumerate(sandboxes):
+            assert link.retire_veth(ipr, f"vg{i}", netns.path_for(sandbox), "eth0")
+        assert link.retire_link(ipr, "br-g")
+        link.wait_for_reaper()
+        assert sorted(found.name for found in link.all_links(ipr)) == ["keep0", "keep1", "lo"]
+        for sandbox in sandboxes:
+            with netns.iproute(sandbox) as inside:
+                assert [found.name for found in link.all_links(inside)] == ["lo"]
+
+
 def test_endpoint_link_is_configured_in_one_batch_and_again_without_error(make_netns) -> None:
     """An endpoint's end inside its sandbox, as the drivers configure it: addresses (a LinkLocalIP too),
     up, the default route via the gateway (proto boot, as Docker's); a second run changes nothing and
