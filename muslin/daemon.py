@@ -80,9 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--firewall-backend", default="",
                    help="nftables or iptables: how the host's rules are written (--iptables still says "
                         "whether they are). Default nftables where the kernel has nf_tables, libnftables "
-                        "loads and iptables' FORWARD has neither a DROP policy nor a catch-all DROP/REJECT, else "
-                        "iptables (the start logs which "
-                        "and why). See the rules with "
+                        "loads and iptables' FORWARD has neither a DROP policy nor a catch-all DROP/REJECT, "
+                        "else iptables (the start logs which and why). See the rules with "
                         "'nft list table ip muslin' (nftables) or 'iptables-save' (iptables)")
     p.add_argument("--ip-forward", default=True, **flag)
     p.add_argument("--icc", default=True, **flag)

@@ -57,9 +57,7 @@ def ensure_address(ipr: IPRoute, index: int, address: IPv4Interface) -> None:
 
 def add_request(index: int, address: IPv4Interface) -> rtnl.Request:
     """``ensure_address`` as one request of a batch: already there (EEXIST) is no failure."""
-    packed = address.ip.packed
-    body = (IFADDRMSG.pack(AF_INET, address.network.prefixlen, 0, 0, index)
-            + attribute(IFA_LOCAL, packed) + attribute(IFA_ADDRESS, packed))
+    body = _body(index, address)
     if address.network.prefixlen <= 30:  # as ensure_address: no broadcast address on a /31 or /32
         body += attribute(IFA_BROADCAST, address.network.broadcast_address.packed)
     return rtnl.Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "address add", address, frozenset({errno.EEXIST}))
@@ -67,17 +65,18 @@ def add_request(index: int, address: IPv4Interface) -> rtnl.Request:
 
 def delete_request(index: int, address: IPv4Interface) -> rtnl.Request:
     """This address off the link, as one request of a batch: not there (any more) is no failure."""
+    return rtnl.Request(RTM_DELADDR, 0, _body(index, address), "address delete", address,
+                        frozenset({errno.EADDRNOTAVAIL}))
+
+
+def _body(index: int, address: IPv4Interface) -> bytes:
     packed = address.ip.packed
-    body = (IFADDRMSG.pack(AF_INET, address.network.prefixlen, 0, 0, index)
+    return (IFADDRMSG.pack(AF_INET, address.network.prefixlen, 0, 0, index)
             + attribute(IFA_LOCAL, packed) + attribute(IFA_ADDRESS, packed))
-    return rtnl.Request(RTM_DELADDR, 0, body, "address delete", address, frozenset({errno.EADDRNOTAVAIL}))
 
 
 def ensure_only_address(ipr: IPRoute, index: int, address: IPv4Interface) -> None:
     """This IPv4 address on the link and no other (a lease that changed leaves no stale one)."""
-    present = [a.address for a in ipv4_addresses(ipr, index)]
-    for old in present:
-        if old != address:
-            ipr.addr("del", index=index, address=str(old.ip), prefixlen=old.network.prefixlen)
-    if address not in present:
-        ensure_address(ipr, index, address)
+    stale = [a.address for a in ipv4_addresses(ipr, index) if a.address != address]
+    with rtnl.RtnlSocket.beside(ipr) as sock:
+        sock.execute([*(delete_request(index, old) for old in stale), add_request(index, address)])

@@ -20,11 +20,15 @@ class IptablesError(RuntimeError):
 
 def available() -> bool:
     """Whether the iptables tools are installed (the nftables backend runs without them)."""
-    return bool(shutil.which("iptables-save") or shutil.which("iptables-save", path="/usr/sbin:/sbin"))
+    return _find("iptables-save") is not None
+
+
+def _find(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    found = _find(name)
     if not found:
         raise IptablesError(f"{name} not found: install the iptables package")
     return found

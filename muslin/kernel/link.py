@@ -55,13 +55,6 @@ class LinkInfo:
     master: int = 0  # IFLA_MASTER: the index of the bridge it is a port of, 0 for none
 
 
-def _link_info(msg) -> LinkInfo:  # pyroute2's ifinfmsg
-    info = msg.get_attr("IFLA_LINKINFO")
-    return LinkInfo(msg["index"], msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MTU"),
-                    msg.get_attr("IFLA_ADDRESS"), info.get_attr("IFLA_INFO_KIND") if info else None,
-                    bool(msg["flags"] & IFF_LOOPBACK), bool(msg["flags"] & IFF_UP), msg.get_attr("IFLA_MASTER") or 0)
-
-
 def index_of(ipr: IPRoute, name: str) -> int | None:
     """The link's index, or None: ``index_in`` over a raw socket beside the handle."""
     with rtnl.RtnlSocket.beside(ipr) as sock:
@@ -72,17 +65,23 @@ def index_of(ipr: IPRoute, name: str) -> int | None:
 # pyroute2 spends ~0.25 ms of CPU on a link change and ~0.55 ms on a lookup by name (it decodes the whole
 # answer, statistics included), and ~0.5 ms opening a handle; all of it holds the interpreter lock, which
 # every other request of the engine waits for. These ask the same of the kernel over ``rtnl.RtnlSocket``.
-def index_in(sock: rtnl.RtnlSocket, name: str) -> int | None:
-    """The index of the link named so in the socket's namespace, or None (no such link, or a name the
-    kernel refuses): asked by name, without statistics, and read from the answer's header."""
-    body = IFINFOMSG.pack(0, 0, 0, 0, 0) + _name(name) + attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
+def link_in(sock: rtnl.RtnlSocket, name: str | None = None, index: int = 0) -> LinkInfo | None:
+    """The link of this name (or index) in the socket's namespace, or None (no such link, or a name the
+    kernel refuses): asked for alone, without statistics, and read as an entry of ``all_links``."""
+    body = IFINFOMSG.pack(0, 0, index, 0, 0) + (_name(name) if name is not None else b"")
+    body += attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
     try:
-        replies = sock.execute([rtnl.Request(RTM_GETLINK, 0, body, "link lookup", name)])
+        replies = sock.execute([rtnl.Request(RTM_GETLINK, 0, body, "link lookup", name or index)])
     except rtnl.RtnlError as exc:
         if exc.errno in (errno.ENODEV, errno.EINVAL, errno.ERANGE):  # none such; a name too long
             return None
         raise
-    return IFINFOMSG.unpack_from(replies[0][2])[2] if replies else None
+    return _dumped_link(replies[0][2]) if replies else None
+
+
+def index_in(sock: rtnl.RtnlSocket, name: str) -> int | None:
+    found = link_in(sock, name)
+    return None if found is None else found.index
 
 
 def set_request(index: int, up: bool | None = None, name: str | None = None, mtu: int | None = None,
@@ -106,12 +105,16 @@ def retired_name() -> str:
 
 
 def find_link(ipr: IPRoute, name: str) -> LinkInfo | None:
-    index = index_of(ipr, name)
-    return None if index is None else link_by_index(ipr, index)
+    with rtnl.RtnlSocket.beside(ipr) as sock:
+        return link_in(sock, name)
 
 
 def link_by_index(ipr: IPRoute, index: int) -> LinkInfo:
-    return _link_info(ipr.get_links(index)[0])
+    with rtnl.RtnlSocket.beside(ipr) as sock:
+        found = link_in(sock, index=index)
+    if found is None:
+        raise rtnl.RtnlError(errno.ENODEV, f"no link with index {index}")
+    return found
 
 
 def all_links(ipr: IPRoute) -> list[LinkInfo]:
@@ -130,9 +133,9 @@ def _dumped_link(message: bytes) -> LinkInfo:
         if attr == IFLA_IFNAME:
             name = payload.rstrip(b"\0").decode()
         elif attr == IFLA_MTU:
-            mtu = struct.unpack_from("=I", payload)[0]
+            mtu = U32.unpack_from(payload)[0]
         elif attr == IFLA_MASTER:
-            master = struct.unpack_from("=I", payload)[0]
+            master = U32.unpack_from(payload)[0]
         elif attr == IFLA_ADDRESS:
             mac = ":".join(f"{b:02x}" for b in payload)
         elif attr == IFLA_LINKINFO:
@@ -161,18 +164,18 @@ def _ensure_link(ipr: IPRoute, name: str, kind: str, add: Callable[[rtnl.RtnlSoc
     disabled before it is up) if missing, and set up (with ``mtu``). EOPNOTSUPP when the kernel lacks
     the kind."""
     with rtnl.RtnlSocket.beside(ipr) as sock:
-        index = index_in(sock, name)
-        if index is None:
+        found = link_in(sock, name)
+        if found is None:
             add(sock)
-            index = index_in(sock, name)
-            if index is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
+            found = link_in(sock, name)
+            if found is None:  # EEXIST for something else than the name (a VLAN id taken on its base)
                 raise FileExistsError(f"a {kind} link like {name} exists already under another name")
             if not ipv6:  # only a link made here: one that was there (a user's bridge) keeps its IPv6
                 without_ipv6(ipr, name)
-        elif link_by_index(ipr, index).kind != kind:
+        elif found.kind != kind:
             raise FileExistsError(f"{name} exists and is not a {kind} link")
-        sock.execute([set_request(index, up=True, mtu=mtu, gone_ok=False)])
-    return index
+        sock.execute([set_request(found.index, up=True, mtu=mtu, gone_ok=False)])
+    return found.index
 
 
 def _added_by_pyroute2(ipr: IPRoute, name: str, kind: str, **attrs: object) -> Callable[[rtnl.RtnlSocket], None]:
@@ -217,9 +220,9 @@ def ensure_veth_pair(ipr: IPRoute, name: str, peer: str) -> int:
 def add_veth_into(ipr: IPRoute, host_ifname: str, peer_ifname: str, netns_fd: int, mtu: int,
                   peer_mac: str, master_index: int, hairpin: bool = False) -> tuple[int, int | None]:
     """Create a veth pair whose peer is born inside the target namespace (no link move), host end on
-    the bridge and up (``hairpin``: in hairpin mode, see ``hairpin_request``). Returns the host end's index and, when the kernel echoes the new link (older
-    kernels ignore NLM_F_ECHO here), the peer's index in its namespace (the host end's IFLA_LINK),
-    which spares a lookup there."""
+    the bridge and up (``hairpin``: in hairpin mode, see ``hairpin_request``). Returns the host end's
+    index and, when the kernel echoes the new link (older kernels ignore NLM_F_ECHO here), the peer's
+    index in its namespace (the host end's IFLA_LINK), which spares a lookup there."""
     peer = (IFINFOMSG.pack(0, 0, 0, 0, 0) + _name(peer_ifname) + attribute(IFLA_NET_NS_FD, U32.pack(netns_fd))
             + attribute(IFLA_ADDRESS, bytes.fromhex(peer_mac.replace(":", ""))) + attribute(IFLA_MTU, U32.pack(mtu)))
     info = attribute(IFLA_INFO_KIND, b"veth") + attribute(IFLA_INFO_DATA, attribute(VETH_INFO_PEER, peer))
@@ -263,7 +266,7 @@ def without_ipv6(ipr: IPRoute, name: str) -> None:
 
 def ensure_master(ipr: IPRoute, index: int, master_index: int) -> None:
     """The link is a port of this bridge."""
-    if ipr.get_links(index)[0].get_attr("IFLA_MASTER") != master_index:
+    if link_by_index(ipr, index).master != master_index:
         ipr.link("set", index=index, master=master_index)
 
 
@@ -304,22 +307,20 @@ def retire_link(ipr: IPRoute, name: str, addresses: list[IPv4Interface] | None =
     and container stop. Setting it down stops its traffic at once; flushing its addresses and renaming
     it frees the subnet and the name for immediate reuse; the slow delete follows on a worker. Leftovers
     of a crash in between carry RETIRED_PREFIX and are removed by ``reap_retired``. ``addresses``: the
-    ones the caller put on the link, removed one by one; flushing instead dumps every address of the
-    namespace to find the link's (pyroute2 filters them itself), a cost that grows with the networks.
+    ones the caller put on the link (without, the link's are read from a dump of the namespace's).
     """
     with rtnl.RtnlSocket.beside(ipr) as sock:
         index = index_in(sock, name)
         if index is None:
             return False
+        if addresses is None:
+            addresses = [found.address for found in address.ipv4_addresses(ipr, index)]
         try:
-            sock.execute([set_request(index, up=False, gone_ok=False)])
-            if addresses is None:
-                ipr.flush_addr(index=index)
-            sock.execute([*(address.delete_request(index, gone) for gone in addresses or []),
-                          _retired_request(index)])
-        except (NetlinkError, rtnl.RtnlError) as exc:
-            if (exc.code if isinstance(exc, NetlinkError) else exc.errno) == errno.ENODEV:
-                return False  # gone meanwhile (a veth whose peer was just deleted)
+            sock.execute([set_request(index, up=False, gone_ok=False),
+                          *(address.delete_request(index, gone) for gone in addresses), _retired_request(index)])
+        except rtnl.RtnlError as exc:
+            if exc.errno == errno.ENODEV:  # gone meanwhile (a veth whose peer was just deleted)
+                return False
             raise
     _retire(ipr)
     return True

@@ -27,18 +27,18 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error acks without a copy of the request
 SO_RCVBUFFORCE = 33
 SIOCGSKNS = 0x894C  # a socket's network namespace, as a new fd
-
-
-def namespace_of(handle: object) -> int:
-    """A new fd of the network namespace a socket (an IPRoute: anything with fileno()) lives in, which
-    need not be the calling thread's; the caller closes it."""
-    return fcntl.ioctl(handle.fileno(), SIOCGSKNS)  # type: ignore[attr-defined]
 RECEIVE_BUFFER = 4 << 20
 READ_SIZE = 1 << 18
 # Messages per datagram: the kernel queues one ack per message before we read any, so a bounded batch
 # keeps the acks well inside the receive buffer whatever the size of the whole request list.
 MESSAGES_PER_SEND = 256
 REPLY_TIMEOUT = 5.0
+
+
+def namespace_of(handle: object) -> int:
+    """A new fd of the network namespace a socket (an IPRoute: anything with fileno()) lives in, which
+    need not be the calling thread's; the caller closes it."""
+    return fcntl.ioctl(handle.fileno(), SIOCGSKNS)  # type: ignore[attr-defined]
 
 
 class RtnlError(OSError):
