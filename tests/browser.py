@@ -45,7 +45,7 @@ class Browser:
                 return
             except BrowserError as exc:
                 log = self._stderr_tail()
-                self.close(graceful=False)
+                self.kill()
                 if attempt == START_ATTEMPTS - 1:
                     raise BrowserError(f"chromium did not start ({exc}); its stderr ended with:\n{log}") from None
 
@@ -154,17 +154,23 @@ class Browser:
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
 
-    def close(self, graceful: bool = True) -> None:
-        """Browser.close, then a kill if that goes unanswered (``graceful=False``: the kill at once)."""
+    def close(self) -> None:
+        """Browser.close, then a kill if that goes unanswered."""
         try:
-            if not graceful:
-                raise BrowserError("not asked to close")
             self.send("Browser.close", session=False)
             self.proc.wait(10)
         except (BrowserError, OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        finally:
-            os.close(self._to_browser)
-            os.close(self._from_browser)
-            shutil.rmtree(self.profile, ignore_errors=True)
+            self.kill()
+        else:
+            self._release()
+
+    def kill(self) -> None:
+        """Killed at once (a browser that does not answer), its pipes and profile gone."""
+        self.proc.kill()
+        self.proc.wait()
+        self._release()
+
+    def _release(self) -> None:
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+        shutil.rmtree(self.profile, ignore_errors=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from muslin.processes import running
+
 log = logging.getLogger(__name__)
 
 BIRD = "bird"
@@ -291,10 +293,9 @@ class Bird:
             return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return None
-        if stat.rsplit(")", 1)[-1].split()[0] == "Z" or os.path.basename(cmdline[0]) != BIRD.encode():
+        if not running(pid) or os.path.basename(cmdline[0]) != BIRD.encode():
             return None
         return pid if str(self.socket_path).encode() in cmdline else None
 
@@ -380,7 +381,7 @@ class Bird:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and running(pid):
             time.sleep(0.02)
         self.kill(pid)
 
@@ -391,14 +392,5 @@ class Bird:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and running(pid):
             time.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    """The process runs (a zombie, dead and waiting for its parent to reap it, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -99,16 +99,16 @@ def remove_route(ipr: IPRoute, dst: IPv4Network) -> None:
 
 # ------------------------------------------------------------------------------------------- in bulk
 
-def dump_routes(sock: rtnl.RtnlSocket, within: IPv4Network | None = None) -> list[RouteEntry]:
+def dump_routes(sock: rtnl.RtnlSocket, within: IPv4Network | None = None, proto: int | None = None) -> list[RouteEntry]:
     """``ipv4_routes`` in one dump read with struct: main-table IPv4 routes with a destination, optionally
-    only those inside ``within``."""
+    only those inside ``within``, and only those a routing protocol (``proto``) put there."""
     found = []
     lo = int(within.network_address) if within else 0
     hi = int(within.broadcast_address) if within else 0xFFFFFFFF
     min_len = within.prefixlen if within else 0
     for _, body in sock.dump(RTM_GETROUTE, RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
         dst_len, table = body[1], body[4]
-        if table not in (RT_TABLE_MAIN, RT_TABLE_COMPAT):
+        if table not in (RT_TABLE_MAIN, RT_TABLE_COMPAT) or (proto is not None and body[5] != proto):
             continue  # the local table's, above all: as many again as there are addresses, never read
         fields = rtnl.attrs(body, RTMSG.size)
         if RTA_TABLE in fields:
@@ -154,9 +154,10 @@ def default_route_request(oif: int, gateway: IPv4Address) -> rtnl.Request:
                         frozenset({errno.EEXIST}))
 
 
-def delete_request(dst: IPv4Network) -> rtnl.Request:
-    """``remove_route`` as one request of a batch: a route already gone is no error."""
-    body = (RTMSG.pack(AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0)
+def delete_request(dst: IPv4Network, proto: int = 0) -> rtnl.Request:
+    """``remove_route`` as one request of a batch: a route already gone is no error. ``proto``: only
+    the route that protocol put there (0: any)."""
+    body = (RTMSG.pack(AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, proto, 0, 0, 0)
             + attribute(RTA_TABLE, U32.pack(RT_TABLE_MAIN)) + attribute(RTA_DST, dst.network_address.packed))
     return rtnl.Request(RTM_DELROUTE, 0, body, "route del", dst, rtnl.MISSING)
 

@@ -32,6 +32,7 @@ from muslin.kernel import netns
 from muslin.lab import topology
 from muslin.lab.etcd import EtcdCluster
 from muslin.lab.tor import TOR_AS, node_peers, start_tor
+from muslin.processes import running
 from muslin.runtime import shim_processes
 
 PREFIX = "lab-"
@@ -452,16 +453,6 @@ def wait_for(check: Callable[[], bool], timeout: float, message: str) -> None:
         if time.monotonic() > deadline:
             raise LabError(message)
         time.sleep(0.05)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie: the lab's daemons are reparented when `up` exits, and their new parent
-    may reap them late."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
 
 
 def alive(pidfile: Path) -> bool:

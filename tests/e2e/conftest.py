@@ -104,12 +104,17 @@ def make_daemon(made: list[Daemon], args: tuple[str, ...]) -> Daemon:
     return d
 
 
+def remove_containers(d: Daemon) -> None:
+    """Every container of a running daemon, removed with force."""
+    if d.proc and d.proc.poll() is None:
+        ids = d.docker("ps", "-aq", check=False).stdout.split()
+        if ids:
+            d.docker("rm", "-f", *ids, check=False)
+
+
 def remove_daemon(d: Daemon) -> None:
     try:
-        if d.proc and d.proc.poll() is None:
-            ids = d.docker("ps", "-aq", check=False).stdout.split()
-            if ids:
-                d.docker("rm", "-f", *ids, check=False)
+        remove_containers(d)
     finally:
         d.stop()
         unmount_under(d.root)
@@ -182,6 +187,8 @@ def put_back(d: Daemon, api: docker.APIClient, fresh: DaemonState) -> bool:
         return False
     try:
         now = state_of(d, api)
+        if now == fresh:
+            return True
         for container in now.containers - fresh.containers:
             api.remove_container(container, v=True, force=True)
         for net in now.networks - fresh.networks:

@@ -128,15 +128,16 @@ def test_stop_while_starting_against_a_frozen_etcd(make_rig) -> None:
     timeout on every member in turn, and the stop must not wait for the start's call to give up."""
     rig = make_rig(2)
     rig.put_config({"Network": "172.21.0.0/16", "Backend": {"Type": "bgp"}})
-    members = rig.etcd.pids()
-    for pid in members:
-        os.kill(pid, signal.SIGSTOP)
+    stopped: list[int] = []
     try:
+        for pid in rig.etcd.pids():
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
         rig.start_agent(0)
         wait_for(lambda: "using interface" in rig.log(0), 10, "the agent reading its config")
         took = stop_timed(rig)
     finally:
-        for pid in members:
+        for pid in stopped:
             os.kill(pid, signal.SIGCONT)
     assert took < SHUTDOWN_SECONDS, f"stopping took {took:.1f} s:\n{rig.log(0)}"
     assert not bird_of(rig, 0).pid_path.exists()  # stopped before it had a lease: no BIRD was started

@@ -6,6 +6,7 @@ package's last test. Tests that crash a lab, or need one routed, make their own.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -47,10 +48,16 @@ class LabPool:
     def _names(lab: Lab, node) -> set[str]:
         return set(lab.run(node, "docker", "ps", "-a", "--format", "{{.Names}}").stdout.split())
 
+    @contextlib.contextmanager
     def lend(self, backend: str | None, overlay: bool = False) -> Iterator[Lab]:
         key = (backend, overlay)
         lab = self.labs.get(key) or self._make(key)
-        yield lab
+        try:
+            yield lab
+        finally:  # also when another loan's hand-back failed first
+            self._hand_back(key, lab)
+
+    def _hand_back(self, key: tuple[str | None, bool], lab: Lab) -> None:
         try:
             for node in lab.nodes():
                 added = self._names(lab, node) - self.containers[key][node.name]
@@ -81,14 +88,7 @@ def lab_pool() -> Iterator[LabPool]:
 
 @pytest.fixture
 def shared_lab(lab_pool: LabPool) -> Callable[..., Lab]:
-    """shared_lab(backend, overlay=False): the package's lab of that kind, lent for this test."""
-    lent: list[Iterator[Lab]] = []
-
-    def borrow(backend: str | None, overlay: bool = False) -> Lab:
-        loan = lab_pool.lend(backend, overlay)
-        lent.append(loan)
-        return next(loan)
-
-    yield borrow  # type: ignore[misc]
-    for loan in lent:
-        next(loan, None)
+    """shared_lab(backend, overlay=False): the package's lab of that kind, lent for this test. Each loan is
+    handed back at the end, the others too when one fails its check."""
+    with contextlib.ExitStack() as loans:
+        yield lambda backend, overlay=False: loans.enter_context(lab_pool.lend(backend, overlay))  # type: ignore[misc]

@@ -28,7 +28,7 @@ from muslin.lab.rig import in_ns, wait_for
 from muslin.lab.topology import Underlay
 
 from ..conftest import kept_across_tests
-from ..e2e.conftest import Daemon, daemon, daemon_factory  # noqa: F401 - fixtures for a muslind without a store
+from ..e2e.conftest import Daemon, daemon, daemon_factory, remove_containers  # noqa: F401 - fixtures for a muslind without a store
 from ..fabric.conftest import processes_naming
 
 TTL = 4  # seconds: a dead engine's endpoints expire after this (--cluster-store-opt discovery.ttl)
@@ -114,13 +114,6 @@ def attempt(failures: list[str], what: str, step: Callable[[], object]) -> None:
         step()
     except Exception as exc:  # noqa: BLE001 - every failure is reported after the whole cleanup
         failures.append(f"{what}: {exc!r}")
-
-
-def remove_containers(d: Daemon) -> None:
-    if d.proc and d.proc.poll() is None:
-        ids = d.docker("ps", "-aq", check=False).stdout.split()
-        if ids:
-            d.docker("rm", "-f", *ids, check=False)
 
 
 def remove(made: Made, failures: list[str], tracebacks: list[str]) -> None:

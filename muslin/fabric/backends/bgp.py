@@ -23,10 +23,9 @@ from muslin.fabric.bgppeers import BgpResources
 from muslin.fabric.bird import Bird, BirdConfig, BirdError, BgpNeighbor, ProtocolStatus, protocol_name, render_config
 from muslin.fabric.config import BgpSettings, NetworkConfig
 from muslin.fabric.subnets import Lease, LeaseAttrs
-from muslin.kernel import route
+from muslin.kernel import route, rtnl
 
 log = logging.getLogger(__name__)
-AF_INET = 2
 RTPROT_BIRD = 12  # the protocol number the kernel shows BIRD's routes with (rtnetlink.h)
 # A BIRD asked to stop gets this long to withdraw its routes and remove its files itself before SIGKILL.
 STOP_GRACE = 1.5
@@ -189,15 +188,16 @@ class BgpBackend(Backend):
         if pid is not None and self.bird.answering():
             return
         if pid is not None:
-            log.warning("BIRD (pid %d) does not answer on %s: stopping it", pid, self.bird.socket_path)
+            log.warning("BIRD (pid %d) does not answer on %s at close: stopping it and removing what it left",
+                        pid, self.bird.socket_path)
         self.bird.stop(STOP_GRACE)
-        for found in self.ipr.get_routes(family=AF_INET, table=route.RT_TABLE_MAIN, proto=RTPROT_BIRD):
-            if found.get_attr("RTA_DST") is None:
-                continue  # a default route: never one of ours
-            dst = IPv4Network(f"{found.get_attr('RTA_DST')}/{found['dst_len']}")
-            if dst.subnet_of(self.config.network):  # what our BIRD imports, and our own subnet's blackhole
-                self.ipr.route("del", dst=str(dst), table=route.RT_TABLE_MAIN, type=found["type"], proto=RTPROT_BIRD)
-                log.info("removed route %s left by BIRD", dst)
+        # What our BIRD imports, and our own subnet's blackhole: BIRD's routes inside the network (never a
+        # default route), deleted in one batch, whatever their type; one already gone is no error.
+        with rtnl.RtnlSocket.beside(self.ipr) as sock:
+            left = route.dump_routes(sock, within=self.config.network, proto=RTPROT_BIRD)
+            sock.execute([route.delete_request(found.dst, RTPROT_BIRD) for found in left])
+        for found in left:
+            log.info("removed route %s left by BIRD", found.dst)
 
     def sessions(self) -> list[ProtocolStatus]:
         """The BGP sessions as BIRD reports them (``birdc show protocols``)."""
